@@ -1,0 +1,579 @@
+//! Encoding and decoding of frames in JSON (text frames) and MessagePack (binary frames).
+//!
+//! Decoding is one pass over a flat map of optional fields followed by a typed check, so the
+//! happy path never buffers. Only when decoding fails does a second, lenient pass run to tell a
+//! malformed frame from an unknown type or a bad field, and to recover `req` for the error reply.
+//!
+//! Hub → client frames are encoded once into an [`EncodedBody`] (the frame without its `seq`),
+//! shared as [`Bytes`] across every recipient, and completed per connection by
+//! [`EncodedBody::write_with_seq`], which only prepends the sequence number.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ErrorCode;
+use crate::frame::*;
+use crate::id::{ClientId, EventName, NameError, RoomName};
+use crate::payload::{BinField, Payload};
+
+/// The encoding of a connection or frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// JSON in WebSocket text frames.
+    #[default]
+    Json,
+    /// MessagePack in WebSocket binary frames.
+    MsgPack,
+}
+
+impl Encoding {
+    /// Parses the `enc` query parameter (`json` or `msgpack`).
+    pub fn from_param(s: &str) -> Option<Self> {
+        match s {
+            "json" => Some(Encoding::Json),
+            "msgpack" | "messagepack" => Some(Encoding::MsgPack),
+            _ => None,
+        }
+    }
+
+    /// The query-parameter spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::MsgPack => "msgpack",
+        }
+    }
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct DecodeError {
+    /// The stable error code: `malformed`, `unknown_type` or `invalid_field`.
+    pub code: ErrorCode,
+    /// A sentence for people.
+    pub message: String,
+    /// The frame's `req`, when it could still be read.
+    pub req: Option<u64>,
+}
+
+impl DecodeError {
+    fn new(code: ErrorCode, message: impl Into<String>, req: Option<u64>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            req,
+        }
+    }
+}
+
+/// Deepest nesting accepted in a MessagePack frame (serde_json enforces 128 for JSON).
+pub const MAX_DEPTH: usize = 128;
+
+fn check_container(enc: Encoding, bytes: &[u8]) -> Result<(), DecodeError> {
+    let ok = match enc {
+        Encoding::Json => bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{'),
+        Encoding::MsgPack => bytes
+            .first()
+            .is_some_and(|b| matches!(b, 0x80..=0x8f | 0xde | 0xdf)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let what = match enc {
+            Encoding::Json => "a JSON object",
+            Encoding::MsgPack => "a MessagePack map",
+        };
+        Err(DecodeError::new(
+            ErrorCode::Malformed,
+            format!("a frame must be {what}"),
+            None,
+        ))
+    }
+}
+
+fn from_slice<'a, T: Deserialize<'a>>(enc: Encoding, bytes: &'a [u8]) -> Result<T, String> {
+    match enc {
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            de.set_max_depth(MAX_DEPTH);
+            T::deserialize(&mut de).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Lenient view of any frame, used only to explain a decoding failure.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(rename = "type", default)]
+    ty: Option<Lenient<String>>,
+    #[serde(default)]
+    req: Option<Lenient<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient<T> {
+    Good(T),
+    Other(serde::de::IgnoredAny),
+}
+
+impl<T> Lenient<T> {
+    fn good(self) -> Option<T> {
+        match self {
+            Lenient::Good(t) => Some(t),
+            Lenient::Other(_) => None,
+        }
+    }
+}
+
+fn explain(enc: Encoding, bytes: &[u8], known: &[&str], serde_msg: String) -> DecodeError {
+    let probe: Probe = match from_slice(enc, bytes) {
+        Ok(p) => p,
+        Err(_) => return DecodeError::new(ErrorCode::Malformed, serde_msg, None),
+    };
+    let req = probe.req.and_then(Lenient::good);
+    match probe.ty.map(Lenient::good) {
+        None => DecodeError::new(ErrorCode::InvalidField, "missing field `type`", req),
+        Some(None) => DecodeError::new(ErrorCode::InvalidField, "`type` must be a string", req),
+        Some(Some(t)) if !known.contains(&t.as_str()) => DecodeError::new(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown frame type {:?}; expected one of: {}",
+                t.chars().take(64).collect::<String>(),
+                known.join(", ")
+            ),
+            req,
+        ),
+        Some(Some(_)) => DecodeError::new(ErrorCode::InvalidField, serde_msg, req),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// client → hub
+
+/// The `type` values of client frames.
+pub const CLIENT_TYPES: &[&str] = &[
+    "hello",
+    "emit",
+    "reply",
+    "join",
+    "leave",
+    "emit_room",
+    "members",
+    "ping",
+];
+
+#[derive(Deserialize)]
+struct RawClient<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    rooms: Option<Vec<Cow<'a, str>>>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default, borrow)]
+    to: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    bin: Option<BinField>,
+    #[serde(default)]
+    req: Option<u64>,
+    #[serde(default)]
+    ack: Option<bool>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    ack_id: Option<u64>,
+    #[serde(default, borrow)]
+    room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    include_self: Option<bool>,
+}
+
+struct Fields<'r> {
+    ty: &'static str,
+    req: Option<u64>,
+    _raw: std::marker::PhantomData<&'r ()>,
+}
+
+impl Fields<'_> {
+    fn err(&self, message: impl Into<String>) -> DecodeError {
+        DecodeError::new(ErrorCode::InvalidField, message, self.req)
+    }
+    fn need<T>(&self, v: Option<T>, name: &str) -> Result<T, DecodeError> {
+        v.ok_or_else(|| self.err(format!("`{}` frame is missing field `{name}`", self.ty)))
+    }
+    fn name<T>(
+        &self,
+        v: Option<Cow<'_, str>>,
+        field: &str,
+        parse: fn(&str) -> Result<T, NameError>,
+    ) -> Result<T, DecodeError> {
+        let v = self.need(v, field)?;
+        parse(&v).map_err(|e| self.err(format!("`{field}`: {e}")))
+    }
+    fn payload(&self, data: Option<Value>, bin: Option<BinField>) -> Result<Payload, DecodeError> {
+        Payload::from_fields(data, bin).map_err(|m| self.err(m))
+    }
+}
+
+/// Decodes one client → hub frame.
+pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    check_container(enc, bytes)?;
+    let raw: RawClient<'_> = match from_slice(enc, bytes) {
+        Ok(r) => r,
+        Err(msg) => return Err(explain(enc, bytes, CLIENT_TYPES, msg)),
+    };
+    let Some(ty) = CLIENT_TYPES.iter().copied().find(|t| *t == raw.ty) else {
+        return Err(explain(enc, bytes, CLIENT_TYPES, String::new()));
+    };
+    let f = Fields {
+        ty,
+        req: raw.req,
+        _raw: std::marker::PhantomData,
+    };
+    Ok(match ty {
+        "hello" => {
+            let id = match raw.id {
+                Some(id) => Some(ClientId::new(&id).map_err(|e| {
+                    DecodeError::new(ErrorCode::InvalidId, e.to_string(), None)
+                })?),
+                None => None,
+            };
+            let rooms = raw
+                .rooms
+                .unwrap_or_default()
+                .iter()
+                .map(|r| RoomName::new(r).map_err(|e| f.err(format!("`rooms`: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            ClientFrame::Hello(Hello {
+                id,
+                version: f.need(raw.version, "version")?,
+                rooms,
+                token: raw.token,
+                secret: raw.secret,
+            })
+        }
+        "emit" => {
+            let ack = raw.ack.unwrap_or(false);
+            if ack && raw.req.is_none() {
+                return Err(f.err("an `emit` with `ack: true` needs a `req` to answer to"));
+            }
+            ClientFrame::Emit(Emit {
+                to: f.name(raw.to, "to", ClientId::new)?,
+                event: f.name(raw.event, "event", EventName::new)?,
+                payload: f.payload(raw.data, raw.bin)?,
+                req: raw.req,
+                ack,
+                timeout_ms: raw.timeout_ms,
+            })
+        }
+        "reply" => ClientFrame::Reply(Reply {
+            ack_id: f.need(raw.ack_id, "ack_id")?,
+            payload: f.payload(raw.data, raw.bin)?,
+        }),
+        "join" => ClientFrame::Join {
+            room: f.name(raw.room, "room", RoomName::new)?,
+            req: raw.req,
+        },
+        "leave" => ClientFrame::Leave {
+            room: f.name(raw.room, "room", RoomName::new)?,
+            req: raw.req,
+        },
+        "members" => ClientFrame::Members {
+            room: f.name(raw.room, "room", RoomName::new)?,
+            req: raw.req,
+        },
+        "emit_room" => ClientFrame::EmitRoom(EmitRoom {
+            room: f.name(raw.room, "room", RoomName::new)?,
+            event: f.name(raw.event, "event", EventName::new)?,
+            payload: f.payload(raw.data, raw.bin)?,
+            include_self: raw.include_self.unwrap_or(false),
+            req: raw.req,
+        }),
+        _ => ClientFrame::Ping { req: raw.req },
+    })
+}
+
+/// Encodes one client → hub frame.
+pub fn encode_client(enc: Encoding, frame: &ClientFrame) -> Bytes {
+    encode_value(enc, frame)
+}
+
+fn encode_value<T: serde::Serialize>(enc: Encoding, v: &T) -> Bytes {
+    // Serializing these frames cannot fail: every map key is a string and every value is a
+    // JSON-compatible value or bytes; a failure would be a bug in this crate.
+    let out = match enc {
+        Encoding::Json => serde_json::to_vec(v).map_err(|e| e.to_string()),
+        Encoding::MsgPack => rmp_serde::to_vec_named(v).map_err(|e| e.to_string()),
+    };
+    match out {
+        Ok(v) => Bytes::from(v),
+        Err(e) => panic!("frame serialization is infallible, but failed: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// hub → client
+
+/// A hub → client frame encoded once without its `seq`, ready to be shared across recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBody {
+    enc: Encoding,
+    /// JSON: the object without its opening `{`. MessagePack: the map entries without header.
+    rest: Bytes,
+    /// MessagePack: the number of entries in `rest`.
+    entries: u32,
+}
+
+impl EncodedBody {
+    /// Encodes a frame for the given encoding.
+    pub fn encode(enc: Encoding, frame: &ServerFrame) -> Self {
+        let full = encode_value(enc, frame);
+        match enc {
+            Encoding::Json => Self {
+                enc,
+                rest: full.slice(1..),
+                entries: 0,
+            },
+            Encoding::MsgPack => {
+                let (entries, hdr) = match full.first() {
+                    Some(b @ 0x80..=0x8f) => (u32::from(b & 0x0f), 1),
+                    Some(0xde) => (u32::from(u16::from_be_bytes([full[1], full[2]])), 3),
+                    Some(0xdf) => (u32::from_be_bytes([full[1], full[2], full[3], full[4]]), 5),
+                    _ => unreachable!("server frames serialize as maps"),
+                };
+                Self {
+                    enc,
+                    rest: full.slice(hdr..),
+                    entries,
+                }
+            }
+        }
+    }
+
+    /// The encoding of this body.
+    pub fn encoding(&self) -> Encoding {
+        self.enc
+    }
+
+    /// Upper bound of the complete frame's length.
+    pub fn encoded_len(&self) -> usize {
+        self.rest.len() + 32
+    }
+
+    /// Appends the complete frame, with `seq` as its first field, to `out`.
+    pub fn write_with_seq(&self, seq: u64, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        match self.enc {
+            Encoding::Json => {
+                out.put_slice(b"{\"seq\":");
+                out.put_slice(itoa::Buffer::new().format(seq).as_bytes());
+                out.put_u8(b',');
+            }
+            Encoding::MsgPack => {
+                let n = self.entries + 1;
+                if n < 16 {
+                    out.put_u8(0x80 | n as u8);
+                } else if let Ok(n) = u16::try_from(n) {
+                    out.put_u8(0xde);
+                    out.put_u16(n);
+                } else {
+                    out.put_u8(0xdf);
+                    out.put_u32(n);
+                }
+                out.put_slice(&[0xa3, b's', b'e', b'q']);
+                write_msgpack_uint(seq, out);
+            }
+        }
+        out.put_slice(&self.rest);
+    }
+
+    /// The complete frame with `seq`, in a fresh buffer.
+    pub fn to_frame(&self, seq: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.write_with_seq(seq, &mut out);
+        out.freeze()
+    }
+}
+
+fn write_msgpack_uint(v: u64, out: &mut BytesMut) {
+    if v < 128 {
+        out.put_u8(v as u8);
+    } else if let Ok(v) = u8::try_from(v) {
+        out.put_u8(0xcc);
+        out.put_u8(v);
+    } else if let Ok(v) = u16::try_from(v) {
+        out.put_u8(0xcd);
+        out.put_u16(v);
+    } else if let Ok(v) = u32::try_from(v) {
+        out.put_u8(0xce);
+        out.put_u32(v);
+    } else {
+        out.put_u8(0xcf);
+        out.put_u64(v);
+    }
+}
+
+/// Encodes a complete hub → client frame with its `seq`.
+pub fn encode_server(enc: Encoding, seq: u64, frame: &ServerFrame) -> Bytes {
+    EncodedBody::encode(enc, frame).to_frame(seq)
+}
+
+/// The `type` values of hub frames.
+pub const SERVER_TYPES: &[&str] = &[
+    "welcome",
+    "message",
+    "ack",
+    "ok",
+    "members",
+    "error",
+    "member_joined",
+    "member_left",
+    "peer_left",
+    "pong",
+];
+
+#[derive(Deserialize)]
+struct RawServer<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    rooms: Option<Vec<Cow<'a, str>>>,
+    #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default, borrow)]
+    from: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    bin: Option<BinField>,
+    #[serde(default, borrow)]
+    room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ack_id: Option<u64>,
+    #[serde(default)]
+    req: Option<u64>,
+    #[serde(default)]
+    members: Option<Vec<Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    code: Option<Cow<'a, str>>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Decodes one hub → client frame, returning its `seq` and the frame.
+pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<(u64, ServerFrame), DecodeError> {
+    check_container(enc, bytes)?;
+    let raw: RawServer<'_> = match from_slice(enc, bytes) {
+        Ok(r) => r,
+        Err(msg) => return Err(explain(enc, bytes, SERVER_TYPES, msg)),
+    };
+    let Some(ty) = SERVER_TYPES.iter().copied().find(|t| *t == raw.ty) else {
+        return Err(explain(enc, bytes, SERVER_TYPES, String::new()));
+    };
+    let f = Fields {
+        ty,
+        req: raw.req,
+        _raw: std::marker::PhantomData,
+    };
+    let seq = f.need(raw.seq, "seq")?;
+    let rooms = |v: Option<Vec<Cow<'_, str>>>| {
+        v.unwrap_or_default()
+            .iter()
+            .map(|r| RoomName::new(r).map_err(|e| f.err(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let frame = match ty {
+        "welcome" => ServerFrame::Welcome(Welcome {
+            id: f.name(raw.id, "id", ClientId::new)?,
+            secret: f.need(raw.secret, "secret")?,
+            version: f.need(raw.version, "version")?,
+            heartbeat_ms: f.need(raw.heartbeat_ms, "heartbeat_ms")?,
+            rooms: rooms(raw.rooms)?,
+            limits: f.need(raw.limits, "limits")?,
+        }),
+        "message" => ServerFrame::Message(Message {
+            from: f.name(raw.from, "from", ClientId::new)?,
+            event: f.name(raw.event, "event", EventName::new)?,
+            payload: f.payload(raw.data, raw.bin)?,
+            room: match raw.room {
+                Some(r) => Some(RoomName::new(&r).map_err(|e| f.err(e.to_string()))?),
+                None => None,
+            },
+            ack_id: raw.ack_id,
+        }),
+        "ack" => ServerFrame::Ack {
+            req: f.need(raw.req, "req")?,
+            payload: f.payload(raw.data, raw.bin)?,
+        },
+        "ok" => ServerFrame::Ok {
+            req: f.need(raw.req, "req")?,
+        },
+        "members" => ServerFrame::Members {
+            req: raw.req,
+            room: f.name(raw.room, "room", RoomName::new)?,
+            members: raw
+                .members
+                .unwrap_or_default()
+                .iter()
+                .map(|m| ClientId::new(m).map_err(|e| f.err(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?,
+        },
+        "error" => {
+            let raw_code = f.need(raw.code, "code")?;
+            let code: ErrorCode = raw_code.parse().unwrap_or(ErrorCode::Unknown);
+            let mut message = raw.message.unwrap_or_default();
+            if code == ErrorCode::Unknown {
+                message = format!("[{raw_code}] {message}");
+            }
+            ServerFrame::Error(ErrorFrame {
+                code,
+                message,
+                req: raw.req,
+            })
+        }
+        "member_joined" => ServerFrame::MemberJoined {
+            room: f.name(raw.room, "room", RoomName::new)?,
+            id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        "member_left" => ServerFrame::MemberLeft {
+            room: f.name(raw.room, "room", RoomName::new)?,
+            id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        "peer_left" => ServerFrame::PeerLeft {
+            id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        _ => ServerFrame::Pong { req: raw.req },
+    };
+    Ok((seq, frame))
+}

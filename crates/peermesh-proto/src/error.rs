@@ -1,0 +1,143 @@
+//! Stable, machine-readable error codes.
+//!
+//! Every error the hub reports on the wire carries one of these codes as a `snake_case` string.
+//! The strings are part of the protocol: they never change meaning once released.
+
+use std::fmt;
+use std::str::FromStr;
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident => $wire:literal, $fatal:literal, $text:literal; )*) => {
+        /// A stable error code, written on the wire as a `snake_case` string.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $variant, )*
+            /// A code this build does not know (sent by a newer peer).
+            Unknown,
+        }
+
+        impl ErrorCode {
+            /// Every known code, in documentation order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The wire spelling of the code.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $wire,)*
+                    ErrorCode::Unknown => "unknown",
+                }
+            }
+
+            /// Whether the hub closes the connection after sending this error.
+            pub fn is_fatal(self) -> bool {
+                match self {
+                    $(ErrorCode::$variant => $fatal,)*
+                    ErrorCode::Unknown => false,
+                }
+            }
+
+            /// One sentence explaining the code, used in documentation and default messages.
+            pub fn describe(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $text,)*
+                    ErrorCode::Unknown => "an error code this build does not know",
+                }
+            }
+        }
+
+        impl FromStr for ErrorCode {
+            type Err = std::convert::Infallible;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ok(match s {
+                    $($wire => ErrorCode::$variant,)*
+                    _ => ErrorCode::Unknown,
+                })
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The frame is not valid JSON / MessagePack, or not a map.
+    Malformed => "malformed", false, "the frame could not be decoded as a JSON object or MessagePack map";
+    /// The frame's `type` is not one the hub knows.
+    UnknownType => "unknown_type", false, "the frame's `type` is not a known frame type";
+    /// A field is missing, has the wrong type, or holds a value out of range.
+    InvalidField => "invalid_field", false, "a field is missing, has the wrong type or an invalid value";
+    /// The frame is larger than the hub's `max_frame_bytes`.
+    FrameTooLarge => "frame_too_large", false, "the frame is larger than the hub accepts";
+    /// A frame other than `hello` arrived before the handshake finished.
+    HelloRequired => "hello_required", false, "the first frame on a connection must be `hello`";
+    /// A second `hello` arrived on a connection that already finished its handshake.
+    AlreadyGreeted => "already_greeted", false, "the connection already said hello";
+    /// The client id in `hello` does not follow the id rules.
+    InvalidId => "invalid_id", true, "the client id is not valid";
+    /// Another live connection holds the requested client id.
+    IdTaken => "id_taken", true, "another connection already uses this client id";
+    /// The client's protocol version is outside the range the hub supports.
+    VersionUnsupported => "version_unsupported", true, "the client's protocol version is not supported by this hub";
+    /// Authentication failed: missing, invalid or expired token, or `sub` differs from the id.
+    Unauthorized => "unauthorized", true, "authentication failed";
+    /// The token does not allow joining this room.
+    Forbidden => "forbidden", false, "the client is not allowed to do this";
+    /// The hub holds its maximum number of clients.
+    ServerFull => "server_full", true, "the hub has reached its client limit";
+    /// No connected client has the target id.
+    UnknownTarget => "unknown_target", false, "no client with that id is connected";
+    /// The target did not answer an acknowledged emit in time.
+    AckTimeout => "ack_timeout", false, "the target did not acknowledge in time";
+    /// A `reply` names an acknowledgement that does not exist, expired, or is not addressed to the replier.
+    UnknownAck => "unknown_ack", false, "no pending acknowledgement has that id";
+    /// The target disconnected before it answered an acknowledged emit.
+    PeerLeft => "peer_left", false, "the target disconnected before answering";
+    /// `leave`, `emit_room` or `members` named a room the client is not in.
+    NotInRoom => "not_in_room", false, "the client is not a member of that room";
+    /// Joining would exceed `max_rooms_per_client`.
+    TooManyRooms => "too_many_rooms", false, "the client is already in as many rooms as allowed";
+    /// Too many acknowledged emits are waiting for an answer on this connection.
+    TooManyPendingAcks => "too_many_pending_acks", false, "too many acknowledgements are pending";
+    /// The client sends frames faster than its inbound rate limit allows.
+    RateLimited => "rate_limited", false, "the client sends faster than its rate limit; the frame was dropped";
+    /// The client reads too slowly: its outbound queue overflowed.
+    SlowConsumer => "slow_consumer", true, "the client did not read fast enough and its outbound queue overflowed";
+    /// A newer connection with the same client id replaced this one.
+    Replaced => "replaced", true, "a newer connection with the same client id replaced this one";
+    /// The hub is shutting down.
+    ShuttingDown => "shutting_down", true, "the server is shutting down";
+    /// No frame or pong arrived within the heartbeat timeout.
+    HeartbeatTimeout => "heartbeat_timeout", true, "the connection sent nothing within the heartbeat timeout";
+    /// An internal error; the hub logs the details.
+    Internal => "internal", false, "an internal error occurred in the hub";
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_roundtrip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            assert_eq!(code.as_str().parse::<ErrorCode>().ok(), Some(*code));
+            assert!(code
+                .as_str()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+        assert_eq!("nope".parse::<ErrorCode>().ok(), Some(ErrorCode::Unknown));
+    }
+}

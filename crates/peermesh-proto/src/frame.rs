@@ -1,0 +1,453 @@
+//! The typed frames of the hub protocol, one Rust type per frame.
+//!
+//! [`ClientFrame`] travels client → hub, [`ServerFrame`] hub → client. Both are maps with a
+//! `type` field naming the frame; `docs/protocol.md` is the normative description.
+
+use serde::ser::SerializeMap;
+use serde::Serialize;
+
+use crate::error::ErrorCode;
+use crate::id::{ClientId, EventName, RoomName};
+use crate::payload::Payload;
+
+/// A frame sent by a client to the hub.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientFrame {
+    /// Opens the session; must be the first frame.
+    Hello(Hello),
+    /// Sends an event to one client.
+    Emit(Emit),
+    /// Answers a message that carried an `ack_id`.
+    Reply(Reply),
+    /// Joins a room.
+    Join {
+        /// The room.
+        room: RoomName,
+        /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
+    /// Leaves a room.
+    Leave {
+        /// The room.
+        room: RoomName,
+        /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
+    /// Sends an event to every member of a room.
+    EmitRoom(EmitRoom),
+    /// Asks for the member list of a room the client is in.
+    Members {
+        /// The room.
+        room: RoomName,
+        /// Correlation number, answered by `members` or `error`.
+        req: Option<u64>,
+    },
+    /// Application-level ping, answered by `pong` (for clients that cannot send WebSocket pings).
+    Ping {
+        /// Correlation number echoed in the `pong`.
+        req: Option<u64>,
+    },
+}
+
+/// The `hello` frame.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Hello {
+    /// Requested client id; the hub generates a UUID when absent.
+    pub id: Option<ClientId>,
+    /// The client's protocol version (semver, e.g. `1.0.0`).
+    pub version: String,
+    /// Rooms to join as part of the handshake.
+    pub rooms: Vec<RoomName>,
+    /// A JWT, when the hub requires authentication.
+    pub token: Option<String>,
+    /// The secret from an earlier `welcome`: replaces a connection of the same id.
+    pub secret: Option<String>,
+}
+
+/// The `emit` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emit {
+    /// Target client id.
+    pub to: ClientId,
+    /// Event name.
+    pub event: EventName,
+    /// Payload.
+    pub payload: Payload,
+    /// Correlation number, answered by exactly one `ok`, `ack` or `error`.
+    pub req: Option<u64>,
+    /// Whether the target must acknowledge; requires `req`.
+    pub ack: bool,
+    /// Acknowledgement timeout in milliseconds (default 5000, capped by the hub).
+    pub timeout_ms: Option<u64>,
+}
+
+/// The `reply` frame (an acknowledgement's answer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The `ack_id` of the message being answered.
+    pub ack_id: u64,
+    /// The answer.
+    pub payload: Payload,
+}
+
+/// The `emit_room` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmitRoom {
+    /// Target room (the sender must be a member).
+    pub room: RoomName,
+    /// Event name.
+    pub event: EventName,
+    /// Payload.
+    pub payload: Payload,
+    /// Whether the sender receives its own message too.
+    pub include_self: bool,
+    /// Correlation number, answered by `ok` or `error`.
+    pub req: Option<u64>,
+}
+
+/// A frame sent by the hub to a client. On the wire each also carries `seq`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// The handshake succeeded.
+    Welcome(Welcome),
+    /// An event from another client (directly or through a room).
+    Message(Message),
+    /// The answer to an acknowledged emit.
+    Ack {
+        /// The `req` of the emit.
+        req: u64,
+        /// The target's answer.
+        payload: Payload,
+    },
+    /// A request succeeded.
+    Ok {
+        /// The `req` of the request.
+        req: u64,
+    },
+    /// The member list of a room.
+    Members {
+        /// The `req` of the request, if it had one.
+        req: Option<u64>,
+        /// The room.
+        room: RoomName,
+        /// Its members, sorted.
+        members: Vec<ClientId>,
+    },
+    /// Something went wrong.
+    Error(ErrorFrame),
+    /// A client joined a room this client is in.
+    MemberJoined {
+        /// The room.
+        room: RoomName,
+        /// The client that joined.
+        id: ClientId,
+    },
+    /// A client left a room this client is in.
+    MemberLeft {
+        /// The room.
+        room: RoomName,
+        /// The client that left.
+        id: ClientId,
+    },
+    /// A client this one sent to recently disconnected.
+    PeerLeft {
+        /// The client that disconnected.
+        id: ClientId,
+    },
+    /// The answer to `ping`.
+    Pong {
+        /// The `req` of the ping.
+        req: Option<u64>,
+    },
+}
+
+/// The `welcome` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Welcome {
+    /// The client's id (as requested, or generated).
+    pub id: ClientId,
+    /// A secret to present in a later `hello` to replace this connection.
+    pub secret: String,
+    /// The hub's protocol version.
+    pub version: String,
+    /// Interval of the hub's WebSocket pings in milliseconds.
+    pub heartbeat_ms: u64,
+    /// The rooms joined during the handshake.
+    pub rooms: Vec<RoomName>,
+    /// The limits this connection runs under.
+    pub limits: Limits,
+}
+
+/// Limits announced in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Largest frame the hub accepts, in bytes.
+    pub max_frame_bytes: u64,
+    /// Most rooms one client may be in.
+    pub max_rooms_per_client: u64,
+    /// Sustained inbound frames per second.
+    pub rate_per_sec: u64,
+    /// Inbound burst allowance, in frames.
+    pub rate_burst: u64,
+    /// Most acknowledged emits waiting for an answer at once.
+    pub max_pending_acks: u64,
+    /// Longest acknowledgement timeout, in milliseconds.
+    pub max_ack_timeout_ms: u64,
+}
+
+/// The `message` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The sender, stamped by the hub.
+    pub from: ClientId,
+    /// Event name.
+    pub event: EventName,
+    /// Payload.
+    pub payload: Payload,
+    /// The room it was sent to, for room deliveries.
+    pub room: Option<RoomName>,
+    /// Present when the sender waits for an answer: send a `reply` with this id.
+    pub ack_id: Option<u64>,
+}
+
+/// The `error` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorFrame {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// A sentence for people.
+    pub message: String,
+    /// The `req` of the request that failed, if any.
+    pub req: Option<u64>,
+}
+
+impl ErrorFrame {
+    /// An error with the given code, message and correlation number.
+    pub fn new(code: ErrorCode, message: impl Into<String>, req: Option<u64>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            req,
+        }
+    }
+}
+
+impl ServerFrame {
+    /// The wire name of the frame's `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome(_) => "welcome",
+            ServerFrame::Message(_) => "message",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Ok { .. } => "ok",
+            ServerFrame::Members { .. } => "members",
+            ServerFrame::Error(_) => "error",
+            ServerFrame::MemberJoined { .. } => "member_joined",
+            ServerFrame::MemberLeft { .. } => "member_left",
+            ServerFrame::PeerLeft { .. } => "peer_left",
+            ServerFrame::Pong { .. } => "pong",
+        }
+    }
+}
+
+impl ClientFrame {
+    /// The wire name of the frame's `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientFrame::Hello(_) => "hello",
+            ClientFrame::Emit(_) => "emit",
+            ClientFrame::Reply(_) => "reply",
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::EmitRoom(_) => "emit_room",
+            ClientFrame::Members { .. } => "members",
+            ClientFrame::Ping { .. } => "ping",
+        }
+    }
+
+    /// The frame's correlation number, if it has one.
+    pub fn req(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Hello(_) | ClientFrame::Reply(_) => None,
+            ClientFrame::Emit(e) => e.req,
+            ClientFrame::EmitRoom(e) => e.req,
+            ClientFrame::Join { req, .. }
+            | ClientFrame::Leave { req, .. }
+            | ClientFrame::Members { req, .. }
+            | ClientFrame::Ping { req } => *req,
+        }
+    }
+}
+
+fn opt<T>(o: &Option<T>) -> usize {
+    usize::from(o.is_some())
+}
+
+fn put_opt<M: SerializeMap, T: Serialize>(
+    map: &mut M,
+    key: &'static str,
+    v: &Option<T>,
+) -> Result<(), M::Error> {
+    match v {
+        Some(v) => map.serialize_entry(key, v),
+        None => Ok(()),
+    }
+}
+
+impl Serialize for ServerFrame {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ty = self.type_name();
+        match self {
+            ServerFrame::Welcome(w) => {
+                let mut m = s.serialize_map(Some(7))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("id", &w.id)?;
+                m.serialize_entry("secret", &w.secret)?;
+                m.serialize_entry("version", &w.version)?;
+                m.serialize_entry("heartbeat_ms", &w.heartbeat_ms)?;
+                m.serialize_entry("rooms", &w.rooms)?;
+                m.serialize_entry("limits", &w.limits)?;
+                m.end()
+            }
+            ServerFrame::Message(msg) => {
+                let n = 3 + msg.payload.entries() + opt(&msg.room) + opt(&msg.ack_id);
+                let mut m = s.serialize_map(Some(n))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("from", &msg.from)?;
+                m.serialize_entry("event", &msg.event)?;
+                msg.payload.serialize_entry(&mut m)?;
+                put_opt(&mut m, "room", &msg.room)?;
+                put_opt(&mut m, "ack_id", &msg.ack_id)?;
+                m.end()
+            }
+            ServerFrame::Ack { req, payload } => {
+                let mut m = s.serialize_map(Some(2 + payload.entries()))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("req", req)?;
+                payload.serialize_entry(&mut m)?;
+                m.end()
+            }
+            ServerFrame::Ok { req } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("req", req)?;
+                m.end()
+            }
+            ServerFrame::Members { req, room, members } => {
+                let mut m = s.serialize_map(Some(3 + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                put_opt(&mut m, "req", req)?;
+                m.serialize_entry("room", room)?;
+                m.serialize_entry("members", members)?;
+                m.end()
+            }
+            ServerFrame::Error(e) => {
+                let mut m = s.serialize_map(Some(3 + opt(&e.req)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("code", &e.code)?;
+                m.serialize_entry("message", &e.message)?;
+                put_opt(&mut m, "req", &e.req)?;
+                m.end()
+            }
+            ServerFrame::MemberJoined { room, id } | ServerFrame::MemberLeft { room, id } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("room", room)?;
+                m.serialize_entry("id", id)?;
+                m.end()
+            }
+            ServerFrame::PeerLeft { id } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("id", id)?;
+                m.end()
+            }
+            ServerFrame::Pong { req } => {
+                let mut m = s.serialize_map(Some(1 + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                put_opt(&mut m, "req", req)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl Serialize for ClientFrame {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ty = self.type_name();
+        match self {
+            ClientFrame::Hello(h) => {
+                let n = 2
+                    + opt(&h.id)
+                    + usize::from(!h.rooms.is_empty())
+                    + opt(&h.token)
+                    + opt(&h.secret);
+                let mut m = s.serialize_map(Some(n))?;
+                m.serialize_entry("type", ty)?;
+                put_opt(&mut m, "id", &h.id)?;
+                m.serialize_entry("version", &h.version)?;
+                if !h.rooms.is_empty() {
+                    m.serialize_entry("rooms", &h.rooms)?;
+                }
+                put_opt(&mut m, "token", &h.token)?;
+                put_opt(&mut m, "secret", &h.secret)?;
+                m.end()
+            }
+            ClientFrame::Emit(e) => {
+                let n = 3
+                    + e.payload.entries()
+                    + opt(&e.req)
+                    + usize::from(e.ack)
+                    + opt(&e.timeout_ms);
+                let mut m = s.serialize_map(Some(n))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("to", &e.to)?;
+                m.serialize_entry("event", &e.event)?;
+                e.payload.serialize_entry(&mut m)?;
+                put_opt(&mut m, "req", &e.req)?;
+                if e.ack {
+                    m.serialize_entry("ack", &true)?;
+                }
+                put_opt(&mut m, "timeout_ms", &e.timeout_ms)?;
+                m.end()
+            }
+            ClientFrame::Reply(r) => {
+                let mut m = s.serialize_map(Some(2 + r.payload.entries()))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("ack_id", &r.ack_id)?;
+                r.payload.serialize_entry(&mut m)?;
+                m.end()
+            }
+            ClientFrame::Join { room, req }
+            | ClientFrame::Leave { room, req }
+            | ClientFrame::Members { room, req } => {
+                let mut m = s.serialize_map(Some(2 + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("room", room)?;
+                put_opt(&mut m, "req", req)?;
+                m.end()
+            }
+            ClientFrame::EmitRoom(e) => {
+                let n = 3 + e.payload.entries() + usize::from(e.include_self) + opt(&e.req);
+                let mut m = s.serialize_map(Some(n))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("room", &e.room)?;
+                m.serialize_entry("event", &e.event)?;
+                e.payload.serialize_entry(&mut m)?;
+                if e.include_self {
+                    m.serialize_entry("include_self", &true)?;
+                }
+                put_opt(&mut m, "req", &e.req)?;
+                m.end()
+            }
+            ClientFrame::Ping { req } => {
+                let mut m = s.serialize_map(Some(1 + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                put_opt(&mut m, "req", req)?;
+                m.end()
+            }
+        }
+    }
+}

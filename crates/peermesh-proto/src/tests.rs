@@ -1,0 +1,235 @@
+//! Unit and property tests of the codec.
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+const ENCS: [Encoding; 2] = [Encoding::Json, Encoding::MsgPack];
+
+fn to_enc(enc: Encoding, v: &serde_json::Value) -> Vec<u8> {
+    match enc {
+        Encoding::Json => serde_json::to_vec(v).unwrap(),
+        Encoding::MsgPack => rmp_serde::to_vec_named(v).unwrap(),
+    }
+}
+
+fn err(enc: Encoding, v: serde_json::Value) -> DecodeError {
+    decode_client(enc, &to_enc(enc, &v)).unwrap_err()
+}
+
+#[test]
+fn decodes_emit_with_ack() {
+    for enc in ENCS {
+        let f = decode_client(
+            enc,
+            &to_enc(
+                enc,
+                &json!({"type":"emit","to":"bob","event":"q","data":1,"ack":true,"req":7}),
+            ),
+        )
+        .unwrap();
+        let ClientFrame::Emit(e) = f else { panic!() };
+        assert!(e.ack);
+        assert_eq!(e.req, Some(7));
+        assert_eq!(e.payload, Payload::Json(json!(1)));
+    }
+}
+
+#[test]
+fn classifies_bad_frames() {
+    for enc in ENCS {
+        assert_eq!(err(enc, json!({"type":"nope","req":3})).code, ErrorCode::UnknownType);
+        assert_eq!(err(enc, json!({"type":"nope","req":3})).req, Some(3));
+        assert_eq!(err(enc, json!({"to":"bob"})).code, ErrorCode::InvalidField);
+        assert_eq!(err(enc, json!({"type":5})).code, ErrorCode::InvalidField);
+        let e = err(enc, json!({"type":"emit","event":"x","req":9}));
+        assert_eq!((e.code, e.req), (ErrorCode::InvalidField, Some(9)));
+        assert!(e.message.contains("`to`"), "{}", e.message);
+        let e = err(enc, json!({"type":"emit","to":5,"event":"x","req":4}));
+        assert_eq!((e.code, e.req), (ErrorCode::InvalidField, Some(4)));
+        let e = err(enc, json!({"type":"emit","to":"a b","event":"x"}));
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        let e = err(enc, json!({"type":"emit","to":"b","event":"x","ack":true}));
+        assert!(e.message.contains("req"), "{}", e.message);
+        let e = err(enc, json!({"type":"hello","id":"bad id","version":"1.0.0"}));
+        assert_eq!(e.code, ErrorCode::InvalidId);
+        let e = err(enc, json!({"type":"reply","ack_id":1,"data":1,"bin":"AA=="}));
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        assert_eq!(err(enc, json!([1, 2])).code, ErrorCode::Malformed);
+    }
+    assert_eq!(
+        decode_client(Encoding::Json, b"{\"type\":").unwrap_err().code,
+        ErrorCode::Malformed
+    );
+    assert_eq!(
+        decode_client(Encoding::MsgPack, &[0x81, 0xa4]).unwrap_err().code,
+        ErrorCode::Malformed
+    );
+    assert_eq!(
+        decode_client(Encoding::Json, b"").unwrap_err().code,
+        ErrorCode::Malformed
+    );
+}
+
+#[test]
+fn json_bin_is_base64_and_msgpack_bin_is_bin() {
+    let frame = ServerFrame::Ack {
+        req: 1,
+        payload: Payload::Bin(Bytes::from_static(b"\x00\xff")),
+    };
+    let json = encode_server(Encoding::Json, 3, &frame);
+    assert_eq!(&json[..], br#"{"seq":3,"type":"ack","req":1,"bin":"AP8="}"#);
+    let mp = encode_server(Encoding::MsgPack, 3, &frame);
+    assert!(mp.windows(4).any(|w| w == [0xc4, 2, 0x00, 0xff]));
+    for (enc, bytes) in [(Encoding::Json, json), (Encoding::MsgPack, mp)] {
+        assert_eq!(decode_server(enc, &bytes).unwrap(), (3, frame.clone()));
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_not_a_crash() {
+    let mut v = json!(1);
+    for _ in 0..300 {
+        v = json!([v]);
+    }
+    let frame = json!({"type":"emit","to":"b","event":"e","data":v});
+    for enc in ENCS {
+        let bytes = to_enc(enc, &frame);
+        assert!(decode_client(enc, &bytes).is_err());
+    }
+}
+
+fn arb_name() -> BoxedStrategy<String> {
+    "[a-zA-Z0-9_.:@-]{1,20}".boxed()
+}
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(json!(null)),
+        any::<bool>().prop_map(|b| json!(b)),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        (-1e9f64..1e9).prop_map(|f| json!(f)),
+        ".{0,12}".prop_map(|s| json!(s)),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn arb_payload() -> impl Strategy<Value = Payload> {
+    prop_oneof![
+        arb_json().prop_map(Payload::Json),
+        prop::collection::vec(any::<u8>(), 0..32).prop_map(Payload::from),
+    ]
+}
+
+fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
+    let id = arb_name().prop_map(|s| ClientId::new(&s).unwrap()).boxed();
+    let room = "[^\\p{Cc}]{1,16}".prop_map(|s| RoomName::new(&s).unwrap()).boxed();
+    let event = "[^\\p{Cc}]{1,16}".prop_map(|s| EventName::new(&s).unwrap());
+    prop_oneof![
+        (
+            proptest::option::of(id.clone()),
+            prop::collection::vec(room.clone(), 0..3),
+            proptest::option::of("[a-z]{1,8}")
+        )
+            .prop_map(|(id, rooms, token)| ClientFrame::Hello(Hello {
+                id,
+                version: "1.0.0".into(),
+                rooms,
+                token,
+                secret: None,
+            })),
+        (id, event.clone(), arb_payload(), any::<Option<u64>>(), any::<bool>())
+            .prop_map(|(to, event, payload, req, ack)| ClientFrame::Emit(Emit {
+                to,
+                event,
+                payload,
+                req: if ack { Some(req.unwrap_or(1)) } else { req },
+                ack,
+                timeout_ms: None,
+            })),
+        (any::<u64>(), arb_payload())
+            .prop_map(|(ack_id, payload)| ClientFrame::Reply(Reply { ack_id, payload })),
+        (room.clone(), any::<Option<u64>>()).prop_map(|(room, req)| ClientFrame::Join { room, req }),
+        (room.clone(), event, arb_payload(), any::<bool>()).prop_map(
+            |(room, event, payload, include_self)| ClientFrame::EmitRoom(EmitRoom {
+                room,
+                event,
+                payload,
+                include_self,
+                req: None,
+            })
+        ),
+        any::<Option<u64>>().prop_map(|req| ClientFrame::Ping { req }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn client_frames_roundtrip(frame in arb_client_frame()) {
+        for enc in ENCS {
+            let bytes = encode_client(enc, &frame);
+            prop_assert_eq!(decode_client(enc, &bytes).unwrap(), frame.clone());
+        }
+    }
+
+    #[test]
+    fn server_frames_roundtrip_with_any_seq(
+        seq in any::<u64>(),
+        from in arb_name(),
+        payload in arb_payload(),
+        ack_id in any::<Option<u64>>(),
+        n_members in 0usize..40,
+    ) {
+        let frames = [
+            ServerFrame::Message(Message {
+                from: ClientId::new(&from).unwrap(),
+                event: EventName::new("e").unwrap(),
+                payload: payload.clone(),
+                room: Some(RoomName::new("r").unwrap()),
+                ack_id,
+            }),
+            ServerFrame::Members {
+                req: ack_id,
+                room: RoomName::new("r").unwrap(),
+                members: (0..n_members).map(|i| ClientId::new(&format!("c{i}")).unwrap()).collect(),
+            },
+            ServerFrame::Error(ErrorFrame::new(ErrorCode::UnknownTarget, "no", ack_id)),
+        ];
+        for frame in frames {
+            for enc in ENCS {
+                let bytes = encode_server(enc, seq, &frame);
+                prop_assert_eq!(decode_server(enc, &bytes).unwrap(), (seq, frame.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        for enc in ENCS {
+            let _ = decode_client(enc, &bytes);
+            let _ = decode_server(enc, &bytes);
+        }
+    }
+
+    #[test]
+    fn decoding_mutated_frames_never_panics(frame in arb_client_frame(), pos in any::<usize>(), byte in any::<u8>()) {
+        for enc in ENCS {
+            let mut bytes = encode_client(enc, &frame).to_vec();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            let _ = decode_client(enc, &bytes);
+            bytes.truncate(i);
+            let _ = decode_client(enc, &bytes);
+        }
+    }
+}
