@@ -1,1 +1,219 @@
-//! placeholder
+//! The peermesh hub: a WebSocket server where clients reach each other by id and by room.
+//!
+//! Clients connect to `/ws`, say `hello`, and then send direct messages (optionally
+//! acknowledged), join rooms, emit to rooms and see who comes and goes. The wire protocol is
+//! in `peermesh-proto` and `docs/protocol.md`. The hub also serves an HTML status page at `/`,
+//! the same figures as JSON at `/status.json`, and Prometheus metrics at `/metrics`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), peermesh_hub::HubError> {
+//! let config = peermesh_hub::HubConfig {
+//!     listen: "127.0.0.1:0".parse().unwrap(),
+//!     ..Default::default()
+//! };
+//! let hub = peermesh_hub::Hub::bind(config).await?;
+//! println!("ws://{}/ws", hub.local_addr());
+//! let handle = hub.handle();
+//! let server = tokio::spawn(hub.run());
+//! // ... later: close every connection with "server shutting down" and stop.
+//! handle.shutdown();
+//! server.await.expect("hub task")?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `config`: [`HubConfig`], every limit with its default; TOML loading and validation.
+//! - `http`: the axum routes: WebSocket upgrade, status page, metrics.
+//! - `conn`: one connection: handshake, reader loop, writer task, and its sans-IO parts
+//!   (`acks`, `contacts`, `rate`).
+//! - `router`: the one path every delivery takes (a cluster backplane plugs in here).
+//! - `registry`: clients, connections and rooms.
+//! - `auth`: JWT verification.
+//! - `metrics`: counters and rates.
+#![deny(missing_docs)]
+
+mod auth;
+mod config;
+mod conn;
+mod error;
+mod http;
+mod metrics;
+mod registry;
+mod router;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::{AuthConfig, DuplicateIdPolicy, HubConfig};
+pub use error::{ConfigError, HubError};
+pub use metrics::{Metrics, Rates};
+
+use registry::Registry;
+use router::Router;
+
+/// State shared by every task of one hub.
+#[derive(Debug)]
+pub(crate) struct HubInner {
+    pub(crate) config: HubConfig,
+    pub(crate) router: Router,
+    pub(crate) auth: Option<auth::Authenticator>,
+    pub(crate) version_req: semver::VersionReq,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) started: Instant,
+}
+
+impl HubInner {
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.router.registry
+    }
+}
+
+/// A bound, not yet running hub.
+#[derive(Debug)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+/// A cheap, cloneable handle to a running hub.
+#[derive(Debug, Clone)]
+pub struct HubHandle {
+    inner: Arc<HubInner>,
+}
+
+impl Hub {
+    /// Validates the configuration and binds the listener.
+    pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
+        config.validate()?;
+        let auth = auth::Authenticator::from_config(&config.auth)?;
+        let version_req = semver::VersionReq::parse(&config.supported_versions).map_err(|e| {
+            ConfigError::Invalid {
+                key: "supported_versions",
+                reason: e.to_string(),
+            }
+        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| HubError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(HubError::Serve)?;
+        let inner = Arc::new(HubInner {
+            router: Router {
+                registry: Arc::new(Registry::default()),
+                metrics: Arc::new(metrics::Metrics::default()),
+            },
+            auth,
+            version_req,
+            next_conn: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started: Instant::now(),
+            config,
+        });
+        Ok(Hub {
+            inner,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The address the hub listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to shut the hub down and read its figures.
+    pub fn handle(&self) -> HubHandle {
+        HubHandle {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Serves until [`HubHandle::shutdown`], then closes every connection with the reason
+    /// "server shutting down" and waits (up to `shutdown_grace_ms`) for them to finish.
+    pub async fn run(self) -> Result<(), HubError> {
+        let inner = self.inner;
+        info!(addr = %self.local_addr, "hub listening");
+        let sampler = {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut last = Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = inner.shutdown.cancelled() => break,
+                        _ = tick.tick() => {
+                            let now = Instant::now();
+                            inner.router.metrics.sample(now - last);
+                            last = now;
+                        }
+                    }
+                }
+            })
+        };
+        let app = http::routes(inner.clone());
+        let token = inner.shutdown.clone();
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
+        let conns = inner.registry().all_conns();
+        info!(
+            clients = conns.len(),
+            "shutting down: closing every connection"
+        );
+        for c in &conns {
+            c.close(
+                peermesh_proto::ErrorCode::ShuttingDown,
+                "server shutting down",
+            );
+        }
+        inner.tasks.close();
+        let grace = Duration::from_millis(inner.config.shutdown_grace_ms);
+        if tokio::time::timeout(grace, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish within the shutdown grace time");
+        }
+        sampler.abort();
+        served.map_err(HubError::Serve)
+    }
+}
+
+impl HubHandle {
+    /// Starts a graceful shutdown; [`Hub::run`] returns when it is done.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.inner.registry().client_count()
+    }
+
+    /// Number of rooms.
+    pub fn room_count(&self) -> usize {
+        self.inner.registry().room_count()
+    }
+
+    /// The hub's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.router.metrics
+    }
+}

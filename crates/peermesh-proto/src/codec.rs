@@ -252,9 +252,10 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeE
     Ok(match ty {
         "hello" => {
             let id = match raw.id {
-                Some(id) => Some(ClientId::new(&id).map_err(|e| {
-                    DecodeError::new(ErrorCode::InvalidId, e.to_string(), None)
-                })?),
+                Some(id) => Some(
+                    ClientId::new(&id)
+                        .map_err(|e| DecodeError::new(ErrorCode::InvalidId, e.to_string(), None))?,
+                ),
                 None => None,
             };
             let rooms = raw
@@ -553,7 +554,9 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<(u64, ServerFrame), 
             let raw_code = f.need(raw.code, "code")?;
             let code: ErrorCode = raw_code.parse().unwrap_or(ErrorCode::Unknown);
             let mut message = raw.message.unwrap_or_default();
-            if code == ErrorCode::Unknown {
+            // Keep the unknown code's spelling for people, once: a frame re-encoded by this
+            // build says `unknown` and already carries the prefix (found by fuzzing).
+            if code == ErrorCode::Unknown && raw_code != ErrorCode::Unknown.as_str() {
                 message = format!("[{raw_code}] {message}");
             }
             ServerFrame::Error(ErrorFrame {

@@ -396,11 +396,8 @@ impl Serialize for ClientFrame {
                 m.end()
             }
             ClientFrame::Emit(e) => {
-                let n = 3
-                    + e.payload.entries()
-                    + opt(&e.req)
-                    + usize::from(e.ack)
-                    + opt(&e.timeout_ms);
+                let n =
+                    3 + e.payload.entries() + opt(&e.req) + usize::from(e.ack) + opt(&e.timeout_ms);
                 let mut m = s.serialize_map(Some(n))?;
                 m.serialize_entry("type", ty)?;
                 m.serialize_entry("to", &e.to)?;

@@ -44,8 +44,8 @@ pub mod id;
 pub mod payload;
 
 pub use codec::{
-    decode_client, decode_server, encode_client, encode_server, DecodeError, EncodedBody,
-    Encoding, CLIENT_TYPES, SERVER_TYPES,
+    decode_client, decode_server, encode_client, encode_server, DecodeError, EncodedBody, Encoding,
+    CLIENT_TYPES, SERVER_TYPES,
 };
 pub use error::ErrorCode;
 pub use frame::{

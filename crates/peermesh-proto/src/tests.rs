@@ -41,7 +41,10 @@ fn decodes_emit_with_ack() {
 #[test]
 fn classifies_bad_frames() {
     for enc in ENCS {
-        assert_eq!(err(enc, json!({"type":"nope","req":3})).code, ErrorCode::UnknownType);
+        assert_eq!(
+            err(enc, json!({"type":"nope","req":3})).code,
+            ErrorCode::UnknownType
+        );
         assert_eq!(err(enc, json!({"type":"nope","req":3})).req, Some(3));
         assert_eq!(err(enc, json!({"to":"bob"})).code, ErrorCode::InvalidField);
         assert_eq!(err(enc, json!({"type":5})).code, ErrorCode::InvalidField);
@@ -56,16 +59,23 @@ fn classifies_bad_frames() {
         assert!(e.message.contains("req"), "{}", e.message);
         let e = err(enc, json!({"type":"hello","id":"bad id","version":"1.0.0"}));
         assert_eq!(e.code, ErrorCode::InvalidId);
-        let e = err(enc, json!({"type":"reply","ack_id":1,"data":1,"bin":"AA=="}));
+        let e = err(
+            enc,
+            json!({"type":"reply","ack_id":1,"data":1,"bin":"AA=="}),
+        );
         assert_eq!(e.code, ErrorCode::InvalidField);
         assert_eq!(err(enc, json!([1, 2])).code, ErrorCode::Malformed);
     }
     assert_eq!(
-        decode_client(Encoding::Json, b"{\"type\":").unwrap_err().code,
+        decode_client(Encoding::Json, b"{\"type\":")
+            .unwrap_err()
+            .code,
         ErrorCode::Malformed
     );
     assert_eq!(
-        decode_client(Encoding::MsgPack, &[0x81, 0xa4]).unwrap_err().code,
+        decode_client(Encoding::MsgPack, &[0x81, 0xa4])
+            .unwrap_err()
+            .code,
         ErrorCode::Malformed
     );
     assert_eq!(
@@ -133,7 +143,9 @@ fn arb_payload() -> impl Strategy<Value = Payload> {
 
 fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
     let id = arb_name().prop_map(|s| ClientId::new(&s).unwrap()).boxed();
-    let room = "[^\\p{Cc}]{1,16}".prop_map(|s| RoomName::new(&s).unwrap()).boxed();
+    let room = "[^\\p{Cc}]{1,16}"
+        .prop_map(|s| RoomName::new(&s).unwrap())
+        .boxed();
     let event = "[^\\p{Cc}]{1,16}".prop_map(|s| EventName::new(&s).unwrap());
     prop_oneof![
         (
@@ -148,7 +160,13 @@ fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
                 token,
                 secret: None,
             })),
-        (id, event.clone(), arb_payload(), any::<Option<u64>>(), any::<bool>())
+        (
+            id,
+            event.clone(),
+            arb_payload(),
+            any::<Option<u64>>(),
+            any::<bool>()
+        )
             .prop_map(|(to, event, payload, req, ack)| ClientFrame::Emit(Emit {
                 to,
                 event,
@@ -159,7 +177,8 @@ fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
             })),
         (any::<u64>(), arb_payload())
             .prop_map(|(ack_id, payload)| ClientFrame::Reply(Reply { ack_id, payload })),
-        (room.clone(), any::<Option<u64>>()).prop_map(|(room, req)| ClientFrame::Join { room, req }),
+        (room.clone(), any::<Option<u64>>())
+            .prop_map(|(room, req)| ClientFrame::Join { room, req }),
         (room.clone(), event, arb_payload(), any::<bool>()).prop_map(
             |(room, event, payload, include_self)| ClientFrame::EmitRoom(EmitRoom {
                 room,

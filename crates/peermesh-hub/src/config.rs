@@ -1,0 +1,303 @@
+//! Hub configuration: every limit with its default.
+//!
+//! [`HubConfig`] deserializes from TOML (`peermesh serve --config FILE`) with unknown keys
+//! refused, so a typo names the key instead of being ignored. Durations are whole milliseconds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// What the hub does when a client says hello with an id another live connection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateIdPolicy {
+    /// Refuse the newcomer with `id_taken` (the default).
+    #[default]
+    Reject,
+    /// Close the old connection with `replaced` and accept the newcomer.
+    Replace,
+}
+
+impl std::str::FromStr for DuplicateIdPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reject" => Ok(Self::Reject),
+            "replace" => Ok(Self::Replace),
+            other => Err(format!(
+                "unknown duplicate-id policy {other:?}: use `reject` or `replace`"
+            )),
+        }
+    }
+}
+
+/// Token authentication. With neither key set, clients are not authenticated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 tokens. Defaults to none.
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RSA or Ed25519 public key for RS256/EdDSA tokens. Defaults to none.
+    pub jwt_public_key: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// Whether any authentication is configured.
+    pub fn enabled(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some()
+    }
+}
+
+/// Configuration of a hub.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Address to listen on. Defaults to `127.0.0.1:7070`.
+    pub listen: SocketAddr,
+    /// Allow listening on a non-loopback address without authentication. Defaults to `false`.
+    pub insecure: bool,
+    /// Trust `X-Forwarded-For` / `Forwarded` for the client address. Defaults to `false`.
+    pub trust_proxy: bool,
+    /// Policy for a hello with a client id that is already connected. Defaults to `reject`.
+    pub duplicate_id: DuplicateIdPolicy,
+    /// Client protocol versions accepted, as a semver requirement. Defaults to `^1.0`.
+    pub supported_versions: String,
+    /// Largest inbound frame in bytes; larger ones get `frame_too_large`. Defaults to 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Most connected clients; further ones get `server_full`. Defaults to 100,000.
+    pub max_clients: usize,
+    /// Most rooms one client may be in. Defaults to 256.
+    pub max_rooms_per_client: usize,
+    /// Outbound queue per connection, in frames. Defaults to 4,096.
+    pub outbound_queue_frames: usize,
+    /// Outbound queue per connection, in bytes; overflow closes with `slow_consumer`.
+    /// Defaults to 8 MiB.
+    pub outbound_queue_bytes: usize,
+    /// Sustained inbound frames per second per connection. Defaults to 5,000.
+    pub rate_per_sec: u32,
+    /// Inbound burst per connection, in frames. Defaults to 10,000.
+    pub rate_burst: u32,
+    /// Interval of the hub's WebSocket pings, in ms. Defaults to 5,000.
+    pub heartbeat_interval_ms: u64,
+    /// A connection that sends nothing (not even a pong) for this long is dead, in ms.
+    /// Defaults to 20,000.
+    pub heartbeat_timeout_ms: u64,
+    /// Time allowed between the WebSocket upgrade and `hello`, in ms. Defaults to 10,000.
+    pub hello_timeout_ms: u64,
+    /// Acknowledgement timeout when the emit names none, in ms. Defaults to 5,000.
+    pub default_ack_timeout_ms: u64,
+    /// Longest acknowledgement timeout a client may ask for, in ms. Defaults to 60,000.
+    pub max_ack_timeout_ms: u64,
+    /// Most acknowledged emits one connection may have waiting. Defaults to 1,024.
+    pub max_pending_acks: usize,
+    /// Most recent targets remembered per client for `peer_left`. Defaults to 1,024.
+    pub max_recent_targets: usize,
+    /// How long a target counts as recent for `peer_left`, in ms. Defaults to 600,000 (10 min).
+    pub recent_target_ttl_ms: u64,
+    /// WebSocket read buffer per connection, in bytes. Defaults to 4 KiB.
+    pub ws_read_buffer_bytes: usize,
+    /// WebSocket write buffer per connection, in bytes (frames are flushed beyond it).
+    /// Defaults to 16 KiB.
+    pub ws_write_buffer_bytes: usize,
+    /// Time given to connections to receive their close frame at shutdown, in ms.
+    /// Defaults to 3,000.
+    pub shutdown_grace_ms: u64,
+    /// Token authentication. Defaults to none.
+    pub auth: AuthConfig,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            insecure: false,
+            trust_proxy: false,
+            duplicate_id: DuplicateIdPolicy::Reject,
+            supported_versions: peermesh_proto::SUPPORTED_VERSIONS.to_string(),
+            max_frame_bytes: 1 << 20,
+            max_clients: 100_000,
+            max_rooms_per_client: 256,
+            outbound_queue_frames: 4096,
+            outbound_queue_bytes: 8 << 20,
+            rate_per_sec: 5_000,
+            rate_burst: 10_000,
+            heartbeat_interval_ms: 5_000,
+            heartbeat_timeout_ms: 20_000,
+            hello_timeout_ms: 10_000,
+            default_ack_timeout_ms: 5_000,
+            max_ack_timeout_ms: 60_000,
+            max_pending_acks: 1024,
+            max_recent_targets: 1024,
+            recent_target_ttl_ms: 600_000,
+            ws_read_buffer_bytes: 4 << 10,
+            ws_write_buffer_bytes: 16 << 10,
+            shutdown_grace_ms: 3_000,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl HubConfig {
+    /// Parses a TOML document; unknown keys are errors that name the key.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml_from_str(text)
+    }
+
+    /// Checks every value, returning the first problem with the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if semver::VersionReq::parse(&self.supported_versions).is_err() {
+            return bad(
+                "supported_versions",
+                format!(
+                    "{:?} is not a semver requirement (try \"^1.0\")",
+                    self.supported_versions
+                ),
+            );
+        }
+        let positive: [(&'static str, u64); 12] = [
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_clients", self.max_clients as u64),
+            ("outbound_queue_frames", self.outbound_queue_frames as u64),
+            ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            ("rate_per_sec", u64::from(self.rate_per_sec)),
+            ("rate_burst", u64::from(self.rate_burst)),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
+            ("hello_timeout_ms", self.hello_timeout_ms),
+            ("default_ack_timeout_ms", self.default_ack_timeout_ms),
+            ("max_ack_timeout_ms", self.max_ack_timeout_ms),
+            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return bad(key, "must be greater than 0".into());
+            }
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return bad(
+                "heartbeat_timeout_ms",
+                format!(
+                    "must be longer than heartbeat_interval_ms ({} ms), or live connections \
+                     would be dropped between two pings",
+                    self.heartbeat_interval_ms
+                ),
+            );
+        }
+        if self.default_ack_timeout_ms > self.max_ack_timeout_ms {
+            return bad(
+                "default_ack_timeout_ms",
+                "must not exceed max_ack_timeout_ms".into(),
+            );
+        }
+        if self.outbound_queue_bytes < self.max_frame_bytes {
+            return bad(
+                "outbound_queue_bytes",
+                format!(
+                    "must be at least max_frame_bytes ({}) so one full frame fits",
+                    self.max_frame_bytes
+                ),
+            );
+        }
+        if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key.is_some() {
+            return bad(
+                "auth",
+                "set either jwt_secret or jwt_public_key, not both".into(),
+            );
+        }
+        if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.insecure {
+            return Err(ConfigError::InsecureListen(self.listen));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub(crate) fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+    pub(crate) fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
+    }
+    /// The hard cap handed to the WebSocket layer: frames between `max_frame_bytes` and this
+    /// get an error and the connection carries on; beyond it the connection is closed.
+    pub(crate) fn hard_frame_cap(&self) -> usize {
+        self.max_frame_bytes.saturating_mul(2).max(64 << 10)
+    }
+}
+
+fn toml_from_str(text: &str) -> Result<HubConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        HubConfig::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = HubConfig::from_toml("max_clientz = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_clientz"), "{e}");
+    }
+
+    #[test]
+    fn toml_overrides() {
+        let c = HubConfig::from_toml(
+            "listen = \"127.0.0.1:9000\"\nmax_clients = 3\nduplicate_id = \"replace\"\n\
+             [auth]\njwt_secret = \"s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_clients, 3);
+        assert_eq!(c.duplicate_id, DuplicateIdPolicy::Replace);
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(c.rate_per_sec, HubConfig::default().rate_per_sec);
+    }
+
+    #[test]
+    fn refuses_public_listen_without_auth() {
+        let c = HubConfig {
+            listen: "0.0.0.0:7070".parse().unwrap(),
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::InsecureListen(_))));
+        let c = HubConfig {
+            insecure: true,
+            ..c
+        };
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let c = HubConfig {
+            rate_per_sec: 0,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("rate_per_sec"));
+        let c = HubConfig {
+            heartbeat_timeout_ms: 1000,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("heartbeat_timeout_ms"));
+    }
+}

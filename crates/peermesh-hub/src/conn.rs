@@ -1,0 +1,773 @@
+//! One client connection: the handshake, then a reader loop beside a writer task.
+//!
+//! ```text
+//!              ┌──────────── reader (this task) ───────────┐
+//!  socket ───► │ decode → limits → handle frame → Router ──┼──► other connections' queues
+//!              │ control inbox ◄── ack replies, peer gone  │
+//!              └───────────────────────────────────────────┘
+//!  socket ◄─── writer task ◄── outbound queue (EncodedBody, bounded) ◄── Router
+//! ```
+//!
+//! The reader owns the connection's private state (pending acks, recent targets, rate limit)
+//! and is the only task that changes it; other tasks reach it through the bounded control
+//! inbox. When the reader ends, it unregisters the client, leaves its rooms (telling the other
+//! members), tells the clients that sent to it (`peer_left`) and stops the writer.
+
+mod acks;
+mod contacts;
+mod rate;
+pub(crate) mod writer;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use peermesh_proto::{
+    decode_client, ClientFrame, ClientId, EncodedBody, Encoding, ErrorCode, ErrorFrame, Hello,
+    Limits, Message as MessageFrame, RoomName, ServerFrame, Welcome,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use self::acks::{conn_of, AckInsertError, AckTracker};
+use self::contacts::RecentTargets;
+use self::rate::TokenBucket;
+use crate::auth::Grant;
+use crate::registry::{ConnInfo, ConnShared, Control, RegisterError};
+use crate::router::RouteError;
+use crate::HubInner;
+
+/// What the HTTP upgrade learned about the connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Accept {
+    pub(crate) addr: SocketAddr,
+    pub(crate) ip: String,
+    pub(crate) meta: Vec<(String, String)>,
+    pub(crate) encoding: Encoding,
+    pub(crate) bearer: Option<String>,
+}
+
+/// Capacity of a connection's control inbox: enough for every pending ack and every
+/// watched target to report at once, plus slack.
+fn control_capacity(hub: &HubInner) -> usize {
+    hub.config.max_pending_acks + hub.config.max_recent_targets + 64
+}
+
+/// Runs one WebSocket connection to its end.
+pub(crate) async fn serve_socket(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) {
+    let mut pre = PreHello {
+        ws,
+        seq: 0,
+        enc: accept.encoding,
+        hub,
+        bearer: accept.bearer.clone(),
+    };
+    let Some((hello, grant)) = pre.await_hello().await else {
+        return;
+    };
+    if let Some(session) = pre.establish(hello, grant, accept).await {
+        session.run().await;
+    }
+}
+
+fn too_large_message(len: usize, max: usize) -> String {
+    format!("the frame has {len} bytes; this hub accepts at most {max} (max_frame_bytes)")
+}
+
+/// A connection before its handshake finished: writes go straight to the socket.
+struct PreHello {
+    ws: WebSocket,
+    seq: u64,
+    enc: Encoding,
+    hub: Arc<HubInner>,
+    bearer: Option<String>,
+}
+
+impl PreHello {
+    async fn send(&mut self, frame: &ServerFrame) -> bool {
+        self.seq += 1;
+        let bytes = EncodedBody::encode(self.enc, frame).to_frame(self.seq);
+        let msg = match self.enc {
+            Encoding::Json => match axum::extract::ws::Utf8Bytes::try_from(bytes) {
+                Ok(t) => Message::Text(t),
+                Err(_) => return false,
+            },
+            Encoding::MsgPack => Message::Binary(bytes),
+        };
+        self.ws.send(msg).await.is_ok()
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: String, req: Option<u64>) -> bool {
+        self.hub.router.metrics.inc_error(code);
+        self.send(&ServerFrame::Error(ErrorFrame::new(code, message, req)))
+            .await
+    }
+
+    /// Refuses the handshake: an error frame, then a close frame with the same reason.
+    async fn refuse(&mut self, code: ErrorCode, message: String) {
+        debug!(%code, %message, "handshake refused");
+        let fut = async {
+            if self.error(code, message.clone(), None).await {
+                let _ = self.ws.send(writer::close_frame(code, &message)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), fut).await;
+    }
+
+    /// Waits for `hello`, answering anything else with `hello_required`, then checks the
+    /// version and the token. `None` when the connection ended or was refused.
+    async fn await_hello(&mut self) -> Option<(Hello, Option<Grant>)> {
+        let deadline = tokio::time::Instant::now() + self.hub.config.hello_timeout();
+        let hello = loop {
+            let msg = tokio::select! {
+                biased;
+                _ = self.hub.shutdown.cancelled() => {
+                    self.refuse(ErrorCode::ShuttingDown, "server shutting down".into()).await;
+                    return None;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let secs = self.hub.config.hello_timeout().as_secs_f64();
+                    let m = format!("no `hello` within {secs} s of connecting");
+                    self.refuse(ErrorCode::HelloRequired, m).await;
+                    return None;
+                }
+                m = self.ws.recv() => m,
+            };
+            let (enc, bytes): (Encoding, bytes::Bytes) = match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(Message::Text(t))) => (Encoding::Json, t.into()),
+                Some(Ok(Message::Binary(b))) => (Encoding::MsgPack, b),
+                Some(Ok(_)) => continue,
+            };
+            self.hub.router.metrics.inc_frames_in(1);
+            self.hub.router.metrics.inc_bytes_in(bytes.len() as u64);
+            if bytes.len() > self.hub.config.max_frame_bytes {
+                let m = too_large_message(bytes.len(), self.hub.config.max_frame_bytes);
+                self.error(ErrorCode::FrameTooLarge, m, None).await;
+                continue;
+            }
+            match decode_client(enc, &bytes) {
+                Ok(ClientFrame::Hello(h)) => break h,
+                Ok(other) => {
+                    let m = format!(
+                        "the first frame must be `hello`, not `{}`",
+                        other.type_name()
+                    );
+                    self.error(ErrorCode::HelloRequired, m, other.req()).await;
+                }
+                Err(e) if e.code == ErrorCode::InvalidId => {
+                    self.refuse(e.code, e.message).await;
+                    return None;
+                }
+                Err(e) => {
+                    self.error(e.code, e.message, e.req).await;
+                }
+            }
+        };
+        let version_ok = semver::Version::parse(&hello.version)
+            .map(|v| self.hub.version_req.matches(&v))
+            .unwrap_or(false);
+        if !version_ok {
+            let m = format!(
+                "client protocol version {:?} is not supported: this hub accepts {} \
+                 (it speaks {})",
+                hello.version,
+                self.hub.config.supported_versions,
+                peermesh_proto::PROTOCOL_VERSION
+            );
+            self.refuse(ErrorCode::VersionUnsupported, m).await;
+            return None;
+        }
+        let hub = self.hub.clone();
+        let grant = match &hub.auth {
+            None => None,
+            Some(auth) => {
+                let Some(token) = hello.token.clone().or_else(|| self.bearer.clone()) else {
+                    let m = "this hub requires a token: put a JWT in hello's `token` field or \
+                             an `Authorization: Bearer` header";
+                    self.refuse(ErrorCode::Unauthorized, m.into()).await;
+                    return None;
+                };
+                match auth.verify(&token) {
+                    Ok(g) => Some(g),
+                    Err(m) => {
+                        self.refuse(ErrorCode::Unauthorized, m).await;
+                        return None;
+                    }
+                }
+            }
+        };
+        Some((hello, grant))
+    }
+
+    /// Picks the id, registers the client, queues `welcome`, joins the hello's rooms and
+    /// starts the writer.
+    async fn establish(
+        mut self,
+        hello: Hello,
+        grant: Option<Grant>,
+        accept: Accept,
+    ) -> Option<Session> {
+        let hub = self.hub.clone();
+        let cfg = &hub.config;
+        let id = match (&grant, hello.id) {
+            (Some(g), Some(id)) if g.sub != id => {
+                let m = format!(
+                    "the token was issued to {:?}, not to {:?}",
+                    g.sub.as_str(),
+                    id.as_str()
+                );
+                self.refuse(ErrorCode::Unauthorized, m).await;
+                return None;
+            }
+            (_, Some(id)) => id,
+            (Some(g), None) => g.sub.clone(),
+            (None, None) => match ClientId::new(&uuid::Uuid::new_v4().to_string()) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.refuse(ErrorCode::Internal, e.to_string()).await;
+                    return None;
+                }
+            },
+        };
+        let mut rooms: Vec<RoomName> = Vec::new();
+        for room in hello.rooms {
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
+        if rooms.len() > cfg.max_rooms_per_client {
+            let m = format!(
+                "hello asks for {} rooms; a client may be in at most {} (max_rooms_per_client)",
+                rooms.len(),
+                cfg.max_rooms_per_client
+            );
+            self.refuse(ErrorCode::TooManyRooms, m).await;
+            return None;
+        }
+        if let Some(g) = &grant {
+            if let Some(r) = rooms.iter().find(|r| !g.may_join(r)) {
+                let m = format!("the token does not allow joining room {:?}", r.as_str());
+                self.refuse(ErrorCode::Forbidden, m).await;
+                return None;
+            }
+        }
+
+        let conn_no = hub
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue_frames);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(control_capacity(&hub));
+        let secret = format!("{:032x}", rand::random::<u128>());
+        let info = ConnInfo {
+            addr: accept.addr,
+            ip: accept.ip,
+            meta: accept.meta,
+            version: hello.version,
+            connected_at: std::time::SystemTime::now(),
+        };
+        let conn = Arc::new(ConnShared::new(
+            conn_no,
+            id.clone(),
+            self.enc,
+            secret.clone(),
+            info,
+            out_tx,
+            ctrl_tx,
+            cfg.outbound_queue_bytes,
+        ));
+        // Welcome goes into the queue before the client is reachable, so it is always first.
+        let welcome = ServerFrame::Welcome(Welcome {
+            id: id.clone(),
+            secret,
+            version: peermesh_proto::PROTOCOL_VERSION.to_string(),
+            heartbeat_ms: cfg.heartbeat_interval_ms,
+            rooms: rooms.clone(),
+            limits: Limits {
+                max_frame_bytes: cfg.max_frame_bytes as u64,
+                max_rooms_per_client: cfg.max_rooms_per_client as u64,
+                rate_per_sec: u64::from(cfg.rate_per_sec),
+                rate_burst: u64::from(cfg.rate_burst),
+                max_pending_acks: cfg.max_pending_acks as u64,
+                max_ack_timeout_ms: cfg.max_ack_timeout_ms,
+            },
+        });
+        if conn.send(EncodedBody::encode(self.enc, &welcome)).is_err() {
+            return None;
+        }
+        let replaced = match hub.registry().register(
+            &conn,
+            hello.secret.as_deref(),
+            cfg.duplicate_id,
+            cfg.max_clients,
+        ) {
+            Ok(r) => r,
+            Err(RegisterError::IdTaken) => {
+                let m = format!(
+                    "client id {:?} is already connected; pick another id, or present the \
+                     secret from its welcome to replace that connection",
+                    id.as_str()
+                );
+                self.refuse(ErrorCode::IdTaken, m).await;
+                return None;
+            }
+            Err(RegisterError::ServerFull) => {
+                let m = format!(
+                    "the hub has {} clients, its limit (max_clients)",
+                    cfg.max_clients
+                );
+                self.refuse(ErrorCode::ServerFull, m).await;
+                return None;
+            }
+        };
+        if let Some(old) = &replaced {
+            info!(id = %id, "a new connection replaces the old one");
+            old.close(
+                ErrorCode::Replaced,
+                "a newer connection with the same client id replaced this one",
+            );
+        }
+        hub.router.metrics.inc_connections();
+        debug!(id = %id, conn = conn_no, enc = self.enc.as_str(), "client connected");
+
+        let (sink, stream) = self.ws.split();
+        let writer = writer::Writer {
+            sink,
+            rx: out_rx,
+            conn: conn.clone(),
+            metrics: hub.router.metrics.clone(),
+            seq: self.seq,
+            heartbeat: cfg.heartbeat_interval(),
+        };
+        let writer = hub.tasks.spawn(writer.run());
+        let now = Instant::now();
+        let mut session = Session {
+            acks: AckTracker::new(conn_no as u32, cfg.max_pending_acks),
+            contacts: RecentTargets::new(
+                cfg.max_recent_targets,
+                Duration::from_millis(cfg.recent_target_ttl_ms),
+            ),
+            rate: TokenBucket::new(cfg.rate_per_sec, cfg.rate_burst, now),
+            last_seen: now,
+            rate_notice: None,
+            grant,
+            stream,
+            ctrl_rx,
+            writer,
+            conn,
+            hub: hub.clone(),
+        };
+        for room in rooms {
+            session.join_room(room);
+        }
+        Some(session)
+    }
+}
+
+/// A connection after its handshake.
+struct Session {
+    hub: Arc<HubInner>,
+    conn: Arc<ConnShared>,
+    grant: Option<Grant>,
+    stream: futures_util::stream::SplitStream<WebSocket>,
+    ctrl_rx: mpsc::Receiver<Control>,
+    writer: tokio::task::JoinHandle<()>,
+    acks: AckTracker,
+    contacts: RecentTargets,
+    rate: TokenBucket,
+    last_seen: Instant,
+    rate_notice: Option<Instant>,
+}
+
+impl Session {
+    async fn run(mut self) {
+        let timeout = self.hub.config.heartbeat_timeout();
+        let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let heartbeat = tokio::time::sleep(timeout);
+        let ack_timer = tokio::time::sleep_until(far());
+        tokio::pin!(heartbeat, ack_timer);
+        let mut armed: Option<Instant> = None;
+        let cancel = self.conn.cancel.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(c) = self.ctrl_rx.recv() => self.handle_control(c),
+                msg = self.stream.next() => match msg {
+                    None | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(m)) => {
+                        self.last_seen = Instant::now();
+                        self.handle_ws(m);
+                    }
+                    Some(Err(e)) => {
+                        self.read_failed(e);
+                        break;
+                    }
+                },
+                _ = &mut ack_timer, if armed.is_some() => {
+                    let now = Instant::now();
+                    for req in self.acks.handle_timeout(now) {
+                        self.error(ErrorCode::AckTimeout, "the target did not answer in time", Some(req));
+                    }
+                    armed = None;
+                }
+                _ = &mut heartbeat => {
+                    let due = self.last_seen + timeout;
+                    if Instant::now() >= due {
+                        let m = format!("nothing received for {} s", timeout.as_secs_f64());
+                        self.conn.close(ErrorCode::HeartbeatTimeout, m);
+                        break;
+                    }
+                    heartbeat.as_mut().reset(tokio::time::Instant::from_std(due));
+                }
+            }
+            let next = self.acks.poll_timeout();
+            if next != armed {
+                armed = next;
+                let at = next.map(tokio::time::Instant::from_std).unwrap_or_else(far);
+                ack_timer.as_mut().reset(at);
+            }
+        }
+        self.cleanup().await;
+    }
+
+    fn read_failed(&mut self, e: axum::Error) {
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+        let inner = e.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                let m = format!(
+                    "the frame has {size} bytes, over the hard limit of {max_size}; the \
+                     connection cannot continue (max_frame_bytes is {})",
+                    self.hub.config.max_frame_bytes
+                );
+                self.conn.close(ErrorCode::FrameTooLarge, m);
+            }
+            _ => debug!(error = %inner, "read failed"),
+        }
+    }
+
+    fn send(&self, frame: &ServerFrame) {
+        let body = EncodedBody::encode(self.conn.encoding, frame);
+        let _ = self.hub.router.to_conn(&self.conn, body);
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>, req: Option<u64>) {
+        self.hub.router.metrics.inc_error(code);
+        self.send(&ServerFrame::Error(ErrorFrame::new(code, message, req)));
+    }
+
+    fn ok(&self, req: Option<u64>) {
+        if let Some(req) = req {
+            self.send(&ServerFrame::Ok { req });
+        }
+    }
+
+    fn handle_ws(&mut self, msg: Message) {
+        let (enc, bytes): (Encoding, bytes::Bytes) = match msg {
+            Message::Text(t) => (Encoding::Json, t.into()),
+            Message::Binary(b) => (Encoding::MsgPack, b),
+            _ => return,
+        };
+        let metrics = &self.hub.router.metrics;
+        metrics.inc_frames_in(1);
+        metrics.inc_bytes_in(bytes.len() as u64);
+        let stats = &self.conn.stats;
+        stats
+            .frames_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .bytes_in
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if bytes.len() > self.hub.config.max_frame_bytes {
+            let m = too_large_message(bytes.len(), self.hub.config.max_frame_bytes);
+            self.error(ErrorCode::FrameTooLarge, m, None);
+            return;
+        }
+        let now = self.last_seen;
+        if !self.rate.try_take(now) {
+            self.rate_limited(enc, &bytes, now);
+            return;
+        }
+        match decode_client(enc, &bytes) {
+            Ok(frame) => self.handle_frame(frame, now),
+            Err(e) => {
+                warn!(id = %self.conn.client, code = %e.code, "bad frame: {}", e.message);
+                self.error(e.code, e.message, e.req);
+            }
+        }
+    }
+
+    /// A frame over the rate limit is dropped. A frame with `req` still gets its one answer
+    /// (an error); other drops are reported at most once a second.
+    fn rate_limited(&mut self, enc: Encoding, bytes: &[u8], now: Instant) {
+        let req = decode_client(enc, bytes).ok().and_then(|f| f.req());
+        let notice_due = self
+            .rate_notice
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if req.is_some() || notice_due {
+            if req.is_none() {
+                self.rate_notice = Some(now);
+            }
+            let m = format!(
+                "over the inbound rate limit of {} frames/s (burst {}); the frame was dropped",
+                self.hub.config.rate_per_sec, self.hub.config.rate_burst
+            );
+            self.error(ErrorCode::RateLimited, m, req);
+        }
+    }
+
+    fn handle_frame(&mut self, frame: ClientFrame, now: Instant) {
+        match frame {
+            ClientFrame::Hello(_) => self.error(
+                ErrorCode::AlreadyGreeted,
+                "this connection already said hello; open a new connection to change identity",
+                None,
+            ),
+            ClientFrame::Emit(e) => {
+                let ack_id = if e.ack {
+                    let Some(req) = e.req else { return };
+                    let max = self.hub.config.max_ack_timeout_ms;
+                    let ms = e
+                        .timeout_ms
+                        .unwrap_or(self.hub.config.default_ack_timeout_ms);
+                    if ms == 0 || ms > max {
+                        let m = format!("`timeout_ms` must be between 1 and {max}");
+                        return self.error(ErrorCode::InvalidField, m, Some(req));
+                    }
+                    let deadline = now + Duration::from_millis(ms);
+                    match self.acks.insert(req, e.to.clone(), deadline) {
+                        Ok(id) => Some(id),
+                        Err(AckInsertError::Full) => {
+                            let m = format!(
+                                "{} acknowledgements are already pending (max_pending_acks)",
+                                self.acks.len()
+                            );
+                            return self.error(ErrorCode::TooManyPendingAcks, m, Some(req));
+                        }
+                        Err(AckInsertError::DuplicateReq) => {
+                            let m = format!("an acknowledgement with req {req} is already pending");
+                            return self.error(ErrorCode::InvalidField, m, Some(req));
+                        }
+                    }
+                } else {
+                    None
+                };
+                let frame = ServerFrame::Message(MessageFrame {
+                    from: self.conn.client.clone(),
+                    event: e.event,
+                    payload: e.payload,
+                    room: None,
+                    ack_id,
+                });
+                self.hub.router.metrics.inc_direct(1);
+                match self.hub.router.to_client(&e.to, &frame) {
+                    Ok(target) => {
+                        self.touch_contact(&e.to, target.conn, now);
+                        if ack_id.is_none() {
+                            self.ok(e.req);
+                        }
+                    }
+                    Err(err) => {
+                        if let Some(id) = ack_id {
+                            self.acks.complete(id, &e.to);
+                        }
+                        let m = match err {
+                            RouteError::UnknownTarget => {
+                                format!("no client with id {:?} is connected", e.to.as_str())
+                            }
+                            RouteError::TargetUnavailable => {
+                                format!("client {:?} is disconnecting", e.to.as_str())
+                            }
+                        };
+                        self.error(ErrorCode::UnknownTarget, m, e.req);
+                    }
+                }
+            }
+            ClientFrame::Reply(r) => {
+                let ctrl = Control::AckReply {
+                    ack_id: r.ack_id,
+                    from: self.conn.client.clone(),
+                    payload: r.payload,
+                };
+                if self.hub.router.control(u64::from(conn_of(r.ack_id)), ctrl) {
+                    self.hub.router.metrics.inc_acks(1);
+                } else {
+                    let m = format!("no pending acknowledgement has ack_id {}", r.ack_id);
+                    self.error(ErrorCode::UnknownAck, m, None);
+                }
+            }
+            ClientFrame::Join { room, req } => {
+                if self.conn.rooms.lock().contains(&room) {
+                    return self.ok(req);
+                }
+                if let Some(g) = &self.grant {
+                    if !g.may_join(&room) {
+                        let m =
+                            format!("the token does not allow joining room {:?}", room.as_str());
+                        return self.error(ErrorCode::Forbidden, m, req);
+                    }
+                }
+                let max = self.hub.config.max_rooms_per_client;
+                if self.conn.rooms.lock().len() >= max {
+                    let m = format!("already in {max} rooms (max_rooms_per_client)");
+                    return self.error(ErrorCode::TooManyRooms, m, req);
+                }
+                self.join_room(room);
+                self.ok(req);
+            }
+            ClientFrame::Leave { room, req } => {
+                if !self.conn.rooms.lock().remove(&room) {
+                    return self.not_in_room(&room, req);
+                }
+                if self.hub.registry().leave(&room, &self.conn) {
+                    let left = ServerFrame::MemberLeft {
+                        room: room.clone(),
+                        id: self.conn.client.clone(),
+                    };
+                    self.hub.router.to_room(&room, &left, None);
+                }
+                self.ok(req);
+            }
+            ClientFrame::EmitRoom(e) => {
+                if !self.conn.rooms.lock().contains(&e.room) {
+                    return self.not_in_room(&e.room, e.req);
+                }
+                let frame = ServerFrame::Message(MessageFrame {
+                    from: self.conn.client.clone(),
+                    event: e.event,
+                    payload: e.payload,
+                    room: Some(e.room.clone()),
+                    ack_id: None,
+                });
+                self.hub.router.metrics.inc_room(1);
+                let except = (!e.include_self).then_some(self.conn.conn);
+                self.hub.router.to_room(&e.room, &frame, except);
+                self.ok(e.req);
+            }
+            ClientFrame::Members { room, req } => {
+                if !self.conn.rooms.lock().contains(&room) {
+                    return self.not_in_room(&room, req);
+                }
+                let mut members: Vec<ClientId> = self
+                    .hub
+                    .registry()
+                    .room(&room)
+                    .map(|r| r.members.read().keys().cloned().collect())
+                    .unwrap_or_default();
+                members.sort();
+                self.send(&ServerFrame::Members { req, room, members });
+            }
+            ClientFrame::Ping { req } => self.send(&ServerFrame::Pong { req }),
+            _ => self.error(
+                ErrorCode::UnknownType,
+                "this frame type is not handled",
+                None,
+            ),
+        }
+    }
+
+    fn not_in_room(&self, room: &RoomName, req: Option<u64>) {
+        let m = format!("not a member of room {:?}; join it first", room.as_str());
+        self.error(ErrorCode::NotInRoom, m, req);
+    }
+
+    /// Joins a room and tells the other members (unless this client id was already present
+    /// through a connection this one replaced).
+    fn join_room(&mut self, room: RoomName) {
+        self.conn.rooms.lock().insert(room.clone());
+        // A client id already present through a connection this one replaced is no news.
+        if let Ok(None) = self.hub.registry().join(&room, &self.conn) {
+            let joined = ServerFrame::MemberJoined {
+                room: room.clone(),
+                id: self.conn.client.clone(),
+            };
+            self.hub
+                .router
+                .to_room(&room, &joined, Some(self.conn.conn));
+        }
+    }
+
+    /// Remembers a target for `peer_left`, and registers this connection as its watcher.
+    fn touch_contact(&mut self, target: &ClientId, target_conn: u64, now: Instant) {
+        let touch = self.contacts.touch(target, target_conn, now);
+        let registry = self.hub.registry();
+        if let Some((_, old_conn)) = touch.unwatch {
+            if let Some(c) = registry.conn(old_conn) {
+                c.watchers.lock().remove(&self.conn.conn);
+            }
+        }
+        if touch.watch {
+            if let Some(c) = registry.conn(target_conn) {
+                c.watchers.lock().insert(self.conn.conn);
+            }
+        }
+    }
+
+    fn handle_control(&mut self, c: Control) {
+        match c {
+            Control::AckReply {
+                ack_id,
+                from,
+                payload,
+            } => match self.acks.complete(ack_id, &from) {
+                Some(req) => self.send(&ServerFrame::Ack { req, payload }),
+                None => debug!(ack_id, from = %from, "late or foreign ack reply dropped"),
+            },
+            Control::PeerGone { id, conn } => {
+                for req in self.acks.fail_target(&id) {
+                    let m = format!("{:?} disconnected before answering", id.as_str());
+                    self.error(ErrorCode::PeerLeft, m, Some(req));
+                }
+                if self.contacts.gone(&id, conn, Instant::now()) {
+                    self.send(&ServerFrame::PeerLeft { id });
+                }
+            }
+        }
+    }
+
+    async fn cleanup(mut self) {
+        let hub = self.hub.clone();
+        let registry = hub.registry();
+        let owned = registry.unregister(&self.conn);
+        // Stop the writer first: with a close reason it writes the error and close frames.
+        self.conn.cancel.cancel();
+        let rooms: Vec<RoomName> = self.conn.rooms.lock().drain().collect();
+        for room in rooms {
+            if registry.leave(&room, &self.conn) {
+                let left = ServerFrame::MemberLeft {
+                    room: room.clone(),
+                    id: self.conn.client.clone(),
+                };
+                hub.router.to_room(&room, &left, None);
+            }
+        }
+        let watchers: HashSet<u64> = std::mem::take(&mut *self.conn.watchers.lock());
+        if owned {
+            for w in watchers {
+                hub.router.control(
+                    w,
+                    Control::PeerGone {
+                        id: self.conn.client.clone(),
+                        conn: self.conn.conn,
+                    },
+                );
+            }
+        } else if let Some(newer) = registry.client(&self.conn.client) {
+            newer.watchers.lock().extend(watchers);
+        }
+        for (target, conn) in self.contacts.drain() {
+            if let Some(c) = registry.conn(conn) {
+                c.watchers.lock().remove(&self.conn.conn);
+            } else if let Some(c) = registry.client(&target) {
+                c.watchers.lock().remove(&self.conn.conn);
+            }
+        }
+        let reason = self.conn.close_reason().map(|r| r.code);
+        debug!(id = %self.conn.client, ?reason, "client disconnected");
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.writer).await;
+    }
+}

@@ -1,0 +1,290 @@
+//! HTTP routes: the WebSocket endpoint, the status page and the metrics.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use peermesh_proto::Encoding;
+
+use crate::conn::{serve_socket, Accept};
+use crate::HubInner;
+
+pub(crate) fn routes(hub: Arc<HubInner>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/", get(status_page))
+        .route("/status.json", get(status_json))
+        .route("/metrics", get(metrics))
+        .with_state(hub)
+}
+
+/// Sockets allowed in their handshake beyond `max_clients`, so that a refusal can be written.
+const HANDSHAKE_SLACK: usize = 1024;
+
+async fn upgrade(
+    State(hub): State<Arc<HubInner>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if hub.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
+    }
+    if hub.tasks.len() >= hub.config.max_clients.saturating_add(HANDSHAKE_SLACK) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full: the hub has reached its connection limit\n",
+        )
+            .into_response();
+    }
+    let mut encoding = Encoding::Json;
+    let mut bearer = bearer_token(&headers);
+    let mut meta = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "enc" => match Encoding::from_param(&v) {
+                Some(e) => encoding = e,
+                None => {
+                    let m = format!("unknown encoding {v:?}: use enc=json or enc=msgpack\n");
+                    return (StatusCode::BAD_REQUEST, m).into_response();
+                }
+            },
+            // Browsers cannot set headers on a WebSocket: accept the token as a parameter.
+            "token" => bearer = Some(v),
+            _ if meta.len() < 64 => meta.push((k, v)),
+            _ => {}
+        }
+    }
+    let ip = if hub.config.trust_proxy {
+        forwarded_ip(&headers).unwrap_or_else(|| addr.ip().to_string())
+    } else {
+        addr.ip().to_string()
+    };
+    let accept = Accept {
+        addr,
+        ip,
+        meta,
+        encoding,
+        bearer,
+    };
+    let cfg = &hub.config;
+    let cap = cfg.hard_frame_cap();
+    let tasks = hub.tasks.clone();
+    ws.read_buffer_size(cfg.ws_read_buffer_bytes)
+        .write_buffer_size(cfg.ws_write_buffer_bytes)
+        .max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(move |socket| tasks.track_future(serve_socket(socket, accept, hub)))
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// The client address a trusted proxy reports: the first `X-Forwarded-For` entry, else the
+/// first `for=` of `Forwarded`.
+fn forwarded_ip(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        if let Some(first) = v.split(',').map(str::trim).find(|s| !s.is_empty()) {
+            return Some(first.to_string());
+        }
+    }
+    let v = headers.get(header::FORWARDED)?.to_str().ok()?;
+    v.split([',', ';']).find_map(|part| {
+        let (k, val) = part.trim().split_once('=')?;
+        if !k.eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let val = val.trim_matches('"');
+        let val = val
+            .strip_prefix('[')
+            .and_then(|s| s.split_once(']').map(|(ip, _)| ip))
+            .unwrap_or_else(|| {
+                // "1.2.3.4:5678" → "1.2.3.4"; a bare IPv6 has several colons and stays whole.
+                match val.matches(':').count() {
+                    1 => val.split(':').next().unwrap_or(val),
+                    _ => val,
+                }
+            });
+        Some(val.to_string())
+    })
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const LIST_LIMIT: usize = 100;
+
+async fn status_page(State(hub): State<Arc<HubInner>>) -> Html<String> {
+    let reg = hub.registry();
+    let r = hub.router.metrics.rates();
+    let mut conns = reg.all_conns();
+    conns.sort_by(|a, b| a.client.cmp(&b.client));
+    let mut s = String::with_capacity(8192);
+    let _ = write!(
+        s,
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
+         <title>peermesh hub</title><style>body{{font:14px system-ui;margin:2em}}\
+         table{{border-collapse:collapse}}td,th{{padding:2px 10px;border-bottom:1px solid #ddd;\
+         text-align:left}}</style></head><body><h1>peermesh hub</h1>\
+         <p>listening on {} · up {} s · protocol {}</p>\
+         <h2>Now</h2><table><tr><th>clients</th><td>{}</td></tr><tr><th>rooms</th><td>{}</td></tr>\
+         <tr><th>frames in/s</th><td>{:.0}</td></tr><tr><th>frames out/s</th><td>{:.0}</td></tr>\
+         <tr><th>direct messages/s</th><td>{:.0}</td></tr><tr><th>room messages/s</th><td>{:.0}</td></tr>\
+         <tr><th>deliveries/s</th><td>{:.0}</td></tr></table>",
+        hub.config.listen,
+        hub.started.elapsed().as_secs(),
+        peermesh_proto::PROTOCOL_VERSION,
+        reg.client_count(),
+        reg.room_count(),
+        r.frames_in,
+        r.frames_out,
+        r.direct,
+        r.room,
+        r.deliveries,
+    );
+    let _ = write!(
+        s,
+        "<h2>Clients (first {LIST_LIMIT})</h2><table><tr><th>id</th><th>ip</th><th>enc</th>\
+         <th>rooms</th><th>frames in</th><th>frames out</th><th>bytes in</th><th>bytes out</th>\
+         <th>queued bytes</th></tr>"
+    );
+    for c in conns.iter().take(LIST_LIMIT) {
+        let st = &c.stats;
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td></tr>",
+            esc(c.client.as_str()),
+            esc(&c.info.ip),
+            c.encoding.as_str(),
+            c.rooms.lock().len(),
+            st.frames_in.load(Ordering::Relaxed),
+            st.frames_out.load(Ordering::Relaxed),
+            st.bytes_in.load(Ordering::Relaxed),
+            st.bytes_out.load(Ordering::Relaxed),
+            c.queued_bytes(),
+        );
+    }
+    let _ = write!(
+        s,
+        "</table><h2>Rooms (largest {LIST_LIMIT})</h2><table><tr><th>room</th><th>members</th></tr>"
+    );
+    for (room, n) in reg.room_sizes(LIST_LIMIT) {
+        let _ = write!(s, "<tr><td>{}</td><td>{n}</td></tr>", esc(room.as_str()));
+    }
+    s.push_str("</table><p><a href=/metrics>/metrics</a> · <a href=/status.json>/status.json</a></p></body></html>");
+    Html(s)
+}
+
+async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
+    let reg = hub.registry();
+    let r = hub.router.metrics.rates();
+    let mut conns = reg.all_conns();
+    conns.sort_by(|a, b| a.client.cmp(&b.client));
+    let clients: Vec<_> = conns
+        .iter()
+        .take(LIST_LIMIT)
+        .map(|c| {
+            let st = &c.stats;
+            serde_json::json!({
+                "id": c.client,
+                "ip": c.info.ip,
+                "addr": c.info.addr.to_string(),
+                "connected_s": c.info.connected_at.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                "enc": c.encoding.as_str(),
+                "version": c.info.version,
+                "meta": c.info.meta.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+                "rooms": c.rooms.lock().len(),
+                "frames_in": st.frames_in.load(Ordering::Relaxed),
+                "frames_out": st.frames_out.load(Ordering::Relaxed),
+                "bytes_in": st.bytes_in.load(Ordering::Relaxed),
+                "bytes_out": st.bytes_out.load(Ordering::Relaxed),
+                "queued_bytes": c.queued_bytes(),
+            })
+        })
+        .collect();
+    let rooms: Vec<_> = reg
+        .room_sizes(LIST_LIMIT)
+        .into_iter()
+        .map(|(room, n)| serde_json::json!({"room": room, "members": n}))
+        .collect();
+    let body = serde_json::json!({
+        "uptime_s": hub.started.elapsed().as_secs(),
+        "clients": reg.client_count(),
+        "rooms": reg.room_count(),
+        "rates": {
+            "frames_in": r.frames_in, "frames_out": r.frames_out, "deliveries": r.deliveries,
+            "direct": r.direct, "room": r.room,
+        },
+        "client_list": clients,
+        "room_list": rooms,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(hub): State<Arc<HubInner>>) -> Response {
+    let reg = hub.registry();
+    let text = hub
+        .router
+        .metrics
+        .render(reg.client_count(), reg.room_count());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
+        assert_eq!(forwarded_ip(&h).as_deref(), Some("203.0.113.7"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::FORWARDED,
+            "for=\"[2001:db8::1]:4711\";proto=https".parse().unwrap(),
+        );
+        assert_eq!(forwarded_ip(&h).as_deref(), Some("2001:db8::1"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::FORWARDED,
+            "proto=http;for=192.0.2.60:8080".parse().unwrap(),
+        );
+        assert_eq!(forwarded_ip(&h).as_deref(), Some("192.0.2.60"));
+    }
+
+    #[test]
+    fn escapes_html() {
+        assert_eq!(esc("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
+    }
+}

@@ -1,0 +1,334 @@
+//! Who is connected, and who is in which room.
+//!
+//! ```text
+//!   clients: ClientId ──► Arc<ConnShared>      (one live connection per id)
+//!   conns:   conn no. ──► Arc<ConnShared>      (ack replies and control notices)
+//!   rooms:   RoomName ──► Arc<Room> ──► { ClientId ──► Arc<ConnShared> }
+//! ```
+//!
+//! Maps are sharded ([`dashmap`]); a room's member map is behind its own `RwLock`, taken for
+//! reading during a fan-out (which only `try_send`s, never waits) and for writing on join and
+//! leave. A room is created by its first join and removed, under the same shard lock, by its
+//! last leave, so a join never lands in a room that is being removed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+use peermesh_proto::{ClientId, EncodedBody, Encoding, ErrorCode, Payload, RoomName};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DuplicateIdPolicy;
+
+/// A notice for a connection's own task (not a frame for its socket).
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// A target answered one of this connection's acknowledged emits.
+    AckReply {
+        ack_id: u64,
+        from: ClientId,
+        payload: Payload,
+    },
+    /// A client this connection sent to has gone (its connection `conn` ended).
+    PeerGone { id: ClientId, conn: u64 },
+}
+
+/// Why a connection is being closed.
+#[derive(Debug, Clone)]
+pub(crate) struct CloseReason {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+/// Facts about a connection, fixed at its handshake.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub(crate) addr: SocketAddr,
+    pub(crate) ip: String,
+    pub(crate) meta: Vec<(String, String)>,
+    pub(crate) version: String,
+    pub(crate) connected_at: SystemTime,
+}
+
+/// Byte and frame counts of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct ConnStats {
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+/// Why a frame could not be queued for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueError {
+    /// The connection's outbound queue is full: it has been closed as a slow consumer.
+    SlowConsumer,
+    /// The connection is closing.
+    Closed,
+}
+
+/// The part of a connection other tasks can reach.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    pub(crate) conn: u64,
+    pub(crate) client: ClientId,
+    pub(crate) encoding: Encoding,
+    pub(crate) secret: String,
+    pub(crate) info: ConnInfo,
+    pub(crate) rooms: Mutex<HashSet<RoomName>>,
+    pub(crate) watchers: Mutex<HashSet<u64>>,
+    pub(crate) stats: ConnStats,
+    pub(crate) cancel: CancellationToken,
+    out: mpsc::Sender<EncodedBody>,
+    ctrl: mpsc::Sender<Control>,
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+    close: OnceLock<CloseReason>,
+}
+
+impl ConnShared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        conn: u64,
+        client: ClientId,
+        encoding: Encoding,
+        secret: String,
+        info: ConnInfo,
+        out: mpsc::Sender<EncodedBody>,
+        ctrl: mpsc::Sender<Control>,
+        max_queued_bytes: usize,
+    ) -> Self {
+        Self {
+            conn,
+            client,
+            encoding,
+            secret,
+            info,
+            rooms: Mutex::new(HashSet::new()),
+            watchers: Mutex::new(HashSet::new()),
+            stats: ConnStats::default(),
+            cancel: CancellationToken::new(),
+            out,
+            ctrl,
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes,
+            close: OnceLock::new(),
+        }
+    }
+
+    /// Queues a frame for the socket. Never waits: a full queue closes the connection as a
+    /// slow consumer, so one slow reader never holds up the sender or anyone else.
+    pub(crate) fn send(&self, body: EncodedBody) -> Result<(), QueueError> {
+        if self.cancel.is_cancelled() {
+            return Err(QueueError::Closed);
+        }
+        let len = body.encoded_len();
+        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let result = if queued > self.max_queued_bytes {
+            Err(QueueError::SlowConsumer)
+        } else {
+            match self.out.try_send(body) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(QueueError::SlowConsumer),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closed),
+            }
+        };
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        if result == Err(QueueError::SlowConsumer) {
+            self.close(
+                ErrorCode::SlowConsumer,
+                "the outbound queue overflowed: read faster, or raise outbound_queue_bytes",
+            );
+        }
+        result
+    }
+
+    /// The writer wrote a frame of `len` encoded bytes (as counted by `send`).
+    pub(crate) fn dequeued(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Bytes waiting in the outbound queue.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sends a notice to the connection's task; dropped if its control inbox is full.
+    pub(crate) fn control(&self, c: Control) -> bool {
+        self.ctrl.try_send(c).is_ok()
+    }
+
+    /// Closes the connection with a reason (the first reason wins).
+    pub(crate) fn close(&self, code: ErrorCode, message: impl Into<String>) {
+        let _ = self.close.set(CloseReason {
+            code,
+            message: message.into(),
+        });
+        self.cancel.cancel();
+    }
+
+    /// The reason given to `close`, if any.
+    pub(crate) fn close_reason(&self) -> Option<&CloseReason> {
+        self.close.get()
+    }
+}
+
+/// A room: its members by client id.
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    pub(crate) members: RwLock<HashMap<ClientId, Arc<ConnShared>>>,
+}
+
+/// Why a client could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegisterError {
+    IdTaken,
+    ServerFull,
+}
+
+/// Clients, connections and rooms of one hub.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    clients: DashMap<ClientId, Arc<ConnShared>>,
+    conns: DashMap<u64, Arc<ConnShared>>,
+    rooms: DashMap<RoomName, Arc<Room>>,
+    count: AtomicUsize,
+}
+
+impl Registry {
+    /// Registers a connection under its client id. Returns the connection it replaced, if the
+    /// policy or the presented secret allowed replacing one.
+    pub(crate) fn register(
+        &self,
+        conn: &Arc<ConnShared>,
+        presented_secret: Option<&str>,
+        policy: DuplicateIdPolicy,
+        max_clients: usize,
+    ) -> Result<Option<Arc<ConnShared>>, RegisterError> {
+        use dashmap::mapref::entry::Entry;
+        match self.clients.entry(conn.client.clone()) {
+            Entry::Occupied(mut e) => {
+                let secret_ok = presented_secret.is_some_and(|s| constant_eq(s, &e.get().secret));
+                if !secret_ok && policy == DuplicateIdPolicy::Reject {
+                    return Err(RegisterError::IdTaken);
+                }
+                let old = e.insert(conn.clone());
+                self.conns.insert(conn.conn, conn.clone());
+                Ok(Some(old))
+            }
+            Entry::Vacant(e) => {
+                if self.count.fetch_add(1, Ordering::AcqRel) >= max_clients {
+                    self.count.fetch_sub(1, Ordering::AcqRel);
+                    return Err(RegisterError::ServerFull);
+                }
+                e.insert(conn.clone());
+                self.conns.insert(conn.conn, conn.clone());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes a connection. Returns whether it still owned its client id (false when a newer
+    /// connection replaced it).
+    pub(crate) fn unregister(&self, conn: &ConnShared) -> bool {
+        self.conns.remove(&conn.conn);
+        let owned = self
+            .clients
+            .remove_if(&conn.client, |_, c| c.conn == conn.conn)
+            .is_some();
+        if owned {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        owned
+    }
+
+    /// The live connection of a client id.
+    pub(crate) fn client(&self, id: &ClientId) -> Option<Arc<ConnShared>> {
+        self.clients.get(id).map(|c| c.value().clone())
+    }
+
+    /// The connection with this number, if it is still live.
+    pub(crate) fn conn(&self, conn: u64) -> Option<Arc<ConnShared>> {
+        self.conns.get(&conn).map(|c| c.value().clone())
+    }
+
+    /// Adds a connection to a room. Returns the connection it displaced under the same client
+    /// id (a replaced connection), or `Ok(None)`; `Err(())` if it was already a member.
+    pub(crate) fn join(
+        &self,
+        room: &RoomName,
+        conn: &Arc<ConnShared>,
+    ) -> Result<Option<Arc<ConnShared>>, ()> {
+        let entry = self.rooms.entry(room.clone()).or_default();
+        let mut members = entry.members.write();
+        match members.insert(conn.client.clone(), conn.clone()) {
+            Some(prev) if prev.conn == conn.conn => Err(()),
+            prev => Ok(prev),
+        }
+    }
+
+    /// Removes a connection from a room (only if that connection is the member); deletes the
+    /// room when it becomes empty. Returns whether it was a member.
+    pub(crate) fn leave(&self, room: &RoomName, conn: &ConnShared) -> bool {
+        let mut removed = false;
+        self.rooms.remove_if(room, |_, r| {
+            let mut members = r.members.write();
+            if members
+                .get(&conn.client)
+                .is_some_and(|c| c.conn == conn.conn)
+            {
+                members.remove(&conn.client);
+                removed = true;
+            }
+            members.is_empty()
+        });
+        removed
+    }
+
+    /// A room, if it exists.
+    pub(crate) fn room(&self, room: &RoomName) -> Option<Arc<Room>> {
+        self.rooms.get(room).map(|r| r.value().clone())
+    }
+
+    /// Number of registered clients.
+    pub(crate) fn client_count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Number of rooms.
+    pub(crate) fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Every live connection (for shutdown and the status page).
+    pub(crate) fn all_conns(&self) -> Vec<Arc<ConnShared>> {
+        self.conns.iter().map(|c| c.value().clone()).collect()
+    }
+
+    /// Up to `limit` rooms with their member counts, largest first.
+    pub(crate) fn room_sizes(&self, limit: usize) -> Vec<(RoomName, usize)> {
+        let mut v: Vec<_> = self
+            .rooms
+            .iter()
+            .map(|r| (r.key().clone(), r.value().members.read().len()))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(limit);
+        v
+    }
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}

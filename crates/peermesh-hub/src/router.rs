@@ -1,0 +1,124 @@
+//! The one path every delivery takes.
+//!
+//! Connection tasks never touch another connection's queue directly: they ask the [`Router`]
+//! to deliver to a client id, a room or a connection number. Today the router resolves targets
+//! in the local [`Registry`]; a cluster backplane plugs in here, behind the same calls.
+//!
+//! A frame is encoded once per encoding and the encoded body (a refcounted `Bytes`) is shared by
+//! every recipient; each recipient's writer only prepends its own `seq`.
+
+use std::sync::Arc;
+
+use peermesh_proto::{ClientId, EncodedBody, Encoding, RoomName, ServerFrame};
+
+use crate::metrics::Metrics;
+use crate::registry::{ConnShared, Control, QueueError, Registry};
+
+/// A frame encoded lazily, at most once per encoding.
+pub(crate) struct Shared<'a> {
+    frame: &'a ServerFrame,
+    json: Option<EncodedBody>,
+    msgpack: Option<EncodedBody>,
+}
+
+impl<'a> Shared<'a> {
+    pub(crate) fn new(frame: &'a ServerFrame) -> Self {
+        Self {
+            frame,
+            json: None,
+            msgpack: None,
+        }
+    }
+
+    pub(crate) fn body(&mut self, enc: Encoding) -> EncodedBody {
+        let slot = match enc {
+            Encoding::Json => &mut self.json,
+            Encoding::MsgPack => &mut self.msgpack,
+        };
+        slot.get_or_insert_with(|| EncodedBody::encode(enc, self.frame))
+            .clone()
+    }
+}
+
+/// Why a delivery to a client failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteError {
+    /// No client with that id is connected.
+    UnknownTarget,
+    /// The target is connected but could not take the frame (closing, or closed as slow).
+    TargetUnavailable,
+}
+
+/// Delivers frames to clients, rooms and connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Router {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Router {
+    /// Delivers a frame to one client; returns its connection.
+    pub(crate) fn to_client(
+        &self,
+        to: &ClientId,
+        frame: &ServerFrame,
+    ) -> Result<Arc<ConnShared>, RouteError> {
+        let conn = self.registry.client(to).ok_or(RouteError::UnknownTarget)?;
+        self.to_conn(&conn, EncodedBody::encode(conn.encoding, frame))
+            .map(|()| conn)
+    }
+
+    /// Queues an encoded frame for one connection.
+    pub(crate) fn to_conn(&self, conn: &ConnShared, body: EncodedBody) -> Result<(), RouteError> {
+        match conn.send(body) {
+            Ok(()) => {
+                self.metrics.inc_deliveries(1);
+                Ok(())
+            }
+            Err(QueueError::SlowConsumer) => {
+                self.metrics.inc_slow_consumers();
+                Err(RouteError::TargetUnavailable)
+            }
+            Err(QueueError::Closed) => Err(RouteError::TargetUnavailable),
+        }
+    }
+
+    /// Delivers a frame to every member of a room except connection `except`; returns the
+    /// number of members reached.
+    pub(crate) fn to_room(
+        &self,
+        room: &RoomName,
+        frame: &ServerFrame,
+        except: Option<u64>,
+    ) -> usize {
+        let Some(room) = self.registry.room(room) else {
+            return 0;
+        };
+        let mut shared = Shared::new(frame);
+        let mut reached = 0;
+        let mut slow = 0;
+        {
+            let members = room.members.read();
+            for conn in members.values() {
+                if Some(conn.conn) == except {
+                    continue;
+                }
+                match conn.send(shared.body(conn.encoding)) {
+                    Ok(()) => reached += 1,
+                    Err(QueueError::SlowConsumer) => slow += 1,
+                    Err(QueueError::Closed) => {}
+                }
+            }
+        }
+        self.metrics.inc_deliveries(reached as u64);
+        for _ in 0..slow {
+            self.metrics.inc_slow_consumers();
+        }
+        reached
+    }
+
+    /// Sends a notice to a connection's task by number; false if it is gone or its inbox full.
+    pub(crate) fn control(&self, conn: u64, c: Control) -> bool {
+        self.registry.conn(conn).is_some_and(|t| t.control(c))
+    }
+}

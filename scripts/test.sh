@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh machine, then runs every test.
+#   bash scripts/test.sh
+# Needs: the Rust toolchain, Node.js 20 + npm, and apt (as root or with sudo) for Debian packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages the tests drive for real: headless Chromium for the browser test.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  step "apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  step "cargo install cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+# JavaScript dependencies of the browser test (from package-lock.json only).
+for dir in tests/browser; do
+  if [ -f "$dir/package-lock.json" ]; then
+    step "npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
+
+step "cargo build"
+cargo build --workspace --all-targets --locked
+
+step "cargo nextest run --workspace"
+cargo nextest run --workspace --locked --no-fail-fast
+
+step "cargo test --doc"
+cargo test --doc --workspace --locked
+
+if [ -d tests/browser ] && ls tests/browser/*.test.mjs >/dev/null 2>&1; then
+  step "browser test (headless Chromium)"
+  PEERMESH_BIN="$PWD/target/debug/peermesh" node --test tests/browser/
+fi
