@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a hub: WebSocket endpoint at /ws, status page at /, Prometheus metrics at /metrics.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Connect to a hub as one client: JSON commands on stdin, JSON events on stdout.
     Connect(connect::ConnectArgs),
     /// Load-test a running hub (and a Socket.IO 4 reference) and print a summary table.
@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
