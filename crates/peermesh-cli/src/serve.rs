@@ -21,7 +21,7 @@ use peermesh_hub::{DuplicateIdPolicy, Hub, HubConfig};
     (--config); a flag beats the environment, which beats the file."
 )]
 pub(crate) struct ServeArgs {
-    /// TOML configuration file (keys as in docs/configuration: listen, max_clients, [auth] …).
+    /// TOML configuration file; every key is shown with its default in peermesh.example.toml.
     #[arg(long, env = "PEERMESH_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7070].

@@ -245,6 +245,13 @@ mod tests {
     }
 
     #[test]
+    fn example_file_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../../../peermesh.example.toml");
+        let parsed = HubConfig::from_toml(text).unwrap();
+        assert_eq!(parsed, HubConfig::default());
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = HubConfig::from_toml("max_clientz = 3")
             .unwrap_err()

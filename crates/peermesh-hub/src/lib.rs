@@ -166,8 +166,14 @@ impl Hub {
         };
         let app = http::routes(inner.clone());
         let token = inner.shutdown.clone();
+        // Frames are small and latency matters: no Nagle delay on any accepted socket.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(
-            self.listener,
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { token.cancelled().await })

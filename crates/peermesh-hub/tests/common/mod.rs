@@ -78,7 +78,9 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .unwrap();
         Self {
             ws,
             msgpack: false,
@@ -89,7 +91,9 @@ impl Raw {
     pub async fn connect_with(
         req: tokio_tungstenite::tungstenite::handshake::client::Request,
     ) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+            .await
+            .unwrap();
         Self {
             ws,
             msgpack: false,
