@@ -22,11 +22,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a hub: WebSocket endpoint at /ws, status page at /, Prometheus metrics at /metrics.
+    #[command(long_about = serve::LONG_ABOUT)]
     Serve(Box<serve::ServeArgs>),
     /// Connect to a hub as one client: JSON commands on stdin, JSON events on stdout.
     Connect(connect::ConnectArgs),
     /// Load-test a running hub (and a Socket.IO 4 reference) and print a summary table.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,7 +47,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Connect(args) => connect::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
         }
     });
     match result {

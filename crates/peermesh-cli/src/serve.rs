@@ -9,17 +9,18 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use peermesh_hub::{DuplicateIdPolicy, Hub, HubConfig};
 
-/// Arguments of `peermesh serve`.
-#[derive(clap::Args, Debug)]
-#[command(
-    long_about = "Run a hub. Clients connect over WebSocket at ws://ADDR/ws (add ?enc=msgpack \
+/// The long help of `peermesh serve`.
+pub(crate) const LONG_ABOUT: &str =
+    "Run a hub. Clients connect over WebSocket at ws://ADDR/ws (add ?enc=msgpack \
     for MessagePack); the status page is at http://ADDR/ and Prometheus metrics at \
     http://ADDR/metrics. The first stdout line is {\"type\":\"listening\",\"addr\":…,\"ws\":…}; \
     logs go to stderr (RUST_LOG=peermesh=debug for more). SIGINT/SIGTERM close every \
     connection with \"server shutting down\" and exit 0.\n\n\
     Every option can also come from a PEERMESH_* environment variable or a TOML file \
-    (--config); a flag beats the environment, which beats the file."
-)]
+    (--config); a flag beats the environment, which beats the file.";
+
+/// Arguments of `peermesh serve`.
+#[derive(clap::Args, Debug)]
 pub(crate) struct ServeArgs {
     /// TOML configuration file; every key is shown with its default in peermesh.example.toml.
     #[arg(long, env = "PEERMESH_CONFIG")]

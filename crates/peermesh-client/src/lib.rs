@@ -1,1 +1,94 @@
-//! placeholder
+//! An async Rust client of the peermesh hub.
+//!
+//! Connect as a client id, send events to other clients (optionally waiting for their answer),
+//! join rooms and talk to them, and listen for messages and presence. The connection survives
+//! drops: the client reconnects with exponential backoff, presents the same id and the secret
+//! from its last `welcome`, and rejoins its rooms.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use peermesh_client::{Client, ClientEvent, ClientOptions};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), peermesh_client::ClientError> {
+//! let alice = Client::connect(ClientOptions::new("ws://127.0.0.1:7070/ws").with_id("alice")).await?;
+//! let bob = Client::connect(ClientOptions::new("ws://127.0.0.1:7070/ws").with_id("bob")).await?;
+//!
+//! // Bob answers questions from alice.
+//! let mut questions = bob.from("alice").on("question");
+//! tokio::spawn(async move {
+//!     while let Some(msg) = questions.recv().await {
+//!         let _ = msg.reply(json!({ "answer": 42 })).await;
+//!     }
+//! });
+//!
+//! // Alice asks, and waits up to one second for the answer.
+//! let answer = alice
+//!     .emit_with_ack("bob", "question", json!("life?"), Duration::from_secs(1))
+//!     .await?;
+//! assert_eq!(answer.as_json(), Some(&json!({ "answer": 42 })));
+//!
+//! // Rooms and presence.
+//! let mut events = alice.events();
+//! alice.join("lobby").await?;
+//! bob.join("lobby").await?;
+//! while let Some(event) = events.recv().await {
+//!     if let ClientEvent::MemberJoined { room, id } = event {
+//!         println!("{id} joined {room}");
+//!         break;
+//!     }
+//! }
+//! alice.emit_room("lobby", "chat", json!({ "text": "hi all" }), false).await?;
+//! alice.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `client`: [`Client`], the cloneable handle, and [`FromPeer`].
+//! - `options`: [`ClientOptions`], every setting with its default.
+//! - `request`: [`Request`] and [`Pending`], the futures of operations.
+//! - [`listeners`]: [`Subscription`], [`Once`], [`EventStream`], [`Message`], and the bounded
+//!   queues' drop policy.
+//! - `event`: [`ClientEvent`], lifecycle and presence.
+//! - `error`: [`ClientError`].
+//! - `actor`: the task that owns the socket (diagram in its docs).
+//! - `connection`: URL, WebSocket and `hello`/`welcome` handshake.
+//! - `backoff`: [`Backoff`] and [`ReconnectPolicy`], the sans-IO reconnect ladder.
+//! - `tracker`: the sans-IO table of requests waiting for an answer.
+//!
+//! # Limits
+//!
+//! The command inbox holds [`ClientOptions::command_capacity`] commands (callers wait when it
+//! is full) and at most [`ClientOptions::max_pending_requests`] requests wait for answers
+//! (the actor takes no new command beyond it); each listener queue holds [`ClientOptions::listener_capacity`] messages and each
+//! event stream [`ClientOptions::event_capacity`] events, and drops for that listener alone
+//! when full (see [`listeners`]). Requests wait at most [`ClientOptions::request_timeout`]
+//! (acknowledgements: their own timeout); a connection that is silent for
+//! [`ClientOptions::idle_timeout`] is considered dead.
+#![deny(missing_docs)]
+
+mod actor;
+mod backoff;
+mod client;
+mod connection;
+mod error;
+mod event;
+pub mod listeners;
+mod options;
+mod request;
+mod tracker;
+
+pub use backoff::{Backoff, ReconnectPolicy};
+pub use client::{Client, FromPeer};
+pub use error::ClientError;
+pub use event::ClientEvent;
+pub use listeners::{EventStream, ListenerId, Message, Once, Subscription};
+pub use options::ClientOptions;
+pub use peermesh_proto::{
+    ClientId, Encoding, ErrorCode, EventName, Payload, RoomName, PROTOCOL_VERSION,
+};
+pub use request::{Pending, Request};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,315 @@
+//! Parsing one stdin line into a command (`op`), or the `bad_command` error it earns.
+
+use base64::Engine as _;
+use peermesh_proto::Payload;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One command line, parsed.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Command {
+    /// What to do.
+    pub(crate) op: Op,
+    /// The correlation number echoed in the single answer line.
+    pub(crate) req: Option<u64>,
+}
+
+/// The operations of `peermesh connect`.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Op {
+    Emit {
+        to: String,
+        event: String,
+        payload: Payload,
+        /// `Some(timeout_ms or default)` when the target must answer.
+        ack: Option<Option<u64>>,
+    },
+    Reply {
+        ack_id: u64,
+        payload: Payload,
+    },
+    Join {
+        room: String,
+    },
+    Leave {
+        room: String,
+    },
+    EmitRoom {
+        room: String,
+        event: String,
+        payload: Payload,
+        include_self: bool,
+    },
+    Members {
+        room: String,
+    },
+}
+
+/// Why a line is not a command, with its `req` when it could be read.
+#[derive(Debug, PartialEq)]
+pub(crate) struct BadCommand {
+    pub(crate) message: String,
+    pub(crate) req: Option<u64>,
+}
+
+/// The ops, as written on stdin.
+pub(crate) const OPS: &[&str] = &["emit", "reply", "join", "leave", "emit_room", "members"];
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Raw {
+    Emit {
+        to: String,
+        event: String,
+        data: Option<Value>,
+        bin: Option<String>,
+        #[serde(default)]
+        ack: bool,
+        timeout_ms: Option<u64>,
+        req: Option<u64>,
+    },
+    Reply {
+        ack_id: u64,
+        data: Option<Value>,
+        bin: Option<String>,
+        req: Option<u64>,
+    },
+    Join {
+        room: String,
+        req: Option<u64>,
+    },
+    Leave {
+        room: String,
+        req: Option<u64>,
+    },
+    EmitRoom {
+        room: String,
+        event: String,
+        data: Option<Value>,
+        bin: Option<String>,
+        #[serde(default)]
+        include_self: bool,
+        req: Option<u64>,
+    },
+    Members {
+        room: String,
+        req: Option<u64>,
+    },
+}
+
+fn payload(data: Option<Value>, bin: Option<String>) -> Result<Payload, String> {
+    match (data, bin) {
+        (Some(_), Some(_)) => Err("a command carries either `data` or `bin`, not both".into()),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b.as_bytes())
+            .map(|v| Payload::Bin(v.into()))
+            .map_err(|e| format!("`bin` is not valid base64: {e}")),
+        (Some(v), None) => Ok(Payload::Json(v)),
+        (None, None) => Ok(Payload::NULL),
+    }
+}
+
+/// Parses one line.
+pub(crate) fn parse(line: &str) -> Result<Command, BadCommand> {
+    let value: Value = serde_json::from_str(line).map_err(|e| BadCommand {
+        message: format!("not a JSON object: {e}"),
+        req: None,
+    })?;
+    let Value::Object(map) = &value else {
+        return Err(BadCommand {
+            message: "a command must be a JSON object with an `op`".into(),
+            req: None,
+        });
+    };
+    let req = map.get("req").and_then(Value::as_u64);
+    let bad = |message: String| BadCommand { message, req };
+    match map.get("op") {
+        None => return Err(bad("missing field `op`".into())),
+        Some(Value::String(op)) if !OPS.contains(&op.as_str()) => {
+            return Err(bad(format!(
+                "unknown op {:?}; expected one of: {}",
+                op.chars().take(64).collect::<String>(),
+                OPS.join(", ")
+            )))
+        }
+        Some(Value::String(_)) => {}
+        Some(_) => return Err(bad("`op` must be a string".into())),
+    }
+    if map.get("req").is_some_and(|r| !r.is_u64()) {
+        return Err(bad("`req` must be a non-negative integer".into()));
+    }
+    let raw: Raw = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let (op, req) = match raw {
+        Raw::Emit {
+            to,
+            event,
+            data,
+            bin,
+            ack,
+            timeout_ms,
+            req,
+        } => {
+            if ack && req.is_none() {
+                return Err(bad(
+                    "an `emit` with `ack: true` needs a `req` to print the answer with".into(),
+                ));
+            }
+            if !ack && timeout_ms.is_some() {
+                return Err(bad("`timeout_ms` only applies with `ack: true`".into()));
+            }
+            let payload = payload(data, bin).map_err(bad)?;
+            let ack = ack.then_some(timeout_ms);
+            let op = Op::Emit {
+                to,
+                event,
+                payload,
+                ack,
+            };
+            (op, req)
+        }
+        Raw::Reply {
+            ack_id,
+            data,
+            bin,
+            req,
+        } => {
+            let payload = payload(data, bin).map_err(bad)?;
+            (Op::Reply { ack_id, payload }, req)
+        }
+        Raw::Join { room, req } => (Op::Join { room }, req),
+        Raw::Leave { room, req } => (Op::Leave { room }, req),
+        Raw::EmitRoom {
+            room,
+            event,
+            data,
+            bin,
+            include_self,
+            req,
+        } => {
+            let payload = payload(data, bin).map_err(bad)?;
+            let op = Op::EmitRoom {
+                room,
+                event,
+                payload,
+                include_self,
+            };
+            (op, req)
+        }
+        Raw::Members { room, req } => (Op::Members { room }, req),
+    };
+    Ok(Command { op, req })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok(line: &str) -> Command {
+        match parse(line) {
+            Ok(c) => c,
+            Err(e) => panic!("{line}: {}", e.message),
+        }
+    }
+
+    fn bad(line: &str) -> BadCommand {
+        match parse(line) {
+            Ok(c) => panic!("{line} parsed as {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn parses_every_op() {
+        assert_eq!(
+            ok(r#"{"op":"emit","to":"bob","event":"chat","data":{"text":"hi"}}"#),
+            Command {
+                op: Op::Emit {
+                    to: "bob".into(),
+                    event: "chat".into(),
+                    payload: Payload::Json(json!({"text": "hi"})),
+                    ack: None,
+                },
+                req: None
+            }
+        );
+        assert_eq!(
+            ok(
+                r#"{"op":"emit","to":"bob","event":"q","data":1,"ack":true,"req":7,"timeout_ms":300}"#
+            ),
+            Command {
+                op: Op::Emit {
+                    to: "bob".into(),
+                    event: "q".into(),
+                    payload: Payload::Json(json!(1)),
+                    ack: Some(Some(300)),
+                },
+                req: Some(7)
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"reply","ack_id":3,"bin":"AAEC"}"#).op,
+            Op::Reply {
+                ack_id: 3,
+                payload: Payload::Bin(vec![0u8, 1, 2].into())
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"join","room":"r","req":1}"#),
+            Command {
+                op: Op::Join { room: "r".into() },
+                req: Some(1)
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"leave","room":"r"}"#).op,
+            Op::Leave { room: "r".into() }
+        );
+        assert_eq!(
+            ok(r#"{"op":"emit_room","room":"r","event":"e","include_self":true}"#).op,
+            Op::EmitRoom {
+                room: "r".into(),
+                event: "e".into(),
+                payload: Payload::NULL,
+                include_self: true
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"members","room":"r","req":2}"#).op,
+            Op::Members { room: "r".into() }
+        );
+    }
+
+    #[test]
+    fn explains_bad_lines_and_keeps_req() {
+        assert!(bad("hello").message.contains("not a JSON object"));
+        assert!(bad("[1]").message.contains("JSON object"));
+        let e = bad(r#"{"op":"fly","req":4}"#);
+        assert!(e.message.contains("unknown op \"fly\""), "{}", e.message);
+        assert_eq!(e.req, Some(4));
+        let e = bad(r#"{"op":"emit","to":"bob","req":5}"#);
+        assert!(e.message.contains("missing field `event`"), "{}", e.message);
+        assert_eq!(e.req, Some(5));
+        let e = bad(r#"{"op":"emit","to":"bob","event":"x","date":1,"req":6}"#);
+        assert!(e.message.contains("unknown field `date`"), "{}", e.message);
+        assert_eq!(e.req, Some(6));
+        assert!(bad(r#"{"op":"emit","to":"b","event":"x","ack":true}"#)
+            .message
+            .contains("needs a `req`"));
+        assert!(
+            bad(r#"{"op":"emit","to":"b","event":"x","data":1,"bin":"AA=="}"#)
+                .message
+                .contains("not both")
+        );
+        assert!(bad(r#"{"op":"reply","ack_id":1,"bin":"%%"}"#)
+            .message
+            .contains("base64"));
+        assert!(bad(r#"{"op":"join","room":"r","req":-1}"#)
+            .message
+            .contains("`req`"));
+        assert!(bad(r#"{"room":"r"}"#)
+            .message
+            .contains("missing field `op`"));
+        assert!(bad(r#"{"op":1}"#).message.contains("must be a string"));
+    }
+}

@@ -1,0 +1,458 @@
+//! End-to-end tests of `peermesh connect`: real `peermesh serve` and `peermesh connect`
+//! processes talking over loopback, driven through stdin and read through stdout.
+//!
+//! Every read waits for a specific line with a deadline (`LIMIT`), so a missing line fails the
+//! test with the process's stderr instead of hanging it.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(15);
+const BIN: &str = env!("CARGO_BIN_EXE_peermesh");
+
+/// A running `peermesh` process.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "peermesh=debug,peermesh_client=debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn peermesh");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().expect("stderr buffer").push_str(&text);
+            }
+        });
+        let stdin = child.stdin.take();
+        Proc {
+            name: name.into(),
+            child,
+            stdin,
+            lines,
+            stderr,
+        }
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        panic!(
+            "{}: {why}\n--- stderr of {} ---\n{stderr}",
+            self.name, self.name
+        );
+    }
+
+    fn send(&mut self, line: &str) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            self.fail("stdin already closed");
+        };
+        if writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
+            self.fail(&format!("cannot write {line}"));
+        }
+    }
+
+    fn send_json(&mut self, v: Value) {
+        self.send(&v.to_string());
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next stdout line, parsed; `None` at end of output.
+    fn next(&self, deadline: Instant) -> Option<Value> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => match serde_json::from_str(&line) {
+                Ok(v) => Some(v),
+                Err(e) => self.fail(&format!("stdout line is not JSON ({e}): {line}")),
+            },
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => self.fail("no line within the time limit"),
+        }
+    }
+
+    /// The next stdout line, which must exist.
+    fn line(&self) -> Value {
+        match self.next(Instant::now() + LIMIT) {
+            Some(v) => v,
+            None => self.fail("stdout ended"),
+        }
+    }
+
+    /// Skips lines until one has `"type": ty`, and returns it.
+    fn expect_type(&self, ty: &str) -> Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            match self.next(deadline) {
+                Some(v) if v["type"] == ty => return v,
+                Some(_) => continue,
+                None => self.fail(&format!("stdout ended before a {ty:?} line")),
+            }
+        }
+    }
+
+    /// Closes stdin (unless already closed), collects the remaining lines and the exit status.
+    fn finish(mut self) -> (Vec<Value>, ExitStatus) {
+        self.close_stdin();
+        let deadline = Instant::now() + LIMIT;
+        let mut rest = Vec::new();
+        while let Some(v) = self.next(deadline) {
+            rest.push(v);
+        }
+        match self.child.wait() {
+            Ok(status) => (rest, status),
+            Err(e) => self.fail(&format!("wait failed: {e}")),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// `peermesh serve` on `listen`; returns the process and its WebSocket URL.
+fn serve_at(listen: &str) -> (Proc, String) {
+    let hub = Proc::spawn("serve", &["serve", "--listen", listen]);
+    let first = hub.line();
+    assert_eq!(first["type"], "listening", "{first}");
+    let ws = first["ws"].as_str().expect("ws url").to_owned();
+    (hub, ws)
+}
+
+fn serve() -> (Proc, String) {
+    serve_at("127.0.0.1:0")
+}
+
+/// `peermesh connect URL --id ID ARGS…`, after its `connected` line.
+fn connect(url: &str, id: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["connect", url, "--id", id];
+    all.extend_from_slice(args);
+    let p = Proc::spawn(id, &all);
+    let first = p.line();
+    assert_eq!(first, json!({"type": "connected", "id": id}));
+    p
+}
+
+#[test]
+fn two_clients_chat_with_acks_and_errors() {
+    let (_hub, url) = serve();
+    let mut bob = connect(&url, "bob", &["--enc", "msgpack"]);
+    let mut alice = connect(&url, "alice", &[]);
+
+    alice.send(r#"{"op":"emit","to":"bob","event":"chat","data":{"text":"hi"}}"#);
+    assert_eq!(
+        bob.line(),
+        json!({"type": "message", "from": "alice", "event": "chat", "data": {"text": "hi"}})
+    );
+
+    // Acknowledged emit: bob answers with the ack_id he was given.
+    alice.send(r#"{"op":"emit","to":"bob","event":"q","data":1,"ack":true,"req":7}"#);
+    let q = bob.line();
+    assert_eq!(q["event"], "q");
+    assert_eq!(q["data"], 1);
+    let ack_id = q["ack_id"].as_u64().expect("ack_id");
+    bob.send_json(json!({"op": "reply", "ack_id": ack_id, "data": 2}));
+    assert_eq!(alice.line(), json!({"type": "ack", "req": 7, "data": 2}));
+
+    // Unanswered: ack_timeout, carrying the req.
+    alice.send(
+        r#"{"op":"emit","to":"bob","event":"q","data":3,"ack":true,"timeout_ms":200,"req":8}"#,
+    );
+    assert!(bob.line()["ack_id"].is_u64());
+    let err = alice.line();
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["code"], "ack_timeout");
+    assert_eq!(err["req"], 8);
+    assert!(err["message"].is_string());
+
+    // Unknown target.
+    alice.send(r#"{"op":"emit","to":"nobody","event":"chat","data":1,"req":9}"#);
+    let err = alice.line();
+    assert_eq!(err["code"], "unknown_target", "{err}");
+    assert_eq!(err["req"], 9);
+
+    // Success with a req prints ok; bytes travel as base64.
+    alice.send(r#"{"op":"emit","to":"bob","event":"b","bin":"AAEC/w==","req":10}"#);
+    assert_eq!(alice.line(), json!({"type": "ok", "req": 10}));
+    assert_eq!(
+        bob.line(),
+        json!({"type": "message", "from": "alice", "event": "b", "bin": "AAEC/w=="})
+    );
+
+    // Bob leaves: alice, who wrote to him, hears it.
+    let (rest, status) = bob.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(status.success(), "{status}");
+    assert_eq!(alice.line(), json!({"type": "peer_left", "id": "bob"}));
+    let (rest, status) = alice.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn rooms_members_and_presence() {
+    let (_hub, url) = serve();
+    let mut alice = connect(&url, "alice", &["--room", "r"]);
+    let mut bob = connect(&url, "bob", &[]);
+
+    bob.send(r#"{"op":"join","room":"r","req":1}"#);
+    assert_eq!(bob.line(), json!({"type": "ok", "req": 1}));
+    assert_eq!(
+        alice.line(),
+        json!({"type": "member_joined", "room": "r", "id": "bob"})
+    );
+    bob.send(r#"{"op":"members","room":"r","req":2}"#);
+    assert_eq!(
+        bob.line(),
+        json!({"type": "members", "req": 2, "room": "r", "members": ["alice", "bob"]})
+    );
+
+    // Line order is hub order: the emit_room right after a join is already in the room.
+    bob.send(r#"{"op":"join","room":"s"}"#);
+    bob.send(
+        r#"{"op":"emit_room","room":"s","event":"e","data":"self","include_self":true,"req":3}"#,
+    );
+    let mut got = [bob.line(), bob.line()];
+    got.sort_by_key(|v| v["type"].as_str().map(str::to_owned));
+    assert_eq!(
+        got,
+        [
+            json!({"type": "message", "from": "bob", "event": "e", "data": "self", "room": "s"}),
+            json!({"type": "ok", "req": 3}),
+        ]
+    );
+
+    alice.send(r#"{"op":"emit_room","room":"r","event":"e","data":{"n":1}}"#);
+    assert_eq!(
+        bob.line(),
+        json!({"type": "message", "from": "alice", "event": "e", "data": {"n": 1}, "room": "r"})
+    );
+
+    bob.send(r#"{"op":"leave","room":"r","req":4}"#);
+    assert_eq!(bob.line(), json!({"type": "ok", "req": 4}));
+    assert_eq!(
+        alice.line(),
+        json!({"type": "member_left", "room": "r", "id": "bob"})
+    );
+    bob.send(r#"{"op":"members","room":"r","req":5}"#);
+    let err = bob.line();
+    assert_eq!(err["code"], "not_in_room", "{err}");
+    assert_eq!(err["req"], 5);
+
+    let (_, status) = bob.finish();
+    assert!(status.success());
+    let (_, status) = alice.finish();
+    assert!(status.success());
+}
+
+#[test]
+fn bad_commands_get_errors_and_change_nothing() {
+    let (_hub, url) = serve();
+    let mut alice = connect(&url, "alice", &[]);
+    for line in [
+        "not json",
+        r#"[1,2]"#,
+        r#"{"op":"fly","req":1}"#,
+        r#"{"op":"emit","to":"bob","req":2}"#,
+        r#"{"op":"emit","to":"bob","event":"x","ack":true}"#,
+        r#"{"op":"join","room":"r","typo":1,"req":3}"#,
+        r#"{"op":"emit","to":"bob","event":"x","data":1,"bin":"AA==","req":4}"#,
+    ] {
+        alice.send(line);
+    }
+    alice.send("");
+    alice.send(r#"{"op":"join","room":"ok","req":5}"#);
+    let expected_reqs = [None, None, Some(1), Some(2), None, Some(3), Some(4)];
+    for req in expected_reqs {
+        let err = alice.line();
+        assert_eq!(err["type"], "error", "{err}");
+        assert_eq!(err["code"], "bad_command", "{err}");
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(err.get("req").and_then(Value::as_u64), req, "{err}");
+    }
+    assert_eq!(alice.line(), json!({"type": "ok", "req": 5}));
+    // An invalid name is refused by the client before it reaches the hub.
+    alice.send(r#"{"op":"emit","to":"not valid","event":"x","req":6}"#);
+    let err = alice.line();
+    assert_eq!(err["code"], "invalid_name", "{err}");
+    assert_eq!(err["req"], 6);
+    let (rest, status) = alice.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn end_of_input_waits_for_pending_answers() {
+    let (_hub, url) = serve();
+    let mut bob = connect(&url, "bob", &[]);
+    let mut alice = connect(&url, "alice", &[]);
+    alice.send(r#"{"op":"emit","to":"bob","event":"q","data":"?","ack":true,"req":1}"#);
+    alice.close_stdin();
+    let q = bob.line();
+    bob.send_json(json!({"op": "reply", "ack_id": q["ack_id"], "data": "!"}));
+    let (rest, status) = alice.finish();
+    assert_eq!(rest, [json!({"type": "ack", "req": 1, "data": "!"})]);
+    assert!(status.success(), "{status}");
+    let (_, status) = bob.finish();
+    assert!(status.success());
+}
+
+#[test]
+fn reconnects_to_a_restarted_hub() {
+    // A loopback address of its own: restarting on the same port can never collide with
+    // another test's 127.0.0.1:0 listener.
+    let pid = std::process::id();
+    let (mut hub, url) = serve_at(&format!(
+        "127.110.{}.{}:0",
+        (pid >> 8) as u8,
+        (pid as u8).max(1)
+    ));
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_owned();
+    let alice = connect(&url, "alice", &["--room", "r"]);
+    hub.kill();
+    assert_eq!(
+        alice.expect_type("connection_lost")["type"],
+        "connection_lost"
+    );
+    let first = alice.expect_type("reconnecting");
+    assert_eq!(first["attempt"], 1);
+    assert!(
+        first["delay_ms"].as_u64().is_some_and(|d| d <= 200),
+        "{first}"
+    );
+
+    let (_hub, url2) = serve_at(&addr);
+    assert_eq!(url2, url);
+    let back = alice.expect_type("reconnected");
+    assert_eq!(back["id"], "alice");
+    assert_eq!(back["rooms"], json!(["r"]));
+
+    // The room was rejoined on the new hub.
+    let mut bob = connect(&url, "bob", &[]);
+    bob.send(r#"{"op":"join","room":"r","req":1}"#);
+    assert_eq!(bob.line(), json!({"type": "ok", "req": 1}));
+    bob.send(r#"{"op":"members","room":"r","req":2}"#);
+    assert_eq!(bob.line()["members"], json!(["alice", "bob"]));
+    let (_, status) = alice.finish();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn lost_for_good_exits_non_zero() {
+    // Its own loopback address, so no other test's hub can take the port after the kill.
+    let pid = std::process::id();
+    let (mut hub, url) = serve_at(&format!(
+        "127.111.{}.{}:0",
+        (pid >> 8) as u8,
+        (pid as u8).max(1)
+    ));
+    let alice = connect(&url, "alice", &["--reconnect-attempts", "2"]);
+    hub.kill();
+    let mut attempts = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    let lost = loop {
+        let Some(v) = alice.next(deadline) else {
+            alice.fail("stdout ended before `lost`");
+        };
+        match v["type"].as_str() {
+            Some("reconnecting") => attempts.push(v["attempt"].clone()),
+            Some("lost") => break v,
+            _ => {}
+        }
+    };
+    assert_eq!(attempts, [json!(1), json!(2)]);
+    assert!(lost["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    // The process ends on its own, stdin still open.
+    let deadline = Instant::now() + LIMIT;
+    let mut rest = Vec::new();
+    while let Some(v) = alice.next(deadline) {
+        rest.push(v);
+    }
+    assert!(rest.is_empty(), "{rest:?}");
+    let (_, status) = alice.finish();
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn help_explains_the_contract() {
+    let out = Command::new(BIN)
+        .args(["connect", "--help"])
+        .output()
+        .expect("run --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        r#""op":"emit""#,
+        r#""op":"reply""#,
+        r#""op":"join""#,
+        r#""op":"leave""#,
+        r#""op":"emit_room""#,
+        r#""op":"members""#,
+        r#""type":"connected""#,
+        r#""type":"message""#,
+        r#""type":"ack""#,
+        "bad_command",
+        "member_joined",
+        "peer_left",
+        "reconnecting",
+        "reconnected",
+        r#""type":"lost""#,
+        "--enc",
+        "--room",
+        "--token",
+        "req",
+        "exits 0",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}

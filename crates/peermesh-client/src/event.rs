@@ -1,0 +1,76 @@
+//! [`ClientEvent`]: lifecycle and presence, as seen by one client.
+
+use std::time::Duration;
+
+use peermesh_proto::{ClientId, ErrorCode, RoomName};
+
+/// Something that happened to the connection or to the rooms the client is in.
+///
+/// Received through [`Client::events`](crate::Client::events). A typical life:
+/// `Connected`, presence events, `ConnectionLost`, `Reconnecting { attempt: 1, .. }`, …,
+/// `Reconnected`, more presence events, and either the end of the stream (the client was closed)
+/// or `Lost` (it gave up reconnecting) followed by the end of the stream.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The client is connected as `id`. Opens every stream subscribed while connected (a
+    /// stream subscribed during a reconnect sees `Reconnected` or `Lost` next instead).
+    Connected {
+        /// The client's id.
+        id: ClientId,
+    },
+    /// A client joined a room this client is in.
+    MemberJoined {
+        /// The room.
+        room: RoomName,
+        /// Who joined.
+        id: ClientId,
+    },
+    /// A client left a room this client is in.
+    MemberLeft {
+        /// The room.
+        room: RoomName,
+        /// Who left.
+        id: ClientId,
+    },
+    /// A client this one sent to recently disconnected from the hub.
+    PeerLeft {
+        /// Who disconnected.
+        id: ClientId,
+    },
+    /// The hub reported an error not tied to a request (e.g. `rate_limited`, `unknown_ack`).
+    Error {
+        /// The stable code.
+        code: ErrorCode,
+        /// The hub's sentence.
+        message: String,
+    },
+    /// The live connection dropped; requests that were waiting failed with
+    /// [`ClientError::ConnectionLost`](crate::ClientError::ConnectionLost).
+    ConnectionLost {
+        /// Why, for people.
+        reason: String,
+    },
+    /// A reconnect attempt will start after `delay`.
+    Reconnecting {
+        /// 1-based attempt number within this ladder.
+        attempt: u32,
+        /// The wait before the attempt.
+        delay: Duration,
+    },
+    /// A reconnect attempt succeeded: same id, rooms rejoined.
+    Reconnected {
+        /// The client's id.
+        id: ClientId,
+        /// The attempt that succeeded.
+        attempt: u32,
+        /// The rooms the client is in again.
+        rooms: Vec<RoomName>,
+    },
+    /// The client gave up: reconnection is off, its attempts or time budget ran out, or the hub
+    /// refused it for good. The stream ends after this event.
+    Lost {
+        /// Why, for people.
+        reason: String,
+    },
+}

@@ -1,0 +1,115 @@
+//! [`ClientOptions`]: where to connect, as whom, and every limit of the client.
+
+use std::time::Duration;
+
+use peermesh_proto::{Encoding, PROTOCOL_VERSION};
+
+use crate::backoff::ReconnectPolicy;
+
+/// Configuration of a [`Client`](crate::Client).
+///
+/// ```
+/// use peermesh_client::{ClientOptions, Encoding};
+///
+/// let opts = ClientOptions {
+///     id: Some("alice".into()),
+///     rooms: vec!["lobby".into()],
+///     encoding: Encoding::MsgPack,
+///     ..ClientOptions::new("ws://127.0.0.1:7070/ws")
+/// };
+/// assert_eq!(opts.ack_timeout.as_secs(), 5);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The hub's WebSocket URL, e.g. `ws://127.0.0.1:7070/ws`. Its query may carry metadata
+    /// parameters; the client sets `enc` itself from [`encoding`](Self::encoding).
+    /// Defaults to `ws://127.0.0.1:7070/ws`.
+    pub url: String,
+    /// The client id to ask for. Defaults to `None`: the hub generates one, and the client keeps
+    /// it across reconnects.
+    pub id: Option<String>,
+    /// The protocol version sent in `hello`. Defaults to [`PROTOCOL_VERSION`].
+    pub version: String,
+    /// Rooms to join in the handshake. Defaults to none.
+    pub rooms: Vec<String>,
+    /// A JWT for hubs that require authentication. Defaults to `None`.
+    pub token: Option<String>,
+    /// Extra query parameters, handed to the hub as connection metadata. Defaults to none.
+    pub metadata: Vec<(String, String)>,
+    /// Wire encoding: JSON text frames or MessagePack binary frames. Defaults to
+    /// [`Encoding::Json`].
+    pub encoding: Encoding,
+    /// How long [`Client::emit_with_ack`](crate::Client::emit_with_ack) waits for the answer
+    /// when no timeout is given. Defaults to 5 s.
+    pub ack_timeout: Duration,
+    /// How long any other request (emit, join, leave, emit_room, members) waits for the hub's
+    /// `ok`, `members` or `error`. Defaults to 10 s.
+    pub request_timeout: Duration,
+    /// Time allowed for one connection attempt: TCP, WebSocket upgrade, `hello` → `welcome`.
+    /// Defaults to 10 s.
+    pub connect_timeout: Duration,
+    /// The connection is considered dead when nothing (frame, ping or pong) arrived for this
+    /// long; never less than twice the hub's heartbeat. Defaults to 20 s.
+    pub idle_timeout: Duration,
+    /// Interval of the client's own WebSocket pings. Defaults to `None`: the `heartbeat_ms`
+    /// announced in `welcome`.
+    pub ping_interval: Option<Duration>,
+    /// Automatic reconnection after a live connection drops. Defaults to
+    /// `Some(ReconnectPolicy::default())` (200 ms doubling to 5 s, 8 attempts, 60 s budget);
+    /// `None` turns it off. The first connection is never retried: [`Client::connect`]
+    /// reports its failure.
+    ///
+    /// [`Client::connect`]: crate::Client::connect
+    pub reconnect: Option<ReconnectPolicy>,
+    /// Capacity of the actor's command inbox; callers wait when it is full. Defaults to 128.
+    pub command_capacity: usize,
+    /// Most requests waiting for the hub's answer at once; beyond it the actor stops taking
+    /// commands until answers arrive (callers wait, as when the inbox is full). Defaults to
+    /// 1,024.
+    pub max_pending_requests: usize,
+    /// Capacity of each message listener's queue; see [the drop policy](crate::listeners).
+    /// Defaults to 256.
+    pub listener_capacity: usize,
+    /// Capacity of each lifecycle event stream's queue. Defaults to 64.
+    pub event_capacity: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            url: "ws://127.0.0.1:7070/ws".into(),
+            id: None,
+            version: PROTOCOL_VERSION.into(),
+            rooms: Vec::new(),
+            token: None,
+            metadata: Vec::new(),
+            encoding: Encoding::Json,
+            ack_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(20),
+            ping_interval: None,
+            reconnect: Some(ReconnectPolicy::default()),
+            command_capacity: 128,
+            max_pending_requests: 1024,
+            listener_capacity: 256,
+            event_capacity: 64,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Default options for the hub at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The same options with `id` set.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
