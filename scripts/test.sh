@@ -34,8 +34,14 @@ done
 step "cargo build"
 cargo build --workspace --all-targets --locked
 
+# Latency comparisons run alone, after the parallel suite, so other tests do not skew them.
+timing='test(a_stalled_reader_does_not_raise_the_others_latency)'
+
 step "cargo nextest run --workspace"
-cargo nextest run --workspace --locked --no-fail-fast
+cargo nextest run --workspace --locked --no-fail-fast -E "not $timing"
+
+step "latency tests, one at a time"
+cargo nextest run --workspace --locked -E "$timing" --test-threads 1
 
 step "cargo test --doc"
 cargo test --doc --workspace --locked

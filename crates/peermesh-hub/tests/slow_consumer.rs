@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 const ROUND_TRIPS: usize = 600;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 async fn p99_round_trip(alice: &mut Raw) -> Duration {
     let mut samples = Vec::with_capacity(ROUND_TRIPS);
