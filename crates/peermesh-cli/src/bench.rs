@@ -1,9 +1,545 @@
-//! `peermesh bench`: load generator (being written).
+//! `peermesh bench`: a load generator that measures a peermesh hub and, in the same run and on
+//! the same machine, a Socket.IO 4 reference server, and prints both side by side.
+//!
+//! Scenarios: (a) direct messages between client pairs at fixed offered rates and at the
+//! maximum, with round-trip percentiles; (b) room fan-out from one sender to N members; (c) the
+//! server's memory per idle connection. `docs/benchmarks.md` explains the method and holds
+//! measured figures.
+//!
+//! ```text
+//!  run ──► for each scenario ──► for each server (peermesh, socket.io)
+//!            │                      start (or attach) ─► scenario::run ─► stop
+//!            └─► Report ─► table (stdout, or stderr with --json) + JSON (stdout)
+//! ```
+//!
+//! # Layout
+//!
+//! - `ws`: a minimal allocation-free WebSocket client (batched, masked-in-place writes).
+//! - `dialect`: the peermesh and Socket.IO wire formats; frame templates encoded once.
+//! - `client`: opening clients from several loopback source addresses.
+//! - `target`: spawning/attaching servers; RSS and CPU time from `/proc`.
+//! - `stats`: clock, measurement windows, histograms, error logs.
+//! - `direct`, `fanout`, `idle`: the scenarios.
+//! - `report`: JSON and the summary table.
+//! - `progress`: indicatif bars.
+
+mod client;
+mod dialect;
+mod direct;
+mod fanout;
+mod idle;
+mod progress;
+mod report;
+mod stats;
+mod target;
+mod ws;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use peermesh_proto::Encoding;
+
+use client::ConnectOpts;
+use dialect::Dialect;
+use direct::{DirectConfig, Rate};
+use fanout::FanoutConfig;
+use idle::IdleConfig;
+use progress::Progress;
+use report::{Machine, Outcome, Report, ServerInfo, Settings, Side};
+use stats::Clock;
+use target::{Launch, Server};
 
 /// Arguments of `peermesh bench`.
+///
+/// Measures a hub (a running one at URL, or one it spawns with --spawn) and, unless
+/// --no-reference, a Socket.IO 4 server (bench/socketio, started with node) through the same
+/// scenarios, then prints a table of both side by side. Every step is bounded in time
+/// (--warmup + --duration + --drain) and in count (--max-messages).
 #[derive(clap::Args, Debug)]
-pub(crate) struct BenchArgs {}
+#[command(after_help = "Examples:\n  \
+    peermesh bench --spawn\n  \
+    peermesh bench --spawn --no-reference --scenarios fanout --members 2000\n  \
+    peermesh bench ws://127.0.0.1:7070/ws --hub-pid 1234 --json")]
+pub(crate) struct BenchArgs {
+    /// WebSocket URL of a running hub, e.g. ws://127.0.0.1:7070/ws (or use --spawn).
+    #[arg(required_unless_present = "spawn", conflicts_with = "spawn")]
+    url: Option<String>,
 
-pub(crate) async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`peermesh bench` is not built yet")
+    /// Start `peermesh serve --listen 127.0.0.1:0` as a child process, a fresh one per
+    /// scenario, with generous limits (see --hub-arg to add flags).
+    #[arg(long)]
+    spawn: bool,
+
+    /// Process id of the hub at URL: needed for the idle scenario (RSS) and CPU figures.
+    #[arg(long, value_name = "PID")]
+    hub_pid: Option<u32>,
+
+    /// The peermesh executable that --spawn starts [default: this executable].
+    #[arg(long, value_name = "PATH")]
+    hub_bin: Option<PathBuf>,
+
+    /// Extra argument passed to the spawned `peermesh serve` (repeatable), e.g.
+    /// --hub-arg=--config=peermesh.toml.
+    #[arg(long = "hub-arg", value_name = "ARG", allow_hyphen_values = true)]
+    hub_args: Vec<String>,
+
+    /// Do not add the generous --max-clients/--rate-per-sec/--rate-burst limits to the
+    /// spawned hub's command line.
+    #[arg(long)]
+    no_hub_limits: bool,
+
+    /// Encoding between the clients and the hub (Socket.IO always uses its JSON text format).
+    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
+    encoding: EncodingArg,
+
+    /// Scenarios to run, comma-separated: direct, fanout, idle.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,fanout,idle"
+    )]
+    scenarios: Vec<Scenario>,
+
+    /// Skip the Socket.IO reference server.
+    #[arg(long)]
+    no_reference: bool,
+
+    /// Directory of the Socket.IO reference server (server.js; run `npm ci` there first)
+    /// [default: ./bench/socketio, else the source tree's].
+    #[arg(long, value_name = "DIR")]
+    socketio_dir: Option<PathBuf>,
+
+    /// Node.js executable that runs the reference server.
+    #[arg(long, default_value = "node", value_name = "PATH")]
+    node: String,
+
+    /// URL of an already running reference server (ws://HOST:PORT/socket.io/?EIO=4&transport=websocket)
+    /// instead of spawning one.
+    #[arg(long, value_name = "URL")]
+    socketio_url: Option<String>,
+
+    /// Process id of the reference server at --socketio-url (for RSS and CPU figures).
+    #[arg(long, value_name = "PID")]
+    socketio_pid: Option<u32>,
+
+    /// Direct scenario: originator/echoer client pairs.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pairs: usize,
+
+    /// Direct scenario: offered rates in messages per second through the server (a round trip
+    /// is two messages), comma-separated; `max` keeps --window messages in flight instead.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,10000,50000,max",
+        value_parser = Rate::parse,
+        value_name = "RATES"
+    )]
+    rates: Vec<Rate>,
+
+    /// Direct scenario: messages in flight per originator during the `max` step.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    window: u64,
+
+    /// Fan-out scenario: members of the room (receivers; the sender is extra).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    members: usize,
+
+    /// Fan-out scenario: room messages in flight (each reaches every member); the sender sends
+    /// message k once the members together received (k - N) x members deliveries.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    fanout_window: u64,
+
+    /// Idle scenario: connections to open.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    idle_conns: usize,
+
+    /// Idle scenario: wait after the last handshake before reading the server's RSS.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    settle: Duration,
+
+    /// Length of every message's payload string in bytes (it starts with the 20-digit send
+    /// timestamp; minimum 20).
+    #[arg(long, default_value_t = 32, value_name = "BYTES")]
+    payload_bytes: usize,
+
+    /// Measurement time per step (direct rate, fan-out).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    duration: Duration,
+
+    /// Warm-up before each measurement (sent, not counted).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    warmup: Duration,
+
+    /// After a step, how long to wait for messages still in flight before counting them lost.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    drain: Duration,
+
+    /// Most messages one sender originates in one step: a count bound on every send loop.
+    #[arg(long, default_value_t = 100_000_000, value_name = "N")]
+    max_messages: u64,
+
+    /// Tasks driving the client connections; each drives many connections.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    tasks: usize,
+
+    /// Connections opened at the same time during setup.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    connect_concurrency: usize,
+
+    /// Time allowed for one connection's TCP connect, upgrade and handshake, and for a server
+    /// to print its address.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    connect_timeout: Duration,
+
+    /// Spread client connections over the source addresses 127.0.0.1 ..= 127.0.0.N
+    /// (bind before connect; each address has its own ~28,000 ephemeral ports).
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=254))]
+    source_ips: u8,
+
+    /// Print one JSON object with every figure on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum EncodingArg {
+    /// JSON in text frames.
+    Json,
+    /// MessagePack in binary frames (`?enc=msgpack`).
+    Msgpack,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Direct messages between client pairs.
+    Direct,
+    /// One sender, N room members.
+    Fanout,
+    /// Server memory per idle connection.
+    Idle,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::Fanout => "fanout",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// Parses `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 5s, 2m"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    };
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Runs the benchmark.
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.pairs == 0 || args.members == 0 {
+        bail!("--pairs and --members must be at least 1");
+    }
+    if args.rates.is_empty() {
+        bail!("--rates needs at least one rate");
+    }
+    let encoding = match args.encoding {
+        EncodingArg::Json => Encoding::Json,
+        EncodingArg::Msgpack => Encoding::MsgPack,
+    };
+    let scenarios: Vec<Scenario> = [Scenario::Direct, Scenario::Fanout, Scenario::Idle]
+        .into_iter()
+        .filter(|s| args.scenarios.contains(s))
+        .collect();
+
+    // Every connection is a file descriptor here, and in a spawned server (which inherits it).
+    let wanted_fds = (args.idle_conns.max(args.members) + 2 * args.pairs + 1024) as u64;
+    match rlimit::increase_nofile_limit(wanted_fds) {
+        Ok(n) if n < wanted_fds => eprintln!(
+            "warning: the open-files limit is {n} (hard limit), below the {wanted_fds} this run \
+             needs; raise it with `ulimit -Hn` as root"
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-files limit: {e}"),
+    }
+
+    let hub_launch = match (&args.url, args.spawn) {
+        (Some(url), _) => Launch::Running {
+            url: url.clone(),
+            pid: args.hub_pid,
+        },
+        (None, _) => {
+            let bin = match &args.hub_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?,
+            };
+            let mut hub_args = Vec::new();
+            if !args.no_hub_limits {
+                // Twice the clients: hubs of this version count the reader and writer tasks of
+                // a connection against the limit while accepting new ones.
+                let clients = 2 * (args.idle_conns.max(args.members) + 2 * args.pairs) + 2048;
+                hub_args.extend([
+                    format!("--max-clients={clients}"),
+                    "--rate-per-sec=100000000".to_owned(),
+                    "--rate-burst=100000000".to_owned(),
+                ]);
+            }
+            hub_args.extend(args.hub_args.iter().cloned());
+            Launch::Hub {
+                bin,
+                args: hub_args,
+            }
+        }
+    };
+    let sio_dir = target::socketio_dir(args.socketio_dir.as_deref());
+    let sio_launch = if args.no_reference {
+        None
+    } else if let Some(url) = &args.socketio_url {
+        Some(Launch::Running {
+            url: url.clone(),
+            pid: args.socketio_pid,
+        })
+    } else {
+        Some(Launch::SocketIo {
+            node: args.node.clone(),
+            dir: sio_dir.clone(),
+        })
+    };
+
+    let (cpu, cores) = target::machine();
+    let peermesh_info = ServerInfo {
+        name: format!(
+            "peermesh {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            encoding.as_str()
+        ),
+        how: args.url.clone().unwrap_or_else(|| "spawned".to_owned()),
+    };
+    let socketio_info = match &sio_launch {
+        None => None,
+        Some(launch) => {
+            let node = target::node_version(&args.node)
+                .await
+                .unwrap_or_else(|| "?".into());
+            let version = target::socketio_version(&sio_dir).unwrap_or_else(|| "4.x".into());
+            Some(ServerInfo {
+                name: format!("socket.io {version} on node {node}"),
+                how: match launch {
+                    Launch::Running { url, .. } => url.clone(),
+                    _ => "spawned".to_owned(),
+                },
+            })
+        }
+    };
+
+    let sides = 1 + u64::from(sio_launch.is_some());
+    let steps_per_side: u64 = scenarios
+        .iter()
+        .map(|s| match s {
+            Scenario::Direct => args.rates.len() as u64,
+            Scenario::Fanout | Scenario::Idle => 1,
+        })
+        .sum();
+    let progress = Progress::new(steps_per_side * sides, args.quiet);
+    let clock = Clock::new();
+
+    let mut report = Report {
+        machine: Machine { cpu, cores },
+        settings: Settings {
+            pairs: args.pairs,
+            window: args.window,
+            members: args.members,
+            fanout_window: args.fanout_window,
+            idle_conns: args.idle_conns,
+            payload_bytes: args.payload_bytes.max(dialect::STAMP_DIGITS),
+            warmup_s: args.warmup.as_secs_f64(),
+            duration_s: args.duration.as_secs_f64(),
+        },
+        peermesh: peermesh_info,
+        socketio: socketio_info,
+        direct: None,
+        fanout: None,
+        idle: None,
+        ratios: Default::default(),
+        targets: Vec::new(),
+    };
+
+    let servers: Vec<(Launch, Dialect)> =
+        std::iter::once((hub_launch, Dialect::Peermesh(encoding)))
+            .chain(sio_launch.map(|l| (l, Dialect::SocketIo)))
+            .collect();
+    let mut run_no = 0u32;
+    for scenario in scenarios {
+        let mut outcomes = Vec::new();
+        for (launch, dialect) in &servers {
+            run_no += 1;
+            let tag = format!("r{}x{run_no}-", std::process::id());
+            progress.set_step(&format!("{}: starting", dialect.label()));
+            let outcome = match Server::start(launch, *dialect, args.connect_timeout).await {
+                Err(e) => Err(e),
+                Ok(server) => {
+                    let r = run_scenario(scenario, &server, &args, clock, &progress, &tag).await;
+                    server.stop().await;
+                    r
+                }
+            };
+            if let Err(e) = &outcome {
+                progress.println(&format!(
+                    "{} {} failed: {e:#}",
+                    dialect.label(),
+                    scenario.name()
+                ));
+            }
+            outcomes.push(outcome);
+        }
+        let mut it = outcomes.into_iter();
+        let ours = it.next().unwrap_or_else(|| Err(anyhow::anyhow!("not run")));
+        let theirs = it.next();
+        match scenario {
+            Scenario::Direct => {
+                report.direct = Some(side(ours, theirs, |r| match r {
+                    ScenarioResult::Direct(v) => Some(v),
+                    _ => None,
+                }))
+            }
+            Scenario::Fanout => {
+                report.fanout = Some(side(ours, theirs, |r| match r {
+                    ScenarioResult::Fanout(v) => Some(v),
+                    _ => None,
+                }))
+            }
+            Scenario::Idle => {
+                report.idle = Some(side(ours, theirs, |r| match r {
+                    ScenarioResult::Idle(v) => Some(v),
+                    _ => None,
+                }))
+            }
+        }
+    }
+    progress.finish();
+    report.evaluate();
+    let table = report.table();
+    if args.json {
+        eprint!("{table}");
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+enum ScenarioResult {
+    Direct(Vec<direct::DirectStep>),
+    Fanout(fanout::FanoutResult),
+    Idle(idle::IdleResult),
+}
+
+fn side<T>(
+    ours: anyhow::Result<ScenarioResult>,
+    theirs: Option<anyhow::Result<ScenarioResult>>,
+    pick: impl Fn(ScenarioResult) -> Option<T>,
+) -> Side<T> {
+    let conv = |r: anyhow::Result<ScenarioResult>| {
+        Outcome::from_result(r.and_then(|v| {
+            pick(v).ok_or_else(|| anyhow::anyhow!("internal: scenario returned another kind"))
+        }))
+    };
+    Side {
+        peermesh: conv(ours),
+        socketio: theirs.map(conv),
+    }
+}
+
+async fn run_scenario(
+    scenario: Scenario,
+    server: &Server,
+    args: &BenchArgs,
+    clock: Clock,
+    progress: &Progress,
+    tag: &str,
+) -> anyhow::Result<ScenarioResult> {
+    let connect = ConnectOpts::new(&server.endpoint.url, args.source_ips, args.connect_timeout);
+    let payload = args.payload_bytes.max(dialect::STAMP_DIGITS);
+    Ok(match scenario {
+        Scenario::Direct => {
+            let cfg = DirectConfig {
+                pairs: args.pairs,
+                rates: args.rates.clone(),
+                window: args.window,
+                payload,
+                warmup: args.warmup,
+                duration: args.duration,
+                drain: args.drain,
+                max_messages: args.max_messages,
+                tasks: args.tasks,
+                connect,
+            };
+            ScenarioResult::Direct(direct::run(server, &cfg, clock, progress, tag).await?)
+        }
+        Scenario::Fanout => {
+            let cfg = FanoutConfig {
+                members: args.members,
+                window: args.fanout_window,
+                payload,
+                warmup: args.warmup,
+                duration: args.duration,
+                drain: args.drain,
+                max_messages: args.max_messages,
+                tasks: args.tasks,
+                concurrency: args.connect_concurrency,
+                connect,
+            };
+            ScenarioResult::Fanout(fanout::run(server, &cfg, clock, progress, tag).await?)
+        }
+        Scenario::Idle => {
+            let cfg = IdleConfig {
+                connections: args.idle_conns,
+                concurrency: args.connect_concurrency,
+                settle: args.settle,
+                tasks: args.tasks,
+                connect,
+            };
+            ScenarioResult::Idle(idle::run(server, &cfg, progress, tag).await?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
 }

@@ -73,7 +73,7 @@ pub(crate) struct ServeArgs {
     /// Most pending acknowledgements per connection [default: 1024].
     #[arg(long, env = "PEERMESH_MAX_PENDING_ACKS")]
     max_pending_acks: Option<usize>,
-    /// WebSocket read buffer per connection in bytes [default: 4096].
+    /// WebSocket read buffer per connection in bytes [default: 1024].
     #[arg(long, env = "PEERMESH_WS_READ_BUFFER_BYTES")]
     ws_read_buffer_bytes: Option<usize>,
     /// WebSocket write buffer per connection in bytes [default: 16384].

@@ -98,7 +98,8 @@ pub struct HubConfig {
     pub max_recent_targets: usize,
     /// How long a target counts as recent for `peer_left`, in ms. Defaults to 600,000 (10 min).
     pub recent_target_ttl_ms: u64,
-    /// WebSocket read buffer per connection, in bytes. Defaults to 4 KiB.
+    /// WebSocket read buffer per connection, in bytes: allocated for every connection, idle or
+    /// not, and the most read from the socket per system call. Defaults to 1 KiB.
     pub ws_read_buffer_bytes: usize,
     /// WebSocket write buffer per connection, in bytes (frames are flushed beyond it).
     /// Defaults to 16 KiB.
@@ -133,7 +134,7 @@ impl Default for HubConfig {
             max_pending_acks: 1024,
             max_recent_targets: 1024,
             recent_target_ttl_ms: 600_000,
-            ws_read_buffer_bytes: 4 << 10,
+            ws_read_buffer_bytes: 1 << 10,
             ws_write_buffer_bytes: 16 << 10,
             shutdown_grace_ms: 3_000,
             auth: AuthConfig::default(),

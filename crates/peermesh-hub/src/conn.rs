@@ -1,42 +1,43 @@
-//! One client connection: the handshake, then a reader loop beside a writer task.
+//! One client connection: the handshake, then one task that owns the socket.
 //!
 //! ```text
-//!              ┌──────────── reader (this task) ───────────┐
-//!  socket ───► │ decode → limits → handle frame → Router ──┼──► other connections' queues
-//!              │ control inbox ◄── ack replies, peer gone  │
-//!              └───────────────────────────────────────────┘
-//!  socket ◄─── writer task ◄── outbound queue (EncodedBody, bounded) ◄── Router
+//!            ┌──────────────────── connection task ─────────────────────┐
+//!  socket ──►│ read: decode → limits → handle frame → Router ───────────┼──► other mailboxes
+//!            │ mailbox (frames + notices) ◄── Router, other connections │
+//!  socket ◄──│ write: take mailbox → seq → one flush per batch; pings   │
+//!            └──────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! The reader owns the connection's private state (pending acks, recent targets, rate limit)
-//! and is the only task that changes it; other tasks reach it through the bounded control
-//! inbox. When the reader ends, it unregisters the client, leaves its rooms (telling the other
-//! members), tells the clients that sent to it (`peer_left`) and stops the writer.
+//! The task owns the connection's private state (pending acks, recent targets, rate limit) and
+//! is the only one that changes it; other tasks reach it through its bounded mailbox. One task
+//! per connection (not a reader and a writer) keeps an idle connection small and spares every
+//! frame a lock on a split socket. When it ends, it unregisters the client, leaves its rooms
+//! (telling the other members), tells the clients that sent to it (`peer_left`) and writes the
+//! close reason.
 
 mod acks;
 mod contacts;
 mod rate;
 pub(crate) mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use peermesh_proto::{
     decode_client, ClientFrame, ClientId, EncodedBody, Encoding, ErrorCode, ErrorFrame, Hello,
     Limits, Message as MessageFrame, RoomName, ServerFrame, Welcome,
 };
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use self::acks::{conn_of, AckInsertError, AckTracker};
 use self::contacts::RecentTargets;
 use self::rate::TokenBucket;
 use crate::auth::Grant;
-use crate::registry::{ConnInfo, ConnShared, Control, RegisterError};
+use crate::registry::{ConnInfo, ConnShared, Control, MailboxLimits, RegisterError};
 use crate::router::RouteError;
 use crate::HubInner;
 
@@ -50,14 +51,35 @@ pub(crate) struct Accept {
     pub(crate) bearer: Option<String>,
 }
 
-/// Capacity of a connection's control inbox: enough for every pending ack and every
-/// watched target to report at once, plus slack.
-fn control_capacity(hub: &HubInner) -> usize {
+/// Capacity of a connection's notice queue: enough for every pending ack and every watched
+/// target to report at once, plus slack.
+fn notice_capacity(hub: &HubInner) -> usize {
     hub.config.max_pending_acks + hub.config.max_recent_targets + 64
 }
 
+/// Most frames written per flush.
+const BATCH: usize = 256;
+/// Time allowed to write the final error and close frames.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Runs one WebSocket connection to its end.
 pub(crate) async fn serve_socket(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) {
+    // The handshake's state is boxed and freed before the session starts, so the connection's
+    // long-lived future holds only the session (an idle connection's memory is mostly that
+    // future).
+    // The session's future is boxed inside the handshake, so no moved-from copy of the
+    // session stays reserved beside it.
+    if let Some(session) = Box::pin(handshake(ws, accept, hub)).await {
+        session.await;
+    }
+}
+
+/// The running session of a connection.
+type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Waits for `hello`, checks it, registers the client: the session to run, or `None` if the
+/// connection was refused or ended.
+async fn handshake(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) -> Option<SessionFuture> {
     let mut pre = PreHello {
         ws,
         seq: 0,
@@ -65,12 +87,9 @@ pub(crate) async fn serve_socket(ws: WebSocket, accept: Accept, hub: Arc<HubInne
         hub,
         bearer: accept.bearer.clone(),
     };
-    let Some((hello, grant)) = pre.await_hello().await else {
-        return;
-    };
-    if let Some(session) = pre.establish(hello, grant, accept).await {
-        session.run().await;
-    }
+    let (hello, grant) = pre.await_hello().await?;
+    let session = pre.establish(hello, grant, accept).await?;
+    Some(Box::pin(session.run()))
 }
 
 fn too_large_message(len: usize, max: usize) -> String {
@@ -259,8 +278,6 @@ impl PreHello {
         let conn_no = hub
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue_frames);
-        let (ctrl_tx, ctrl_rx) = mpsc::channel(control_capacity(&hub));
         let secret = format!("{:032x}", rand::random::<u128>());
         let info = ConnInfo {
             addr: accept.addr,
@@ -275,9 +292,11 @@ impl PreHello {
             self.enc,
             secret.clone(),
             info,
-            out_tx,
-            ctrl_tx,
-            cfg.outbound_queue_bytes,
+            MailboxLimits {
+                frames: cfg.outbound_queue_frames,
+                bytes: cfg.outbound_queue_bytes,
+                notices: notice_capacity(&hub),
+            },
         ));
         // Welcome goes into the queue before the client is reachable, so it is always first.
         let welcome = ServerFrame::Welcome(Welcome {
@@ -333,16 +352,6 @@ impl PreHello {
         hub.router.metrics.inc_connections();
         debug!(id = %id, conn = conn_no, enc = self.enc.as_str(), "client connected");
 
-        let (sink, stream) = self.ws.split();
-        let writer = writer::Writer {
-            sink,
-            rx: out_rx,
-            conn: conn.clone(),
-            metrics: hub.router.metrics.clone(),
-            seq: self.seq,
-            heartbeat: cfg.heartbeat_interval(),
-        };
-        let writer = hub.tasks.spawn(writer.run());
         let now = Instant::now();
         let mut session = Session {
             acks: AckTracker::new(conn_no as u32, cfg.max_pending_acks),
@@ -354,9 +363,9 @@ impl PreHello {
             last_seen: now,
             rate_notice: None,
             grant,
-            stream,
-            ctrl_rx,
-            writer,
+            ws: self.ws,
+            framer: writer::Framer::new(self.seq),
+            ping_every: cfg.heartbeat_interval(),
             conn,
             hub: hub.clone(),
         };
@@ -372,9 +381,9 @@ struct Session {
     hub: Arc<HubInner>,
     conn: Arc<ConnShared>,
     grant: Option<Grant>,
-    stream: futures_util::stream::SplitStream<WebSocket>,
-    ctrl_rx: mpsc::Receiver<Control>,
-    writer: tokio::task::JoinHandle<()>,
+    ws: WebSocket,
+    framer: writer::Framer,
+    ping_every: Duration,
     acks: AckTracker,
     contacts: RecentTargets,
     rate: TokenBucket,
@@ -385,18 +394,28 @@ struct Session {
 impl Session {
     async fn run(mut self) {
         let timeout = self.hub.config.heartbeat_timeout();
-        let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-        let heartbeat = tokio::time::sleep(timeout);
-        let ack_timer = tokio::time::sleep_until(far());
-        tokio::pin!(heartbeat, ack_timer);
-        let mut armed: Option<Instant> = None;
-        let cancel = self.conn.cancel.clone();
-        loop {
+        let conn = self.conn.clone();
+        // One timer serves the pings, the heartbeat check and the earliest ack deadline: an
+        // idle connection's future stays small, and the timer is re-armed only when one of
+        // those deadlines moves, never per frame.
+        let now = Instant::now();
+        let mut next_ping = now + self.ping_every;
+        let mut hb_check = now + timeout;
+        let mut armed = next_ping.min(hb_check);
+        let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(armed));
+        tokio::pin!(timer);
+        // `welcome` (and anything routed since registration) is already in the mailbox.
+        let mut spare: VecDeque<EncodedBody> = VecDeque::new();
+        let mut alive = Box::pin(self.drain(&mut spare)).await;
+        while alive {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
-                Some(c) = self.ctrl_rx.recv() => self.handle_control(c),
-                msg = self.stream.next() => match msg {
+                // A close request also wakes the mailbox. Draining is boxed: one small
+                // allocation per batch keeps the writing state out of the resident future.
+                _ = conn.mailbox.ready() => {
+                    alive = !conn.cancel.is_cancelled() && Box::pin(self.drain(&mut spare)).await;
+                }
+                msg = self.ws.next() => match msg {
                     None | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(m)) => {
                         self.last_seen = Instant::now();
@@ -407,31 +426,113 @@ impl Session {
                         break;
                     }
                 },
-                _ = &mut ack_timer, if armed.is_some() => {
+                _ = &mut timer => {
                     let now = Instant::now();
                     for req in self.acks.handle_timeout(now) {
                         self.error(ErrorCode::AckTimeout, "the target did not answer in time", Some(req));
                     }
-                    armed = None;
-                }
-                _ = &mut heartbeat => {
-                    let due = self.last_seen + timeout;
-                    if Instant::now() >= due {
-                        let m = format!("nothing received for {} s", timeout.as_secs_f64());
-                        self.conn.close(ErrorCode::HeartbeatTimeout, m);
-                        break;
+                    if now >= hb_check {
+                        hb_check = self.last_seen + timeout;
+                        if now >= hb_check {
+                            let m = format!("nothing received for {} s", timeout.as_secs_f64());
+                            self.conn.close(ErrorCode::HeartbeatTimeout, m);
+                            break;
+                        }
                     }
-                    heartbeat.as_mut().reset(tokio::time::Instant::from_std(due));
+                    if now >= next_ping {
+                        next_ping = now + self.ping_every;
+                        alive = Box::pin(self.ping()).await;
+                    }
                 }
             }
-            let next = self.acks.poll_timeout();
-            if next != armed {
-                armed = next;
-                let at = next.map(tokio::time::Instant::from_std).unwrap_or_else(far);
-                ack_timer.as_mut().reset(at);
+            let mut due = next_ping.min(hb_check);
+            if let Some(ack) = self.acks.poll_timeout() {
+                due = due.min(ack);
+            }
+            if due != armed {
+                armed = due;
+                timer.as_mut().reset(tokio::time::Instant::from_std(due));
             }
         }
-        self.cleanup().await;
+        Box::pin(self.cleanup()).await;
+    }
+
+    async fn ping(&mut self) -> bool {
+        let cancel = self.conn.cancel.clone();
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => false,
+            r = self.ws.send(Message::Ping(bytes::Bytes::new())) => r.is_ok(),
+        }
+    }
+
+    /// Handles every queued notice and writes every queued frame (one flush per batch of
+    /// `BATCH`). Returns `false` when the socket failed or the connection is closing.
+    async fn drain(&mut self, spare: &mut VecDeque<EncodedBody>) -> bool {
+        loop {
+            let taken = self.conn.mailbox.take(std::mem::take(spare));
+            for n in taken.notices {
+                self.handle_control(n);
+            }
+            let mut frames = taken.frames;
+            if frames.is_empty() {
+                *spare = frames;
+                // Idle: give the write chunk and a large deque back.
+                self.framer.release();
+                if spare.capacity() > BATCH {
+                    *spare = VecDeque::new();
+                }
+                return true;
+            }
+            let cancel = self.conn.cancel.clone();
+            let ok = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => false,
+                ok = self.write_frames(&mut frames) => ok,
+            };
+            frames.clear();
+            *spare = frames;
+            if !ok {
+                return false;
+            }
+        }
+    }
+
+    async fn write_frames(&mut self, frames: &mut VecDeque<EncodedBody>) -> bool {
+        let metrics = self.hub.router.metrics.clone();
+        while !frames.is_empty() {
+            let n = frames.len().min(BATCH);
+            let (mut bytes, mut wire_bytes) = (0usize, 0u64);
+            for body in frames.drain(..n) {
+                bytes += body.encoded_len();
+                let Some(msg) = self.framer.message(&body) else {
+                    tracing::error!("an encoded JSON frame was not UTF-8; dropped");
+                    continue;
+                };
+                wire_bytes += match &msg {
+                    Message::Text(t) => t.len() as u64,
+                    Message::Binary(b) => b.len() as u64,
+                    _ => 0,
+                };
+                if self.ws.feed(msg).await.is_err() {
+                    return false;
+                }
+            }
+            if self.ws.flush().await.is_err() {
+                return false;
+            }
+            self.conn.mailbox.written(n, bytes);
+            metrics.inc_frames_out(n as u64);
+            metrics.inc_bytes_out(wire_bytes);
+            let stats = &self.conn.stats;
+            stats
+                .frames_out
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .bytes_out
+                .fetch_add(wire_bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        true
     }
 
     fn read_failed(&mut self, e: axum::Error) {
@@ -733,7 +834,6 @@ impl Session {
         let hub = self.hub.clone();
         let registry = hub.registry();
         let owned = registry.unregister(&self.conn);
-        // Stop the writer first: with a close reason it writes the error and close frames.
         self.conn.cancel.cancel();
         let rooms: Vec<RoomName> = self.conn.rooms.lock().drain().collect();
         for room in rooms {
@@ -766,8 +866,24 @@ impl Session {
                 c.watchers.lock().remove(&self.conn.conn);
             }
         }
-        let reason = self.conn.close_reason().map(|r| r.code);
-        debug!(id = %self.conn.client, ?reason, "client disconnected");
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.writer).await;
+        let reason = self.conn.close_reason().cloned();
+        debug!(id = %self.conn.client, reason = ?reason.as_ref().map(|r| r.code), "client disconnected");
+        self.conn.mailbox.close();
+        // Write the close reason, if there is one, then the close frame.
+        let fut = async {
+            if let Some(r) = &reason {
+                let frame = ServerFrame::Error(ErrorFrame::new(r.code, r.message.clone(), None));
+                let body = EncodedBody::encode(self.conn.encoding, &frame);
+                if let Some(msg) = self.framer.message(&body) {
+                    self.ws.send(msg).await.ok()?;
+                }
+                self.ws
+                    .send(writer::close_frame(r.code, &r.message))
+                    .await
+                    .ok()?;
+            }
+            self.ws.close().await.ok()
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, fut).await;
     }
 }

@@ -25,8 +25,9 @@
 //!
 //! - `config`: [`HubConfig`], every limit with its default; TOML loading and validation.
 //! - `http`: the axum routes: WebSocket upgrade, status page, metrics.
-//! - `conn`: one connection: handshake, reader loop, writer task, and its sans-IO parts
-//!   (`acks`, `contacts`, `rate`).
+//! - `conn`: one connection, one task: handshake, then the session loop that reads, handles
+//!   and writes; its sans-IO parts (`acks`, `contacts`, `rate`) and `writer` (seq framing).
+//! - `mailbox`: a connection's bounded queue of frames and notices.
 //! - `router`: the one path every delivery takes (a cluster backplane plugs in here).
 //! - `registry`: clients, connections and rooms.
 //! - `auth`: JWT verification.
@@ -38,6 +39,7 @@ mod config;
 mod conn;
 mod error;
 mod http;
+mod mailbox;
 mod metrics;
 mod registry;
 mod router;

@@ -14,16 +14,17 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use peermesh_proto::{ClientId, EncodedBody, Encoding, ErrorCode, Payload, RoomName};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DuplicateIdPolicy;
+use crate::mailbox::{Mailbox, PushError};
 
 /// A notice for a connection's own task (not a frame for its socket).
 #[derive(Debug)]
@@ -85,24 +86,26 @@ pub(crate) struct ConnShared {
     pub(crate) watchers: Mutex<HashSet<u64>>,
     pub(crate) stats: ConnStats,
     pub(crate) cancel: CancellationToken,
-    out: mpsc::Sender<EncodedBody>,
-    ctrl: mpsc::Sender<Control>,
-    queued_bytes: AtomicUsize,
-    max_queued_bytes: usize,
+    pub(crate) mailbox: Mailbox<Control>,
     close: OnceLock<CloseReason>,
 }
 
+/// Bounds of a connection's mailbox.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MailboxLimits {
+    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
+    pub(crate) notices: usize,
+}
+
 impl ConnShared {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         conn: u64,
         client: ClientId,
         encoding: Encoding,
         secret: String,
         info: ConnInfo,
-        out: mpsc::Sender<EncodedBody>,
-        ctrl: mpsc::Sender<Control>,
-        max_queued_bytes: usize,
+        limits: MailboxLimits,
     ) -> Self {
         Self {
             conn,
@@ -114,10 +117,7 @@ impl ConnShared {
             watchers: Mutex::new(HashSet::new()),
             stats: ConnStats::default(),
             cancel: CancellationToken::new(),
-            out,
-            ctrl,
-            queued_bytes: AtomicUsize::new(0),
-            max_queued_bytes,
+            mailbox: Mailbox::new(limits.frames, limits.bytes, limits.notices),
             close: OnceLock::new(),
         }
     }
@@ -125,43 +125,27 @@ impl ConnShared {
     /// Queues a frame for the socket. Never waits: a full queue closes the connection as a
     /// slow consumer, so one slow reader never holds up the sender or anyone else.
     pub(crate) fn send(&self, body: EncodedBody) -> Result<(), QueueError> {
-        if self.cancel.is_cancelled() {
-            return Err(QueueError::Closed);
-        }
-        let len = body.encoded_len();
-        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
-        let result = if queued > self.max_queued_bytes {
-            Err(QueueError::SlowConsumer)
-        } else {
-            match self.out.try_send(body) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(QueueError::SlowConsumer),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closed),
+        match self.mailbox.push_frame(body) {
+            Ok(()) => Ok(()),
+            Err(PushError::Closed) => Err(QueueError::Closed),
+            Err(PushError::Full) => {
+                self.close(
+                    ErrorCode::SlowConsumer,
+                    "the outbound queue overflowed: read faster, or raise outbound_queue_bytes",
+                );
+                Err(QueueError::SlowConsumer)
             }
-        };
-        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-        if result == Err(QueueError::SlowConsumer) {
-            self.close(
-                ErrorCode::SlowConsumer,
-                "the outbound queue overflowed: read faster, or raise outbound_queue_bytes",
-            );
         }
-        result
     }
 
-    /// The writer wrote a frame of `len` encoded bytes (as counted by `send`).
-    pub(crate) fn dequeued(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-    }
-
-    /// Bytes waiting in the outbound queue.
+    /// Bytes waiting in the outbound queue or being written.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Relaxed)
+        self.mailbox.bytes_held()
     }
 
-    /// Sends a notice to the connection's task; dropped if its control inbox is full.
+    /// Sends a notice to the connection's task; dropped if its notice queue is full.
     pub(crate) fn control(&self, c: Control) -> bool {
-        self.ctrl.try_send(c).is_ok()
+        self.mailbox.push_notice(c)
     }
 
     /// Closes the connection with a reason (the first reason wins).
@@ -171,6 +155,7 @@ impl ConnShared {
             message: message.into(),
         });
         self.cancel.cancel();
+        self.mailbox.wake();
     }
 
     /// The reason given to `close`, if any.

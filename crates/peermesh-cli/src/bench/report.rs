@@ -1,0 +1,539 @@
+//! The results of a run: one JSON object (`--json`) and a summary table side by side with the
+//! Socket.IO reference, with the ratios and the issue's targets.
+
+use serde::Serialize;
+
+use super::direct::DirectStep;
+use super::fanout::FanoutResult;
+use super::idle::IdleResult;
+use super::stats::Rates;
+
+/// A scenario's figures, or why there are none.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Outcome<T> {
+    /// The scenario ran.
+    Ok(T),
+    /// The scenario failed.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+impl<T> Outcome<T> {
+    /// Wraps a scenario's result.
+    pub(crate) fn from_result(r: anyhow::Result<T>) -> Self {
+        match r {
+            Ok(v) => Outcome::Ok(v),
+            Err(e) => Outcome::Failed {
+                error: format!("{e:#}"),
+            },
+        }
+    }
+
+    fn ok(&self) -> Option<&T> {
+        match self {
+            Outcome::Ok(v) => Some(v),
+            Outcome::Failed { .. } => None,
+        }
+    }
+}
+
+/// The same scenario on both servers.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Side<T> {
+    /// The peermesh hub.
+    pub(crate) peermesh: Outcome<T>,
+    /// The Socket.IO reference (absent with `--no-reference`).
+    pub(crate) socketio: Option<Outcome<T>>,
+}
+
+/// A server's identity in the report.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ServerInfo {
+    /// What ran, e.g. `peermesh 0.1.0 (json)` or `socket.io 4.8.3 on node v20`.
+    pub(crate) name: String,
+    /// How it was reached: `spawned` or a URL.
+    pub(crate) how: String,
+}
+
+/// The machine.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Machine {
+    /// CPU model.
+    pub(crate) cpu: String,
+    /// Logical cores.
+    pub(crate) cores: usize,
+}
+
+/// The settings that shape the figures.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Settings {
+    /// Client pairs in the direct scenario.
+    pub(crate) pairs: usize,
+    /// Messages in flight per originator in the `max` step.
+    pub(crate) window: u64,
+    /// Room members.
+    pub(crate) members: usize,
+    /// Room messages in flight.
+    pub(crate) fanout_window: u64,
+    /// Idle connections.
+    pub(crate) idle_conns: usize,
+    /// Payload string length in bytes.
+    pub(crate) payload_bytes: usize,
+    /// Warm-up per step, seconds.
+    pub(crate) warmup_s: f64,
+    /// Measurement per step, seconds.
+    pub(crate) duration_s: f64,
+}
+
+/// A target from the issue, checked.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Check {
+    /// The target in words.
+    pub(crate) target: String,
+    /// What was measured, in words.
+    pub(crate) measured: String,
+    /// Whether it was met (absent when it could not be evaluated).
+    pub(crate) met: Option<bool>,
+}
+
+/// Ratios peermesh : Socket.IO (greater is better for peermesh).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Ratios {
+    /// Direct messages, `max` step throughput, peermesh ÷ Socket.IO.
+    pub(crate) direct_throughput: Option<f64>,
+    /// Fan-out deliveries per second, peermesh ÷ Socket.IO.
+    pub(crate) fanout_deliveries: Option<f64>,
+    /// Memory per idle connection, Socket.IO ÷ peermesh.
+    pub(crate) idle_memory: Option<f64>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    /// The machine.
+    pub(crate) machine: Machine,
+    /// The settings.
+    pub(crate) settings: Settings,
+    /// The hub.
+    pub(crate) peermesh: ServerInfo,
+    /// The reference.
+    pub(crate) socketio: Option<ServerInfo>,
+    /// Scenario (a).
+    pub(crate) direct: Option<Side<Vec<DirectStep>>>,
+    /// Scenario (b).
+    pub(crate) fanout: Option<Side<FanoutResult>>,
+    /// Scenario (c).
+    pub(crate) idle: Option<Side<IdleResult>>,
+    /// Ratios.
+    pub(crate) ratios: Ratios,
+    /// The issue's targets.
+    pub(crate) targets: Vec<Check>,
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a > 0.0 && b > 0.0).then(|| (a / b * 100.0).round() / 100.0)
+}
+
+fn max_step(steps: &[DirectStep]) -> Option<&DirectStep> {
+    steps.iter().find(|s| s.offered_msgs_per_s.is_none())
+}
+
+impl Report {
+    /// Fills in ratios and target checks from the figures.
+    pub(crate) fn evaluate(&mut self) {
+        let mut r = Ratios::default();
+        let mut checks = Vec::new();
+        if let Some(side) = &self.fanout {
+            let ours = side.peermesh.ok();
+            let theirs = side.socketio.as_ref().and_then(Outcome::ok);
+            if let (Some(a), Some(b)) = (ours, theirs) {
+                r.fanout_deliveries = ratio(a.deliveries_per_s, b.deliveries_per_s);
+            }
+            checks.push(Check {
+                target: format!(
+                    "fan-out >= 1,000,000 deliveries/s to {} members",
+                    ours.map_or(0, |a| a.members)
+                ),
+                measured: ours.map_or("not measured".into(), |a| {
+                    format!("{} deliveries/s", thousands(a.deliveries_per_s))
+                }),
+                met: ours.map(|a| a.deliveries_per_s >= 1_000_000.0),
+            });
+            checks.push(Check {
+                target: "fan-out >= 5x Socket.IO".into(),
+                measured: r
+                    .fanout_deliveries
+                    .map_or("not measured".into(), |x| format!("{x}x")),
+                met: r.fanout_deliveries.map(|x| x >= 5.0),
+            });
+        }
+        if let Some(side) = &self.direct {
+            let ours = side.peermesh.ok();
+            let theirs = side.socketio.as_ref().and_then(Outcome::ok);
+            if let (Some(a), Some(b)) = (
+                ours.and_then(|s| max_step(s)),
+                theirs.and_then(|s| max_step(s)),
+            ) {
+                r.direct_throughput = ratio(a.msgs_per_s, b.msgs_per_s);
+            }
+            checks.push(Check {
+                target: "direct messages >= 5x Socket.IO throughput".into(),
+                measured: r
+                    .direct_throughput
+                    .map_or("not measured".into(), |x| format!("{x}x")),
+                met: r.direct_throughput.map(|x| x >= 5.0),
+            });
+            let at10k = ours.and_then(|s| {
+                s.iter()
+                    .find(|s| s.offered_msgs_per_s == Some(10_000) && s.rtt.samples > 0)
+            });
+            checks.push(Check {
+                target: "direct p99 <= 1 ms at 10,000 msgs/s".into(),
+                measured: at10k.map_or("not measured (no 10000 step)".into(), |s| {
+                    format!("p99 {}", fmt_us(s.rtt.p99_us))
+                }),
+                met: at10k.map(|s| s.rtt.p99_us <= 1000.0),
+            });
+        }
+        if let Some(side) = &self.idle {
+            let ours = side.peermesh.ok();
+            let theirs = side.socketio.as_ref().and_then(Outcome::ok);
+            if let (Some(a), Some(b)) = (ours, theirs) {
+                r.idle_memory = ratio(b.bytes_per_conn as f64, a.bytes_per_conn.max(1) as f64);
+            }
+            checks.push(Check {
+                target: "idle memory per connection <= 1/5 of Socket.IO".into(),
+                measured: match (ours, r.idle_memory) {
+                    (Some(a), Some(x)) => {
+                        format!("{} per connection, {x}x less", bytes(a.bytes_per_conn))
+                    }
+                    (Some(a), None) => format!("{} per connection", bytes(a.bytes_per_conn)),
+                    _ => "not measured".into(),
+                },
+                met: r.idle_memory.map(|x| x >= 5.0),
+            });
+        }
+        self.ratios = r;
+        self.targets = checks;
+    }
+
+    /// The summary table.
+    pub(crate) fn table(&self) -> String {
+        let mut out = String::new();
+        let reference = self
+            .socketio
+            .as_ref()
+            .map_or("no reference".to_owned(), |s| format!("vs {}", s.name));
+        out.push_str(&format!(
+            "peermesh bench: {} ({} cores); {} {}\n",
+            self.machine.cpu, self.machine.cores, self.peermesh.name, reference
+        ));
+        let s = &self.settings;
+        let with_ref = self.socketio.is_some();
+        if let Some(side) = &self.direct {
+            out.push_str(&format!(
+                "\n(a) direct messages: {} pairs; every message is echoed back and msgs/s counts \
+                 both legs; {}-byte payload; latency = round trip\n",
+                s.pairs, s.payload_bytes
+            ));
+            let ours = side.peermesh.ok();
+            let theirs = side.socketio.as_ref().and_then(Outcome::ok);
+            let mut head = vec!["rate", "peermesh/s", "p50", "p99", "p99.9", "lost", "cpu%"];
+            if with_ref {
+                head.extend([
+                    "socket.io/s",
+                    "p50",
+                    "p99",
+                    "p99.9",
+                    "lost",
+                    "cpu%",
+                    "ratio",
+                ]);
+            }
+            head.push("others%");
+            let n = ours.map_or(0, Vec::len).max(theirs.map_or(0, Vec::len));
+            let cells = |x: Option<&DirectStep>| -> Vec<String> {
+                match x {
+                    Some(x) => vec![
+                        thousands(x.msgs_per_s),
+                        fmt_us(x.rtt.p50_us),
+                        fmt_us(x.rtt.p99_us),
+                        fmt_us(x.rtt.p999_us),
+                        x.lost.to_string(),
+                        pct(x.window.server_cpu_pct),
+                    ],
+                    None => vec!["-".to_owned(); 6],
+                }
+            };
+            let rows: Vec<Vec<String>> = (0..n)
+                .map(|i| {
+                    let a = ours.and_then(|v| v.get(i));
+                    let b = theirs.and_then(|v| v.get(i));
+                    let mut row = vec![a.or(b).map_or("?".to_owned(), |x| x.rate.clone())];
+                    row.extend(cells(a));
+                    if with_ref {
+                        row.extend(cells(b));
+                        row.push(match (a, b) {
+                            (Some(a), Some(b)) => ratio(a.msgs_per_s, b.msgs_per_s)
+                                .map_or("-".to_owned(), |x| format!("{x}x")),
+                            _ => "-".to_owned(),
+                        });
+                    }
+                    row.push(others([a.map(|x| &x.window), b.map(|x| &x.window)]));
+                    row
+                })
+                .collect();
+            out.push_str(&grid(
+                &head,
+                &rows,
+                if with_ref { &[0, 6, 12, 13] } else { &[0, 6] },
+            ));
+            push_failures(&mut out, &side.peermesh, side.socketio.as_ref());
+            for (name, steps) in [("peermesh", ours), ("socket.io", theirs)] {
+                for st in steps.into_iter().flatten() {
+                    if let Some(e) = &st.first_error {
+                        out.push_str(&format!(
+                            "  {name} {}: {} errors, first: {e}\n",
+                            st.rate, st.errors
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(side) = &self.fanout {
+            out.push_str(&format!(
+                "\n(b) room fan-out: 1 sender, {} members, {} room messages in flight; latency = \
+                 sender write to member read\n",
+                s.members, s.fanout_window
+            ));
+            let head = [
+                "server",
+                "deliveries/s",
+                "msgs/s",
+                "p50",
+                "p99",
+                "p99.9",
+                "lost",
+                "cpu%",
+                "gen%",
+                "others%",
+            ];
+            let mut rows = Vec::new();
+            for (name, x) in [
+                ("peermesh", side.peermesh.ok()),
+                ("socket.io", side.socketio.as_ref().and_then(Outcome::ok)),
+            ] {
+                if let Some(x) = x {
+                    rows.push(vec![
+                        name.to_owned(),
+                        thousands(x.deliveries_per_s),
+                        thousands(x.room_msgs_per_s),
+                        fmt_us(x.latency.p50_us),
+                        fmt_us(x.latency.p99_us),
+                        fmt_us(x.latency.p999_us),
+                        x.lost.to_string(),
+                        pct(x.window.server_cpu_pct),
+                        pct(x.window.generator_cpu_pct),
+                        others([Some(&x.window), None]),
+                    ]);
+                }
+            }
+            if let Some(x) = self.ratios.fanout_deliveries {
+                let mut row = vec!["ratio".to_owned(), format!("{x}x")];
+                row.extend(std::iter::repeat_n(String::new(), head.len() - 2));
+                rows.push(row);
+            }
+            out.push_str(&grid(&head, &rows, &[0]));
+            push_failures(&mut out, &side.peermesh, side.socketio.as_ref());
+            for (name, x) in [
+                ("peermesh", side.peermesh.ok()),
+                ("socket.io", side.socketio.as_ref().and_then(Outcome::ok)),
+            ] {
+                if let Some(x) = x {
+                    if let Some(e) = &x.first_error {
+                        out.push_str(&format!("  {name}: {} errors, first: {e}\n", x.errors));
+                    }
+                }
+            }
+        }
+        if let Some(side) = &self.idle {
+            out.push_str(&format!(
+                "\n(c) idle connections: {} identified clients; server RSS growth per connection\n",
+                s.idle_conns
+            ));
+            let head = [
+                "server",
+                "conns",
+                "RSS before",
+                "RSS after",
+                "per conn",
+                "connects/s",
+            ];
+            let mut rows = Vec::new();
+            for (name, x) in [
+                ("peermesh", side.peermesh.ok()),
+                ("socket.io", side.socketio.as_ref().and_then(Outcome::ok)),
+            ] {
+                if let Some(x) = x {
+                    rows.push(vec![
+                        name.to_owned(),
+                        thousands(x.connections as f64),
+                        bytes(x.rss_before_kib * 1024),
+                        bytes(x.rss_after_kib * 1024),
+                        bytes(x.bytes_per_conn),
+                        thousands(x.connects_per_s),
+                    ]);
+                }
+            }
+            if let Some(x) = self.ratios.idle_memory {
+                let mut row = vec!["ratio".to_owned(), String::new(), String::new()];
+                row.extend([String::new(), format!("{x}x less"), String::new()]);
+                rows.push(row);
+            }
+            out.push_str(&grid(&head, &rows, &[0]));
+            push_failures(&mut out, &side.peermesh, side.socketio.as_ref());
+            for (name, x) in [
+                ("peermesh", side.peermesh.ok()),
+                ("socket.io", side.socketio.as_ref().and_then(Outcome::ok)),
+            ] {
+                if let Some(x) = x {
+                    if let Some(e) = &x.first_error {
+                        out.push_str(&format!(
+                            "  {name}: {} connections failed, first: {e}\n",
+                            x.errors
+                        ));
+                    }
+                }
+            }
+        }
+        if !self.targets.is_empty() {
+            out.push_str("\ntargets\n");
+            for c in &self.targets {
+                let mark = match c.met {
+                    Some(true) => "met   ",
+                    Some(false) => "MISSED",
+                    None => "n/a   ",
+                };
+                out.push_str(&format!("  [{mark}] {}: {}\n", c.target, c.measured));
+            }
+        }
+        out
+    }
+}
+
+/// Formats rows under a header, right-aligned except the first column, with a `|` after each
+/// column listed in `bars`.
+fn grid(head: &[&str], rows: &[Vec<String>], bars: &[usize]) -> String {
+    let cols = head.len();
+    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, c) in row.iter().enumerate().take(cols) {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = width[i].saturating_sub(c.chars().count());
+            if i == 0 {
+                l.push_str(c);
+                l.push_str(&" ".repeat(pad));
+            } else {
+                l.push(' ');
+                l.push_str(&" ".repeat(pad));
+                l.push_str(c);
+            }
+            if bars.contains(&i) && i + 1 < cols {
+                l.push_str(" |");
+            }
+        }
+        l.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(head.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// The busiest "other processes" figure among the windows.
+fn others<'a>(windows: impl IntoIterator<Item = Option<&'a Rates>>) -> String {
+    let worst = windows
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w.other_cpu_pct)
+        .fold(None, |acc: Option<f64>, v| {
+            Some(acc.map_or(v, |a| a.max(v)))
+        });
+    pct(worst)
+}
+
+fn push_failures<T>(out: &mut String, ours: &Outcome<T>, theirs: Option<&Outcome<T>>) {
+    if let Outcome::Failed { error } = ours {
+        out.push_str(&format!("  peermesh FAILED: {error}\n"));
+    }
+    if let Some(Outcome::Failed { error }) = theirs {
+        out.push_str(&format!("  socket.io FAILED: {error}\n"));
+    }
+}
+
+fn pct(p: Option<f64>) -> String {
+    p.map_or("-".to_owned(), |p| format!("{p:.0}"))
+}
+
+/// `1234567.0` → `1,234,567`.
+pub(crate) fn thousands(v: f64) -> String {
+    let n = v.round().max(0.0) as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Microseconds as `85µs` or `1.23ms`.
+pub(crate) fn fmt_us(us: f64) -> String {
+    if us <= 0.0 {
+        "-".to_owned()
+    } else if us < 1000.0 {
+        format!("{us:.0}µs")
+    } else if us < 1_000_000.0 {
+        format!("{:.2}ms", us / 1000.0)
+    } else {
+        format!("{:.2}s", us / 1_000_000.0)
+    }
+}
+
+/// Bytes as `812 B`, `3.1 KiB` or `45.2 MiB`.
+pub(crate) fn bytes(b: u64) -> String {
+    if b < 1024 {
+        format!("{b} B")
+    } else if b < 1024 * 1024 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting() {
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(fmt_us(85.2), "85µs");
+        assert_eq!(fmt_us(1234.0), "1.23ms");
+        assert_eq!(bytes(3 * 1024 + 100), "3.1 KiB");
+        assert_eq!(ratio(10.0, 2.0), Some(5.0));
+        assert_eq!(ratio(10.0, 0.0), None);
+    }
+}

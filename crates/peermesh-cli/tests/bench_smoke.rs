@@ -1,0 +1,110 @@
+//! Smoke test of `peermesh bench`: a tiny run against a spawned hub (no Socket.IO reference)
+//! must finish in a few seconds and print one JSON object with sane figures.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[test]
+fn bench_spawn_tiny_run_reports_sane_figures() {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_peermesh"))
+        .args([
+            "bench",
+            "--spawn",
+            "--no-reference",
+            "--json",
+            "--quiet",
+            "--pairs",
+            "4",
+            "--rates",
+            "1000,max",
+            "--window",
+            "4",
+            "--warmup",
+            "100ms",
+            "--duration",
+            "300ms",
+            "--drain",
+            "2s",
+            "--max-messages",
+            "500",
+            "--members",
+            "20",
+            "--fanout-window",
+            "2",
+            "--idle-conns",
+            "100",
+            "--settle",
+            "200ms",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run peermesh bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "the tiny run took {:?}",
+        start.elapsed()
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stderr}"));
+
+    // (a) direct messages: both steps delivered everything and measured round trips.
+    let steps = report["direct"]["peermesh"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no direct figures: {report}"));
+    assert_eq!(steps.len(), 2, "{report}");
+    for step in steps {
+        assert!(step["msgs_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{step}");
+        assert!(step["sent"].as_u64().unwrap_or(0) > 0, "{step}");
+        assert_eq!(step["lost"], 0, "{step}");
+        assert_eq!(step["errors"], 0, "{step}");
+        let rtt = &step["rtt"];
+        assert!(rtt["samples"].as_u64().unwrap_or(0) > 0, "{step}");
+        let p50 = rtt["p50_us"].as_f64().unwrap_or(0.0);
+        let p99 = rtt["p99_us"].as_f64().unwrap_or(0.0);
+        assert!(p50 > 0.0 && p50 <= p99 && p99 < 5_000_000.0, "{step}");
+    }
+    // The fixed-rate step offered 1,000 msgs/s for 300 ms: a few hundred messages.
+    assert_eq!(steps[0]["offered_msgs_per_s"], 1000);
+    let fixed = steps[0]["msgs_per_s"].as_f64().unwrap_or(0.0);
+    assert!((300.0..=3000.0).contains(&fixed), "{}", steps[0]);
+    assert!(
+        steps[1]["sent"].as_u64().unwrap_or(0) <= 4 * 500,
+        "{}",
+        steps[1]
+    );
+
+    // (b) fan-out: every member got every room message.
+    let fanout = &report["fanout"]["peermesh"];
+    assert_eq!(fanout["members"], 20, "{report}");
+    assert!(
+        fanout["deliveries_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{fanout}"
+    );
+    assert!(fanout["sent"].as_u64().unwrap_or(0) > 0, "{fanout}");
+    assert_eq!(fanout["lost"], 0, "{fanout}");
+    assert_eq!(fanout["errors"], 0, "{fanout}");
+    assert!(
+        fanout["latency"]["samples"].as_u64().unwrap_or(0) > 0,
+        "{fanout}"
+    );
+
+    // (c) idle connections: all open, and the hub grew by a plausible amount per connection.
+    let idle = &report["idle"]["peermesh"];
+    assert_eq!(idle["connections"], 100, "{report}");
+    assert_eq!(idle["errors"], 0, "{idle}");
+    let per_conn = idle["bytes_per_conn"].as_u64().unwrap_or(0);
+    assert!(per_conn < 1 << 20, "{idle}");
+    assert!(idle["rss_after_kib"].as_u64().unwrap_or(0) > 0, "{idle}");
+
+    // The Socket.IO side was skipped, and the targets section exists.
+    assert!(report["socketio"].is_null(), "{report}");
+    assert!(
+        report["targets"].as_array().is_some_and(|t| !t.is_empty()),
+        "{report}"
+    );
+}

@@ -1,0 +1,220 @@
+//! A connection's inbox: frames for its socket and notices for its task.
+//!
+//! Producers (any task routing to this connection) push under a short lock and never wait; the
+//! connection's own task takes everything queued in one swap. Only the push that makes an empty
+//! mailbox non-empty wakes the task, so a burst costs one wake-up, not one per frame. An empty
+//! mailbox owns no heap memory: an idle connection pays nothing for its queues.
+//!
+//! Bounds: `max_frames` and `max_bytes` cover frames queued *and* frames taken but not yet
+//! written (they are released with [`Mailbox::written`]), so one connection holds at most
+//! `max_bytes` of outgoing frames however slowly it reads. Notices are bounded by
+//! `max_notices`.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use peermesh_proto::EncodedBody;
+use tokio::sync::Notify;
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// Over the frame or byte bound: the consumer is too slow.
+    Full,
+    /// The mailbox was closed.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Inner<N> {
+    frames: VecDeque<EncodedBody>,
+    notices: VecDeque<N>,
+    /// Frames queued or taken and not yet written.
+    frames_held: usize,
+    /// Their bytes (as counted by `EncodedBody::encoded_len`).
+    bytes_held: usize,
+    closed: bool,
+}
+
+/// Frames and notices waiting for one connection's task.
+#[derive(Debug)]
+pub(crate) struct Mailbox<N> {
+    inner: Mutex<Inner<N>>,
+    wake: Notify,
+    max_frames: usize,
+    max_bytes: usize,
+    max_notices: usize,
+}
+
+/// What [`Mailbox::take`] hands the consumer.
+#[derive(Debug)]
+pub(crate) struct Taken<N> {
+    pub(crate) frames: VecDeque<EncodedBody>,
+    pub(crate) notices: VecDeque<N>,
+}
+
+impl<N> Mailbox<N> {
+    pub(crate) fn new(max_frames: usize, max_bytes: usize, max_notices: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                frames: VecDeque::new(),
+                notices: VecDeque::new(),
+                frames_held: 0,
+                bytes_held: 0,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            max_frames,
+            max_bytes,
+            max_notices,
+        }
+    }
+
+    /// Queues a frame for the socket.
+    pub(crate) fn push_frame(&self, body: EncodedBody) -> Result<(), PushError> {
+        let len = body.encoded_len();
+        let wake = {
+            let mut g = self.inner.lock();
+            if g.closed {
+                return Err(PushError::Closed);
+            }
+            if g.frames_held >= self.max_frames || g.bytes_held + len > self.max_bytes {
+                return Err(PushError::Full);
+            }
+            let was_empty = g.frames.is_empty() && g.notices.is_empty();
+            g.frames.push_back(body);
+            g.frames_held += 1;
+            g.bytes_held += len;
+            was_empty
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a notice for the task; `false` when closed or full.
+    pub(crate) fn push_notice(&self, n: N) -> bool {
+        let wake = {
+            let mut g = self.inner.lock();
+            if g.closed || g.notices.len() >= self.max_notices {
+                return false;
+            }
+            let was_empty = g.frames.is_empty() && g.notices.is_empty();
+            g.notices.push_back(n);
+            was_empty
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Wakes the consumer without queuing anything (it should look at its other state, such
+    /// as a close request).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until something may have been queued since the last `take` (spurious wake-ups
+    /// are possible: `take` may then return nothing).
+    pub(crate) async fn ready(&self) {
+        self.wake.notified().await
+    }
+
+    /// Takes everything queued. `spare` is an empty deque whose allocation is reused for the
+    /// next frames (pass `VecDeque::new()` to let the mailbox shrink to nothing).
+    pub(crate) fn take(&self, spare: VecDeque<EncodedBody>) -> Taken<N> {
+        let mut g = self.inner.lock();
+        let frames = std::mem::replace(&mut g.frames, spare);
+        let notices = std::mem::take(&mut g.notices);
+        Taken { frames, notices }
+    }
+
+    /// The consumer wrote `frames` frames of `bytes` encoded bytes that it took earlier.
+    pub(crate) fn written(&self, frames: usize, bytes: usize) {
+        let mut g = self.inner.lock();
+        g.frames_held = g.frames_held.saturating_sub(frames);
+        g.bytes_held = g.bytes_held.saturating_sub(bytes);
+    }
+
+    /// Refuses every later push and drops what is queued.
+    pub(crate) fn close(&self) {
+        let mut g = self.inner.lock();
+        g.closed = true;
+        g.frames = VecDeque::new();
+        g.notices = VecDeque::new();
+    }
+
+    /// Bytes queued or in flight.
+    pub(crate) fn bytes_held(&self) -> usize {
+        self.inner.lock().bytes_held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peermesh_proto::{Encoding, ServerFrame};
+    use proptest::prelude::*;
+
+    fn body() -> EncodedBody {
+        EncodedBody::encode(Encoding::Json, &ServerFrame::Pong { req: Some(1) })
+    }
+
+    #[tokio::test]
+    async fn only_the_first_push_wakes() {
+        let m: Mailbox<u32> = Mailbox::new(10, 1 << 20, 4);
+        m.push_frame(body()).unwrap();
+        m.push_frame(body()).unwrap();
+        assert!(m.push_notice(7));
+        // One permit is stored: the first `ready` completes, the next one would wait.
+        m.ready().await;
+        let t = m.take(VecDeque::new());
+        assert_eq!((t.frames.len(), t.notices.len()), (2, 1));
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), m.ready()).await;
+        assert!(pending.is_err(), "no second wake-up for one burst");
+    }
+
+    #[test]
+    fn bounds_cover_frames_in_flight() {
+        let len = body().encoded_len();
+        let m: Mailbox<u32> = Mailbox::new(3, 10 * len, 1);
+        for _ in 0..3 {
+            m.push_frame(body()).unwrap();
+        }
+        assert_eq!(m.push_frame(body()), Err(PushError::Full));
+        let t = m.take(VecDeque::new());
+        assert_eq!(t.frames.len(), 3);
+        // Taken but not yet written: still held.
+        assert_eq!(m.push_frame(body()), Err(PushError::Full));
+        m.written(3, 3 * len);
+        m.push_frame(body()).unwrap();
+        assert!(m.push_notice(1));
+        assert!(!m.push_notice(2), "notices are bounded too");
+        m.close();
+        assert_eq!(m.push_frame(body()), Err(PushError::Closed));
+        assert!(!m.push_notice(3));
+    }
+
+    proptest! {
+        /// Whatever the interleaving of pushes, takes and writes, the held bytes never exceed
+        /// the bound, and every accepted frame is taken exactly once.
+        #[test]
+        fn never_over_the_bound(ops in prop::collection::vec(0u8..3, 0..300)) {
+            let len = body().encoded_len();
+            let m: Mailbox<u32> = Mailbox::new(1000, 7 * len, 4);
+            let (mut accepted, mut taken, mut in_flight) = (0usize, 0usize, 0usize);
+            for op in ops {
+                match op {
+                    0 => if m.push_frame(body()).is_ok() { accepted += 1 },
+                    1 => { let t = m.take(VecDeque::new()); taken += t.frames.len(); in_flight += t.frames.len(); }
+                    _ => { m.written(in_flight, in_flight * len); in_flight = 0; }
+                }
+                prop_assert!(m.bytes_held() <= 7 * len);
+            }
+            taken += m.take(VecDeque::new()).frames.len();
+            prop_assert_eq!(accepted, taken);
+        }
+    }
+}
