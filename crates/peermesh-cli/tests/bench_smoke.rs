@@ -68,10 +68,11 @@ fn bench_spawn_tiny_run_reports_sane_figures() {
         let p99 = rtt["p99_us"].as_f64().unwrap_or(0.0);
         assert!(p50 > 0.0 && p50 <= p99 && p99 < 5_000_000.0, "{step}");
     }
-    // The fixed-rate step offered 1,000 msgs/s for 300 ms: a few hundred messages.
+    // The fixed-rate step offered 1,000 msgs/s for 300 ms. Under a loaded test machine the
+    // generator may fall behind its schedule, so only the upper bound is firm.
     assert_eq!(steps[0]["offered_msgs_per_s"], 1000);
     let fixed = steps[0]["msgs_per_s"].as_f64().unwrap_or(0.0);
-    assert!((300.0..=3000.0).contains(&fixed), "{}", steps[0]);
+    assert!(fixed > 0.0 && fixed <= 3000.0, "{}", steps[0]);
     assert!(
         steps[1]["sent"].as_u64().unwrap_or(0) <= 4 * 500,
         "{}",

@@ -235,7 +235,7 @@ impl Client {
 
     /// Lifecycle and presence events; see [`ClientEvent`](crate::ClientEvent).
     pub fn events(&self) -> EventStream {
-        EventStream::new(&self.shared.registry)
+        EventStream::events(&self.shared.registry)
     }
 
     /// How many requests wait for an answer from the hub (diagnostics).

@@ -83,7 +83,7 @@ pub use backoff::{Backoff, ReconnectPolicy};
 pub use client::{Client, FromPeer};
 pub use error::ClientError;
 pub use event::ClientEvent;
-pub use listeners::{EventStream, ListenerId, Message, Once, Subscription};
+pub use listeners::{EventStream, Feed, ListenerId, Message, Once, Subscription};
 pub use options::ClientOptions;
 pub use peermesh_proto::{
     ClientId, Encoding, ErrorCode, EventName, Payload, RoomName, PROTOCOL_VERSION,

@@ -298,20 +298,47 @@ fn unregister(registry: &Weak<Mutex<Registry>>, id: u64) {
     }
 }
 
-/// A stream of the messages that match a listener's filter.
+/// A bounded queue fed by the client's actor: the messages of one listener
+/// ([`Subscription`]) or the client's lifecycle events ([`EventStream`]).
 ///
-/// Receive with [`recv`](Self::recv) or as a [`Stream`]. Dropping it removes the listener.
-/// See [the drop policy](self).
-pub struct Subscription {
+/// Receive with [`recv`](Self::recv) or as a [`Stream`]. It ends (`None`) once the listener was
+/// removed or the client stopped and every queued item was received. Dropping it removes the
+/// listener. See [the drop policy](self).
+pub struct Feed<T> {
     id: u64,
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<T>,
     dropped: Arc<AtomicU64>,
     registry: Weak<Mutex<Registry>>,
 }
 
-impl Subscription {
+/// The messages that match a listener's filter, from [`Client::on`](crate::Client::on) and
+/// its relatives.
+pub type Subscription = Feed<Message>;
+
+/// The client's [`ClientEvent`]s, from [`Client::events`](crate::Client::events).
+pub type EventStream = Feed<ClientEvent>;
+
+impl Feed<Message> {
     pub(crate) fn new(registry: &SharedRegistry, filter: Filter) -> Self {
         let (id, rx, dropped) = registry.lock().listen(filter, false);
+        Self::from_parts(registry, id, rx, dropped)
+    }
+}
+
+impl Feed<ClientEvent> {
+    pub(crate) fn events(registry: &SharedRegistry) -> Self {
+        let (id, rx, dropped) = registry.lock().subscribe();
+        Self::from_parts(registry, id, rx, dropped)
+    }
+}
+
+impl<T> Feed<T> {
+    fn from_parts(
+        registry: &SharedRegistry,
+        id: u64,
+        rx: mpsc::Receiver<T>,
+        dropped: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             id,
             rx,
@@ -325,40 +352,40 @@ impl Subscription {
         ListenerId(self.id)
     }
 
-    /// The next message; `None` once the listener was removed or the client stopped, and
-    /// every queued message was received.
-    pub async fn recv(&mut self) -> Option<Message> {
+    /// The next item; `None` once the listener was removed or the client stopped, and every
+    /// queued item was received.
+    pub async fn recv(&mut self) -> Option<T> {
         self.rx.recv().await
     }
 
-    /// A queued message, if there is one, without waiting.
-    pub fn try_recv(&mut self) -> Option<Message> {
+    /// A queued item, if there is one, without waiting.
+    pub fn try_recv(&mut self) -> Option<T> {
         self.rx.try_recv().ok()
     }
 
-    /// How many messages were dropped because this listener's queue was full.
+    /// How many items were dropped because this queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 }
 
-impl Stream for Subscription {
-    type Item = Message;
+impl<T> Stream for Feed<T> {
+    type Item = T;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         self.rx.poll_recv(cx)
     }
 }
 
-impl Drop for Subscription {
+impl<T> Drop for Feed<T> {
     fn drop(&mut self) {
         unregister(&self.registry, self.id);
     }
 }
 
-impl std::fmt::Debug for Subscription {
+impl<T> std::fmt::Debug for Feed<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
+        f.debug_struct("Feed")
             .field("id", &self.id)
             .field("dropped", &self.dropped())
             .finish()
@@ -409,71 +436,6 @@ impl Drop for Once {
 impl std::fmt::Debug for Once {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Once").field("id", &self.id).finish()
-    }
-}
-
-/// A stream of [`ClientEvent`]s, from [`Client::events`](crate::Client::events).
-///
-/// Ends (`None`) when the client stops. Dropping it unsubscribes.
-pub struct EventStream {
-    id: u64,
-    rx: mpsc::Receiver<ClientEvent>,
-    dropped: Arc<AtomicU64>,
-    registry: Weak<Mutex<Registry>>,
-}
-
-impl EventStream {
-    pub(crate) fn new(registry: &SharedRegistry) -> Self {
-        let (id, rx, dropped) = registry.lock().subscribe();
-        Self {
-            id,
-            rx,
-            dropped,
-            registry: Arc::downgrade(registry),
-        }
-    }
-
-    /// The stream's id, for [`Client::off`](crate::Client::off).
-    pub fn id(&self) -> ListenerId {
-        ListenerId(self.id)
-    }
-
-    /// The next event; `None` once the client stopped and every queued event was received.
-    pub async fn recv(&mut self) -> Option<ClientEvent> {
-        self.rx.recv().await
-    }
-
-    /// A queued event, if there is one, without waiting.
-    pub fn try_recv(&mut self) -> Option<ClientEvent> {
-        self.rx.try_recv().ok()
-    }
-
-    /// How many events were dropped because this stream's queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-}
-
-impl Stream for EventStream {
-    type Item = ClientEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for EventStream {
-    fn drop(&mut self) {
-        unregister(&self.registry, self.id);
-    }
-}
-
-impl std::fmt::Debug for EventStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventStream")
-            .field("id", &self.id)
-            .field("dropped", &self.dropped())
-            .finish()
     }
 }
 
@@ -571,7 +533,7 @@ mod tests {
         let reg: SharedRegistry = Arc::new(Mutex::new(Registry::new(8, 8)));
         let a = Subscription::new(&reg, Filter::default());
         let mut b = Subscription::new(&reg, Filter::default());
-        let e = EventStream::new(&reg);
+        let e = EventStream::events(&reg);
         assert_eq!(reg.lock().len(), 3);
         drop(a);
         assert_eq!(reg.lock().len(), 2);
@@ -585,10 +547,10 @@ mod tests {
     #[test]
     fn event_streams_open_with_connected_and_close_with_the_client() {
         let reg: SharedRegistry = Arc::new(Mutex::new(Registry::new(8, 8)));
-        let mut before = EventStream::new(&reg);
+        let mut before = EventStream::events(&reg);
         let alice = ClientId::new("alice").expect("valid id");
         reg.lock().set_connected(Some(alice.clone()));
-        let mut after = EventStream::new(&reg);
+        let mut after = EventStream::events(&reg);
         reg.lock().emit(ClientEvent::PeerLeft { id: alice.clone() });
         assert_eq!(
             after.try_recv(),
