@@ -85,6 +85,12 @@ pub(crate) struct ServeArgs {
     /// PEM file with an RSA or Ed25519 public key: clients must present an RS256/EdDSA JWT.
     #[arg(long, env = "PEERMESH_AUTH_JWT_PUBLIC_KEY")]
     auth_jwt_public_key: Option<PathBuf>,
+    /// Require this `aud` claim in tokens (not checked when unset).
+    #[arg(long, env = "PEERMESH_AUTH_JWT_AUDIENCE")]
+    auth_jwt_audience: Option<String>,
+    /// Require this `iss` claim in tokens (not checked when unset).
+    #[arg(long, env = "PEERMESH_AUTH_JWT_ISSUER")]
+    auth_jwt_issuer: Option<String>,
 }
 
 impl ServeArgs {
@@ -126,6 +132,12 @@ impl ServeArgs {
         }
         if let Some(p) = &self.auth_jwt_public_key {
             c.auth.jwt_public_key = Some(p.clone());
+        }
+        if let Some(a) = &self.auth_jwt_audience {
+            c.auth.jwt_audience = Some(a.clone());
+        }
+        if let Some(i) = &self.auth_jwt_issuer {
+            c.auth.jwt_issuer = Some(i.clone());
         }
         Ok(c)
     }

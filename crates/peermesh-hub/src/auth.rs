@@ -55,6 +55,19 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Builds the verifier from the config; `None` when authentication is off.
     pub(crate) fn from_config(cfg: &AuthConfig) -> Result<Option<Self>, ConfigError> {
+        Ok(Self::key_from_config(cfg)?.map(|mut a| {
+            match &cfg.jwt_audience {
+                Some(aud) => a.validation.set_audience(&[aud]),
+                None => a.validation.validate_aud = false,
+            }
+            if let Some(iss) = &cfg.jwt_issuer {
+                a.validation.set_issuer(&[iss]);
+            }
+            a
+        }))
+    }
+
+    fn key_from_config(cfg: &AuthConfig) -> Result<Option<Self>, ConfigError> {
         if let Some(secret) = &cfg.jwt_secret {
             if secret.is_empty() {
                 return Err(ConfigError::Invalid {
@@ -135,7 +148,7 @@ mod tests {
     fn hs256_roundtrip_and_expiry() {
         let cfg = AuthConfig {
             jwt_secret: Some("s3cret".into()),
-            jwt_public_key: None,
+            ..Default::default()
         };
         let auth = Authenticator::from_config(&cfg).unwrap().unwrap();
         let now = jsonwebtoken::get_current_timestamp();
@@ -153,5 +166,20 @@ mod tests {
             .unwrap_err()
             .contains("refused"));
         assert!(auth.verify("garbage").is_err());
+        // A token naming an audience passes when none is configured, and must match when one is.
+        let with_aud = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub":"bob","exp":now + 60,"aud":"chat"}),
+            &jsonwebtoken::EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(auth.verify(&with_aud).is_ok());
+        let strict = Authenticator::from_config(&AuthConfig {
+            jwt_audience: Some("game".into()),
+            ..cfg
+        })
+        .unwrap()
+        .unwrap();
+        assert!(strict.verify(&with_aud).is_err());
     }
 }

@@ -43,6 +43,10 @@ pub struct AuthConfig {
     pub jwt_secret: Option<String>,
     /// PEM file with an RSA or Ed25519 public key for RS256/EdDSA tokens. Defaults to none.
     pub jwt_public_key: Option<PathBuf>,
+    /// Required `aud` claim. Defaults to none: `aud` is not checked.
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim. Defaults to none: `iss` is not checked.
+    pub jwt_issuer: Option<String>,
 }
 
 impl AuthConfig {
@@ -178,6 +182,15 @@ impl HubConfig {
             if v == 0 {
                 return bad(key, "must be greater than 0".into());
             }
+        }
+        if self.max_clients > crate::registry::MAX_SLOTS as usize - 1024 {
+            return bad(
+                "max_clients",
+                format!(
+                    "must be at most {} (ack ids must stay exact in JavaScript numbers)",
+                    crate::registry::MAX_SLOTS as usize - 1024
+                ),
+            );
         }
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
             return bad(

@@ -278,6 +278,11 @@ impl PreHello {
         let conn_no = hub
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(slot) = hub.registry().alloc_slot() else {
+            let m = "the hub has no free connection slot (at most 2,097,152 connections)";
+            self.refuse(ErrorCode::ServerFull, m.into()).await;
+            return None;
+        };
         let secret = format!("{:032x}", rand::random::<u128>());
         let info = ConnInfo {
             addr: accept.addr,
@@ -288,6 +293,7 @@ impl PreHello {
         };
         let conn = Arc::new(ConnShared::new(
             conn_no,
+            slot,
             id.clone(),
             self.enc,
             secret.clone(),
@@ -315,6 +321,7 @@ impl PreHello {
             },
         });
         if conn.send(EncodedBody::encode(self.enc, &welcome)).is_err() {
+            hub.registry().free_slot(slot);
             return None;
         }
         let replaced = match hub.registry().register(
@@ -325,6 +332,7 @@ impl PreHello {
         ) {
             Ok(r) => r,
             Err(RegisterError::IdTaken) => {
+                hub.registry().free_slot(slot);
                 let m = format!(
                     "client id {:?} is already connected; pick another id, or present the \
                      secret from its welcome to replace that connection",
@@ -334,6 +342,7 @@ impl PreHello {
                 return None;
             }
             Err(RegisterError::ServerFull) => {
+                hub.registry().free_slot(slot);
                 let m = format!(
                     "the hub has {} clients, its limit (max_clients)",
                     cfg.max_clients
@@ -354,7 +363,7 @@ impl PreHello {
 
         let now = Instant::now();
         let mut session = Session {
-            acks: AckTracker::new(conn_no as u32, cfg.max_pending_acks),
+            acks: AckTracker::new(slot, cfg.max_pending_acks, rand::random()),
             contacts: RecentTargets::new(
                 cfg.max_recent_targets,
                 Duration::from_millis(cfg.recent_target_ttl_ms),
@@ -694,7 +703,7 @@ impl Session {
                     from: self.conn.client.clone(),
                     payload: r.payload,
                 };
-                if self.hub.router.control(u64::from(conn_of(r.ack_id)), ctrl) {
+                if self.hub.router.control_slot(conn_of(r.ack_id), ctrl) {
                     self.hub.router.metrics.inc_acks(1);
                 } else {
                     let m = format!("no pending acknowledgement has ack_id {}", r.ack_id);
@@ -816,7 +825,17 @@ impl Session {
                 payload,
             } => match self.acks.complete(ack_id, &from) {
                 Some(req) => self.send(&ServerFrame::Ack { req, payload }),
-                None => debug!(ack_id, from = %from, "late or foreign ack reply dropped"),
+                None => {
+                    // Late (after the timeout), repeated, or not addressed to the replier.
+                    debug!(ack_id, from = %from, "reply to no pending ack");
+                    let m = format!(
+                        "no pending acknowledgement has ack_id {ack_id} for you (it was answered, \
+                         timed out, or was not sent to you)"
+                    );
+                    let e = ServerFrame::Error(ErrorFrame::new(ErrorCode::UnknownAck, m, None));
+                    self.hub.router.metrics.inc_error(ErrorCode::UnknownAck);
+                    let _ = self.hub.router.to_client(&from, &e);
+                }
             },
             Control::PeerGone { id, conn } => {
                 for req in self.acks.fail_target(&id) {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!   clients: ClientId ──► Arc<ConnShared>      (one live connection per id)
-//!   conns:   conn no. ──► Arc<ConnShared>      (ack replies and control notices)
+//!   conns:   conn no. ──► Arc<ConnShared>      (control notices; numbers only grow)
+//!   slots:   slot     ──► Arc<ConnShared>      (ack replies; small numbers, reused)
 //!   rooms:   RoomName ──► Arc<Room> ──► { ClientId ──► Arc<ConnShared> }
 //! ```
 //!
@@ -78,6 +79,9 @@ pub(crate) enum QueueError {
 #[derive(Debug)]
 pub(crate) struct ConnShared {
     pub(crate) conn: u64,
+    /// A small number, unique among live connections and reused after them, that `ack_id`s
+    /// carry so they stay below 2^53 (exact in JavaScript numbers).
+    pub(crate) slot: u32,
     pub(crate) client: ClientId,
     pub(crate) encoding: Encoding,
     pub(crate) secret: String,
@@ -99,8 +103,10 @@ pub(crate) struct MailboxLimits {
 }
 
 impl ConnShared {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         conn: u64,
+        slot: u32,
         client: ClientId,
         encoding: Encoding,
         secret: String,
@@ -109,6 +115,7 @@ impl ConnShared {
     ) -> Self {
         Self {
             conn,
+            slot,
             client,
             encoding,
             secret,
@@ -182,6 +189,8 @@ pub(crate) enum RegisterError {
 pub(crate) struct Registry {
     clients: DashMap<ClientId, Arc<ConnShared>>,
     conns: DashMap<u64, Arc<ConnShared>>,
+    by_slot: DashMap<u32, Arc<ConnShared>>,
+    slots: Mutex<SlotAllocator>,
     rooms: DashMap<RoomName, Arc<Room>>,
     count: AtomicUsize,
 }
@@ -205,6 +214,7 @@ impl Registry {
                 }
                 let old = e.insert(conn.clone());
                 self.conns.insert(conn.conn, conn.clone());
+                self.by_slot.insert(conn.slot, conn.clone());
                 Ok(Some(old))
             }
             Entry::Vacant(e) => {
@@ -214,6 +224,7 @@ impl Registry {
                 }
                 e.insert(conn.clone());
                 self.conns.insert(conn.conn, conn.clone());
+                self.by_slot.insert(conn.slot, conn.clone());
                 Ok(None)
             }
         }
@@ -223,6 +234,9 @@ impl Registry {
     /// connection replaced it).
     pub(crate) fn unregister(&self, conn: &ConnShared) -> bool {
         self.conns.remove(&conn.conn);
+        self.by_slot
+            .remove_if(&conn.slot, |_, c| c.conn == conn.conn);
+        self.free_slot(conn.slot);
         let owned = self
             .clients
             .remove_if(&conn.client, |_, c| c.conn == conn.conn)
@@ -231,6 +245,21 @@ impl Registry {
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
         owned
+    }
+
+    /// Takes a free slot for a new connection; `None` when all [`MAX_SLOTS`] are in use.
+    pub(crate) fn alloc_slot(&self) -> Option<u32> {
+        self.slots.lock().alloc()
+    }
+
+    /// Returns a slot taken by [`Registry::alloc_slot`].
+    pub(crate) fn free_slot(&self, slot: u32) {
+        self.slots.lock().free(slot);
+    }
+
+    /// The live connection holding a slot.
+    pub(crate) fn by_slot(&self, slot: u32) -> Option<Arc<ConnShared>> {
+        self.by_slot.get(&slot).map(|c| c.value().clone())
     }
 
     /// The live connection of a client id.
@@ -306,6 +335,35 @@ impl Registry {
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v.truncate(limit);
         v
+    }
+}
+
+/// Most live connections (slots): `ack_id` = slot × 2^32 + counter stays below 2^53.
+pub(crate) const MAX_SLOTS: u32 = 1 << 21;
+
+/// Hands out the smallest free slots first, so slot numbers stay small.
+#[derive(Debug, Default)]
+struct SlotAllocator {
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl SlotAllocator {
+    fn alloc(&mut self) -> Option<u32> {
+        if let Some(s) = self.free.pop() {
+            return Some(s);
+        }
+        if self.next >= MAX_SLOTS {
+            return None;
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+
+    fn free(&mut self, slot: u32) {
+        if slot < self.next && !self.free.contains(&slot) {
+            self.free.push(slot);
+        }
     }
 }
 

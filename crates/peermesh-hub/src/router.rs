@@ -117,6 +117,11 @@ impl Router {
         reached
     }
 
+    /// Sends a notice to the connection holding `slot` (an `ack_id`'s high bits).
+    pub(crate) fn control_slot(&self, slot: u32, c: Control) -> bool {
+        self.registry.by_slot(slot).is_some_and(|t| t.control(c))
+    }
+
     /// Sends a notice to a connection's task by number; false if it is gone or its inbox full.
     pub(crate) fn control(&self, conn: u64, c: Control) -> bool {
         self.registry.conn(conn).is_some_and(|t| t.control(c))

@@ -418,7 +418,7 @@ async fn jwt_auth_binds_ids_and_rooms() {
     let hub = TestHub::start(HubConfig {
         auth: peermesh_hub::AuthConfig {
             jwt_secret: Some("k".into()),
-            jwt_public_key: None,
+            ..Default::default()
         },
         ..Default::default()
     })

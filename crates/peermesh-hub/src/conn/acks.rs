@@ -1,8 +1,10 @@
 //! Pending acknowledgements of one connection (sans-IO).
 //!
-//! The sender's connection owns its pending acks. An `ack_id` is unique hub-wide: the high 32
-//! bits are the sender's connection number, the low 32 a per-connection counter, so a reply can
-//! be routed back to the sender's connection without any shared table.
+//! The sender's connection owns its pending acks. An `ack_id` is the sender's connection slot
+//! (below 2^21) times 2^32 plus a per-connection counter, so a reply can be routed back to the
+//! sender's connection without any shared table, and every `ack_id` is below 2^53 (exact in a
+//! JavaScript number). The counter starts at a random value: a slot reused by a later
+//! connection does not accept replies meant for the earlier one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
@@ -36,16 +38,16 @@ pub(crate) struct AckTracker {
     deadlines: BTreeSet<(Instant, u64)>,
 }
 
-/// Extracts the connection number from an `ack_id`.
+/// Extracts the connection slot from an `ack_id`.
 pub(crate) fn conn_of(ack_id: u64) -> u32 {
     (ack_id >> 32) as u32
 }
 
 impl AckTracker {
-    pub(crate) fn new(conn: u32, limit: usize) -> Self {
+    pub(crate) fn new(conn: u32, limit: usize, start: u32) -> Self {
         Self {
             conn,
-            next: 0,
+            next: start,
             limit,
             by_id: HashMap::new(),
             by_req: HashMap::new(),
@@ -156,9 +158,17 @@ mod tests {
     #[test]
     fn complete_only_from_target() {
         let t0 = Instant::now();
-        let mut t = AckTracker::new(7, 10);
+        let mut t = AckTracker::new(7, 10, 0);
         let a = t.insert(1, id("bob"), t0).unwrap();
         assert_eq!(conn_of(a), 7);
+        let max = AckTracker::new(
+            super::super::super::registry::MAX_SLOTS - 1,
+            1,
+            u32::MAX - 1,
+        )
+        .insert(1, id("x"), t0)
+        .unwrap();
+        assert!(max < 1 << 53, "ack ids stay exact in JavaScript");
         assert_eq!(t.complete(a, &id("eve")), None);
         assert_eq!(t.complete(a, &id("bob")), Some(1));
         assert_eq!(t.complete(a, &id("bob")), None);
@@ -168,7 +178,7 @@ mod tests {
     #[test]
     fn limits_and_duplicates() {
         let t0 = Instant::now();
-        let mut t = AckTracker::new(1, 2);
+        let mut t = AckTracker::new(1, 2, u32::MAX);
         t.insert(1, id("a"), t0).unwrap();
         assert_eq!(t.insert(1, id("a"), t0), Err(AckInsertError::DuplicateReq));
         t.insert(2, id("a"), t0).unwrap();
@@ -202,7 +212,7 @@ mod tests {
         fn every_ack_ends_exactly_once(ops in prop::collection::vec(op(), 0..200)) {
             let t0 = Instant::now();
             let mut now = t0;
-            let mut t = AckTracker::new(3, 8);
+            let mut t = AckTracker::new(3, 8, 0);
             let mut issued: Vec<u64> = Vec::new();
             let mut live: HashMap<u64, (u64, Instant)> = HashMap::new();
             let mut ended = 0usize;
