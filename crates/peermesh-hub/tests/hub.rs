@@ -244,6 +244,29 @@ async fn duplicate_ids_reject_or_replace() {
     assert_eq!(new.recv().await["from"], "y");
 }
 
+/// A connection replaced through its secret is not a departure: those who sent to the id are
+/// told `peer_left` only when the newer connection ends.
+#[tokio::test]
+async fn replacement_is_not_a_departure() {
+    let hub = TestHub::default().await;
+    let (mut alice, _) = hub.join("alice").await;
+    let (mut bob, w) = hub.join("bob").await;
+    alice
+        .send(json!({"type":"emit","to":"bob","event":"e"}))
+        .await;
+    let _ = bob.recv().await;
+    let mut bob2 = Raw::connect(&hub.url("")).await;
+    assert_eq!(
+        bob2.hello(json!({"id":"bob","secret":w["secret"]})).await["type"],
+        "welcome"
+    );
+    let (_, frames) = bob.recv_close().await;
+    assert_eq!(frames.last().unwrap()["code"], "replaced");
+    alice.expect_silence(Duration::from_millis(200)).await;
+    drop(bob2);
+    assert_eq!(alice.recv().await["type"], "peer_left");
+}
+
 #[tokio::test]
 async fn unsupported_version_names_the_range() {
     let hub = TestHub::default().await;
@@ -450,6 +473,62 @@ async fn jwt_auth_binds_ids_and_rooms() {
     // Token in the query string, as a browser would send it.
     let mut b = Raw::connect(&hub.url(&format!("?token={}", token("bob")))).await;
     assert_eq!(b.hello(json!({"id":"bob"})).await["type"], "welcome");
+}
+
+/// RS256 and EdDSA tokens verified with a public key file (test keys in tests/fixtures).
+#[tokio::test]
+async fn jwt_public_keys_rsa_and_ed25519() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let cases = [
+        (
+            "rsa",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem as fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>,
+        ),
+        (
+            "ed25519",
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem as fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>,
+        ),
+    ];
+    for (name, alg, load) in cases {
+        let hub = TestHub::start(HubConfig {
+            auth: peermesh_hub::AuthConfig {
+                jwt_public_key: Some(dir.join(format!("{name}-public.pem"))),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await;
+        let private = std::fs::read(dir.join(format!("{name}-private.pem"))).unwrap();
+        let token = encode(
+            &Header::new(alg),
+            &json!({"sub":"alice","exp":exp}),
+            &load(&private).unwrap(),
+        )
+        .unwrap();
+        let mut c = Raw::connect(&hub.url("")).await;
+        assert_eq!(
+            c.hello(json!({"token":token})).await["id"],
+            "alice",
+            "{name}"
+        );
+        // An HS256 token signed with some secret is refused by a public-key hub.
+        let forged = encode(
+            &Header::default(),
+            &json!({"sub":"bob","exp":exp}),
+            &EncodingKey::from_secret(b"guess"),
+        )
+        .unwrap();
+        let mut c = Raw::connect(&hub.url("")).await;
+        assert_eq!(
+            c.hello(json!({"token":forged})).await["code"],
+            "unauthorized",
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test]
