@@ -192,6 +192,22 @@ impl HubConfig {
                 ),
             );
         }
+        // Deadlines are `Instant + duration`: keep every duration far from overflow.
+        const DAY_MS: u64 = 86_400_000;
+        let durations: [(&'static str, u64); 7] = [
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
+            ("hello_timeout_ms", self.hello_timeout_ms),
+            ("default_ack_timeout_ms", self.default_ack_timeout_ms),
+            ("max_ack_timeout_ms", self.max_ack_timeout_ms),
+            ("recent_target_ttl_ms", self.recent_target_ttl_ms),
+            ("shutdown_grace_ms", self.shutdown_grace_ms),
+        ];
+        for (key, v) in durations {
+            if v > DAY_MS {
+                return bad(key, format!("{v} ms is longer than a day ({DAY_MS} ms)"));
+            }
+        }
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
             return bad(
                 "heartbeat_timeout_ms",
@@ -311,6 +327,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("rate_per_sec"));
+        let c = HubConfig {
+            max_ack_timeout_ms: u64::MAX,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_ack_timeout_ms"));
         let c = HubConfig {
             heartbeat_timeout_ms: 1000,
             ..Default::default()
