@@ -1,0 +1,114 @@
+//! Replays the committed corpus of the `p2p_node_decoder` fuzz target
+//! (`fuzz/corpus/p2p_node_decoder/*`) on every `cargo test`, without cargo-fuzz or nightly.
+//!
+//! Same input format and checks as `fuzz/fuzz_targets/p2p_node_decoder.rs`: byte 0 sets
+//! `max_payload` (`byte * 4`), byte 1 the chunk size (`byte % 32 + 1`), the rest is the stream.
+//! Decoding never panics, stays within capacity, gives the same events whole, chunked and byte
+//! by byte, reports only the four codes, and every decoded frame survives encode → decode.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use bytes::BytesMut;
+use peermesh_mesh::wire::p2p_node::{
+    encode_command, DecodeEvent, Decoder, DecoderConfig, DEFAULT_MAGIC,
+};
+
+fn corpus_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/p2p_node_decoder");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read the fuzz corpus at {}: {e}", dir.display()))
+        .map(|entry| entry.expect("a readable corpus entry").path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+fn decode(config: DecoderConfig, stream: &[u8], chunk: usize) -> Vec<DecodeEvent> {
+    let mut decoder = Decoder::new(config);
+    let mut events = Vec::new();
+    for mut piece in stream.chunks(chunk) {
+        loop {
+            let n = decoder.push(piece);
+            piece = &piece[n..];
+            assert!(decoder.buffered() <= decoder.capacity());
+            while let Some(event) = decoder.poll() {
+                events.push(event);
+            }
+            if piece.is_empty() {
+                break;
+            }
+            assert!(decoder.free() > 0, "full buffer and no event");
+        }
+    }
+    events
+}
+
+/// Checks one input; returns how many frames decoded.
+fn check(data: &[u8]) -> usize {
+    let [b0, b1, stream @ ..] = data else {
+        return 0;
+    };
+    let config = DecoderConfig {
+        magic: DEFAULT_MAGIC,
+        max_payload: u32::from(*b0) * 4,
+    };
+    let whole = decode(config, stream, stream.len().max(1));
+    assert_eq!(whole, decode(config, stream, usize::from(b1 % 32) + 1));
+    assert_eq!(whole, decode(config, stream, 1));
+    let mut frames = 0;
+    for event in &whole {
+        match event {
+            DecodeEvent::Frame(frame) => {
+                frames += 1;
+                let mut again = BytesMut::new();
+                encode_command(config.magic, frame.command, &frame.payload, &mut again)
+                    .expect("a decoded frame encodes");
+                assert_eq!(
+                    decode(config, &again, again.len()),
+                    std::slice::from_ref(event)
+                );
+            }
+            DecodeEvent::Error(e) => assert!(
+                matches!(
+                    e.code(),
+                    "garbage" | "frame_too_large" | "bad_checksum" | "bad_command"
+                ),
+                "unexpected code {}",
+                e.code()
+            ),
+        }
+    }
+    frames
+}
+
+#[test]
+fn p2p_node_decoder_corpus_replays_cleanly() {
+    let files = corpus_files();
+    assert!(!files.is_empty(), "fuzz/corpus/p2p_node_decoder/ is empty");
+    let mut failures = Vec::new();
+    let mut frames = 0;
+    for file in &files {
+        let data = std::fs::read(file).expect("a readable corpus file");
+        match catch_unwind(AssertUnwindSafe(|| check(&data))) {
+            Ok(n) => frames += n,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!("{}: {msg}", file.display()));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus files failed:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+    assert!(frames > 0, "no corpus input decoded to a frame");
+}
