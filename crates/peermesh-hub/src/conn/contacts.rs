@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use peermesh_proto::ClientId;
 
+/// Re-touching a target more often than this does not refresh it.
+const REFRESH: Duration = Duration::from_secs(1);
+
 /// What touching a target changed.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Touch {
@@ -52,6 +55,16 @@ impl RecentTargets {
                 watch: false,
                 unwatch: None,
             };
+        }
+        if let Some(e) = self.entries.get_mut(target) {
+            // A burst to the same target: its age and rank barely move, so skip the reorder
+            // (the TTL is minutes; a second of staleness cannot matter).
+            if e.conn == conn && now.saturating_duration_since(e.last) < REFRESH {
+                return Touch {
+                    watch: false,
+                    unwatch: None,
+                };
+            }
         }
         self.tick += 1;
         let tick = self.tick;
@@ -139,7 +152,9 @@ mod tests {
         let mut r = RecentTargets::new(2, Duration::from_secs(600));
         assert!(r.touch(&id(1), 1, t0).watch);
         assert!(r.touch(&id(2), 2, t0).watch);
+        // Within a second a re-touch changes nothing; later it makes c1 the most recent.
         assert!(!r.touch(&id(1), 1, t0).watch);
+        assert!(!r.touch(&id(1), 1, t0 + Duration::from_secs(2)).watch);
         let t = r.touch(&id(3), 3, t0);
         assert_eq!(t.unwatch, Some((id(2), 2)));
         assert!(!r.gone(&id(2), 2, t0));
