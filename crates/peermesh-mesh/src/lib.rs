@@ -1,5 +1,6 @@
-//! The peermesh overlay node, free of I/O: the wire formats of the JavaScript peers it
-//! interoperates with and the peer manager; the Kademlia mesh and the tokio shells come next.
+//! The peermesh overlay node: the wire formats of the JavaScript peers it interoperates with
+//! and the peer manager, free of I/O, plus the tokio shell that runs the manager over TCP
+//! ([`tcp`]); the Kademlia mesh comes next.
 //!
 //! This crate holds the sans-IO peer manager ([`manager::PeerManager`]: pool, active set,
 //! back-off, selective send with answer collection) and the codec of the `p2p-node` TCP framing, the one spoken by
@@ -27,6 +28,8 @@
 //! # Layout
 //!
 //! - [`manager`]: the peer manager's state machine, generic over transport and wire format.
+//! - [`tcp`]: the tokio shell that runs the peer manager over TCP with the `p2p-node` framing
+//!   ([`tcp::TcpManager`]).
 //! - [`wire`]: the wire formats, one module per format, and the [`wire::Severity`] of the
 //!   events their decoders report.
 //!   - [`wire::p2p_node`]: the `p2p-node` framing: [`wire::p2p_node::Decoder`] and
@@ -34,4 +37,5 @@
 #![deny(missing_docs)]
 
 pub mod manager;
+pub mod tcp;
 pub mod wire;
