@@ -38,4 +38,6 @@
 
 pub mod manager;
 pub mod tcp;
+#[doc(hidden)]
+pub mod testing;
 pub mod wire;

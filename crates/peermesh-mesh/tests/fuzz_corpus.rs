@@ -9,10 +9,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
-use peermesh_mesh::wire::p2p_node::{
-    encode_command, DecodeEvent, Decoder, DecoderConfig, DEFAULT_MAGIC,
-};
+use peermesh_mesh::testing::check_p2p_node_input as check;
 
 fn corpus_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/p2p_node_decoder");
@@ -23,64 +20,6 @@ fn corpus_files() -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-fn decode(config: DecoderConfig, stream: &[u8], chunk: usize) -> Vec<DecodeEvent> {
-    let mut decoder = Decoder::new(config);
-    let mut events = Vec::new();
-    for mut piece in stream.chunks(chunk) {
-        loop {
-            let n = decoder.push(piece);
-            piece = &piece[n..];
-            assert!(decoder.buffered() <= decoder.capacity());
-            while let Some(event) = decoder.poll() {
-                events.push(event);
-            }
-            if piece.is_empty() {
-                break;
-            }
-            assert!(decoder.free() > 0, "full buffer and no event");
-        }
-    }
-    events
-}
-
-/// Checks one input; returns how many frames decoded.
-fn check(data: &[u8]) -> usize {
-    let [b0, b1, stream @ ..] = data else {
-        return 0;
-    };
-    let config = DecoderConfig {
-        magic: DEFAULT_MAGIC,
-        max_payload: u32::from(*b0) * 4,
-    };
-    let whole = decode(config, stream, stream.len().max(1));
-    assert_eq!(whole, decode(config, stream, usize::from(b1 % 32) + 1));
-    assert_eq!(whole, decode(config, stream, 1));
-    let mut frames = 0;
-    for event in &whole {
-        match event {
-            DecodeEvent::Frame(frame) => {
-                frames += 1;
-                let mut again = BytesMut::new();
-                encode_command(config.magic, frame.command, &frame.payload, &mut again)
-                    .expect("a decoded frame encodes");
-                assert_eq!(
-                    decode(config, &again, again.len()),
-                    std::slice::from_ref(event)
-                );
-            }
-            DecodeEvent::Error(e) => assert!(
-                matches!(
-                    e.code(),
-                    "garbage" | "frame_too_large" | "bad_checksum" | "bad_command"
-                ),
-                "unexpected code {}",
-                e.code()
-            ),
-        }
-    }
-    frames
 }
 
 #[test]
