@@ -23,8 +23,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-# JavaScript dependencies of the browser test (from package-lock.json only).
-for dir in tests/browser; do
+# JavaScript dependencies of the browser and interop tests (from package-lock.json only).
+for dir in tests/browser tests/interop; do
   if [ -f "$dir/package-lock.json" ]; then
     step "npm ci in $dir"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
@@ -49,4 +49,9 @@ cargo test --doc --workspace --locked
 if [ -d tests/browser ] && ls tests/browser/*.test.mjs >/dev/null 2>&1; then
   step "browser test (headless Chromium)"
   PEERMESH_BIN="$PWD/target/debug/peermesh" node --test tests/browser/
+fi
+
+if ls tests/interop/*.test.mjs >/dev/null 2>&1; then
+  step "interop tests (real npm packages)"
+  PEERMESH_BIN="$PWD/target/debug/peermesh" node --test --test-concurrency=1 tests/interop/
 fi
