@@ -36,6 +36,7 @@
 //!     [`wire::p2p_node::encode`].
 #![deny(missing_docs)]
 
+pub mod id;
 pub mod manager;
 pub mod tcp;
 #[doc(hidden)]

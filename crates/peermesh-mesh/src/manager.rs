@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -178,9 +179,9 @@ pub enum Direction {
 
 /// What the manager knows about an active peer.
 #[derive(Debug, Clone)]
-pub struct PeerInfo {
-    /// Its address.
-    pub addr: PeerAddr,
+pub struct PeerInfo<K = PeerAddr> {
+    /// Its name: the address for the TCP manager, the node id for the mesh.
+    pub addr: K,
     /// Its state.
     pub state: PeerState,
     /// Who dialled.
@@ -289,20 +290,20 @@ impl ManagerConfig {
 
 /// Something the shell must do.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub enum Action<K = PeerAddr> {
     /// Open a connection to the peer, then call `handle_connected` or `handle_dial_failed`.
-    Dial(PeerAddr),
+    Dial(K),
     /// Close the connection, then call `handle_closed`.
     Close {
         /// The peer.
-        peer: PeerAddr,
+        peer: K,
         /// Why (for logs).
         reason: String,
     },
     /// Send one message.
     Send {
         /// The peer.
-        peer: PeerAddr,
+        peer: K,
         /// The command.
         command: String,
         /// The payload.
@@ -315,20 +316,20 @@ pub type WaitId = u64;
 
 /// Something to report to the application.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ManagerEvent {
+pub enum ManagerEvent<K = PeerAddr> {
     /// A peer connected (either direction).
-    PeerConnect(PeerAddr),
+    PeerConnect(K),
     /// A peer's connection ended.
     PeerEnd {
         /// The peer.
-        peer: PeerAddr,
+        peer: K,
         /// Why.
         reason: String,
     },
     /// A message arrived (also delivered per command by the shell).
     Message {
         /// From whom.
-        peer: PeerAddr,
+        peer: K,
         /// Its command.
         command: String,
         /// Its payload.
@@ -339,7 +340,7 @@ pub enum ManagerEvent {
         /// The wait it belongs to.
         wait: WaitId,
         /// Who answered.
-        peer: PeerAddr,
+        peer: K,
         /// The answer's payload.
         payload: Bytes,
     },
@@ -348,7 +349,7 @@ pub enum ManagerEvent {
         /// The wait.
         wait: WaitId,
         /// The chosen peers that never answered, sorted.
-        missing: Vec<PeerAddr>,
+        missing: Vec<K>,
     },
     /// Counts, every `status_interval`.
     Status {
@@ -366,7 +367,7 @@ pub enum ManagerEvent {
         /// For people.
         message: String,
         /// The peer concerned, if any.
-        peer: Option<PeerAddr>,
+        peer: Option<K>,
     },
 }
 
@@ -385,9 +386,9 @@ pub enum ManagerState {
 
 /// What [`PeerManager::send`] did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SendOutcome {
+pub struct SendOutcome<K = PeerAddr> {
     /// The peers sent to, sorted.
-    pub peers: Vec<PeerAddr>,
+    pub peers: Vec<K>,
     /// The answer wait, when an answer command was given and someone was sent to.
     pub wait: Option<WaitId>,
 }
@@ -426,9 +427,9 @@ pub struct AnswerSpec {
 }
 
 #[derive(Debug)]
-struct Wait {
+struct Wait<K> {
     command: String,
-    pending: HashSet<PeerAddr>,
+    pending: HashSet<K>,
     deadline: Instant,
 }
 
@@ -438,31 +439,184 @@ struct Fault {
     until: Instant,
 }
 
+/// How a peer is named: a [`PeerAddr`] for the TCP manager, a node id for the mesh.
+pub trait PeerKey: Clone + Eq + Hash + Ord + fmt::Display + fmt::Debug {
+    /// A property the name itself carries (for example `host` and `port`), matched by
+    /// [`PeerManager::send`] beside `state`, `direction` and the application's properties.
+    fn builtin_property(&self, name: &str) -> Option<Value>;
+}
+
+impl PeerKey for PeerAddr {
+    fn builtin_property(&self, name: &str) -> Option<Value> {
+        match name {
+            "host" => Some(Value::String(self.host.clone())),
+            "port" => Some(Value::from(self.port)),
+            _ => None,
+        }
+    }
+}
+
+/// What a [`DialPolicy`] sees of the manager when it chooses.
+#[derive(Debug)]
+pub struct PoolView<'a, K> {
+    active: &'a HashMap<K, PeerInfo<K>>,
+    pool: &'a VecDeque<K>,
+    bad: &'a HashMap<K, Fault>,
+    cfg: &'a ManagerConfig,
+    launching: bool,
+    now: Instant,
+}
+
+impl<K: PeerKey> PoolView<'_, K> {
+    /// The active peers (connecting, connected, or in a state of the application's own).
+    pub fn active(&self) -> impl Iterator<Item = &PeerInfo<K>> {
+        self.active.values()
+    }
+
+    /// How many peers are active.
+    pub fn active_len(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Whether a peer is active.
+    pub fn is_active(&self, key: &K) -> bool {
+        self.active.contains_key(key)
+    }
+
+    /// The candidates, oldest first.
+    pub fn pool(&self) -> impl Iterator<Item = &K> {
+        self.pool.iter()
+    }
+
+    /// Whether a peer is backed off after faults and must not be dialled now.
+    pub fn is_backed_off(&self, key: &K) -> bool {
+        self.bad.get(key).is_some_and(|f| f.until > self.now)
+    }
+
+    /// Whether the manager is launching (no peer connected yet).
+    pub fn launching(&self) -> bool {
+        self.launching
+    }
+
+    /// The manager's options.
+    pub fn config(&self) -> &ManagerConfig {
+        self.cfg
+    }
+}
+
+/// Which candidates the manager dials, and whom it lets go to make room: the part of the
+/// manager that differs between the p2p-manager pool ([`Fifo`]) and the Kademlia mesh.
+///
+/// The manager asks [`DialPolicy::next_dial`] repeatedly after every change; each answer must
+/// be a pool entry that is neither active nor backed off, or `None` to stop. The manager never
+/// dials beyond `max_peers`, whatever the policy says.
+pub trait DialPolicy<K: PeerKey>: fmt::Debug {
+    /// The next candidate to dial, or `None` when no more dials are wanted now.
+    fn next_dial(&mut self, view: &PoolView<'_, K>) -> Option<K>;
+
+    /// At `max_peers`, an active peer to disconnect to make room for `newcomer`, or `None`
+    /// to refuse the newcomer. Defaults to refusing.
+    fn evict_for(&mut self, newcomer: &K, view: &PoolView<'_, K>) -> Option<K> {
+        let _ = (newcomer, view);
+        None
+    }
+}
+
+/// p2p-manager's rule: while below `min_peers` ((min + max) / 2 while launching), dial the
+/// oldest candidate that is not backed off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fifo;
+
+impl<K: PeerKey> DialPolicy<K> for Fifo {
+    fn next_dial(&mut self, view: &PoolView<'_, K>) -> Option<K> {
+        let cfg = view.config();
+        let target = if view.launching() {
+            (cfg.min_peers + cfg.max_peers) / 2
+        } else {
+            cfg.min_peers
+        };
+        if view.active_len() >= target {
+            return None;
+        }
+        view.pool()
+            .find(|k| !view.is_active(k) && !view.is_backed_off(k))
+            .cloned()
+    }
+}
+
 /// The peer manager's state machine. See the module docs for the contract.
 #[derive(Debug)]
-pub struct PeerManager {
+pub struct PeerManager<K: PeerKey = PeerAddr, P: DialPolicy<K> = Fifo> {
     cfg: ManagerConfig,
+    policy: P,
     state: ManagerState,
-    active: HashMap<PeerAddr, PeerInfo>,
-    pool: VecDeque<PeerAddr>,
-    bad: HashMap<PeerAddr, Fault>,
-    waits: BTreeMap<WaitId, Wait>,
+    active: HashMap<K, PeerInfo<K>>,
+    pool: VecDeque<K>,
+    bad: HashMap<K, Fault>,
+    waits: BTreeMap<WaitId, Wait<K>>,
     next_wait: WaitId,
-    actions: VecDeque<Action>,
-    events: VecDeque<ManagerEvent>,
+    actions: VecDeque<Action<K>>,
+    events: VecDeque<ManagerEvent<K>>,
     next_check: Instant,
     next_status: Instant,
     rng: StdRng,
 }
 
-impl PeerManager {
-    /// A manager with the given options and random seed (for reproducible peer choice).
+impl PeerManager<PeerAddr, Fifo> {
+    /// A manager with the given options and random seed (for reproducible peer choice), with
+    /// p2p-manager's [`Fifo`] dial policy.
     pub fn new(cfg: ManagerConfig, now: Instant, seed: u64) -> Result<Self, ConfigError> {
+        Self::with_policy(cfg, Fifo, now, seed)
+    }
+}
+
+impl<P: DialPolicy<PeerAddr>> PeerManager<PeerAddr, P> {
+    fn resolve_all(&mut self, hosts: Vec<HostSpec>) -> Vec<PeerAddr> {
+        let mut out = Vec::new();
+        for h in hosts {
+            match h.resolve(self.cfg.default_port) {
+                Ok(a) => out.push(a),
+                Err(e) => self.log(Severity::Warning, e.to_string(), None),
+            }
+        }
+        out
+    }
+
+    /// Starts: adds the seeds to the pool (dialling up to (min + max) / 2 of them at once) and
+    /// schedules the first check. Hosts that cannot be parsed are reported as warnings.
+    pub fn launch(&mut self, seeds: Vec<HostSpec>, now: Instant) {
+        let keys = self.resolve_all(seeds);
+        self.launch_keys(keys, now);
+    }
+
+    /// Adds hosts to the pool; while below the target (min peers, or (min + max) / 2 while
+    /// launching), dials them at once.
+    pub fn add_pool(&mut self, hosts: Vec<HostSpec>, now: Instant) {
+        let keys = self.resolve_all(hosts);
+        self.add_pool_keys(keys, now);
+    }
+
+    /// Dials the hosts now (up to `max_peers`), unless connected or backed off.
+    pub fn add_active(&mut self, hosts: Vec<HostSpec>, now: Instant) {
+        let keys = self.resolve_all(hosts);
+        self.add_active_keys(keys, now);
+    }
+}
+
+impl<K: PeerKey, P: DialPolicy<K>> PeerManager<K, P> {
+    /// A manager with the given options, dial policy and random seed.
+    pub fn with_policy(
+        cfg: ManagerConfig,
+        policy: P,
+        now: Instant,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Self {
             next_check: now + cfg.check_interval,
             next_status: now + cfg.status_interval,
             cfg,
+            policy,
             state: ManagerState::New,
             active: HashMap::new(),
             pool: VecDeque::new(),
@@ -480,22 +634,52 @@ impl PeerManager {
         self.state
     }
 
+    /// The manager's options.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.cfg
+    }
+
+    /// The dial policy.
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+
+    /// The dial policy, to change its settings.
+    pub fn policy_mut(&mut self) -> &mut P {
+        &mut self.policy
+    }
+
     /// The active peers.
-    pub fn peers(&self) -> impl Iterator<Item = &PeerInfo> {
+    pub fn peers(&self) -> impl Iterator<Item = &PeerInfo<K>> {
         self.active.values()
     }
 
     /// One active peer.
-    pub fn peer(&self, addr: &PeerAddr) -> Option<&PeerInfo> {
+    pub fn peer(&self, addr: &K) -> Option<&PeerInfo<K>> {
         self.active.get(addr)
     }
 
-    /// Number of addresses in the pool.
+    /// Number of active peers.
+    pub fn active_len(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Number of candidates in the pool.
     pub fn pool_len(&self) -> usize {
         self.pool.len()
     }
 
-    fn log(&mut self, severity: Severity, message: String, peer: Option<PeerAddr>) {
+    /// The candidates in the pool, oldest first.
+    pub fn pool(&self) -> impl Iterator<Item = &K> {
+        self.pool.iter()
+    }
+
+    /// Whether the peer is backed off after faults at `now`.
+    pub fn is_backed_off(&self, addr: &K, now: Instant) -> bool {
+        self.bad.get(addr).is_some_and(|f| f.until > now)
+    }
+
+    fn log(&mut self, severity: Severity, message: String, peer: Option<K>) {
         self.events.push_back(ManagerEvent::Log {
             severity,
             message,
@@ -503,66 +687,46 @@ impl PeerManager {
         });
     }
 
-    fn resolve_all(&mut self, hosts: Vec<HostSpec>) -> Vec<PeerAddr> {
-        let mut out = Vec::new();
-        for h in hosts {
-            match h.resolve(self.cfg.default_port) {
-                Ok(a) => out.push(a),
-                Err(e) => self.log(Severity::Warning, e.to_string(), None),
-            }
-        }
-        out
-    }
-
-    fn backed_off(&mut self, addr: &PeerAddr, now: Instant) -> bool {
-        match self.bad.get(addr) {
-            Some(f) if f.until > now => true,
-            Some(_) => false,
-            None => false,
-        }
-    }
-
-    /// Starts: adds the seeds to the pool (dialling up to (min + max) / 2 of them at once) and
-    /// schedules the first check.
-    pub fn launch(&mut self, seeds: Vec<HostSpec>, now: Instant) {
+    /// Starts: adds the seeds to the pool, connects as the policy wants, and schedules the
+    /// first check.
+    pub fn launch_keys(&mut self, seeds: impl IntoIterator<Item = K>, now: Instant) {
         if self.state == ManagerState::Shutdown {
             return;
         }
         self.state = ManagerState::Launching;
-        self.add_pool(seeds, now);
+        self.add_pool_keys(seeds, now);
         self.check(now);
     }
 
-    /// Adds addresses to the pool; while below the target (min peers, or (min + max) / 2 while
-    /// launching), dials them at once.
-    pub fn add_pool(&mut self, hosts: Vec<HostSpec>, now: Instant) {
-        let target = if self.state == ManagerState::Launching {
-            (self.cfg.min_peers + self.cfg.max_peers) / 2
-        } else {
-            self.cfg.min_peers
-        };
-        for addr in self.resolve_all(hosts) {
-            if self.active.contains_key(&addr) || self.backed_off(&addr, now) {
+    /// Adds candidates to the pool (the oldest ones leave when it is full at `max_pool`;
+    /// active and backed-off peers are skipped), then dials as the policy wants.
+    pub fn add_pool_keys(&mut self, keys: impl IntoIterator<Item = K>, now: Instant) {
+        for k in keys {
+            if self.active.contains_key(&k) || self.is_backed_off(&k, now) {
                 continue;
             }
-            if self.active.len() < target {
-                self.dial(addr, now);
-            } else if !self.pool.contains(&addr) {
+            if !self.pool.contains(&k) {
                 if self.pool.len() >= self.cfg.max_pool {
                     self.pool.pop_front();
                 }
-                self.pool.push_back(addr);
+                self.pool.push_back(k);
             }
         }
+        self.top_up(now);
     }
 
-    /// Dials the addresses now (up to `max_peers`), unless connected or backed off.
-    pub fn add_active(&mut self, hosts: Vec<HostSpec>, now: Instant) {
-        for addr in self.resolve_all(hosts) {
+    /// Removes a candidate from the pool (for example a node known to be gone).
+    pub fn forget(&mut self, key: &K) {
+        self.pool.retain(|k| k != key);
+    }
+
+    /// Dials the peers now (up to `max_peers`), unless active or backed off.
+    pub fn add_active_keys(&mut self, keys: impl IntoIterator<Item = K>, now: Instant) {
+        for addr in keys {
             if self.active.contains_key(&addr) {
                 continue;
             }
-            if self.backed_off(&addr, now) {
+            if self.is_backed_off(&addr, now) {
                 let m = format!("{addr} is backed off after faults; not dialling it yet");
                 self.log(Severity::Notice, m, Some(addr));
                 continue;
@@ -571,7 +735,7 @@ impl PeerManager {
         }
     }
 
-    fn dial(&mut self, addr: PeerAddr, now: Instant) {
+    fn dial(&mut self, addr: K, now: Instant) {
         if self.state == ManagerState::Shutdown {
             return;
         }
@@ -596,7 +760,7 @@ impl PeerManager {
             },
         );
         self.log(
-            Severity::Notice,
+            Severity::Info,
             format!("connecting to {addr}"),
             Some(addr.clone()),
         );
@@ -604,7 +768,7 @@ impl PeerManager {
     }
 
     /// Starts closing a peer's connection.
-    pub fn del_active(&mut self, addr: &PeerAddr, reason: &str, _now: Instant) {
+    pub fn del_active(&mut self, addr: &K, reason: &str, _now: Instant) {
         let Some(p) = self.active.get_mut(addr) else {
             return;
         };
@@ -622,7 +786,7 @@ impl PeerManager {
 
     /// Closes every connection and stops dialling.
     pub fn shutdown(&mut self, now: Instant) {
-        let peers: Vec<PeerAddr> = self.active.keys().cloned().collect();
+        let peers: Vec<K> = self.active.keys().cloned().collect();
         self.state = ManagerState::Shutdown;
         for p in peers {
             self.del_active(&p, "shutting down", now);
@@ -634,7 +798,7 @@ impl PeerManager {
     }
 
     /// An outbound dial connected.
-    pub fn handle_connected(&mut self, addr: &PeerAddr, now: Instant) {
+    pub fn handle_connected(&mut self, addr: &K, now: Instant) {
         let Some(p) = self.active.get_mut(addr) else {
             // Not ours any more (timed out, or closed meanwhile): hang up.
             self.actions.push_back(Action::Close {
@@ -658,33 +822,57 @@ impl PeerManager {
     }
 
     /// Someone connected to us. Returns `false` (and the shell must close the socket) when
-    /// the peer is already active, backed off, or `max_peers` is reached.
-    pub fn handle_inbound(&mut self, addr: &PeerAddr, now: Instant) -> bool {
+    /// the peer is already active, backed off, or `max_peers` is reached and the policy
+    /// evicts no one for it.
+    pub fn handle_inbound(&mut self, addr: &K, now: Instant) -> bool {
+        self.handle_accepted(addr, Direction::Inbound, now)
+    }
+
+    /// A connection the manager did not dial is up, in either direction (an inbound one, or
+    /// one the application opened itself, such as a bootstrap URL whose peer is only known
+    /// once connected). Returns `false` (and the shell must close it) when the peer is
+    /// already active, backed off, or `max_peers` is reached and the policy evicts no one.
+    pub fn handle_accepted(&mut self, addr: &K, direction: Direction, now: Instant) -> bool {
         let refuse = if self.state == ManagerState::Shutdown {
             Some("shutting down".to_string())
         } else if self.active.contains_key(addr) {
-            Some("already connected to that address".to_string())
-        } else if self.backed_off(addr, now) {
+            Some("already connected to that peer".to_string())
+        } else if self.is_backed_off(addr, now) {
             Some("backed off after faults".to_string())
         } else if self.active.len() >= self.cfg.max_peers {
-            Some(format!(
-                "already {} active peers (max_peers)",
-                self.active.len()
-            ))
+            let view = PoolView {
+                active: &self.active,
+                pool: &self.pool,
+                bad: &self.bad,
+                cfg: &self.cfg,
+                launching: self.state == ManagerState::Launching,
+                now,
+            };
+            match self.policy.evict_for(addr, &view) {
+                Some(victim) if self.active.contains_key(&victim) && &victim != addr => {
+                    self.evict(&victim, addr);
+                    None
+                }
+                _ => Some(format!(
+                    "already {} active peers (max_peers)",
+                    self.active.len()
+                )),
+            }
         } else {
             None
         };
         if let Some(why) = refuse {
-            let m = format!("refusing inbound connection from {addr}: {why}");
+            let m = format!("refusing connection with {addr}: {why}");
             self.log(Severity::Notice, m, Some(addr.clone()));
             return false;
         }
+        self.pool.retain(|a| a != addr);
         self.active.insert(
             addr.clone(),
             PeerInfo {
                 addr: addr.clone(),
                 state: PeerState::Connected,
-                direction: Direction::Inbound,
+                direction,
                 props: BTreeMap::new(),
                 last_seen: now,
                 since: now,
@@ -696,8 +884,28 @@ impl PeerManager {
         true
     }
 
+    /// Removes `victim` from the active set at once (its close is asked for) to make room.
+    fn evict(&mut self, victim: &K, newcomer: &K) {
+        self.active.remove(victim);
+        let reason = format!("evicted to make room for {newcomer}");
+        self.log(
+            Severity::Info,
+            format!("{victim}: {reason}"),
+            Some(victim.clone()),
+        );
+        self.actions.push_back(Action::Close {
+            peer: victim.clone(),
+            reason: reason.clone(),
+        });
+        self.events.push_back(ManagerEvent::PeerEnd {
+            peer: victim.clone(),
+            reason,
+        });
+        self.end_waits_held_by(victim);
+    }
+
     /// A dial failed: the peer is backed off.
-    pub fn handle_dial_failed(&mut self, addr: &PeerAddr, error: &str, now: Instant) {
+    pub fn handle_dial_failed(&mut self, addr: &K, error: &str, now: Instant) {
         if self.active.remove(addr).is_none() {
             return;
         }
@@ -710,7 +918,7 @@ impl PeerManager {
     }
 
     /// The peer's connection closed (for whatever reason).
-    pub fn handle_closed(&mut self, addr: &PeerAddr, reason: &str, now: Instant) {
+    pub fn handle_closed(&mut self, addr: &K, reason: &str, now: Instant) {
         if self.active.remove(addr).is_none() {
             return;
         }
@@ -718,28 +926,28 @@ impl PeerManager {
             peer: addr.clone(),
             reason: reason.to_string(),
         });
+        self.end_waits_held_by(addr);
+        self.top_up(now);
+    }
+
+    /// A peer that left will not answer: ends the waits that only it held open.
+    fn end_waits_held_by(&mut self, addr: &K) {
         let waits: Vec<WaitId> = self
             .waits
             .iter()
-            .filter(|(_, w)| w.pending.contains(addr))
+            .filter(|(_, w)| w.pending.len() == 1 && w.pending.contains(addr))
             .map(|(id, _)| *id)
             .collect();
-        // A peer that left will not answer: end the waits that only it held open.
         for id in waits {
-            if let Some(w) = self.waits.get(&id) {
-                if w.pending.len() == 1 {
-                    self.finish_wait(id);
-                }
-            }
+            self.finish_wait(id);
         }
-        self.top_up(now);
     }
 
     /// The peer misbehaved (bad checksum, oversized frame, garbage): reported, backed off, and
     /// disconnected when `disconnect` is set.
     pub fn handle_peer_error(
         &mut self,
-        addr: &PeerAddr,
+        addr: &K,
         severity: Severity,
         message: &str,
         disconnect: bool,
@@ -754,7 +962,9 @@ impl PeerManager {
         }
     }
 
-    fn fault(&mut self, addr: &PeerAddr, why: &str, now: Instant) {
+    /// Counts a fault against a peer (which need not be active): it is backed off, longer
+    /// for each further fault.
+    pub fn fault(&mut self, addr: &K, why: &str, now: Instant) {
         if !self.bad.contains_key(addr) && self.bad.len() >= self.cfg.max_bad {
             // Forget the fault that ends first.
             if let Some(k) = self
@@ -780,6 +990,7 @@ impl PeerManager {
                 until: now + wait,
             },
         );
+        self.pool.retain(|a| a != addr);
         let m = format!(
             "{addr} backed off for {} s after fault {count}: {why}",
             wait.as_secs()
@@ -787,8 +998,15 @@ impl PeerManager {
         self.log(Severity::Warning, m, Some(addr.clone()));
     }
 
+    /// Something was heard from the peer (a message, a keep-alive): it is not idle.
+    pub fn touch(&mut self, addr: &K, now: Instant) {
+        if let Some(p) = self.active.get_mut(addr) {
+            p.last_seen = now;
+        }
+    }
+
     /// A message arrived from a peer.
-    pub fn handle_message(&mut self, addr: &PeerAddr, command: &str, payload: Bytes, now: Instant) {
+    pub fn handle_message(&mut self, addr: &K, command: &str, payload: Bytes, now: Instant) {
         let Some(p) = self.active.get_mut(addr) else {
             return;
         };
@@ -821,7 +1039,7 @@ impl PeerManager {
 
     fn finish_wait(&mut self, id: WaitId) {
         if let Some(w) = self.waits.remove(&id) {
-            let mut missing: Vec<PeerAddr> = w.pending.into_iter().collect();
+            let mut missing: Vec<K> = w.pending.into_iter().collect();
             missing.sort();
             self.events
                 .push_back(ManagerEvent::AnswersDone { wait: id, missing });
@@ -829,23 +1047,21 @@ impl PeerManager {
     }
 
     /// Sets a peer's state (a built-in one or the application's own).
-    pub fn set_state(&mut self, addr: &PeerAddr, state: PeerState) -> bool {
+    pub fn set_state(&mut self, addr: &K, state: PeerState) -> bool {
         self.active.get_mut(addr).map(|p| p.state = state).is_some()
     }
 
     /// Sets a property of a peer, matched by [`PeerManager::send`].
-    pub fn set_property(&mut self, addr: &PeerAddr, key: &str, value: Value) -> bool {
+    pub fn set_property(&mut self, addr: &K, key: &str, value: Value) -> bool {
         self.active
             .get_mut(addr)
             .map(|p| p.props.insert(key.to_string(), value))
             .is_some()
     }
 
-    fn property(p: &PeerInfo, key: &str) -> Option<Value> {
+    fn property(p: &PeerInfo<K>, key: &str) -> Option<Value> {
         match key {
             "state" => Some(Value::String(p.state.name().to_string())),
-            "host" => Some(Value::String(p.addr.host.clone())),
-            "port" => Some(Value::from(p.addr.port)),
             "direction" => Some(Value::String(
                 match p.direction {
                     Direction::Outbound => "outbound",
@@ -853,7 +1069,11 @@ impl PeerManager {
                 }
                 .into(),
             )),
-            _ => p.props.get(key).cloned(),
+            _ => p
+                .props
+                .get(key)
+                .cloned()
+                .or_else(|| p.addr.builtin_property(key)),
         }
     }
 
@@ -875,9 +1095,9 @@ impl PeerManager {
         payload: Bytes,
         answer: Option<AnswerSpec>,
         now: Instant,
-    ) -> SendOutcome {
+    ) -> SendOutcome<K> {
         let (number, property, values) = (sel.number, sel.property.as_str(), &sel.values);
-        let mut chosen: Vec<PeerAddr> = self
+        let mut chosen: Vec<K> = self
             .active
             .values()
             .filter(|p| p.state != PeerState::Disconnecting && p.state != PeerState::Closed)
@@ -927,27 +1147,29 @@ impl PeerManager {
         }
     }
 
-    /// Connects from the pool while below `min_peers`.
-    fn top_up(&mut self, now: Instant) {
+    /// Dials what the policy picks, up to `max_peers`.
+    pub fn top_up(&mut self, now: Instant) {
         if self.state == ManagerState::Shutdown {
             return;
         }
-        let mut skipped = VecDeque::new();
-        while self.active.len() < self.cfg.min_peers {
-            let Some(addr) = self.pool.pop_front() else {
+        while self.active.len() < self.cfg.max_peers {
+            let view = PoolView {
+                active: &self.active,
+                pool: &self.pool,
+                bad: &self.bad,
+                cfg: &self.cfg,
+                launching: self.state == ManagerState::Launching,
+                now,
+            };
+            let Some(k) = self.policy.next_dial(&view) else {
                 break;
             };
-            if self.active.contains_key(&addr) {
-                continue;
+            if self.active.contains_key(&k) || self.is_backed_off(&k, now) {
+                // A policy that answers what it must not would loop forever: stop here.
+                break;
             }
-            if self.backed_off(&addr, now) {
-                skipped.push_back(addr);
-                continue;
-            }
-            self.dial(addr, now);
+            self.dial(k, now);
         }
-        skipped.append(&mut self.pool);
-        self.pool = skipped;
     }
 
     /// The periodic check: drop idle peers and connecting peers past their timeout, forget
@@ -1042,12 +1264,12 @@ impl PeerManager {
     }
 
     /// The next thing the shell must do.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_action(&mut self) -> Option<Action<K>> {
         self.actions.pop_front()
     }
 
     /// The next thing to report.
-    pub fn poll_event(&mut self) -> Option<ManagerEvent> {
+    pub fn poll_event(&mut self) -> Option<ManagerEvent<K>> {
         self.events.pop_front()
     }
 }

@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn, Instrument};
 
 use crate::manager::{
-    Action, AnswerSpec, ConfigError, HostSpec, ManagerConfig, ManagerEvent, PeerAddr, PeerManager,
-    PeerState, Selection, SendOutcome, Severity,
+    Action, AnswerSpec, ConfigError, HostSpec, ManagerConfig, ManagerEvent, PeerAddr, PeerInfo,
+    PeerManager, PeerState, Selection, SendOutcome, Severity,
 };
 use crate::wire::p2p_node::{encode, Command, CommandError, DecodeEvent, Decoder, DecoderConfig};
 
@@ -136,6 +136,7 @@ enum Request {
         reply: oneshot::Sender<bool>,
     },
     Shutdown(oneshot::Sender<()>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
 }
 
 /// A cheap, cloneable handle to a running [`TcpManager`].
@@ -262,6 +263,13 @@ impl TcpManagerHandle {
         let (reply, rx) = oneshot::channel();
         self.request(Request::SetState { peer, state, reply })
             .await?;
+        rx.await.map_err(|_| TcpManagerError::Closed)
+    }
+
+    /// A snapshot of the active peers ([`PeerManager::peers`]), in no particular order.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, TcpManagerError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(Request::Peers(reply)).await?;
         rx.await.map_err(|_| TcpManagerError::Closed)
     }
 
@@ -460,6 +468,9 @@ impl TcpManager {
                 let _ = reply.send(self.manager.set_state(&peer, state));
             }
             Request::Shutdown(reply) => self.begin_shutdown(Some(reply)),
+            Request::Peers(reply) => {
+                let _ = reply.send(self.manager.peers().cloned().collect());
+            }
         }
     }
 

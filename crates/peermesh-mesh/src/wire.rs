@@ -4,6 +4,7 @@
 //! (a frame, or an error with a stable `snake_case` code, a [`Severity`] and a human sentence).
 
 pub mod p2p_node;
+pub mod peer_relay;
 
 /// How bad a decoding error event is, for logging and for the caller's policy.
 ///
