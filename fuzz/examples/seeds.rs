@@ -121,6 +121,9 @@ fn main() -> std::io::Result<()> {
         rate_burst: 200,
         max_pending_acks: 256,
         max_ack_timeout_ms: 60_000,
+        max_streams: 128,
+        max_stream_window: 4 << 20,
+        stream_open_timeout_ms: 10_000,
     };
     let server = [
         (

@@ -97,6 +97,9 @@ fn main() {
         rate_burst: 10_000,
         max_pending_acks: 1_024,
         max_ack_timeout_ms: 60_000,
+        max_streams: 128,
+        max_stream_window: 4 << 20,
+        stream_open_timeout_ms: 10_000,
     };
     show(
         "Handshake",

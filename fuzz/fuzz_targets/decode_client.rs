@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((enc, bytes)) = peermesh_fuzz::split(data) else {
         return;
     };
+    peermesh_fuzz::data_frame_roundtrip(bytes);
     if let Err(e) = decode_client(enc, bytes) {
         assert!(
             matches!(

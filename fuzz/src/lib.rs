@@ -58,3 +58,16 @@ pub fn server_roundtrip(enc: Encoding, bytes: &[u8]) -> Option<(u64, ServerFrame
     }
     Some((seq, frame))
 }
+
+/// Parses the bytes as a stream data frame (the binary frames that start with 0x01): it must
+/// never panic, and a frame that parses must encode back to the same bytes.
+pub fn data_frame_roundtrip(bytes: &[u8]) {
+    let message = bytes::Bytes::copy_from_slice(bytes);
+    if let Ok(frame) = peermesh_proto::stream::DataFrame::decode(message) {
+        assert_eq!(
+            &frame.encode()[..],
+            bytes,
+            "a data frame changed after decode -> encode"
+        );
+    }
+}

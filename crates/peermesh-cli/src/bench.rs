@@ -3,8 +3,9 @@
 //!
 //! Scenarios: (a) direct messages between client pairs at fixed offered rates and at the
 //! maximum, with round-trip percentiles; (b) room fan-out from one sender to N members; (c) the
-//! server's memory per idle connection. `docs/benchmarks.md` explains the method and holds
-//! measured figures.
+//! server's memory per idle connection; (d) stream throughput between two clients through the
+//! hub against a plain TCP relay. `docs/benchmarks.md` explains the method and holds measured
+//! figures.
 //!
 //! ```text
 //!  run ──► for each scenario ──► for each server (peermesh, socket.io)
@@ -19,7 +20,7 @@
 //! - `client`: opening clients from several loopback source addresses.
 //! - `target`: spawning/attaching servers; RSS and CPU time from `/proc`.
 //! - `stats`: clock, measurement windows, histograms, error logs.
-//! - `direct`, `fanout`, `idle`: the scenarios.
+//! - `direct`, `fanout`, `idle`, `stream`: the scenarios.
 //! - `report`: JSON and the summary table.
 //! - `progress`: indicatif bars.
 
@@ -31,6 +32,7 @@ mod idle;
 mod progress;
 mod report;
 mod stats;
+mod stream;
 mod target;
 mod ws;
 
@@ -93,14 +95,27 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
 
-    /// Scenarios to run, comma-separated: direct, fanout, idle.
+    /// Scenarios to run, comma-separated: direct, fanout, idle, stream.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,fanout,idle"
+        default_value = "direct,fanout,idle,stream"
     )]
     scenarios: Vec<Scenario>,
+
+    /// Stream scenario: MiB per transfer.
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    stream_mib: u64,
+
+    /// Stream scenario: receive window of both clients, KiB.
+    #[arg(long, default_value_t = 256, value_name = "KIB")]
+    stream_window_kib: u64,
+
+    /// Stream scenario: transfers through the hub and through the TCP relay (alternating);
+    /// the median of each is reported.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    stream_rounds: usize,
 
     /// Skip the Socket.IO reference server.
     #[arg(long)]
@@ -224,6 +239,8 @@ enum Scenario {
     Fanout,
     /// Server memory per idle connection.
     Idle,
+    /// Stream throughput through the hub against a TCP relay.
+    Stream,
 }
 
 impl Scenario {
@@ -232,6 +249,7 @@ impl Scenario {
             Scenario::Direct => "direct",
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
+            Scenario::Stream => "stream",
         }
     }
 }
@@ -271,10 +289,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         EncodingArg::Json => Encoding::Json,
         EncodingArg::Msgpack => Encoding::MsgPack,
     };
-    let scenarios: Vec<Scenario> = [Scenario::Direct, Scenario::Fanout, Scenario::Idle]
-        .into_iter()
-        .filter(|s| args.scenarios.contains(s))
-        .collect();
+    let scenarios: Vec<Scenario> = [
+        Scenario::Direct,
+        Scenario::Fanout,
+        Scenario::Idle,
+        Scenario::Stream,
+    ]
+    .into_iter()
+    .filter(|s| args.scenarios.contains(s))
+    .collect();
 
     // Every connection is a file descriptor here, and in a spawned server (which inherits it).
     let wanted_fds = (args.idle_conns.max(args.members) + 2 * args.pairs + 1024) as u64;
@@ -362,8 +385,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|s| match s {
             Scenario::Direct => args.rates.len() as u64,
             Scenario::Fanout | Scenario::Idle => 1,
+            // Measured on the hub only (the relay is its reference).
+            Scenario::Stream => 0,
         })
-        .sum();
+        .sum::<u64>()
+        + u64::from(scenarios.contains(&Scenario::Stream));
     let progress = Progress::new(steps_per_side * sides, args.quiet);
     let clock = Clock::new();
 
@@ -384,6 +410,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         direct: None,
         fanout: None,
         idle: None,
+        stream: None,
         ratios: Default::default(),
         targets: Vec::new(),
     };
@@ -395,7 +422,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut run_no = 0u32;
     for scenario in scenarios {
         let mut outcomes = Vec::new();
-        for (launch, dialect) in &servers {
+        // The stream scenario's reference is a TCP relay, not Socket.IO.
+        let runs = if scenario == Scenario::Stream {
+            1
+        } else {
+            servers.len()
+        };
+        for (launch, dialect) in servers.iter().take(runs) {
             run_no += 1;
             let tag = format!("r{}x{run_no}-", std::process::id());
             progress.set_step(&format!("{}: starting", dialect.label()));
@@ -438,6 +471,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     _ => None,
                 }))
             }
+            Scenario::Stream => {
+                report.stream = Some(Outcome::from_result(ours.and_then(|r| match r {
+                    ScenarioResult::Stream(v) => Ok(v),
+                    _ => Err(anyhow::anyhow!("internal: scenario returned another kind")),
+                })))
+            }
         }
     }
     progress.finish();
@@ -456,6 +495,7 @@ enum ScenarioResult {
     Direct(Vec<direct::DirectStep>),
     Fanout(fanout::FanoutResult),
     Idle(idle::IdleResult),
+    Stream(stream::StreamResult),
 }
 
 fn side<T>(
@@ -524,6 +564,22 @@ async fn run_scenario(
                 connect,
             };
             ScenarioResult::Idle(idle::run(server, &cfg, progress, tag).await?)
+        }
+        Scenario::Stream => {
+            progress.set_step("peermesh stream: hub vs TCP relay");
+            let cfg = stream::StreamConfig {
+                bytes: args.stream_mib.max(1) << 20,
+                window: args.stream_window_kib.max(1) << 10,
+                rounds: args.stream_rounds,
+                encoding: match server.endpoint.dialect {
+                    Dialect::Peermesh(e) => e,
+                    Dialect::SocketIo => Encoding::Json,
+                },
+                connect_timeout: args.connect_timeout,
+            };
+            let r = stream::run(server, &cfg).await?;
+            progress.step_done();
+            ScenarioResult::Stream(r)
         }
     })
 }

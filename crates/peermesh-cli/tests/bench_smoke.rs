@@ -29,7 +29,9 @@ fn bench_spawn_tiny_run_reports_sane_figures() {
             "--drain",
             "2s",
             "--max-messages",
-            "500",
+            // High enough that the `max` step cannot finish inside the 100 ms warm-up on a
+            // fast machine (it then has nothing to measure); the window still ends it.
+            "20000",
             "--members",
             "20",
             "--fanout-window",
@@ -38,6 +40,10 @@ fn bench_spawn_tiny_run_reports_sane_figures() {
             "100",
             "--settle",
             "200ms",
+            "--stream-mib",
+            "8",
+            "--stream-rounds",
+            "1",
         ])
         .env("RUST_LOG", "warn")
         .output()
@@ -74,7 +80,7 @@ fn bench_spawn_tiny_run_reports_sane_figures() {
     let fixed = steps[0]["msgs_per_s"].as_f64().unwrap_or(0.0);
     assert!(fixed > 0.0 && fixed <= 3000.0, "{}", steps[0]);
     assert!(
-        steps[1]["sent"].as_u64().unwrap_or(0) <= 4 * 500,
+        steps[1]["sent"].as_u64().unwrap_or(0) <= 4 * 20_000,
         "{}",
         steps[1]
     );
@@ -101,6 +107,19 @@ fn bench_spawn_tiny_run_reports_sane_figures() {
     let per_conn = idle["bytes_per_conn"].as_u64().unwrap_or(0);
     assert!(per_conn < 1 << 20, "{idle}");
     assert!(idle["rss_after_kib"].as_u64().unwrap_or(0) > 0, "{idle}");
+
+    // (d) stream: both paths carried the bytes, the hub's memory was sampled.
+    let stream = &report["stream"];
+    assert_eq!(stream["bytes"], 8 << 20, "{report}");
+    assert!(
+        stream["hub_mib_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{stream}"
+    );
+    assert!(
+        stream["relay_mib_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{stream}"
+    );
+    assert!(stream["hub_rss_growth_kib"].as_u64().is_some(), "{stream}");
 
     // The Socket.IO side was skipped, and the targets section exists.
     assert!(report["socketio"].is_null(), "{report}");

@@ -10,22 +10,29 @@
 //! ```
 //!
 //! While connected, [`ClientActor::serve`] runs one `tokio::select! { biased; … }` over, in
-//! priority order: cancellation, frames from the hub, commands from handles, request deadlines,
-//! the ping timer and the idle timer. When the connection drops, pending requests fail with
+//! priority order: cancellation, the socket (reading frames from the hub while writing the
+//! outgoing queue), stream pokes and turns, commands from handles, request deadlines, the ping
+//! timer and the idle timer. Nothing waits for a write: frames go into an outgoing queue (at
+//! most `OUT_CAP` bytes; commands and streams wait while it is full) that the socket branch
+//! writes while it keeps reading, so the hub is never left unread while the client writes.
+//! After `FAIR_READS` frames read in a row, the other branches get a turn. When the connection drops, pending requests fail with
 //! [`ClientError::ConnectionLost`], and [`ClientActor::reconnect`] walks the [`Backoff`] ladder,
 //! answering commands with [`ClientError::NotConnected`] meanwhile. Each new connection presents
 //! the same id, the `secret` of the last `welcome` and the rooms the client was in.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use parking_lot::Mutex;
+use peermesh_proto::stream::{is_data_frame, DataFrame, DATA_HEADER_LEN};
 use peermesh_proto::{
     ClientFrame, ClientId, Emit, EmitRoom, ErrorCode, ErrorFrame, Hello, Limits, Reply, RoomName,
-    ServerFrame, Welcome,
+    ServerFrame, StreamOpen, Welcome,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -38,7 +45,15 @@ use crate::event::ClientEvent;
 use crate::listeners::{Message, Registry, Replier, SharedRegistry};
 use crate::options::ClientOptions;
 use crate::request::{Answer, Command, Op};
+use crate::stream::{IncomingStream, Out, Streams, MAX_CHUNK};
 use crate::tracker::RequestTracker;
+
+/// Most bytes of frames queued for the socket before commands and streams wait.
+const OUT_CAP: usize = 512 << 10;
+/// Frames read in a row before the other branches get a turn.
+const FAIR_READS: u32 = 32;
+/// Data frames one stream sends per turn.
+const STREAM_TURN_FRAMES: usize = 4;
 
 /// State shared by the handles and the actor.
 pub(crate) struct Shared {
@@ -47,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancellationToken,
     /// Cancelled by the actor when it has stopped.
     pub(crate) finished: CancellationToken,
+    /// Where stream requests from other clients go.
+    pub(crate) incoming: Arc<Mutex<Option<mpsc::Sender<IncomingStream>>>>,
 }
 
 impl Shared {
@@ -58,6 +75,7 @@ impl Shared {
             ))),
             cancel: CancellationToken::new(),
             finished: CancellationToken::new(),
+            incoming: Arc::new(Mutex::new(None)),
         }
     }
 }
@@ -76,6 +94,8 @@ enum PendingKind {
     Join(RoomName),
     /// A leave: on `ok` the room is forgotten.
     Leave(RoomName),
+    /// A stream open to this client: answered by `stream_accepted`.
+    OpenStream(ClientId),
     /// Anything else.
     Plain,
 }
@@ -124,6 +144,76 @@ pub(crate) struct ClientActor {
     /// Counts connections; a reply to a message from an earlier one is refused locally.
     generation: u64,
     last_seq: Option<u64>,
+    out: OutQueue,
+    streams: Streams,
+}
+
+/// Frames waiting for the socket.
+#[derive(Default)]
+struct OutQueue {
+    msgs: VecDeque<WsMessage>,
+    bytes: usize,
+    unflushed: bool,
+}
+
+impl OutQueue {
+    fn push(&mut self, msg: WsMessage) {
+        self.bytes += connection::wire_len(&msg);
+        self.msgs.push_back(msg);
+    }
+
+    fn clear(&mut self) {
+        self.msgs.clear();
+        self.bytes = 0;
+        self.unflushed = false;
+    }
+}
+
+/// What the socket branch saw.
+enum Io {
+    Read(Option<Result<WsMessage, connection::WsError>>),
+    WriteFailed(String),
+}
+
+/// Writes the outgoing queue and reads the next message, whichever can make progress.
+fn drive<'a>(
+    ws: &'a mut BoxTransport,
+    out: &'a mut OutQueue,
+    skip_read: bool,
+) -> impl Future<Output = Io> + 'a {
+    let mut skip = skip_read;
+    std::future::poll_fn(move |cx| {
+        while !out.msgs.is_empty() {
+            match ws.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    let Some(m) = out.msgs.pop_front() else {
+                        break;
+                    };
+                    out.bytes = out.bytes.saturating_sub(connection::wire_len(&m));
+                    if let Err(e) = ws.start_send_unpin(m) {
+                        return Poll::Ready(Io::WriteFailed(e.to_string()));
+                    }
+                    out.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Io::WriteFailed(e.to_string())),
+                Poll::Pending => break,
+            }
+        }
+        if out.unflushed {
+            match ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => out.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Io::WriteFailed(e.to_string())),
+                Poll::Pending => {}
+            }
+        }
+        if skip {
+            // Let the other branches run once; come back right after.
+            skip = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ws.poll_next_unpin(cx).map(Io::Read)
+    })
 }
 
 pub(crate) struct ActorParts {
@@ -138,6 +228,11 @@ pub(crate) struct ActorParts {
 impl ClientActor {
     pub(crate) fn new(parts: ActorParts, welcome: Welcome) -> Self {
         let backoff = parts.opts.reconnect.clone().map(Backoff::from_policy);
+        let streams = Streams::new(
+            parts.opts.stream_window,
+            parts.opts.stream_send_buffer,
+            parts.shared.incoming.clone(),
+        );
         let mut actor = Self {
             opts: parts.opts,
             url: parts.url,
@@ -154,6 +249,8 @@ impl ClientActor {
             heartbeat: Duration::ZERO,
             generation: 0,
             last_seq: None,
+            out: OutQueue::default(),
+            streams,
         };
         actor.on_welcome(welcome);
         actor
@@ -166,7 +263,15 @@ impl ClientActor {
             match self.serve(&mut ws).await {
                 Disconnect::Close => {
                     tracing::debug!("closing");
-                    let bye = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
+                    self.streams.fail_all("the client was closed");
+                    let out = &mut self.out;
+                    let bye = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(m) = out.msgs.pop_front() {
+                            ws.feed(m).await?;
+                        }
+                        ws.close().await
+                    })
+                    .await;
                     if !matches!(bye, Ok(Ok(()))) {
                         tracing::debug!("the close handshake did not complete");
                     }
@@ -208,29 +313,41 @@ impl ClientActor {
         let idle = self.opts.idle_timeout.max(self.heartbeat.saturating_mul(2));
         let max_pending = self.opts.max_pending_requests.max(1);
         let mut last_heard = Instant::now();
+        let mut reads_in_row = 0u32;
         loop {
             let deadline = self.requests.poll_timeout().map(Instant::from_std);
+            let room = self.out.bytes < OUT_CAP;
+            let skip_read = reads_in_row >= FAIR_READS;
+            if skip_read {
+                reads_in_row = 0;
+            }
             tokio::select! {
                 biased;
                 _ = self.shared.cancel.cancelled() => return Disconnect::Close,
-                frame = ws.next() => {
-                    last_heard = Instant::now();
-                    match frame {
-                        Some(Ok(msg)) => {
-                            if let Some(end) = self.on_ws_message(msg) {
-                                return end;
+                io = drive(ws, &mut self.out, skip_read) => match io {
+                    Io::Read(frame) => {
+                        last_heard = Instant::now();
+                        reads_in_row += 1;
+                        match frame {
+                            Some(Ok(msg)) => {
+                                if let Some(end) = self.on_ws_message(msg) {
+                                    return end;
+                                }
                             }
+                            Some(Err(e)) => {
+                                return Disconnect::Dropped(format!("read failed: {e}"))
+                            }
+                            None => return Disconnect::Dropped(connection::close_reason(None)),
                         }
-                        Some(Err(e)) => return Disconnect::Dropped(format!("read failed: {e}")),
-                        None => return Disconnect::Dropped(connection::close_reason(None)),
                     }
+                    Io::WriteFailed(e) => return Disconnect::Dropped(format!("write failed: {e}")),
+                },
+                Some(s) = self.streams.pokes_rx.recv() => self.streams.ready.push_back(s),
+                _ = std::future::ready(()), if room && !self.streams.ready.is_empty() => {
+                    self.stream_turn();
                 }
-                cmd = self.inbox.recv(), if self.requests.len() < max_pending => match cmd {
-                    Some(cmd) => {
-                        if let Err(reason) = self.on_command(ws, cmd).await {
-                            return Disconnect::Dropped(reason);
-                        }
-                    }
+                cmd = self.inbox.recv(), if room && self.requests.len() < max_pending => match cmd {
+                    Some(cmd) => self.on_command(cmd),
                     None => return Disconnect::Close,
                 },
                 _ = sleep_until(deadline) => {
@@ -238,16 +355,46 @@ impl ClientActor {
                         entry.timed_out();
                     }
                 }
-                _ = tick(&mut ping) => {
-                    if let Err(e) = ws.send(WsMessage::Ping(Bytes::new())).await {
-                        return Disconnect::Dropped(format!("ping failed: {e}"));
-                    }
-                }
+                _ = tick(&mut ping) => self.out.push(WsMessage::Ping(Bytes::new())),
                 _ = tokio::time::sleep_until(last_heard + idle) => {
                     return Disconnect::Dropped(format!("nothing heard from the hub for {idle:?}"));
                 }
             }
         }
+    }
+
+    /// Gives one ready stream its turn: data within its credit, then its end, credit, accept
+    /// or reset.
+    fn stream_turn(&mut self) {
+        let Some(s) = self.streams.ready.pop_front() else {
+            return;
+        };
+        let max_frame = usize::try_from(self.limits.max_frame_bytes).unwrap_or(usize::MAX);
+        let max_chunk = if max_frame > DATA_HEADER_LEN {
+            MAX_CHUNK.min(max_frame - DATA_HEADER_LEN)
+        } else {
+            MAX_CHUNK
+        };
+        let enc = self.opts.encoding;
+        let out = &mut self.out;
+        let more = self
+            .streams
+            .process(&s, max_chunk, STREAM_TURN_FRAMES, &mut |o| match o {
+                Out::Frame(f) => out.push(connection::encode(enc, &f)),
+                Out::Data(b) => out.push(WsMessage::Binary(b)),
+            });
+        if more {
+            self.streams.ready.push_back(s);
+        }
+    }
+
+    fn check_seq(&mut self, seq: u64) {
+        if let Some(last) = self.last_seq {
+            if seq != last.wrapping_add(1) {
+                tracing::warn!(seq, last, "the hub's sequence numbers skipped");
+            }
+        }
+        self.last_seq = Some(seq);
     }
 
     /// Handles one WebSocket message; `Some` ends the connection.
@@ -257,6 +404,18 @@ impl ClientActor {
                 frame.as_ref(),
             )));
         }
+        if let WsMessage::Binary(b) = &msg {
+            if is_data_frame(b) {
+                match DataFrame::decode(b.clone()) {
+                    Ok(frame) => {
+                        self.check_seq(frame.seq);
+                        self.streams.on_data(frame);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable data frame, ignored"),
+                }
+                return None;
+            }
+        }
         let (seq, frame) = match connection::decode(&msg)? {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -264,12 +423,7 @@ impl ClientActor {
                 return None;
             }
         };
-        if let Some(last) = self.last_seq {
-            if seq != last.wrapping_add(1) {
-                tracing::warn!(seq, last, "the hub's sequence numbers skipped");
-            }
-        }
-        self.last_seq = Some(seq);
+        self.check_seq(seq);
         tracing::trace!(seq, frame = frame.type_name(), "frame from the hub");
         match frame {
             ServerFrame::Message(m) => {
@@ -299,7 +453,7 @@ impl ClientActor {
                         PendingKind::Leave(room) => {
                             self.rooms.remove(room);
                         }
-                        PendingKind::Ack | PendingKind::Plain => {}
+                        PendingKind::Ack | PendingKind::Plain | PendingKind::OpenStream(_) => {}
                     }
                     entry.answer(Ok(Answer::Done));
                 }
@@ -321,6 +475,37 @@ impl ClientActor {
                 self.emit(ClientEvent::MemberLeft { room, id });
             }
             ServerFrame::PeerLeft { id } => self.emit(ClientEvent::PeerLeft { id }),
+            ServerFrame::StreamRequest(r) => {
+                if let Some(reject) = self.streams.offered(r) {
+                    self.queue(&reject);
+                }
+            }
+            ServerFrame::StreamAccepted {
+                req,
+                stream,
+                window,
+            } => match self.requests.complete(req) {
+                Some(entry) => {
+                    let PendingKind::OpenStream(peer) = &entry.kind else {
+                        tracing::warn!(req, "stream_accepted answers a request that is no open");
+                        return None;
+                    };
+                    let s = self.streams.opened(stream, peer.clone(), window);
+                    // If the caller is gone, the stream is dropped here and resets itself.
+                    entry.answer(Ok(Answer::Stream(s)));
+                }
+                None => self.queue(&ClientFrame::StreamReset {
+                    stream,
+                    reason: "the open request was cancelled".into(),
+                }),
+            },
+            ServerFrame::StreamCredit { stream, bytes } => self.streams.on_credit(stream, bytes),
+            ServerFrame::StreamEnd { stream } => self.streams.on_end(stream),
+            ServerFrame::StreamReset {
+                stream,
+                code,
+                reason,
+            } => self.streams.on_reset(stream, code, reason),
             other => tracing::debug!(frame = other.type_name(), "frame ignored"),
         }
         None
@@ -360,12 +545,21 @@ impl ClientActor {
         })
     }
 
-    /// Sends what a command asks for; `Err` when the socket failed.
-    async fn on_command(&mut self, ws: &mut BoxTransport, cmd: Command) -> Result<(), String> {
+    /// Queues a frame for the socket.
+    fn queue(&mut self, frame: &ClientFrame) {
+        self.out.push(connection::encode(self.opts.encoding, frame));
+    }
+
+    /// Queues what a command asks for.
+    fn on_command(&mut self, cmd: Command) {
         let (op, reply) = match cmd {
             Command::PendingCount(tx) => {
                 let _ = tx.send(self.requests.len());
-                return Ok(());
+                return;
+            }
+            Command::StreamCount(tx) => {
+                let _ = tx.send(self.streams.len());
+                return;
             }
             Command::Request { op, reply } => (op, reply),
         };
@@ -380,19 +574,17 @@ impl ClientActor {
                     "the message arrived on an earlier connection; its acknowledgement is gone"
                         .into(),
                 )));
-                return Ok(());
+                return;
             }
             let frame = ClientFrame::Reply(Reply { ack_id, payload });
             let msg = connection::encode(self.opts.encoding, &frame);
             if let Err(e) = self.check_size(&msg) {
                 let _ = reply.send(Err(e));
-                return Ok(());
+                return;
             }
-            ws.send(msg)
-                .await
-                .map_err(|e| format!("write failed: {e}"))?;
+            self.out.push(msg);
             let _ = reply.send(Ok(Answer::Done));
-            return Ok(());
+            return;
         }
 
         let now = Instant::now();
@@ -401,6 +593,12 @@ impl ClientActor {
             Op::Emit { ack: Some(t), .. } => (PendingKind::Ack, *t),
             Op::Join(room) => (PendingKind::Join(room.clone()), request_timeout),
             Op::Leave(room) => (PendingKind::Leave(room.clone()), request_timeout),
+            Op::OpenStream { to, .. } => {
+                // The target has the hub's open timeout to answer; wait a little longer.
+                let hub = Duration::from_millis(self.limits.stream_open_timeout_ms);
+                let t = request_timeout.max(hub + Duration::from_secs(2));
+                (PendingKind::OpenStream(to.clone()), t)
+            }
             _ => (PendingKind::Plain, request_timeout),
         };
         let entry = PendingEntry {
@@ -409,16 +607,25 @@ impl ClientActor {
             reply,
         };
         let req = self.requests.insert((now + timeout).into_std(), entry);
+        let op = match op {
+            // The window this connection grants (the option, within the hub's limit).
+            Op::OpenStream { to, meta, .. } => Op::OpenStream {
+                to,
+                meta,
+                window: self.streams.window,
+            },
+            other => other,
+        };
         let frame = build_frame(op, req);
         let msg = connection::encode(self.opts.encoding, &frame);
         if let Err(e) = self.check_size(&msg) {
             if let Some(entry) = self.requests.complete(req) {
                 entry.answer(Err(e));
             }
-            return Ok(());
+            return;
         }
-        // On failure the entry stays and fails with the other pending requests in `on_drop`.
-        ws.send(msg).await.map_err(|e| format!("write failed: {e}"))
+        // If the write fails, the entry fails with the other pending requests in `on_drop`.
+        self.out.push(msg);
     }
 
     /// Refuses locally a frame the hub would refuse as too large.
@@ -442,6 +649,11 @@ impl ClientActor {
         self.secret = w.secret;
         self.rooms = w.rooms.into_iter().collect();
         self.heartbeat = Duration::from_millis(w.heartbeat_ms);
+        // A window beyond the hub's largest would be refused: grant at most that.
+        self.streams.window = match w.limits.max_stream_window {
+            0 => self.opts.stream_window,
+            max => self.opts.stream_window.min(max),
+        };
         self.limits = w.limits;
         self.last_seq = None;
         self.shared
@@ -454,6 +666,9 @@ impl ClientActor {
     fn on_drop(&mut self, reason: &str) {
         tracing::info!(reason, "connection to the hub lost");
         self.generation += 1;
+        self.out.clear();
+        self.streams
+            .fail_all(&format!("the connection to the hub was lost: {reason}"));
         self.fail_pending(|| ClientError::ConnectionLost(reason.to_owned()));
         self.shared.registry.lock().set_connected(None);
         self.emit(ClientEvent::ConnectionLost {
@@ -570,6 +785,9 @@ fn refuse(cmd: Command, err: ClientError, pending: usize) {
         Command::PendingCount(tx) => {
             let _ = tx.send(pending);
         }
+        Command::StreamCount(tx) => {
+            let _ = tx.send(0);
+        }
     }
 }
 
@@ -612,6 +830,12 @@ fn build_frame(op: Op, req: u64) -> ClientFrame {
             room,
             req: Some(req),
         },
+        Op::OpenStream { to, meta, window } => ClientFrame::StreamOpen(StreamOpen {
+            to,
+            meta,
+            window,
+            req,
+        }),
         // Replies are sent without a `req` by `on_command`; a `ping` keeps the frame valid.
         Op::Reply { .. } => ClientFrame::Ping { req: Some(req) },
     }

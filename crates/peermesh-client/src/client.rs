@@ -13,6 +13,7 @@ use crate::error::ClientError;
 use crate::listeners::{EventStream, Filter, ListenerId, Once, Subscription};
 use crate::options::ClientOptions;
 use crate::request::{self, Command, Op, Request};
+use crate::stream::{IncomingStreams, Stream};
 
 /// A connection to a peermesh hub.
 ///
@@ -29,6 +30,8 @@ pub struct Client {
     shared: Arc<Shared>,
     id: ClientId,
     ack_timeout: Duration,
+    stream_window: u64,
+    incoming_capacity: usize,
 }
 
 impl Client {
@@ -69,6 +72,8 @@ impl Client {
         .await?;
         let id = welcome.id.clone();
         let ack_timeout = opts.ack_timeout;
+        let stream_window = opts.stream_window;
+        let incoming_capacity = opts.incoming_stream_capacity;
         let (tx, inbox) = mpsc::channel(opts.command_capacity.max(1));
         let shared = Arc::new(Shared::new(&opts));
         let parts = ActorParts {
@@ -87,6 +92,8 @@ impl Client {
             shared,
             id,
             ack_timeout,
+            stream_window,
+            incoming_capacity,
         })
     }
 
@@ -236,6 +243,44 @@ impl Client {
     /// Lifecycle and presence events; see [`ClientEvent`](crate::ClientEvent).
     pub fn events(&self) -> EventStream {
         EventStream::events(&self.shared.registry)
+    }
+
+    /// Opens a byte stream to the client `to`, with optional metadata for it. Resolves once
+    /// the target accepted; fails with `stream_rejected` (the message is the target's
+    /// reason), `unknown_target`, `stream_timeout`, `too_many_streams` or `peer_left`.
+    pub fn open_stream(
+        &self,
+        to: impl AsRef<str>,
+        meta: Option<serde_json::Value>,
+    ) -> Request<Stream> {
+        let window = self.stream_window;
+        let op = ClientId::new(to.as_ref())
+            .map(|to| Op::OpenStream {
+                to,
+                meta: meta.filter(|m| !m.is_null()),
+                window,
+            })
+            .map_err(Into::into);
+        self.request(op, request::stream)
+    }
+
+    /// The streams other clients open to this one. Only the latest receiver gets them (an
+    /// earlier one ends); without a receiver, or when its queue is full, requests are
+    /// rejected.
+    pub fn incoming_streams(&self) -> IncomingStreams {
+        let (tx, rx) = tokio::sync::mpsc::channel(self.incoming_capacity.max(1));
+        *self.shared.incoming.lock() = Some(tx);
+        IncomingStreams::new(rx)
+    }
+
+    /// How many streams are live on the current connection (diagnostics).
+    pub async fn stream_count(&self) -> Result<usize, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::StreamCount(tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
     }
 
     /// How many requests wait for an answer from the hub (diagnostics).

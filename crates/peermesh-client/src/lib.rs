@@ -43,6 +43,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Byte streams between two clients are tokio `AsyncRead + AsyncWrite` values, with
+//! credit-based flow control end to end (see [`stream`]):
+//!
+//! ```no_run
+//! # use peermesh_client::{Client, ClientOptions};
+//! # async fn demo(alice: Client, bob: Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! let mut incoming = bob.incoming_streams();
+//! tokio::spawn(async move {
+//!     while let Some(request) = incoming.recv().await {
+//!         let mut stream = request.accept();
+//!         let mut text = String::new();
+//!         let _ = stream.read_to_string(&mut text).await;
+//!         let _ = stream.shutdown().await;
+//!     }
+//! });
+//! let mut stream = alice.open_stream("bob", Some(serde_json::json!({"file": "a.txt"}))).await?;
+//! stream.write_all(b"hello bob").await?;
+//! stream.shutdown().await?; // bob reads EOF
+//! let mut rest = Vec::new();
+//! stream.read_to_end(&mut rest).await?; // until bob ends his side
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //!
 //! - `client`: [`Client`], the cloneable handle, and [`FromPeer`].
@@ -56,6 +81,7 @@
 //! - `connection`: URL, WebSocket and `hello`/`welcome` handshake.
 //! - `backoff`: [`Backoff`] and [`ReconnectPolicy`], the sans-IO reconnect ladder.
 //! - `tracker`: the sans-IO table of requests waiting for an answer.
+//! - [`stream`]: [`Stream`] (`AsyncRead + AsyncWrite` to another client), [`IncomingStreams`].
 //!
 //! # Limits
 //!
@@ -77,6 +103,7 @@ mod event;
 pub mod listeners;
 mod options;
 mod request;
+pub mod stream;
 mod tracker;
 
 pub use backoff::{Backoff, ReconnectPolicy};
@@ -89,6 +116,7 @@ pub use peermesh_proto::{
     ClientId, Encoding, ErrorCode, EventName, Payload, RoomName, PROTOCOL_VERSION,
 };
 pub use request::{Pending, Request};
+pub use stream::{IncomingStream, IncomingStreams, Stream, StreamReset};
 
 #[cfg(test)]
 mod tests;

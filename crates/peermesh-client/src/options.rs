@@ -72,6 +72,18 @@ pub struct ClientOptions {
     pub listener_capacity: usize,
     /// Capacity of each lifecycle event stream's queue. Defaults to 64.
     pub event_capacity: usize,
+    /// The receive window of every stream, in bytes: the most stream data the peer may send
+    /// before this client's application reads it (capped by the hub's `max_stream_window`
+    /// from `welcome`). Defaults to 256 KiB.
+    pub stream_window: u64,
+    /// Bytes a stream's writes may buffer before the peer's credit lets them out; a write
+    /// waits beyond it. Defaults to 128 KiB.
+    pub stream_send_buffer: usize,
+    /// Stream requests from other clients waiting in [`IncomingStreams`]; beyond it they are
+    /// rejected. Defaults to 16.
+    ///
+    /// [`IncomingStreams`]: crate::IncomingStreams
+    pub incoming_stream_capacity: usize,
 }
 
 impl Default for ClientOptions {
@@ -94,6 +106,9 @@ impl Default for ClientOptions {
             max_pending_requests: 1024,
             listener_capacity: 256,
             event_capacity: 64,
+            stream_window: peermesh_proto::stream::DEFAULT_WINDOW,
+            stream_send_buffer: 128 << 10,
+            incoming_stream_capacity: 16,
         }
     }
 }

@@ -25,6 +25,8 @@ pub(crate) enum Command {
     },
     /// Report how many requests wait for an answer.
     PendingCount(oneshot::Sender<usize>),
+    /// Report how many streams are live on the connection.
+    StreamCount(oneshot::Sender<usize>),
 }
 
 /// An operation on the hub.
@@ -46,6 +48,11 @@ pub(crate) enum Op {
     Join(RoomName),
     Leave(RoomName),
     Members(RoomName),
+    OpenStream {
+        to: ClientId,
+        meta: Option<serde_json::Value>,
+        window: u64,
+    },
     Reply {
         ack_id: u64,
         payload: Payload,
@@ -64,6 +71,8 @@ pub(crate) enum Answer {
     Ack(Payload),
     /// `members`.
     Members(Vec<ClientId>),
+    /// `stream_accepted`: the open stream.
+    Stream(crate::stream::Stream),
 }
 
 pub(crate) type MapAnswer<T> = fn(Answer) -> Result<T, ClientError>;
@@ -77,6 +86,15 @@ pub(crate) fn ack_payload(a: Answer) -> Result<Payload, ClientError> {
         Answer::Ack(p) => Ok(p),
         other => Err(ClientError::Protocol(format!(
             "expected `ack` for an acknowledged emit, got {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn stream(a: Answer) -> Result<crate::stream::Stream, ClientError> {
+    match a {
+        Answer::Stream(s) => Ok(s),
+        other => Err(ClientError::Protocol(format!(
+            "expected `stream_accepted`, got {other:?}"
         ))),
     }
 }

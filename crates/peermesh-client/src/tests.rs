@@ -112,6 +112,9 @@ fn welcome(client: &str, rooms: &[&str]) -> ServerFrame {
             rate_burst: 200,
             max_pending_acks: 64,
             max_ack_timeout_ms: 60_000,
+            max_streams: 128,
+            max_stream_window: 4 << 20,
+            stream_open_timeout_ms: 10_000,
         },
     })
 }

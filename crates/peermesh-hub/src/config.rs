@@ -102,6 +102,14 @@ pub struct HubConfig {
     pub max_recent_targets: usize,
     /// How long a target counts as recent for `peer_left`, in ms. Defaults to 600,000 (10 min).
     pub recent_target_ttl_ms: u64,
+    /// Most streams one connection may have at once: opening, being offered to it, or open.
+    /// Defaults to 128.
+    pub max_streams_per_client: usize,
+    /// Largest credit one end of a stream may hold, in bytes: the most stream data the hub
+    /// ever queues for one stream. Defaults to 4 MiB.
+    pub max_stream_window_bytes: u64,
+    /// Time a stream target has to accept or reject a `stream_open`, in ms. Defaults to 10,000.
+    pub stream_open_timeout_ms: u64,
     /// WebSocket read buffer per connection, in bytes: allocated for every connection, idle or
     /// not, and the most read from the socket per system call. Defaults to 1 KiB.
     pub ws_read_buffer_bytes: usize,
@@ -138,6 +146,9 @@ impl Default for HubConfig {
             max_pending_acks: 1024,
             max_recent_targets: 1024,
             recent_target_ttl_ms: 600_000,
+            max_streams_per_client: 128,
+            max_stream_window_bytes: 4 << 20,
+            stream_open_timeout_ms: 10_000,
             ws_read_buffer_bytes: 1 << 10,
             ws_write_buffer_bytes: 16 << 10,
             shutdown_grace_ms: 3_000,
@@ -164,7 +175,10 @@ impl HubConfig {
                 ),
             );
         }
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 15] = [
+            ("max_streams_per_client", self.max_streams_per_client as u64),
+            ("max_stream_window_bytes", self.max_stream_window_bytes),
+            ("stream_open_timeout_ms", self.stream_open_timeout_ms),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_clients", self.max_clients as u64),
             ("outbound_queue_frames", self.outbound_queue_frames as u64),
@@ -194,7 +208,8 @@ impl HubConfig {
         }
         // Deadlines are `Instant + duration`: keep every duration far from overflow.
         const DAY_MS: u64 = 86_400_000;
-        let durations: [(&'static str, u64); 7] = [
+        let durations: [(&'static str, u64); 8] = [
+            ("stream_open_timeout_ms", self.stream_open_timeout_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
             ("hello_timeout_ms", self.hello_timeout_ms),
@@ -253,6 +268,9 @@ impl HubConfig {
     }
     pub(crate) fn hello_timeout(&self) -> Duration {
         Duration::from_millis(self.hello_timeout_ms)
+    }
+    pub(crate) fn stream_open_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_open_timeout_ms)
     }
     /// The hard cap handed to the WebSocket layer: frames between `max_frame_bytes` and this
     /// get an error and the connection carries on; beyond it the connection is closed.

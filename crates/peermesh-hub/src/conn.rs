@@ -37,8 +37,10 @@ use self::acks::{conn_of, AckInsertError, AckTracker};
 use self::contacts::RecentTargets;
 use self::rate::TokenBucket;
 use crate::auth::Grant;
+use crate::mailbox::{Outbound, Written};
 use crate::registry::{ConnInfo, ConnShared, Control, MailboxLimits, RegisterError};
 use crate::router::RouteError;
+use crate::streams::{Outcome, StreamItem, Streams};
 use crate::HubInner;
 
 /// What the HTTP upgrade learned about the connection.
@@ -90,6 +92,18 @@ async fn handshake(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) -> Option<
     let (hello, grant) = pre.await_hello().await?;
     let session = pre.establish(hello, grant, accept).await?;
     Some(Box::pin(session.run()))
+}
+
+/// Stream frames that belong to a stream already opened: exempt from the rate limit.
+fn is_stream_followup(frame: &ClientFrame) -> bool {
+    matches!(
+        frame,
+        ClientFrame::StreamAccept { .. }
+            | ClientFrame::StreamReject { .. }
+            | ClientFrame::StreamCredit { .. }
+            | ClientFrame::StreamEnd { .. }
+            | ClientFrame::StreamReset { .. }
+    )
 }
 
 fn too_large_message(len: usize, max: usize) -> String {
@@ -318,6 +332,9 @@ impl PreHello {
                 rate_burst: u64::from(cfg.rate_burst),
                 max_pending_acks: cfg.max_pending_acks as u64,
                 max_ack_timeout_ms: cfg.max_ack_timeout_ms,
+                max_streams: cfg.max_streams_per_client as u64,
+                max_stream_window: cfg.max_stream_window_bytes,
+                stream_open_timeout_ms: cfg.stream_open_timeout_ms,
             },
         });
         if conn.send(EncodedBody::encode(self.enc, &welcome)).is_err() {
@@ -369,6 +386,12 @@ impl PreHello {
                 Duration::from_millis(cfg.recent_target_ttl_ms),
             ),
             rate: TokenBucket::new(cfg.rate_per_sec, cfg.rate_burst, now),
+            streams: Streams::new(
+                cfg.max_streams_per_client,
+                cfg.max_stream_window_bytes,
+                cfg.stream_open_timeout(),
+                hub.router.metrics.clone(),
+            ),
             last_seen: now,
             rate_notice: None,
             grant,
@@ -396,6 +419,7 @@ struct Session {
     acks: AckTracker,
     contacts: RecentTargets,
     rate: TokenBucket,
+    streams: Streams,
     last_seen: Instant,
     rate_notice: Option<Instant>,
 }
@@ -414,7 +438,7 @@ impl Session {
         let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(armed));
         tokio::pin!(timer);
         // `welcome` (and anything routed since registration) is already in the mailbox.
-        let mut spare: VecDeque<EncodedBody> = VecDeque::new();
+        let mut spare: VecDeque<Outbound> = VecDeque::new();
         let mut alive = Box::pin(self.drain(&mut spare)).await;
         while alive {
             tokio::select! {
@@ -440,6 +464,9 @@ impl Session {
                     for req in self.acks.handle_timeout(now) {
                         self.error(ErrorCode::AckTimeout, "the target did not answer in time", Some(req));
                     }
+                    for frame in self.streams.handle_timeout(now, &self.conn.client) {
+                        self.send(&frame);
+                    }
                     if now >= hb_check {
                         hb_check = self.last_seen + timeout;
                         if now >= hb_check {
@@ -457,6 +484,9 @@ impl Session {
             let mut due = next_ping.min(hb_check);
             if let Some(ack) = self.acks.poll_timeout() {
                 due = due.min(ack);
+            }
+            if let Some(open) = self.streams.poll_timeout() {
+                due = due.min(open);
             }
             if due != armed {
                 armed = due;
@@ -477,7 +507,7 @@ impl Session {
 
     /// Handles every queued notice and writes every queued frame (one flush per batch of
     /// `BATCH`). Returns `false` when the socket failed or the connection is closing.
-    async fn drain(&mut self, spare: &mut VecDeque<EncodedBody>) -> bool {
+    async fn drain(&mut self, spare: &mut VecDeque<Outbound>) -> bool {
         loop {
             let taken = self.conn.mailbox.take(std::mem::take(spare));
             for n in taken.notices {
@@ -507,13 +537,29 @@ impl Session {
         }
     }
 
-    async fn write_frames(&mut self, frames: &mut VecDeque<EncodedBody>) -> bool {
+    async fn write_frames(&mut self, frames: &mut VecDeque<Outbound>) -> bool {
         let metrics = self.hub.router.metrics.clone();
         while !frames.is_empty() {
             let n = frames.len().min(BATCH);
-            let (mut bytes, mut wire_bytes) = (0usize, 0u64);
-            for body in frames.drain(..n) {
-                bytes += body.encoded_len();
+            let mut done = Written::default();
+            let mut wire_bytes = 0u64;
+            let mut written = 0u64;
+            for out in frames.drain(..n) {
+                done.add(&out);
+                // Stream items update this connection's end of the stream as they are
+                // written, so what the client sees follows the FIFO order.
+                let body = match out {
+                    Outbound::Frame(body) => body,
+                    Outbound::Stream(StreamItem::Data(body)) => match body.data_stream() {
+                        Some((stream, _)) if self.streams.deliverable(stream) => body,
+                        _ => continue,
+                    },
+                    Outbound::Stream(item) => match self.streams.on_item(item) {
+                        Some(frame) => EncodedBody::encode(self.conn.encoding, &frame),
+                        None => continue,
+                    },
+                };
+                written += 1;
                 let Some(msg) = self.framer.message(&body) else {
                     tracing::error!("an encoded JSON frame was not UTF-8; dropped");
                     continue;
@@ -530,13 +576,13 @@ impl Session {
             if self.ws.flush().await.is_err() {
                 return false;
             }
-            self.conn.mailbox.written(n, bytes);
-            metrics.inc_frames_out(n as u64);
+            self.conn.mailbox.written(done);
+            metrics.inc_frames_out(written);
             metrics.inc_bytes_out(wire_bytes);
             let stats = &self.conn.stats;
             stats
                 .frames_out
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
             stats
                 .bytes_out
                 .fetch_add(wire_bytes, std::sync::atomic::Ordering::Relaxed);
@@ -592,29 +638,68 @@ impl Session {
         stats
             .bytes_in
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let now = self.last_seen;
+        if enc == Encoding::MsgPack && peermesh_proto::stream::is_data_frame(&bytes) {
+            return self.handle_data(bytes);
+        }
         if bytes.len() > self.hub.config.max_frame_bytes {
             let m = too_large_message(bytes.len(), self.hub.config.max_frame_bytes);
             self.error(ErrorCode::FrameTooLarge, m, None);
             return;
         }
-        let now = self.last_seen;
-        if !self.rate.try_take(now) {
-            self.rate_limited(enc, &bytes, now);
-            return;
-        }
         match decode_client(enc, &bytes) {
-            Ok(frame) => self.handle_frame(frame, now),
+            // A stream's frames after its open are never dropped by the rate limit: losing
+            // one would break the stream, and flow control already bounds them.
+            Ok(frame) if is_stream_followup(&frame) => self.handle_frame(frame, now),
+            Ok(frame) => {
+                if !self.rate.try_take(now) {
+                    return self.rate_limited(frame.req(), now);
+                }
+                self.handle_frame(frame, now)
+            }
             Err(e) => {
+                if !self.rate.try_take(now) {
+                    return self.rate_limited(e.req, now);
+                }
                 warn!(id = %self.conn.client, code = %e.code, "bad frame: {}", e.message);
                 self.error(e.code, e.message, e.req);
             }
         }
     }
 
+    /// A binary data frame: checked against its stream's credit and queued for the other end
+    /// without copying its bytes.
+    fn handle_data(&mut self, bytes: bytes::Bytes) {
+        let frame = match peermesh_proto::stream::DataFrame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => return self.error(e.code, e.message, None),
+        };
+        let max = self.hub.config.max_frame_bytes;
+        let total = frame.data.len() + peermesh_proto::stream::DATA_HEADER_LEN;
+        let outcome = if total > max {
+            let m = too_large_message(total, max);
+            self.streams
+                .reset_for(frame.stream, ErrorCode::FrameTooLarge, m)
+        } else {
+            self.streams.data(&self.conn, frame.stream, frame.data)
+        };
+        self.stream_outcome(frame.stream, outcome);
+    }
+
+    fn stream_outcome(&mut self, stream: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Done => {}
+            Outcome::Reply(frame) => self.send(&frame),
+            Outcome::Unknown => {
+                let m = format!("no stream {stream} was ever opened on this connection");
+                self.error(ErrorCode::UnknownStream, m, None);
+            }
+        }
+    }
+
     /// A frame over the rate limit is dropped. A frame with `req` still gets its one answer
     /// (an error); other drops are reported at most once a second.
-    fn rate_limited(&mut self, enc: Encoding, bytes: &[u8], now: Instant) {
-        let req = decode_client(enc, bytes).ok().and_then(|f| f.req());
+    fn rate_limited(&mut self, req: Option<u64>, now: Instant) {
         let notice_due = self
             .rate_notice
             .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
@@ -772,6 +857,31 @@ impl Session {
                 self.send(&ServerFrame::Members { req, room, members });
             }
             ClientFrame::Ping { req } => self.send(&ServerFrame::Pong { req }),
+            ClientFrame::StreamOpen(open) => {
+                let target = self.hub.registry().client(&open.to);
+                let outcome = self.streams.open(&self.conn, target, open, now);
+                self.stream_outcome(0, outcome);
+            }
+            ClientFrame::StreamAccept { stream, window } => {
+                let outcome = self.streams.accept(&self.conn, stream, window);
+                self.stream_outcome(stream, outcome);
+            }
+            ClientFrame::StreamReject { stream, reason } => {
+                let outcome = self.streams.reset(&self.conn, stream, reason, true);
+                self.stream_outcome(stream, outcome);
+            }
+            ClientFrame::StreamReset { stream, reason } => {
+                let outcome = self.streams.reset(&self.conn, stream, reason, false);
+                self.stream_outcome(stream, outcome);
+            }
+            ClientFrame::StreamCredit { stream, bytes } => {
+                let outcome = self.streams.credit(&self.conn, stream, bytes);
+                self.stream_outcome(stream, outcome);
+            }
+            ClientFrame::StreamEnd { stream } => {
+                let outcome = self.streams.end(&self.conn, stream);
+                self.stream_outcome(stream, outcome);
+            }
             _ => self.error(
                 ErrorCode::UnknownType,
                 "this frame type is not handled",
@@ -887,7 +997,12 @@ impl Session {
         }
         let reason = self.conn.close_reason().cloned();
         debug!(id = %self.conn.client, reason = ?reason.as_ref().map(|r| r.code), "client disconnected");
-        self.conn.mailbox.close();
+        let unread = self.conn.mailbox.close();
+        let unread = unread.into_iter().filter_map(|o| match o {
+            Outbound::Stream(item) => Some(item),
+            Outbound::Frame(_) => None,
+        });
+        self.streams.close(&self.conn.client, unread);
         // Write the close reason, if there is one, then the close frame.
         let fut = async {
             if let Some(r) = &reason {

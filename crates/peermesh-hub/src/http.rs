@@ -225,6 +225,7 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
                 "bytes_in": st.bytes_in.load(Ordering::Relaxed),
                 "bytes_out": st.bytes_out.load(Ordering::Relaxed),
                 "queued_bytes": c.queued_bytes(),
+                "queued_stream_bytes": c.mailbox.stream_held().1,
             })
         })
         .collect();

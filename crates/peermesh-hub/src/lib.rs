@@ -30,6 +30,8 @@
 //! - `mailbox`: a connection's bounded queue of frames and notices.
 //! - `router`: the one path every delivery takes (a cluster backplane plugs in here).
 //! - `registry`: clients, connections and rooms.
+//! - `streams`: byte streams between two clients: each connection's table, the items the two
+//!   ends exchange, credit-based flow control.
 //! - `auth`: JWT verification.
 //! - `metrics`: counters and rates.
 #![deny(missing_docs)]
@@ -43,6 +45,7 @@ mod mailbox;
 mod metrics;
 mod registry;
 mod router;
+mod streams;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -218,6 +221,12 @@ impl HubHandle {
     /// Number of rooms.
     pub fn room_count(&self) -> usize {
         self.inner.registry().room_count()
+    }
+
+    /// Stream ends held by connections now (two per open stream; 0 when no stream is
+    /// opening, offered or open).
+    pub fn stream_ends(&self) -> i64 {
+        self.inner.router.metrics.stream_ends()
     }
 
     /// The hub's counters.

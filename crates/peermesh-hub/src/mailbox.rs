@@ -9,12 +9,55 @@
 //! written (they are released with [`Mailbox::written`]), so one connection holds at most
 //! `max_bytes` of outgoing frames however slowly it reads. Notices are bounded by
 //! `max_notices`.
+//!
+//! Stream items ([`StreamItem`]: data and the stream control events of the other end) share
+//! the frames' FIFO, so a stream's data, end and reset reach the client in the order they
+//! were sent, but they are counted apart and never refused for being over the bounds: the
+//! credit a receiver grants bounds a stream's data, and each stream has at most a handful of
+//! control items queued (see `streams`). A stalled stream therefore never closes its
+//! connection as a slow consumer, and never stops messages from being queued.
 
 use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 use peermesh_proto::EncodedBody;
 use tokio::sync::Notify;
+
+use crate::streams::StreamItem;
+
+/// One entry of the outgoing FIFO.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame for the socket, counted against the bounds.
+    Frame(EncodedBody),
+    /// A stream item, counted apart.
+    Stream(StreamItem),
+}
+
+/// What the writer wrote, by kind, for [`Mailbox::written`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
+    pub(crate) stream_items: usize,
+    pub(crate) stream_bytes: usize,
+}
+
+impl Written {
+    /// Counts one entry.
+    pub(crate) fn add(&mut self, o: &Outbound) {
+        match o {
+            Outbound::Frame(b) => {
+                self.frames += 1;
+                self.bytes += b.encoded_len();
+            }
+            Outbound::Stream(i) => {
+                self.stream_items += 1;
+                self.stream_bytes += i.len();
+            }
+        }
+    }
+}
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +70,16 @@ pub(crate) enum PushError {
 
 #[derive(Debug, Default)]
 struct Inner<N> {
-    frames: VecDeque<EncodedBody>,
+    frames: VecDeque<Outbound>,
     notices: VecDeque<N>,
     /// Frames queued or taken and not yet written.
     frames_held: usize,
     /// Their bytes (as counted by `EncodedBody::encoded_len`).
     bytes_held: usize,
+    /// Stream items queued or taken and not yet written.
+    stream_items_held: usize,
+    /// Their bytes.
+    stream_bytes_held: usize,
     closed: bool,
 }
 
@@ -49,7 +96,7 @@ pub(crate) struct Mailbox<N> {
 /// What [`Mailbox::take`] hands the consumer.
 #[derive(Debug)]
 pub(crate) struct Taken<N> {
-    pub(crate) frames: VecDeque<EncodedBody>,
+    pub(crate) frames: VecDeque<Outbound>,
     pub(crate) notices: VecDeque<N>,
 }
 
@@ -61,6 +108,8 @@ impl<N> Mailbox<N> {
                 notices: VecDeque::new(),
                 frames_held: 0,
                 bytes_held: 0,
+                stream_items_held: 0,
+                stream_bytes_held: 0,
                 closed: false,
             }),
             wake: Notify::new(),
@@ -82,9 +131,29 @@ impl<N> Mailbox<N> {
                 return Err(PushError::Full);
             }
             let was_empty = g.frames.is_empty() && g.notices.is_empty();
-            g.frames.push_back(body);
+            g.frames.push_back(Outbound::Frame(body));
             g.frames_held += 1;
             g.bytes_held += len;
+            was_empty
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a stream item; refused only when the mailbox is closed (the item comes back).
+    pub(crate) fn push_stream(&self, item: StreamItem) -> Result<(), StreamItem> {
+        let len = item.len();
+        let wake = {
+            let mut g = self.inner.lock();
+            if g.closed {
+                return Err(item);
+            }
+            let was_empty = g.frames.is_empty() && g.notices.is_empty();
+            g.frames.push_back(Outbound::Stream(item));
+            g.stream_items_held += 1;
+            g.stream_bytes_held += len;
             was_empty
         };
         if wake {
@@ -124,31 +193,39 @@ impl<N> Mailbox<N> {
 
     /// Takes everything queued. `spare` is an empty deque whose allocation is reused for the
     /// next frames (pass `VecDeque::new()` to let the mailbox shrink to nothing).
-    pub(crate) fn take(&self, spare: VecDeque<EncodedBody>) -> Taken<N> {
+    pub(crate) fn take(&self, spare: VecDeque<Outbound>) -> Taken<N> {
         let mut g = self.inner.lock();
         let frames = std::mem::replace(&mut g.frames, spare);
         let notices = std::mem::take(&mut g.notices);
         Taken { frames, notices }
     }
 
-    /// The consumer wrote `frames` frames of `bytes` encoded bytes that it took earlier.
-    pub(crate) fn written(&self, frames: usize, bytes: usize) {
+    /// The consumer wrote (or handled) entries that it took earlier.
+    pub(crate) fn written(&self, w: Written) {
         let mut g = self.inner.lock();
-        g.frames_held = g.frames_held.saturating_sub(frames);
-        g.bytes_held = g.bytes_held.saturating_sub(bytes);
+        g.frames_held = g.frames_held.saturating_sub(w.frames);
+        g.bytes_held = g.bytes_held.saturating_sub(w.bytes);
+        g.stream_items_held = g.stream_items_held.saturating_sub(w.stream_items);
+        g.stream_bytes_held = g.stream_bytes_held.saturating_sub(w.stream_bytes);
     }
 
-    /// Refuses every later push and drops what is queued.
-    pub(crate) fn close(&self) {
+    /// Refuses every later push; returns what was queued (notices are dropped).
+    pub(crate) fn close(&self) -> VecDeque<Outbound> {
         let mut g = self.inner.lock();
         g.closed = true;
-        g.frames = VecDeque::new();
         g.notices = VecDeque::new();
+        std::mem::take(&mut g.frames)
     }
 
     /// Bytes queued or in flight.
     pub(crate) fn bytes_held(&self) -> usize {
         self.inner.lock().bytes_held
+    }
+
+    /// Stream items and their bytes queued or in flight.
+    pub(crate) fn stream_held(&self) -> (usize, usize) {
+        let g = self.inner.lock();
+        (g.stream_items_held, g.stream_bytes_held)
     }
 }
 
@@ -188,13 +265,38 @@ mod tests {
         assert_eq!(t.frames.len(), 3);
         // Taken but not yet written: still held.
         assert_eq!(m.push_frame(body()), Err(PushError::Full));
-        m.written(3, 3 * len);
+        m.written(Written {
+            frames: 3,
+            bytes: 3 * len,
+            ..Written::default()
+        });
         m.push_frame(body()).unwrap();
         assert!(m.push_notice(1));
         assert!(!m.push_notice(2), "notices are bounded too");
-        m.close();
+        let left = m.close();
+        assert_eq!(left.len(), 1);
         assert_eq!(m.push_frame(body()), Err(PushError::Closed));
         assert!(!m.push_notice(3));
+    }
+
+    #[test]
+    fn stream_items_bypass_the_bounds_but_are_counted() {
+        let m: Mailbox<u32> = Mailbox::new(1, 64, 1);
+        m.push_frame(body()).unwrap();
+        assert_eq!(m.push_frame(body()), Err(PushError::Full));
+        let data = EncodedBody::data(3, bytes::Bytes::from(vec![7u8; 1000]));
+        let item = StreamItem::Data(data);
+        let len = item.len();
+        m.push_stream(item).unwrap();
+        assert_eq!(m.stream_held(), (1, len));
+        let t = m.take(VecDeque::new());
+        let mut w = Written::default();
+        for o in &t.frames {
+            w.add(o);
+        }
+        m.written(w);
+        assert_eq!(m.stream_held(), (0, 0));
+        assert_eq!(m.bytes_held(), 0);
     }
 
     proptest! {
@@ -209,7 +311,10 @@ mod tests {
                 match op {
                     0 => if m.push_frame(body()).is_ok() { accepted += 1 },
                     1 => { let t = m.take(VecDeque::new()); taken += t.frames.len(); in_flight += t.frames.len(); }
-                    _ => { m.written(in_flight, in_flight * len); in_flight = 0; }
+                    _ => {
+                        m.written(Written { frames: in_flight, bytes: in_flight * len, ..Written::default() });
+                        in_flight = 0;
+                    }
                 }
                 prop_assert!(m.bytes_held() <= 7 * len);
             }

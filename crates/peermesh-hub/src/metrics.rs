@@ -38,6 +38,10 @@ pub struct Metrics {
     deliveries: AtomicU64,
     acks: AtomicU64,
     slow_consumers: AtomicU64,
+    streams_opened: AtomicU64,
+    stream_bytes: AtomicU64,
+    /// Stream ends held by connections now (each stream counts once per end).
+    streams_live: std::sync::atomic::AtomicI64,
     errors: [AtomicU64; 32],
     rates: Mutex<(Rates, [u64; 5])>,
 }
@@ -57,6 +61,32 @@ impl Metrics {
 
     pub(crate) fn inc_connections(&self) {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inc_streams_opened(&self) {
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inc_stream_bytes(&self, n: u64) {
+        self.stream_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_streams(&self, n: i64) {
+        self.streams_live.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub_streams(&self, n: i64) {
+        self.streams_live.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Stream ends held by connections now: 0 when no stream is opening, offered or open.
+    pub fn stream_ends(&self) -> i64 {
+        self.streams_live.load(Ordering::Relaxed)
+    }
+
+    /// Stream data bytes forwarded since the start.
+    pub fn stream_bytes(&self) -> u64 {
+        self.stream_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn inc_slow_consumers(&self) {
@@ -163,6 +193,16 @@ impl Metrics {
             "Connections closed as slow consumers.",
             load(&self.slow_consumers),
         );
+        counter(
+            "streams_opened_total",
+            "Streams offered to a target (stream_open that reached a connected client).",
+            load(&self.streams_opened),
+        );
+        counter(
+            "stream_bytes_total",
+            "Stream data bytes forwarded.",
+            load(&self.stream_bytes),
+        );
         let _ = writeln!(
             s,
             "# HELP peermesh_errors_total Error frames sent, by code."
@@ -180,6 +220,11 @@ impl Metrics {
         };
         gauge("clients", "Clients connected now.", clients as f64);
         gauge("rooms", "Rooms that exist now.", rooms as f64);
+        gauge(
+            "stream_ends",
+            "Stream ends held by connections now (two per open stream).",
+            self.stream_ends() as f64,
+        );
         let r = self.rates();
         gauge(
             "deliveries_per_second",

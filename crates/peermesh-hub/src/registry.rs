@@ -91,6 +91,8 @@ pub(crate) struct ConnShared {
     pub(crate) stats: ConnStats,
     pub(crate) cancel: CancellationToken,
     pub(crate) mailbox: Mailbox<Control>,
+    /// The next stream id of this connection (ids start at 1 and are never reused).
+    pub(crate) next_stream: AtomicU64,
     close: OnceLock<CloseReason>,
 }
 
@@ -125,8 +127,14 @@ impl ConnShared {
             stats: ConnStats::default(),
             cancel: CancellationToken::new(),
             mailbox: Mailbox::new(limits.frames, limits.bytes, limits.notices),
+            next_stream: AtomicU64::new(1),
             close: OnceLock::new(),
         }
+    }
+
+    /// Takes a fresh stream id in this connection's id space.
+    pub(crate) fn alloc_stream(&self) -> u64 {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Queues a frame for the socket. Never waits: a full queue closes the connection as a

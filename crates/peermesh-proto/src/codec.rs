@@ -169,6 +169,12 @@ pub const CLIENT_TYPES: &[&str] = &[
     "emit_room",
     "members",
     "ping",
+    "stream_open",
+    "stream_accept",
+    "stream_reject",
+    "stream_credit",
+    "stream_end",
+    "stream_reset",
 ];
 
 #[derive(Deserialize)]
@@ -205,6 +211,16 @@ struct RawClient<'a> {
     room: Option<Cow<'a, str>>,
     #[serde(default)]
     include_self: Option<bool>,
+    #[serde(default)]
+    stream: Option<u64>,
+    #[serde(default)]
+    window: Option<u64>,
+    #[serde(default)]
+    bytes: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    meta: Option<Value>,
 }
 
 struct Fields<'r> {
@@ -231,6 +247,17 @@ impl Fields<'_> {
     }
     fn payload(&self, data: Option<Value>, bin: Option<BinField>) -> Result<Payload, DecodeError> {
         Payload::from_fields(data, bin).map_err(|m| self.err(m))
+    }
+    fn reason(&self, v: Option<String>) -> Result<String, DecodeError> {
+        let v = v.unwrap_or_default();
+        if v.len() > crate::stream::MAX_REASON_LEN {
+            return Err(self.err(format!(
+                "`reason` has {} bytes; at most {} are allowed",
+                v.len(),
+                crate::stream::MAX_REASON_LEN
+            )));
+        }
+        Ok(v)
     }
 }
 
@@ -309,6 +336,37 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeE
             include_self: raw.include_self.unwrap_or(false),
             req: raw.req,
         }),
+        "stream_open" => ClientFrame::StreamOpen(StreamOpen {
+            req: f.need(raw.req, "req")?,
+            to: f.name(raw.to, "to", ClientId::new)?,
+            meta: raw.meta,
+            window: raw.window.unwrap_or(0),
+        }),
+        "stream_accept" => ClientFrame::StreamAccept {
+            stream: f.need(raw.stream, "stream")?,
+            window: raw.window.unwrap_or(0),
+        },
+        "stream_reject" => ClientFrame::StreamReject {
+            stream: f.need(raw.stream, "stream")?,
+            reason: f.reason(raw.reason)?,
+        },
+        "stream_credit" => {
+            let bytes = f.need(raw.bytes, "bytes")?;
+            if bytes == 0 {
+                return Err(f.err("`bytes` of `stream_credit` must be at least 1"));
+            }
+            ClientFrame::StreamCredit {
+                stream: f.need(raw.stream, "stream")?,
+                bytes,
+            }
+        }
+        "stream_end" => ClientFrame::StreamEnd {
+            stream: f.need(raw.stream, "stream")?,
+        },
+        "stream_reset" => ClientFrame::StreamReset {
+            stream: f.need(raw.stream, "stream")?,
+            reason: f.reason(raw.reason)?,
+        },
         _ => ClientFrame::Ping { req: raw.req },
     })
 }
@@ -335,13 +393,19 @@ fn encode_value<T: serde::Serialize>(enc: Encoding, v: &T) -> Bytes {
 // hub → client
 
 /// A hub → client frame encoded once without its `seq`, ready to be shared across recipients.
+///
+/// It is either a map frame in the connection's encoding or a stream data frame
+/// ([`EncodedBody::data`]), which is binary whatever the encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedBody {
     enc: Encoding,
     /// JSON: the object without its opening `{`. MessagePack: the map entries without header.
+    /// Data frames: the stream's bytes.
     rest: Bytes,
     /// MessagePack: the number of entries in `rest`.
     entries: u32,
+    /// Data frames: the stream id.
+    stream: Option<u64>,
 }
 
 impl EncodedBody {
@@ -353,6 +417,7 @@ impl EncodedBody {
                 enc,
                 rest: full.slice(1..),
                 entries: 0,
+                stream: None,
             },
             Encoding::MsgPack => {
                 let (entries, hdr) = match full.first() {
@@ -365,9 +430,26 @@ impl EncodedBody {
                     enc,
                     rest: full.slice(hdr..),
                     entries,
+                    stream: None,
                 }
             }
         }
+    }
+
+    /// A stream data frame: `data` (shared, not copied) on stream `stream`. It is written as a
+    /// binary message on connections of either encoding.
+    pub fn data(stream: u64, data: Bytes) -> Self {
+        Self {
+            enc: Encoding::MsgPack,
+            rest: data,
+            entries: 0,
+            stream: Some(stream),
+        }
+    }
+
+    /// The stream id and the length of the data, for a data frame.
+    pub fn data_stream(&self) -> Option<(u64, usize)> {
+        self.stream.map(|s| (s, self.rest.len()))
     }
 
     /// The encoding of this body.
@@ -383,6 +465,11 @@ impl EncodedBody {
     /// Appends the complete frame, with `seq` as its first field, to `out`.
     pub fn write_with_seq(&self, seq: u64, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
+        if let Some(stream) = self.stream {
+            crate::stream::DataFrame::put_header(out, seq, stream);
+            out.put_slice(&self.rest);
+            return;
+        }
         match self.enc {
             Encoding::Json => {
                 out.put_slice(b"{\"seq\":");
@@ -450,6 +537,11 @@ pub const SERVER_TYPES: &[&str] = &[
     "member_left",
     "peer_left",
     "pong",
+    "stream_request",
+    "stream_accepted",
+    "stream_credit",
+    "stream_end",
+    "stream_reset",
 ];
 
 #[derive(Deserialize)]
@@ -490,6 +582,16 @@ struct RawServer<'a> {
     code: Option<Cow<'a, str>>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    stream: Option<u64>,
+    #[serde(default)]
+    window: Option<u64>,
+    #[serde(default)]
+    bytes: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    meta: Option<Value>,
 }
 
 /// Decodes one hub → client frame, returning its `seq` and the frame.
@@ -575,6 +677,32 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<(u64, ServerFrame), 
         },
         "peer_left" => ServerFrame::PeerLeft {
             id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        "stream_request" => ServerFrame::StreamRequest(StreamRequest {
+            stream: f.need(raw.stream, "stream")?,
+            from: f.name(raw.from, "from", ClientId::new)?,
+            meta: raw.meta,
+            window: raw.window.unwrap_or(0),
+        }),
+        "stream_accepted" => ServerFrame::StreamAccepted {
+            req: f.need(raw.req, "req")?,
+            stream: f.need(raw.stream, "stream")?,
+            window: raw.window.unwrap_or(0),
+        },
+        "stream_credit" => ServerFrame::StreamCredit {
+            stream: f.need(raw.stream, "stream")?,
+            bytes: f.need(raw.bytes, "bytes")?,
+        },
+        "stream_end" => ServerFrame::StreamEnd {
+            stream: f.need(raw.stream, "stream")?,
+        },
+        "stream_reset" => ServerFrame::StreamReset {
+            stream: f.need(raw.stream, "stream")?,
+            code: f
+                .need(raw.code, "code")?
+                .parse()
+                .unwrap_or(ErrorCode::Unknown),
+            reason: raw.reason.unwrap_or_default(),
         },
         _ => ServerFrame::Pong { req: raw.req },
     };

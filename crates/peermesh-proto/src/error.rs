@@ -89,8 +89,9 @@ error_codes! {
     AckTimeout => "ack_timeout", false, "the target did not acknowledge in time";
     /// A `reply` names an acknowledgement that does not exist, expired, or is not addressed to the replier.
     UnknownAck => "unknown_ack", false, "no pending acknowledgement has that id";
-    /// The target disconnected before it answered an acknowledged emit.
-    PeerLeft => "peer_left", false, "the target disconnected before answering";
+    /// The other client disconnected: before it answered an acknowledged emit or a stream
+    /// request, or while a stream with it was open.
+    PeerLeft => "peer_left", false, "the other client disconnected before answering, or while a stream with it was open";
     /// `leave`, `emit_room` or `members` named a room the client is not in.
     NotInRoom => "not_in_room", false, "the client is not a member of that room";
     /// Joining would exceed `max_rooms_per_client`.
@@ -107,6 +108,20 @@ error_codes! {
     ShuttingDown => "shutting_down", true, "the server is shutting down";
     /// No frame or pong arrived within the heartbeat timeout.
     HeartbeatTimeout => "heartbeat_timeout", true, "the connection sent nothing within the heartbeat timeout";
+    /// A stream frame names a stream id the hub never gave this connection.
+    UnknownStream => "unknown_stream", false, "no stream with that id was ever opened on this connection";
+    /// The target of `stream_open` rejected the stream; the message is its reason.
+    StreamRejected => "stream_rejected", false, "the target rejected the stream";
+    /// The target of `stream_open` neither accepted nor rejected it in time.
+    StreamTimeout => "stream_timeout", false, "the target did not accept or reject the stream in time";
+    /// A stream end sent more data than its credit allows, or granted more than the largest window.
+    FlowControl => "flow_control", false, "the stream broke flow control: data beyond the granted credit, or credit beyond the largest window";
+    /// The frame is not allowed in the stream's state (data after `stream_end`, a second accept, ...).
+    StreamState => "stream_state", false, "the frame is not allowed in the stream's current state";
+    /// Opening or accepting would exceed `max_streams_per_client` on one of the two connections.
+    TooManyStreams => "too_many_streams", false, "a client already has as many streams open as allowed";
+    /// The other end of the stream reset it; the message is its reason.
+    PeerReset => "peer_reset", false, "the other end reset the stream";
     /// An internal error; the hub logs the details.
     Internal => "internal", false, "an internal error occurred in the hub";
 }

@@ -48,6 +48,67 @@ pub enum ClientFrame {
         /// Correlation number echoed in the `pong`.
         req: Option<u64>,
     },
+    /// Opens a stream to another client.
+    StreamOpen(StreamOpen),
+    /// Accepts a stream announced by `stream_request`.
+    StreamAccept {
+        /// The stream, in this connection's id space.
+        stream: u64,
+        /// Initial credit granted to the opener, in bytes.
+        window: u64,
+    },
+    /// Rejects a stream announced by `stream_request`.
+    StreamReject {
+        /// The stream.
+        stream: u64,
+        /// Why, for the opener (at most 1,024 bytes; may be empty).
+        reason: String,
+    },
+    /// Grants the other end more credit.
+    StreamCredit {
+        /// The stream.
+        stream: u64,
+        /// Bytes granted (at least 1).
+        bytes: u64,
+    },
+    /// Ends this side's direction of a stream (half-close).
+    StreamEnd {
+        /// The stream.
+        stream: u64,
+    },
+    /// Aborts a stream in both directions.
+    StreamReset {
+        /// The stream.
+        stream: u64,
+        /// Why, for the other end (at most 1,024 bytes; may be empty).
+        reason: String,
+    },
+}
+
+/// The `stream_open` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamOpen {
+    /// The client to open the stream to.
+    pub to: ClientId,
+    /// Metadata for the target (any JSON value; `None` when absent or null).
+    pub meta: Option<serde_json::Value>,
+    /// Initial credit granted to the target, in bytes.
+    pub window: u64,
+    /// Correlation number, answered by `stream_accepted` or `error`.
+    pub req: u64,
+}
+
+/// The `stream_request` frame: another client wants a stream with this one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRequest {
+    /// The stream, in this connection's id space.
+    pub stream: u64,
+    /// The opener, stamped by the hub.
+    pub from: ClientId,
+    /// The opener's metadata.
+    pub meta: Option<serde_json::Value>,
+    /// Initial credit the opener granted, in bytes.
+    pub window: u64,
 }
 
 /// The `hello` frame.
@@ -161,6 +222,38 @@ pub enum ServerFrame {
         /// The `req` of the ping.
         req: Option<u64>,
     },
+    /// Another client opens a stream to this one: accept or reject it.
+    StreamRequest(StreamRequest),
+    /// The target accepted a stream this client opened.
+    StreamAccepted {
+        /// The `req` of the `stream_open`.
+        req: u64,
+        /// The stream, in this connection's id space.
+        stream: u64,
+        /// Initial credit the target granted, in bytes.
+        window: u64,
+    },
+    /// The other end granted more credit.
+    StreamCredit {
+        /// The stream.
+        stream: u64,
+        /// Bytes granted.
+        bytes: u64,
+    },
+    /// The other end ended its direction: no more data will arrive.
+    StreamEnd {
+        /// The stream.
+        stream: u64,
+    },
+    /// The stream was aborted.
+    StreamReset {
+        /// The stream.
+        stream: u64,
+        /// Why: `peer_reset` (the other end's reason follows), `peer_left`, `flow_control`, …
+        code: ErrorCode,
+        /// For `peer_reset`, the other end's reason as it gave it; otherwise a sentence.
+        reason: String,
+    },
 }
 
 /// The `welcome` frame.
@@ -195,6 +288,16 @@ pub struct Limits {
     pub max_pending_acks: u64,
     /// Longest acknowledgement timeout, in milliseconds.
     pub max_ack_timeout_ms: u64,
+    /// Most streams one connection may have at once (opening, open or being accepted);
+    /// 0 when the hub did not say (before streams existed).
+    #[serde(default)]
+    pub max_streams: u64,
+    /// Largest credit one end of a stream may hold, in bytes; 0 when the hub did not say.
+    #[serde(default)]
+    pub max_stream_window: u64,
+    /// Time a stream target has to answer a `stream_open`, in ms; 0 when the hub did not say.
+    #[serde(default)]
+    pub stream_open_timeout_ms: u64,
 }
 
 /// The `message` frame.
@@ -248,6 +351,11 @@ impl ServerFrame {
             ServerFrame::MemberLeft { .. } => "member_left",
             ServerFrame::PeerLeft { .. } => "peer_left",
             ServerFrame::Pong { .. } => "pong",
+            ServerFrame::StreamRequest(_) => "stream_request",
+            ServerFrame::StreamAccepted { .. } => "stream_accepted",
+            ServerFrame::StreamCredit { .. } => "stream_credit",
+            ServerFrame::StreamEnd { .. } => "stream_end",
+            ServerFrame::StreamReset { .. } => "stream_reset",
         }
     }
 }
@@ -264,13 +372,26 @@ impl ClientFrame {
             ClientFrame::EmitRoom(_) => "emit_room",
             ClientFrame::Members { .. } => "members",
             ClientFrame::Ping { .. } => "ping",
+            ClientFrame::StreamOpen(_) => "stream_open",
+            ClientFrame::StreamAccept { .. } => "stream_accept",
+            ClientFrame::StreamReject { .. } => "stream_reject",
+            ClientFrame::StreamCredit { .. } => "stream_credit",
+            ClientFrame::StreamEnd { .. } => "stream_end",
+            ClientFrame::StreamReset { .. } => "stream_reset",
         }
     }
 
     /// The frame's correlation number, if it has one.
     pub fn req(&self) -> Option<u64> {
         match self {
-            ClientFrame::Hello(_) | ClientFrame::Reply(_) => None,
+            ClientFrame::Hello(_)
+            | ClientFrame::Reply(_)
+            | ClientFrame::StreamAccept { .. }
+            | ClientFrame::StreamReject { .. }
+            | ClientFrame::StreamCredit { .. }
+            | ClientFrame::StreamEnd { .. }
+            | ClientFrame::StreamReset { .. } => None,
+            ClientFrame::StreamOpen(o) => Some(o.req),
             ClientFrame::Emit(e) => e.req,
             ClientFrame::EmitRoom(e) => e.req,
             ClientFrame::Join { req, .. }
@@ -370,6 +491,52 @@ impl Serialize for ServerFrame {
                 put_opt(&mut m, "req", req)?;
                 m.end()
             }
+            ServerFrame::StreamRequest(r) => {
+                let mut m = s.serialize_map(Some(4 + opt(&r.meta)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("stream", &r.stream)?;
+                m.serialize_entry("from", &r.from)?;
+                put_opt(&mut m, "meta", &r.meta)?;
+                m.serialize_entry("window", &r.window)?;
+                m.end()
+            }
+            ServerFrame::StreamAccepted {
+                req,
+                stream,
+                window,
+            } => {
+                let mut m = s.serialize_map(Some(4))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("req", req)?;
+                m.serialize_entry("stream", stream)?;
+                m.serialize_entry("window", window)?;
+                m.end()
+            }
+            ServerFrame::StreamCredit { stream, bytes } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("stream", stream)?;
+                m.serialize_entry("bytes", bytes)?;
+                m.end()
+            }
+            ServerFrame::StreamEnd { stream } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("stream", stream)?;
+                m.end()
+            }
+            ServerFrame::StreamReset {
+                stream,
+                code,
+                reason,
+            } => {
+                let mut m = s.serialize_map(Some(4))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("stream", stream)?;
+                m.serialize_entry("code", code)?;
+                m.serialize_entry("reason", reason)?;
+                m.end()
+            }
         }
     }
 }
@@ -443,6 +610,45 @@ impl Serialize for ClientFrame {
                 let mut m = s.serialize_map(Some(1 + opt(req)))?;
                 m.serialize_entry("type", ty)?;
                 put_opt(&mut m, "req", req)?;
+                m.end()
+            }
+            ClientFrame::StreamOpen(o) => {
+                let mut m = s.serialize_map(Some(4 + opt(&o.meta)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("req", &o.req)?;
+                m.serialize_entry("to", &o.to)?;
+                put_opt(&mut m, "meta", &o.meta)?;
+                m.serialize_entry("window", &o.window)?;
+                m.end()
+            }
+            ClientFrame::StreamAccept { stream, window } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("stream", stream)?;
+                m.serialize_entry("window", window)?;
+                m.end()
+            }
+            ClientFrame::StreamReject { stream, reason }
+            | ClientFrame::StreamReset { stream, reason } => {
+                let mut m = s.serialize_map(Some(2 + usize::from(!reason.is_empty())))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("stream", stream)?;
+                if !reason.is_empty() {
+                    m.serialize_entry("reason", reason)?;
+                }
+                m.end()
+            }
+            ClientFrame::StreamCredit { stream, bytes } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("stream", stream)?;
+                m.serialize_entry("bytes", bytes)?;
+                m.end()
+            }
+            ClientFrame::StreamEnd { stream } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("stream", stream)?;
                 m.end()
             }
         }

@@ -35,6 +35,7 @@
 //! - [`payload`]: [`Payload`], a JSON value or raw bytes.
 //! - [`id`]: validated [`ClientId`], [`RoomName`] and [`EventName`].
 //! - [`error`]: the stable [`ErrorCode`]s.
+//! - [`stream`]: the binary data frame of streams and the sans-IO flow-control rules.
 #![deny(missing_docs)]
 
 pub mod codec;
@@ -42,6 +43,7 @@ pub mod error;
 pub mod frame;
 pub mod id;
 pub mod payload;
+pub mod stream;
 
 pub use codec::{
     decode_client, decode_server, encode_client, encode_server, DecodeError, EncodedBody, Encoding,
@@ -49,7 +51,8 @@ pub use codec::{
 };
 pub use error::ErrorCode;
 pub use frame::{
-    ClientFrame, Emit, EmitRoom, ErrorFrame, Hello, Limits, Message, Reply, ServerFrame, Welcome,
+    ClientFrame, Emit, EmitRoom, ErrorFrame, Hello, Limits, Message, Reply, ServerFrame,
+    StreamOpen, StreamRequest, Welcome,
 };
 pub use id::{ClientId, EventName, NameError, RoomName};
 pub use payload::Payload;

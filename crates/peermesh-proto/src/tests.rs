@@ -189,6 +189,34 @@ fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
             })
         ),
         any::<Option<u64>>().prop_map(|req| ClientFrame::Ping { req }),
+        arb_stream_client_frame(),
+    ]
+}
+
+fn arb_meta() -> impl Strategy<Value = Option<serde_json::Value>> {
+    proptest::option::of(arb_json().prop_filter("null is absent", |v| !v.is_null()))
+}
+
+fn arb_stream_client_frame() -> impl Strategy<Value = ClientFrame> {
+    let id = arb_name().prop_map(|s| ClientId::new(&s).unwrap());
+    prop_oneof![
+        (id, arb_meta(), any::<u64>(), any::<u64>()).prop_map(|(to, meta, window, req)| {
+            ClientFrame::StreamOpen(StreamOpen {
+                to,
+                meta,
+                window,
+                req,
+            })
+        }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(stream, window)| ClientFrame::StreamAccept { stream, window }),
+        (any::<u64>(), ".{0,20}")
+            .prop_map(|(stream, reason)| ClientFrame::StreamReject { stream, reason }),
+        (any::<u64>(), 1u64..)
+            .prop_map(|(stream, bytes)| ClientFrame::StreamCredit { stream, bytes }),
+        any::<u64>().prop_map(|stream| ClientFrame::StreamEnd { stream }),
+        (any::<u64>(), ".{0,20}")
+            .prop_map(|(stream, reason)| ClientFrame::StreamReset { stream, reason }),
     ]
 }
 
@@ -223,6 +251,16 @@ proptest! {
                 members: (0..n_members).map(|i| ClientId::new(&format!("c{i}")).unwrap()).collect(),
             },
             ServerFrame::Error(ErrorFrame::new(ErrorCode::UnknownTarget, "no", ack_id)),
+            ServerFrame::StreamRequest(StreamRequest {
+                stream: seq ^ 1,
+                from: ClientId::new(&from).unwrap(),
+                meta: payload.as_json().filter(|v| !v.is_null()).cloned(),
+                window: ack_id.unwrap_or(0),
+            }),
+            ServerFrame::StreamAccepted { req: seq, stream: n_members as u64, window: 7 },
+            ServerFrame::StreamCredit { stream: seq, bytes: 1 + n_members as u64 },
+            ServerFrame::StreamEnd { stream: seq },
+            ServerFrame::StreamReset { stream: seq, code: ErrorCode::PeerReset, reason: from.clone() },
         ];
         for frame in frames {
             for enc in ENCS {
@@ -238,6 +276,7 @@ proptest! {
             let _ = decode_client(enc, &bytes);
             let _ = decode_server(enc, &bytes);
         }
+        let _ = crate::stream::DataFrame::decode(bytes::Bytes::from(bytes));
     }
 
     #[test]

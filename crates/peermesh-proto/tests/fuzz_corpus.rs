@@ -7,11 +7,13 @@
 //!
 //! - decoding never panics, and a refusal carries a decoding error code;
 //! - a frame that decodes is encoded again, in both encodings, and decodes to the same frame
-//!   (and the same `seq` for hub frames).
+//!   (and the same `seq` for hub frames);
+//! - a stream data frame (binary, first byte 0x01) that parses encodes back to the same bytes.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+use peermesh_proto::stream::DataFrame;
 use peermesh_proto::{
     decode_client, decode_server, encode_client, encode_server, Encoding, ErrorCode,
 };
@@ -42,6 +44,15 @@ fn corpus_files() -> Vec<PathBuf> {
 /// Checks one input in one encoding; returns how many frames decoded.
 fn check(enc: Encoding, bytes: &[u8]) -> usize {
     let mut decoded = 0;
+    // The binary stream data frame: parsing never panics, and what parses encodes back.
+    if let Ok(frame) = DataFrame::decode(bytes::Bytes::copy_from_slice(bytes)) {
+        assert_eq!(
+            &frame.encode()[..],
+            bytes,
+            "data frame changed through decode/encode"
+        );
+        decoded += 1;
+    }
     match decode_client(enc, bytes) {
         Ok(frame) => {
             decoded += 1;

@@ -7,6 +7,7 @@ use super::direct::DirectStep;
 use super::fanout::FanoutResult;
 use super::idle::IdleResult;
 use super::stats::Rates;
+use super::stream::StreamResult;
 
 /// A scenario's figures, or why there are none.
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +128,8 @@ pub(crate) struct Report {
     pub(crate) fanout: Option<Side<FanoutResult>>,
     /// Scenario (c).
     pub(crate) idle: Option<Side<IdleResult>>,
+    /// Scenario (d): the hub against a TCP relay.
+    pub(crate) stream: Option<Outcome<StreamResult>>,
     /// Ratios.
     pub(crate) ratios: Ratios,
     /// The targets.
@@ -214,6 +217,21 @@ impl Report {
                     _ => "not measured".into(),
                 },
                 met: r.idle_memory.map(|x| x >= 5.0),
+            });
+        }
+        if let Some(outcome) = &self.stream {
+            let ours = outcome.ok();
+            checks.push(Check {
+                target: "stream throughput >= 50% of a TCP relay".into(),
+                measured: ours.map_or("not measured".into(), |a| {
+                    format!(
+                        "{:.0} MiB/s vs {:.0} MiB/s, {:.0}%",
+                        a.hub_mib_per_s,
+                        a.relay_mib_per_s,
+                        a.ratio * 100.0
+                    )
+                }),
+                met: ours.map(|a| a.ratio >= 0.5),
             });
         }
         self.ratios = r;
@@ -406,6 +424,44 @@ impl Report {
                             x.errors
                         ));
                     }
+                }
+            }
+        }
+        if let Some(outcome) = &self.stream {
+            match outcome {
+                Outcome::Ok(x) => {
+                    out.push_str(&format!(
+                        "\n(d) stream: {} per transfer, window {}, median of {} rounds each\n",
+                        bytes(x.bytes),
+                        bytes(x.window),
+                        x.rounds
+                    ));
+                    let head = ["path", "MiB/s", "hub RSS before", "hub RSS growth"];
+                    let kib = |v: Option<u64>| v.map_or("?".to_owned(), |k| bytes(k * 1024));
+                    let rows = vec![
+                        vec![
+                            "client → hub → client".to_owned(),
+                            format!("{:.0}", x.hub_mib_per_s),
+                            kib(x.hub_rss_before_kib),
+                            kib(x.hub_rss_growth_kib),
+                        ],
+                        vec![
+                            "client → tokio::io::copy relay → client".to_owned(),
+                            format!("{:.0}", x.relay_mib_per_s),
+                            String::new(),
+                            String::new(),
+                        ],
+                        vec![
+                            "ratio".to_owned(),
+                            format!("{:.0}%", x.ratio * 100.0),
+                            String::new(),
+                            String::new(),
+                        ],
+                    ];
+                    out.push_str(&grid(&head, &rows, &[0]));
+                }
+                Outcome::Failed { error } => {
+                    out.push_str(&format!("\n(d) stream: failed: {error}\n"));
                 }
             }
         }

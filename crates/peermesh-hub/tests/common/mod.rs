@@ -139,6 +139,7 @@ impl Raw {
                 .ok()?;
             let v: Value = match msg {
                 Message::Text(t) => serde_json::from_str(&t).unwrap(),
+                Message::Binary(b) if b.first() == Some(&0x01) => data_to_json(&b),
                 Message::Binary(b) => {
                     let v: rmpv::Value = rmp_serde::from_slice(&b).unwrap();
                     msgpack_to_json(v)
@@ -212,4 +213,22 @@ pub fn msgpack_to_json(v: rmpv::Value) -> Value {
         ),
         M::Ext(..) => panic!("ext"),
     }
+}
+
+/// A binary data frame as JSON: `{"seq":…,"type":"$data","stream":…,"data":"<utf-8 lossy>","len":…}`.
+pub fn data_to_json(b: &[u8]) -> Value {
+    assert!(b.len() > 17, "a data frame has a 17-byte header and data");
+    let seq = u64::from_be_bytes(b[1..9].try_into().unwrap());
+    let stream = u64::from_be_bytes(b[9..17].try_into().unwrap());
+    json!({"seq": seq, "type": "$data", "stream": stream,
+           "data": String::from_utf8_lossy(&b[17..]), "len": b.len() - 17})
+}
+
+/// A client data frame: tag, seq 0, stream id, bytes.
+pub fn data_frame(stream: u64, data: &[u8]) -> Message {
+    let mut v = vec![0x01];
+    v.extend_from_slice(&0u64.to_be_bytes());
+    v.extend_from_slice(&stream.to_be_bytes());
+    v.extend_from_slice(data);
+    Message::Binary(v.into())
 }

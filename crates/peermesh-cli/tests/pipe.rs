@@ -1,0 +1,298 @@
+//! `peermesh connect --pipe` / `--accept-pipe` end to end: real `peermesh serve` and two
+//! `peermesh connect` processes. stdout must carry the stream's bytes and nothing else, and
+//! both ends exit 0 once the stream ended cleanly.
+//!
+//! The large transfer also measures the hub process's memory (`VmRSS` in /proc/PID/status):
+//! 100 MiB go through while the receiving side reads slowly, and the hub's resident set must
+//! grow by less than 32 MiB. `PEERMESH_PIPE_MIB` changes the size.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_peermesh");
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A deterministic byte source (xorshift).
+struct Gen(u64);
+
+impl Gen {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+struct Hub {
+    child: Child,
+    url: String,
+}
+
+impl Hub {
+    fn start() -> Hub {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn peermesh serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut first)
+            .expect("the listening line");
+        let v: serde_json::Value = serde_json::from_str(&first).expect("a JSON listening line");
+        let url = v["ws"].as_str().expect("a ws URL").to_owned();
+        Hub { child, url }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the hub's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `peermesh connect` process whose stderr is collected and watched for lines.
+struct Side {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Side {
+    fn spawn(url: &str, args: &[&str]) -> Side {
+        let mut child = Command::new(BIN)
+            .arg("connect")
+            .arg(url)
+            .args(args)
+            .env("RUST_LOG", "peermesh=info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn peermesh connect");
+        let err = child.stderr.take().expect("piped stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                sink.lock()
+                    .expect("stderr buffer")
+                    .push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        Side {
+            child,
+            stderr,
+            lines,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no {needle:?} on stderr; got:\n{}", self.stderr()),
+            }
+        }
+    }
+
+    /// Waits for the exit, failing the test after `LIMIT`.
+    fn exit_code(&mut self) -> i32 {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the process did not exit; stderr:\n{}", self.stderr());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Writes `data` to the side's stdin on a thread, then closes it.
+fn feed(side: &mut Side, data: Vec<u8>) -> thread::JoinHandle<()> {
+    let mut stdin = side.child.stdin.take().expect("piped stdin");
+    thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    })
+}
+
+/// Reads the side's whole stdout on a thread.
+fn collect(side: &mut Side) -> thread::JoinHandle<Vec<u8>> {
+    let mut stdout = side.child.stdout.take().expect("piped stdout");
+    thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stdout.read_to_end(&mut all);
+        all
+    })
+}
+
+#[test]
+fn pipe_carries_bytes_both_ways_and_both_ends_exit_0() {
+    let hub = Hub::start();
+    let mut bob = Side::spawn(&hub.url, &["--id", "bob", "--accept-pipe"]);
+    bob.wait_for("\"type\":\"connected\"");
+    let mut alice = Side::spawn(&hub.url, &["--id", "alice", "--pipe", "bob"]);
+    let mut to_bob = vec![0u8; 3 << 20];
+    Gen(1).fill(&mut to_bob);
+    let to_alice = b"thanks, got it\n".repeat(1000);
+    let w1 = feed(&mut alice, to_bob.clone());
+    let w2 = feed(&mut bob, to_alice.clone());
+    let at_bob = collect(&mut bob);
+    let at_alice = collect(&mut alice);
+    assert_eq!(alice.exit_code(), 0, "alice's stderr:\n{}", alice.stderr());
+    assert_eq!(bob.exit_code(), 0, "bob's stderr:\n{}", bob.stderr());
+    w1.join().expect("writer");
+    w2.join().expect("writer");
+    assert!(
+        at_bob.join().expect("reader") == to_bob,
+        "bob's stdout is exactly alice's stdin"
+    );
+    assert_eq!(at_alice.join().expect("reader"), to_alice);
+    assert!(alice.stderr().contains("\"type\":\"stream\""));
+}
+
+#[test]
+fn a_pipe_to_nobody_or_a_vanished_peer_exits_1() {
+    let hub = Hub::start();
+    let mut alone = Side::spawn(&hub.url, &["--id", "alone", "--pipe", "nobody"]);
+    drop(alone.child.stdin.take());
+    assert_eq!(alone.exit_code(), 1);
+    assert!(
+        alone.stderr().contains("unknown_target"),
+        "{}",
+        alone.stderr()
+    );
+
+    let mut bob = Side::spawn(&hub.url, &["--id", "bob", "--accept-pipe"]);
+    bob.wait_for("\"type\":\"connected\"");
+    let mut alice = Side::spawn(&hub.url, &["--id", "alice", "--pipe", "bob"]);
+    bob.wait_for("\"type\":\"stream\"");
+    let _ = bob.child.kill();
+    let _ = bob.child.wait();
+    // alice's stdin stays open: the reset alone must end her.
+    assert_eq!(alice.exit_code(), 1, "{}", alice.stderr());
+    assert!(alice.stderr().contains("peer_left"), "{}", alice.stderr());
+}
+
+#[test]
+fn a_hundred_mib_through_the_hub_keep_its_memory_bounded() {
+    let mib: usize = std::env::var("PEERMESH_PIPE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let total = mib << 20;
+    let hub = Hub::start();
+    let mut bob = Side::spawn(&hub.url, &["--id", "bob", "--accept-pipe"]);
+    bob.wait_for("\"type\":\"connected\"");
+    let mut alice = Side::spawn(&hub.url, &["--id", "alice", "--pipe", "bob"]);
+    bob.wait_for("\"type\":\"stream\"");
+    let before = hub.rss_kib();
+
+    // Sample the hub's RSS while the bytes flow.
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        let path = format!("/proc/{}/status", hub.child.id());
+        thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(s) = std::fs::read_to_string(&path) {
+                    if let Some(kib) = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    {
+                        peak.fetch_max(kib, Ordering::Relaxed);
+                    }
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+
+    let mut stdin = alice.child.stdin.take().expect("piped stdin");
+    let writer = thread::spawn(move || {
+        let mut g = Gen(7);
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..(total >> 20) {
+            g.fill(&mut buf);
+            stdin.write_all(&buf).expect("alice's stdin");
+        }
+    });
+    drop(bob.child.stdin.take());
+    // bob's stdout is read slowly, in small pieces, and checked byte for byte.
+    let mut out = bob.child.stdout.take().expect("piped stdout");
+    let mut g = Gen(7);
+    let mut want = vec![0u8; 1 << 20];
+    let mut at = want.len();
+    let mut got = vec![0u8; 4096];
+    let mut received = 0usize;
+    let started = Instant::now();
+    loop {
+        let n = out.read(&mut got).expect("bob's stdout");
+        if n == 0 {
+            break;
+        }
+        for &b in &got[..n] {
+            if at == want.len() {
+                g.fill(&mut want);
+                at = 0;
+            }
+            assert_eq!(b, want[at], "byte {received} differs");
+            at += 1;
+            received += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    writer.join().expect("writer");
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    assert_eq!(received, total);
+    assert_eq!(alice.exit_code(), 0, "{}", alice.stderr());
+    assert_eq!(bob.exit_code(), 0, "{}", bob.stderr());
+    let growth = peak.load(Ordering::Relaxed).saturating_sub(before);
+    eprintln!(
+        "{mib} MiB in {secs:.2} s ({:.0} MiB/s); hub RSS {before} KiB before, peak growth {growth} KiB",
+        mib as f64 / secs
+    );
+    assert!(
+        growth < 32 << 10,
+        "the hub's RSS grew by {growth} KiB (limit 32 MiB)"
+    );
+}

@@ -1,0 +1,786 @@
+//! Streams between two clients: the per-connection table and the items connections exchange.
+//!
+//! ```text
+//!   alice's task                               bob's task
+//!   table: a ─► (bob's conn, b, link, side 0)   table: b ─► (alice's conn, a, link, side 1)
+//!        stream_open ──► Incoming{b} ─────────────► stream_request{b}
+//!   stream_accepted{a} ◄─ Accepted{a} ◄──────────── stream_accept{b}
+//!   binary data on a ───► Data(b) ─────────────────► binary data on b
+//!   stream_credit{a} ◄─── Credit{a} ◄─ link.pending ◄ stream_credit{b}
+//!   stream_end{a} ──────► End{b} ──────────────────► stream_end{b}
+//!   stream_reset / leaving ► Reset{b} ─────────────► stream_reset{b}
+//! ```
+//!
+//! Each connection task owns its end of every stream (credit, half-close, state) and is the
+//! only one that changes it. What one end tells the other travels as a [`StreamItem`] in the
+//! other connection's mailbox, in the same FIFO as its frames, so data, end and reset arrive in
+//! the order they were sent and the receiving task updates its own end as it writes them.
+//! Nothing on the data path takes a lock of its own or allocates: a data frame is checked
+//! against the sender's credit, its bytes are shared (not copied) into a [`StreamItem::Data`],
+//! and the receiver's writer prepends the header.
+//!
+//! Stream ids are allocated from each connection's own counter (`ConnShared::next_stream`),
+//! so the opener picks both ids: its own and the target's. Ids are never reused on a
+//! connection; a frame naming an id that was allocated but whose stream is over is ignored
+//! (it may have crossed a reset on the wire), one naming an id never allocated is
+//! `unknown_stream`.
+//!
+//! Bounds: a stream's data queued in a mailbox is at most the credit its receiver granted
+//! (≤ `max_stream_window_bytes`); credits are coalesced in the shared [`Link`] so at most one
+//! credit item per stream waits in a mailbox; each stream sends at most one `Incoming`,
+//! `Accepted`, `End` and `Reset` per direction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peermesh_proto::stream::{HalfClose, SendCredit};
+use peermesh_proto::{
+    ClientId, EncodedBody, ErrorCode, ErrorFrame, ServerFrame, StreamOpen, StreamRequest,
+};
+
+use crate::metrics::Metrics;
+use crate::registry::ConnShared;
+
+/// Credit granted to each side and not yet applied by that side's task.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    pending: [AtomicU64; 2],
+}
+
+/// Something one end of a stream tells the other, queued in the other's mailbox.
+#[derive(Debug)]
+pub(crate) enum StreamItem {
+    /// Bytes for the receiving connection's stream (already addressed).
+    Data(EncodedBody),
+    /// Another connection opens a stream to this one.
+    Incoming(Box<Incoming>),
+    /// The target accepted the stream `stream` (ours) and grants `window`.
+    Accepted { stream: u64, window: u64 },
+    /// Credit for `stream` waits in its link.
+    Credit { stream: u64 },
+    /// The other end ended its direction of `stream`.
+    End { stream: u64 },
+    /// The other end rejected, reset or left `stream`.
+    Reset {
+        stream: u64,
+        code: ErrorCode,
+        reason: Box<str>,
+    },
+}
+
+impl StreamItem {
+    /// Bytes counted for the item in a mailbox.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            StreamItem::Data(b) => b.encoded_len(),
+            StreamItem::Incoming(i) => 128 + i.meta_len,
+            _ => 64,
+        }
+    }
+}
+
+/// A stream offered to a connection.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    /// The id in the target's space.
+    pub(crate) stream: u64,
+    pub(crate) opener: Arc<ConnShared>,
+    pub(crate) opener_stream: u64,
+    pub(crate) from: ClientId,
+    pub(crate) meta: Option<serde_json::Value>,
+    meta_len: usize,
+    /// Credit the opener grants the target.
+    pub(crate) window: u64,
+    pub(crate) link: Arc<Link>,
+}
+
+#[derive(Debug)]
+enum State {
+    /// We opened it and wait for the target's answer to `req`.
+    Opening { req: u64, deadline: Instant },
+    /// It was offered to us; the opener granted `window`.
+    Offered { window: u64 },
+    /// Both sides agreed.
+    Open,
+}
+
+#[derive(Debug)]
+struct Entry {
+    peer: Arc<ConnShared>,
+    peer_stream: u64,
+    link: Arc<Link>,
+    /// 0: we opened it, 1: we accepted it.
+    side: usize,
+    state: State,
+    send: SendCredit,
+    ends: HalfClose,
+}
+
+impl Entry {
+    /// Tells the other end; a closed mailbox means it is leaving and cleans up itself.
+    fn tell(&self, item: StreamItem) {
+        let _ = self.peer.mailbox.push_stream(item);
+    }
+}
+
+/// What a client frame on a stream led to.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    /// Nothing to tell the client.
+    Done,
+    /// A frame for the client.
+    Reply(ServerFrame),
+    /// The frame names an id this connection never had.
+    Unknown,
+}
+
+/// The streams of one connection, owned by its task.
+#[derive(Debug)]
+pub(crate) struct Streams {
+    entries: HashMap<u64, Entry>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    max_streams: usize,
+    max_window: u64,
+    open_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+fn reset_frame(stream: u64, code: ErrorCode, reason: impl Into<String>) -> ServerFrame {
+    ServerFrame::StreamReset {
+        stream,
+        code,
+        reason: reason.into(),
+    }
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>, req: u64) -> ServerFrame {
+    ServerFrame::Error(ErrorFrame::new(code, message, Some(req)))
+}
+
+impl Streams {
+    pub(crate) fn new(
+        max_streams: usize,
+        max_window: u64,
+        open_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            entries: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            max_streams,
+            max_window,
+            open_timeout,
+            metrics,
+        }
+    }
+
+    fn insert(&mut self, stream: u64, e: Entry) {
+        if let State::Opening { deadline, .. } = e.state {
+            self.deadlines.insert((deadline, stream));
+        }
+        self.entries.insert(stream, e);
+        self.metrics.add_streams(1);
+    }
+
+    fn remove(&mut self, stream: u64) -> Option<Entry> {
+        let e = self.entries.remove(&stream)?;
+        if let State::Opening { deadline, .. } = e.state {
+            self.deadlines.remove(&(deadline, stream));
+        }
+        self.metrics.sub_streams(1);
+        Some(e)
+    }
+
+    fn known(me: &ConnShared, stream: u64) -> Outcome {
+        if stream != 0 && stream < me.next_stream.load(Ordering::Relaxed) {
+            Outcome::Done
+        } else {
+            Outcome::Unknown
+        }
+    }
+
+    /// Resets a stream whose client broke its rules: both ends learn why.
+    fn violation(&mut self, stream: u64, code: ErrorCode, why: String) -> Outcome {
+        let Some(e) = self.remove(stream) else {
+            return Outcome::Done;
+        };
+        e.tell(StreamItem::Reset {
+            stream: e.peer_stream,
+            code,
+            reason: format!("the other end broke the stream's rules: {why}").into(),
+        });
+        self.metrics.inc_error(code);
+        Outcome::Reply(match e.state {
+            State::Opening { req, .. } => error_frame(code, why, req),
+            _ => reset_frame(stream, code, why),
+        })
+    }
+
+    /// Resets a stream because of one of its frames (e.g. too large).
+    pub(crate) fn reset_for(&mut self, stream: u64, code: ErrorCode, why: String) -> Outcome {
+        if !self.entries.contains_key(&stream) {
+            return Outcome::Done;
+        }
+        self.violation(stream, code, why)
+    }
+
+    /// `stream_open`: `target` is the target's connection, if it is connected.
+    pub(crate) fn open(
+        &mut self,
+        me: &Arc<ConnShared>,
+        target: Option<Arc<ConnShared>>,
+        open: StreamOpen,
+        now: Instant,
+    ) -> Outcome {
+        let req = open.req;
+        if self.entries.len() >= self.max_streams {
+            let m = format!(
+                "this connection already has {} streams (max_streams_per_client)",
+                self.entries.len()
+            );
+            return Outcome::Reply(error_frame(ErrorCode::TooManyStreams, m, req));
+        }
+        if open.window > self.max_window {
+            let m = format!(
+                "`window` is {} bytes; at most {} are allowed (max_stream_window_bytes)",
+                open.window, self.max_window
+            );
+            return Outcome::Reply(error_frame(ErrorCode::InvalidField, m, req));
+        }
+        let Some(target) = target else {
+            let m = format!("no client with id {:?} is connected", open.to.as_str());
+            return Outcome::Reply(error_frame(ErrorCode::UnknownTarget, m, req));
+        };
+        let ours = me.alloc_stream();
+        let theirs = target.alloc_stream();
+        let link = Arc::new(Link::default());
+        let meta_len = open.meta.as_ref().map_or(0, |m| m.to_string().len());
+        let incoming = Incoming {
+            stream: theirs,
+            opener: me.clone(),
+            opener_stream: ours,
+            from: me.client.clone(),
+            meta: open.meta,
+            meta_len,
+            window: open.window,
+            link: link.clone(),
+        };
+        if target
+            .mailbox
+            .push_stream(StreamItem::Incoming(Box::new(incoming)))
+            .is_err()
+        {
+            let m = format!("client {:?} is disconnecting", open.to.as_str());
+            return Outcome::Reply(error_frame(ErrorCode::UnknownTarget, m, req));
+        }
+        self.metrics.inc_streams_opened();
+        let deadline = now + self.open_timeout;
+        // The target's window is not known yet: no credit until `Accepted`.
+        let send = SendCredit::none(self.max_window);
+        self.insert(
+            ours,
+            Entry {
+                peer: target,
+                peer_stream: theirs,
+                link,
+                side: 0,
+                state: State::Opening { req, deadline },
+                send,
+                ends: HalfClose::default(),
+            },
+        );
+        Outcome::Done
+    }
+
+    /// `stream_accept`.
+    pub(crate) fn accept(&mut self, me: &ConnShared, stream: u64, window: u64) -> Outcome {
+        let max = self.max_window;
+        let Some(e) = self.entries.get_mut(&stream) else {
+            return Self::known(me, stream);
+        };
+        let State::Offered { window: granted } = e.state else {
+            let why =
+                format!("stream {stream} was not offered to this client, or is already accepted");
+            return self.violation(stream, ErrorCode::StreamState, why);
+        };
+        if window > max {
+            let why = format!(
+                "`window` is {window} bytes; at most {max} are allowed (max_stream_window_bytes)"
+            );
+            return self.violation(stream, ErrorCode::FlowControl, why);
+        }
+        // `granted` was checked against the same maximum when the stream was opened.
+        let Ok(send) = SendCredit::new(granted, max) else {
+            return self.violation(stream, ErrorCode::FlowControl, "window too large".into());
+        };
+        e.send = send;
+        e.state = State::Open;
+        e.tell(StreamItem::Accepted {
+            stream: e.peer_stream,
+            window,
+        });
+        Outcome::Done
+    }
+
+    /// `stream_reject` and `stream_reset`.
+    pub(crate) fn reset(
+        &mut self,
+        me: &ConnShared,
+        stream: u64,
+        reason: String,
+        reject: bool,
+    ) -> Outcome {
+        let Some(e) = self.entries.get(&stream) else {
+            return Self::known(me, stream);
+        };
+        if reject && !matches!(e.state, State::Offered { .. }) {
+            let why = format!("stream {stream} is not waiting for an answer; reset it instead");
+            return self.violation(stream, ErrorCode::StreamState, why);
+        }
+        let code = match e.state {
+            State::Offered { .. } => ErrorCode::StreamRejected,
+            _ => ErrorCode::PeerReset,
+        };
+        if let Some(e) = self.remove(stream) {
+            e.tell(StreamItem::Reset {
+                stream: e.peer_stream,
+                code,
+                reason: reason.into(),
+            });
+        }
+        Outcome::Done
+    }
+
+    /// `stream_credit`.
+    pub(crate) fn credit(&mut self, me: &ConnShared, stream: u64, bytes: u64) -> Outcome {
+        let Some(e) = self.entries.get(&stream) else {
+            return Self::known(me, stream);
+        };
+        if !matches!(e.state, State::Open) {
+            let why = format!("stream {stream} is not open yet");
+            return self.violation(stream, ErrorCode::StreamState, why);
+        }
+        if !e.ends.may_receive() {
+            // Nothing more will come on this direction: the credit is moot.
+            return Outcome::Done;
+        }
+        let other = 1 - e.side;
+        let before = e.link.pending[other]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_add(bytes))
+            })
+            .unwrap_or(u64::MAX);
+        if before == 0 {
+            e.tell(StreamItem::Credit {
+                stream: e.peer_stream,
+            });
+        }
+        Outcome::Done
+    }
+
+    /// `stream_end`.
+    pub(crate) fn end(&mut self, me: &ConnShared, stream: u64) -> Outcome {
+        let Some(e) = self.entries.get_mut(&stream) else {
+            return Self::known(me, stream);
+        };
+        if !matches!(e.state, State::Open) {
+            let why = format!("stream {stream} is not open yet");
+            return self.violation(stream, ErrorCode::StreamState, why);
+        }
+        if !e.ends.end_local() {
+            let why = format!("stream {stream} was already ended by this client");
+            return self.violation(stream, ErrorCode::StreamState, why);
+        }
+        e.tell(StreamItem::End {
+            stream: e.peer_stream,
+        });
+        if e.ends.finished() {
+            self.remove(stream);
+        }
+        Outcome::Done
+    }
+
+    /// A data frame from the client: checks it and queues it for the other end.
+    pub(crate) fn data(&mut self, me: &ConnShared, stream: u64, data: bytes::Bytes) -> Outcome {
+        let Some(e) = self.entries.get_mut(&stream) else {
+            return Self::known(me, stream);
+        };
+        if !matches!(e.state, State::Open) {
+            let why = format!("data on stream {stream} before it was accepted");
+            return self.violation(stream, ErrorCode::StreamState, why);
+        }
+        if !e.ends.may_send() {
+            let why = format!("data on stream {stream} after this client ended it");
+            return self.violation(stream, ErrorCode::StreamState, why);
+        }
+        let len = data.len() as u64;
+        if let Err(err) = e.send.consume(len) {
+            return self.violation(stream, ErrorCode::FlowControl, err.to_string());
+        }
+        self.metrics.inc_stream_bytes(len);
+        e.tell(StreamItem::Data(EncodedBody::data(e.peer_stream, data)));
+        Outcome::Done
+    }
+
+    /// A data frame is about to be written: whether its stream is still ours.
+    pub(crate) fn deliverable(&self, stream: u64) -> bool {
+        self.entries.contains_key(&stream)
+    }
+
+    /// An item from the other end of a stream; returns the frame to write, in order.
+    pub(crate) fn on_item(&mut self, item: StreamItem) -> Option<ServerFrame> {
+        match item {
+            StreamItem::Data(_) => None,
+            StreamItem::Incoming(inc) => {
+                let Incoming {
+                    stream,
+                    opener,
+                    opener_stream,
+                    from,
+                    meta,
+                    window,
+                    link,
+                    ..
+                } = *inc;
+                if self.entries.len() >= self.max_streams {
+                    let reason = format!(
+                        "{} already has {} streams (max_streams_per_client)",
+                        from,
+                        self.entries.len()
+                    );
+                    let _ = opener.mailbox.push_stream(StreamItem::Reset {
+                        stream: opener_stream,
+                        code: ErrorCode::TooManyStreams,
+                        reason: reason.into(),
+                    });
+                    return None;
+                }
+                self.insert(
+                    stream,
+                    Entry {
+                        peer: opener,
+                        peer_stream: opener_stream,
+                        link,
+                        side: 1,
+                        state: State::Offered { window },
+                        send: SendCredit::none(self.max_window),
+                        ends: HalfClose::default(),
+                    },
+                );
+                Some(ServerFrame::StreamRequest(StreamRequest {
+                    stream,
+                    from,
+                    meta,
+                    window,
+                }))
+            }
+            StreamItem::Accepted { stream, window } => {
+                let max = self.max_window;
+                let e = self.entries.get_mut(&stream)?;
+                let State::Opening { req, deadline } = e.state else {
+                    return None;
+                };
+                e.send = SendCredit::new(window, max).ok()?;
+                e.state = State::Open;
+                self.deadlines.remove(&(deadline, stream));
+                Some(ServerFrame::StreamAccepted {
+                    req,
+                    stream,
+                    window,
+                })
+            }
+            StreamItem::Credit { stream } => {
+                let e = self.entries.get_mut(&stream)?;
+                let bytes = e.link.pending[e.side].swap(0, Ordering::AcqRel);
+                if bytes == 0 || !e.ends.may_send() {
+                    return None;
+                }
+                if let Err(err) = e.send.grant(bytes) {
+                    let why = format!("the other end granted too much credit: {err}");
+                    let peer_stream = e.peer_stream;
+                    if let Some(e) = self.remove(stream) {
+                        e.tell(StreamItem::Reset {
+                            stream: peer_stream,
+                            code: ErrorCode::FlowControl,
+                            reason: err.to_string().into(),
+                        });
+                    }
+                    self.metrics.inc_error(ErrorCode::FlowControl);
+                    return Some(reset_frame(stream, ErrorCode::FlowControl, why));
+                }
+                Some(ServerFrame::StreamCredit { stream, bytes })
+            }
+            StreamItem::End { stream } => {
+                let e = self.entries.get_mut(&stream)?;
+                e.ends.end_remote();
+                if e.ends.finished() {
+                    self.remove(stream);
+                }
+                Some(ServerFrame::StreamEnd { stream })
+            }
+            StreamItem::Reset {
+                stream,
+                code,
+                reason,
+            } => {
+                let e = self.remove(stream)?;
+                Some(match e.state {
+                    State::Opening { req, .. } => error_frame(code, reason, req),
+                    _ => reset_frame(stream, code, reason),
+                })
+            }
+        }
+    }
+
+    /// The earliest open deadline.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(d, _)| *d)
+    }
+
+    /// Opens whose target did not answer in time: the errors for the client.
+    pub(crate) fn handle_timeout(&mut self, now: Instant, me: &ClientId) -> Vec<ServerFrame> {
+        let mut out = Vec::new();
+        while let Some(&(deadline, stream)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(e) = self.remove(stream) else {
+                continue;
+            };
+            let State::Opening { req, .. } = e.state else {
+                continue;
+            };
+            let secs = self.open_timeout.as_secs_f64();
+            e.tell(StreamItem::Reset {
+                stream: e.peer_stream,
+                code: ErrorCode::StreamTimeout,
+                reason: format!("the stream from {me} was not answered within {secs} s").into(),
+            });
+            self.metrics.inc_error(ErrorCode::StreamTimeout);
+            let m = format!(
+                "{} did not accept or reject the stream within {secs} s",
+                e.peer.client
+            );
+            out.push(error_frame(ErrorCode::StreamTimeout, m, req));
+        }
+        out
+    }
+
+    /// The connection ends: every other end learns it with `peer_left`, and streams offered
+    /// to this connection that it never saw are refused.
+    pub(crate) fn close(&mut self, me: &ClientId, unread: impl IntoIterator<Item = StreamItem>) {
+        let reason: Box<str> = format!("{me} disconnected").into();
+        let ids: Vec<u64> = self.entries.keys().copied().collect();
+        for id in ids {
+            if let Some(e) = self.remove(id) {
+                e.tell(StreamItem::Reset {
+                    stream: e.peer_stream,
+                    code: ErrorCode::PeerLeft,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        self.deadlines.clear();
+        for item in unread {
+            if let StreamItem::Incoming(inc) = item {
+                let _ = inc.opener.mailbox.push_stream(StreamItem::Reset {
+                    stream: inc.opener_stream,
+                    code: ErrorCode::PeerLeft,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::mailbox::Outbound;
+    use crate::registry::{ConnInfo, MailboxLimits};
+    use bytes::Bytes;
+    use peermesh_proto::Encoding;
+
+    fn conn(no: u64, id: &str) -> Arc<ConnShared> {
+        let info = ConnInfo {
+            addr: "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+            ip: "127.0.0.1".into(),
+            meta: Vec::new(),
+            version: "1.0.0".into(),
+            connected_at: std::time::SystemTime::now(),
+        };
+        let limits = MailboxLimits {
+            frames: 16,
+            bytes: 1 << 20,
+            notices: 16,
+        };
+        let id = ClientId::new(id).unwrap_or_else(|_| unreachable!());
+        Arc::new(ConnShared::new(
+            no,
+            no as u32,
+            id,
+            Encoding::Json,
+            String::new(),
+            info,
+            limits,
+        ))
+    }
+
+    struct End {
+        conn: Arc<ConnShared>,
+        streams: Streams,
+    }
+
+    impl End {
+        fn new(no: u64, id: &str, metrics: &Arc<Metrics>) -> Self {
+            Self {
+                conn: conn(no, id),
+                streams: Streams::new(4, 100, Duration::from_secs(1), metrics.clone()),
+            }
+        }
+
+        /// Handles every queued item, as the writer would: the frames the client sees.
+        fn pump(&mut self) -> Vec<ServerFrame> {
+            let mut out = Vec::new();
+            let taken = self.conn.mailbox.take(VecDeque::new());
+            for o in taken.frames {
+                match o {
+                    Outbound::Stream(StreamItem::Data(b)) => {
+                        let (stream, len) = b.data_stream().unwrap_or((0, 0));
+                        if self.streams.deliverable(stream) {
+                            out.push(ServerFrame::StreamCredit {
+                                stream,
+                                bytes: len as u64,
+                            });
+                        }
+                    }
+                    Outbound::Stream(item) => out.extend(self.streams.on_item(item)),
+                    Outbound::Frame(_) => {}
+                }
+            }
+            out
+        }
+    }
+
+    fn open_req(to: &str, window: u64) -> StreamOpen {
+        StreamOpen {
+            to: ClientId::new(to).unwrap_or_else(|_| unreachable!()),
+            meta: None,
+            window,
+            req: 1,
+        }
+    }
+
+    #[test]
+    fn open_data_credit_end_and_every_entry_freed() {
+        let metrics = Arc::new(Metrics::default());
+        let mut a = End::new(1, "alice", &metrics);
+        let mut b = End::new(2, "bob", &metrics);
+        let now = Instant::now();
+        let o = a
+            .streams
+            .open(&a.conn, Some(b.conn.clone()), open_req("bob", 10), now);
+        assert_eq!(o, Outcome::Done);
+        let frames = b.pump();
+        let [ServerFrame::StreamRequest(r)] = &frames[..] else {
+            panic!("{frames:?}")
+        };
+        let sb = r.stream;
+        assert_eq!(b.streams.accept(&b.conn, sb, 5), Outcome::Done);
+        let frames = a.pump();
+        let [ServerFrame::StreamAccepted {
+            stream: sa,
+            window: 5,
+            ..
+        }] = frames[..]
+        else {
+            panic!("{frames:?}")
+        };
+        // alice may send 5 bytes; the 6th breaks flow control later.
+        assert_eq!(
+            a.streams.data(&a.conn, sa, Bytes::from_static(b"12345")),
+            Outcome::Done
+        );
+        assert_eq!(b.pump().len(), 1, "the data reached bob");
+        // Two grants before alice's task runs arrive as one credit.
+        b.streams.credit(&b.conn, sb, 2);
+        b.streams.credit(&b.conn, sb, 3);
+        let frames = a.pump();
+        assert_eq!(
+            frames,
+            [ServerFrame::StreamCredit {
+                stream: sa,
+                bytes: 5
+            }]
+        );
+        assert_eq!(a.streams.end(&a.conn, sa), Outcome::Done);
+        assert_eq!(b.pump(), [ServerFrame::StreamEnd { stream: sb }]);
+        assert_eq!(metrics.stream_ends(), 2, "half-closed streams are kept");
+        assert_eq!(b.streams.end(&b.conn, sb), Outcome::Done);
+        assert_eq!(a.pump(), [ServerFrame::StreamEnd { stream: sa }]);
+        assert_eq!(metrics.stream_ends(), 0);
+        // Frames for the finished stream are ignored; never-allocated ids are unknown.
+        assert_eq!(
+            a.streams.data(&a.conn, sa, Bytes::from_static(b"x")),
+            Outcome::Done
+        );
+        assert_eq!(a.streams.end(&a.conn, 999), Outcome::Unknown);
+    }
+
+    #[test]
+    fn over_credit_and_leaving_reset_the_other_end() {
+        let metrics = Arc::new(Metrics::default());
+        let mut a = End::new(1, "alice", &metrics);
+        let mut b = End::new(2, "bob", &metrics);
+        let now = Instant::now();
+        a.streams
+            .open(&a.conn, Some(b.conn.clone()), open_req("bob", 0), now);
+        let sb = match &b.pump()[..] {
+            [ServerFrame::StreamRequest(r)] => r.stream,
+            other => panic!("{other:?}"),
+        };
+        b.streams.accept(&b.conn, sb, 3);
+        let sa = match a.pump()[..] {
+            [ServerFrame::StreamAccepted { stream, .. }] => stream,
+            ref other => panic!("{other:?}"),
+        };
+        let o = a.streams.data(&a.conn, sa, Bytes::from_static(b"1234"));
+        let Outcome::Reply(ServerFrame::StreamReset { code, .. }) = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(code, ErrorCode::FlowControl);
+        let frames = b.pump();
+        assert!(
+            matches!(
+                frames[..],
+                [ServerFrame::StreamReset {
+                    code: ErrorCode::FlowControl,
+                    ..
+                }]
+            ),
+            "{frames:?}"
+        );
+        assert_eq!(metrics.stream_ends(), 0);
+
+        // An offered stream whose target leaves: the opener's request fails with peer_left.
+        a.streams
+            .open(&a.conn, Some(b.conn.clone()), open_req("bob", 0), now);
+        let unread = b.conn.mailbox.close();
+        let unread = unread.into_iter().filter_map(|o| match o {
+            Outbound::Stream(i) => Some(i),
+            Outbound::Frame(_) => None,
+        });
+        b.streams.close(&b.conn.client, unread);
+        let frames = a.pump();
+        let [ServerFrame::Error(e)] = &frames[..] else {
+            panic!("{frames:?}")
+        };
+        assert_eq!((e.code, e.req), (ErrorCode::PeerLeft, Some(1)));
+        assert_eq!(metrics.stream_ends(), 0);
+    }
+}
