@@ -12,7 +12,8 @@
 //! `docs/cli.md` for the contract.
 
 mod command;
-mod output;
+pub(crate) mod output;
+mod pipe;
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -75,6 +76,11 @@ Events (stdout):
   {"type":"reconnected","id":"alice","attempt":1,"rooms":["r"]}
   {"type":"lost","reason":"..."}
 
+Pipes (streams):
+  --pipe ID opens a stream to ID and joins it to stdin/stdout; --accept-pipe accepts the first
+  stream opened to this client. stdout then carries the stream's bytes only (events and logs go
+  to stderr); exit 0 once both directions ended cleanly, 1 on refusal, reset or lost connection.
+
 Example:
   peermesh serve &
   peermesh connect ws://127.0.0.1:7070/ws --id bob &
@@ -109,6 +115,13 @@ pub(crate) struct ConnectArgs {
     /// Reconnect attempts after the connection drops (0: exit when it drops).
     #[arg(long, default_value_t = 8)]
     reconnect_attempts: u32,
+    /// Open a stream to this client and connect it to stdin/stdout (netcat through the hub):
+    /// stdout carries the stream's bytes only, events go to stderr.
+    #[arg(long, value_name = "ID", conflicts_with = "accept_pipe")]
+    pipe: Option<String>,
+    /// Accept the first stream another client opens and connect it to stdin/stdout.
+    #[arg(long)]
+    accept_pipe: bool,
 }
 
 /// The `--enc` values.
@@ -141,6 +154,22 @@ impl ConnectArgs {
 }
 
 pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
+    let role = match (&args.pipe, args.accept_pipe) {
+        (Some(to), _) => Some(pipe::Role::Open(to.clone())),
+        (None, true) => Some(pipe::Role::Accept),
+        (None, false) => None,
+    };
+    if let Some(role) = role {
+        // A stream does not survive a reconnect: the pipe ends with its connection.
+        let opts = ClientOptions {
+            reconnect: None,
+            ..args.options()
+        };
+        let client = Client::connect(opts)
+            .await
+            .map_err(|e| anyhow!("cannot connect to {}: {e}", args.url))?;
+        return pipe::run(client, role).await;
+    }
     let (out, writer) = Output::spawn();
     let result = session(&args, out).await;
     // Every `Output` is gone once the session returns: the writer drains and stops.
@@ -321,7 +350,7 @@ async fn submit<T: Send + 'static>(
 
 /// One item read from stdin.
 #[derive(Debug, PartialEq)]
-enum Input {
+pub(crate) enum Input {
     /// A complete line, without its line ending.
     Line(String),
     /// A line that cannot be a command (too long, not UTF-8).
@@ -329,7 +358,7 @@ enum Input {
 }
 
 /// Reads stdin on its own thread (a blocked read must not hold up the runtime's shutdown).
-fn spawn_stdin_reader() -> anyhow::Result<mpsc::Receiver<Input>> {
+pub(crate) fn spawn_stdin_reader() -> anyhow::Result<mpsc::Receiver<Input>> {
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_LINES);
     std::thread::Builder::new()
         .name("peermesh-stdin".into())

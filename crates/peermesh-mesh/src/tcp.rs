@@ -710,6 +710,7 @@ impl ConnTask {
     }
 
     async fn run(mut self, stream: Option<TcpStream>, connect_timeout: Duration) {
+        let dialled = stream.is_none();
         let mut stream = match stream {
             Some(s) => s,
             None => {
@@ -742,7 +743,9 @@ impl ConnTask {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("cannot set TCP_NODELAY: {e}");
         }
-        if !self.report(ConnEvent::Connected).await {
+        // Only a dial has news for the manager: `handle_inbound` already registered an
+        // accepted connection (and reported its `PeerConnect`).
+        if dialled && !self.report(ConnEvent::Connected).await {
             return;
         }
         debug!("connected");
