@@ -7,7 +7,9 @@
 mod bench;
 mod connect;
 mod logging;
+mod peers;
 mod serve;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -26,8 +28,21 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Connect to a hub as one client: JSON commands on stdin, JSON events on stdout.
     Connect(connect::ConnectArgs),
+    /// Run a p2p-node peer manager over TCP: JSON commands on stdin, JSON events on stdout.
+    #[command(
+        long_about = "Run a peer manager that speaks the p2p-node TCP framing of the npm \
+                      p2p-manager package: it listens, dials seeds and added hosts, keeps \
+                      between --min-peers and --max-peers connections, sends to random peers \
+                      selected by a property and collects their answers. It is driven by JSON \
+                      lines with the contract of `peermesh connect`: one command (\"op\") per \
+                      stdin line, one event (\"type\") per stdout line, logs on stderr."
+    )]
+    Peers(peers::PeersArgs),
     /// Load-test a running hub (and a Socket.IO 4 reference) and print a summary table.
     Bench(Box<bench::BenchArgs>),
+    /// Simulate a mesh of N nodes in memory and print delivery, hops and join figures.
+    #[command(long_about = sim::LONG_ABOUT)]
+    Sim(Box<sim::SimArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,7 +62,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Connect(args) => connect::run(args).await,
+            Command::Peers(args) => peers::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
+            Command::Sim(args) => sim::run(*args).await,
         }
     });
     match result {

@@ -38,7 +38,10 @@
 
 pub mod id;
 pub mod manager;
+pub mod node;
+pub mod sim;
 pub mod tcp;
 #[doc(hidden)]
 pub mod testing;
 pub mod wire;
+pub mod ws;

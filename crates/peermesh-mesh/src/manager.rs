@@ -193,6 +193,13 @@ pub struct PeerInfo<K = PeerAddr> {
     since: Instant,
 }
 
+impl<K> PeerInfo<K> {
+    /// When the peer was dialled or connected.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+}
+
 /// Configuration; every field documents its default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ManagerConfig {
@@ -882,6 +889,20 @@ impl<K: PeerKey, P: DialPolicy<K>> PeerManager<K, P> {
         self.events
             .push_back(ManagerEvent::PeerConnect(addr.clone()));
         true
+    }
+
+    /// At `max_peers`, the peer the policy would disconnect to make room for `newcomer`
+    /// (nothing is changed).
+    pub fn eviction_candidate(&mut self, newcomer: &K, now: Instant) -> Option<K> {
+        let view = PoolView {
+            active: &self.active,
+            pool: &self.pool,
+            bad: &self.bad,
+            cfg: &self.cfg,
+            launching: self.state == ManagerState::Launching,
+            now,
+        };
+        self.policy.evict_for(newcomer, &view)
     }
 
     /// Removes `victim` from the active set at once (its close is asked for) to make room.

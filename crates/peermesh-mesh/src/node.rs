@@ -1,0 +1,1148 @@
+//! The mesh node, free of I/O: links, routing and the table, for peer-relay's wire.
+//!
+//! A [`Node`] is fed what happened on its links (`handle_*`, each with the current
+//! `Instant`) and what the application wants ([`Node::send`], [`Node::connect`], …); it
+//! answers with [`Output`]s to carry out (send a frame on a link, dial a URL, close a link)
+//! and [`NodeEvent`]s for the application, and asks to be woken at [`Node::poll_timeout`]. The
+//! tokio shell ([`crate::ws`]) and the simulator (`peermesh sim`) drive the same core.
+//!
+//! Links and candidates are kept by the [`PeerManager`] of [`crate::manager`], keyed by
+//! [`NodeId`] and driven by the [`MeshPolicy`]; a manager "dial" is a handshake relayed over the
+//! mesh (offer → answer with a listener URL → WebSocket connection).
+//!
+//! What peermesh does beyond peer-relay, on the same wire:
+//! - links cover the k-buckets ([`ConnectionRule::Buckets`]), not only the closest ids;
+//! - handshakes time out and are offered again, then the candidate is backed off;
+//! - the way back to a sender is remembered per hop (peer-relay's memory breaks once a
+//!   relayed message has been re-encoded), so answers reach newcomers;
+//! - links are symmetric: a link is in the table on both sides or closed;
+//! - the table is refreshed periodically and shortly after a link is lost;
+//! - every memory is bounded: nonces, paths, candidates, the queue of unsent messages.
+
+pub mod config;
+mod memory;
+pub mod policy;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, trace};
+
+pub use config::{ConnectionRule, NodeConfig};
+pub use policy::MeshPolicy;
+
+use crate::id::{NodeId, BUCKETS};
+use crate::manager::{Action, ConfigError, Direction, ManagerEvent, PeerManager, PeerState};
+use crate::wire::peer_relay::{
+    decode_envelope, decode_greeting, encode_envelope, encode_greeting, Envelope, Message, RawJson,
+    WireError,
+};
+use crate::wire::Severity;
+use memory::{Paths, Seen};
+
+/// Most peer URLs remembered for rejoining.
+const REJOIN_URLS: usize = 16;
+
+/// A link's number, unique within a node.
+pub type LinkId = u64;
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send one text message on the link.
+    Transmit {
+        /// The link.
+        link: LinkId,
+        /// The message (shared between the links a message fans out to).
+        frame: Bytes,
+    },
+    /// Open a WebSocket to `url`, then report [`Node::handle_link_up`] or
+    /// [`Node::handle_link_closed`] for `link`.
+    Dial {
+        /// The link number to report under.
+        link: LinkId,
+        /// Where to connect.
+        url: String,
+    },
+    /// Close the link, then report [`Node::handle_link_closed`].
+    Close {
+        /// The link.
+        link: LinkId,
+        /// Why, for logs.
+        reason: &'static str,
+    },
+}
+
+/// Something that happened, for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// A message addressed to this node.
+    Message {
+        /// The origin.
+        from: NodeId,
+        /// What it sent.
+        data: RawJson,
+        /// The nodes that carried it, origin first.
+        path: Vec<NodeId>,
+    },
+    /// A direct link is up.
+    PeerConnected(NodeId),
+    /// A direct link is gone.
+    PeerGone(NodeId),
+}
+
+/// Counters, for metrics and the simulator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Frames received on links.
+    pub frames_in: u64,
+    /// Frames sent on links.
+    pub frames_out: u64,
+    /// Messages handled (received for the first time, delivered or relayed).
+    pub handled: u64,
+    /// User messages delivered to this node's application.
+    pub delivered: u64,
+    /// Messages sent on towards their target.
+    pub relayed: u64,
+    /// Copies of messages already seen, dropped.
+    pub duplicates: u64,
+    /// Messages dropped at the hop limit.
+    pub hop_limit: u64,
+    /// Messages dropped because no link could take them on.
+    pub no_route: u64,
+    /// Frames dropped because they could not be decoded, by any reason.
+    pub malformed: u64,
+    /// Messages queued while the node had no link.
+    pub queued: u64,
+    /// Queued messages dropped because the queue was full.
+    pub queue_dropped: u64,
+    /// Handshake offers sent.
+    pub offers: u64,
+    /// Links refused or closed as duplicates, for bad greetings, or for capacity.
+    pub links_refused: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum LinkState {
+    /// Dialled, not open yet.
+    Dialing { expected: Option<NodeId> },
+    /// Open, waiting for the peer's id.
+    Greeting { expected: Option<NodeId> },
+    /// In the table under this id.
+    Up(NodeId),
+    /// Closing; was in the table under this id if `Some`.
+    Closing(Option<NodeId>),
+}
+
+#[derive(Debug)]
+struct Link {
+    state: LinkState,
+    direction: Direction,
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct Handshake {
+    attempts: u32,
+    next: Instant,
+    dialing: bool,
+}
+
+/// A message being sent on.
+struct Routed<'a> {
+    to: NodeId,
+    from: NodeId,
+    path: Vec<NodeId>,
+    nonce: &'a str,
+    data: &'a RawJson,
+}
+
+#[derive(Debug)]
+struct Queued {
+    to: NodeId,
+    from: NodeId,
+    path: Vec<NodeId>,
+    nonce: String,
+    data: RawJson,
+}
+
+/// The mesh node's state machine. See the module docs.
+#[derive(Debug)]
+pub struct Node {
+    id: NodeId,
+    url: Option<String>,
+    cfg: NodeConfig,
+    manager: PeerManager<NodeId, MeshPolicy>,
+    links: HashMap<LinkId, Link>,
+    by_peer: HashMap<NodeId, LinkId>,
+    next_link: LinkId,
+    handshakes: HashMap<NodeId, Handshake>,
+    seen: Seen,
+    paths: Paths,
+    queue: VecDeque<Queued>,
+    outputs: VecDeque<Output>,
+    events: VecDeque<NodeEvent>,
+    announced: std::collections::HashSet<NodeId>,
+    /// Who told us about a candidate: a handshake offer goes through it, since it is linked
+    /// to the candidate (or knows the way). Bounded: cleared when it outgrows the pool.
+    introducers: HashMap<NodeId, NodeId>,
+    /// URLs to rejoin through when the node has no link left: the bootstrap URLs, then the
+    /// URLs of the last peers that answered a handshake (at most `REJOIN_URLS`).
+    rejoin: VecDeque<String>,
+    bootstraps: Vec<String>,
+    rejoin_at: Option<Instant>,
+    rejoin_backoff: std::time::Duration,
+    next_refresh: Instant,
+    repair_at: Option<Instant>,
+    destroyed: bool,
+    rng: StdRng,
+    stats: NodeStats,
+}
+
+impl Node {
+    /// A node with a random id drawn from `seed`, listening at `url` (or not listening).
+    pub fn new(
+        cfg: NodeConfig,
+        url: Option<String>,
+        now: Instant,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let id = NodeId::random(&mut rng);
+        Self::with_id(id, cfg, url, now, seed)
+    }
+
+    /// A node with the given id.
+    pub fn with_id(
+        id: NodeId,
+        cfg: NodeConfig,
+        url: Option<String>,
+        now: Instant,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        let mcfg = cfg.manager_config()?;
+        let policy = MeshPolicy::new(
+            id,
+            cfg.rule,
+            cfg.target_peers,
+            cfg.max_peers - cfg.reserve_inbound,
+            cfg.links_per_bucket,
+            cfg.near_links,
+        );
+        let mut manager = PeerManager::with_policy(mcfg, policy, now, seed ^ 0x6d65_7368)?;
+        manager.launch_keys([], now);
+        Ok(Self {
+            id,
+            url,
+            seen: Seen::new(cfg.seen_capacity, cfg.seen_ttl),
+            paths: Paths::new(cfg.path_capacity, cfg.path_ttl),
+            next_refresh: now + cfg.refresh_interval,
+            cfg,
+            manager,
+            links: HashMap::new(),
+            by_peer: HashMap::new(),
+            next_link: 1,
+            handshakes: HashMap::new(),
+            queue: VecDeque::new(),
+            outputs: VecDeque::new(),
+            events: VecDeque::new(),
+            announced: Default::default(),
+            introducers: HashMap::new(),
+            rejoin: VecDeque::new(),
+            bootstraps: Vec::new(),
+            rejoin_at: None,
+            rejoin_backoff: std::time::Duration::ZERO,
+            repair_at: None,
+            destroyed: false,
+            rng: StdRng::seed_from_u64(seed.rotate_left(17) ^ 0x7065_6572),
+            stats: NodeStats::default(),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The WebSocket URL this node tells others to connect to.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
+    /// Sets the listener URL (once the shell knows its port).
+    pub fn set_url(&mut self, url: Option<String>) {
+        self.url = url;
+    }
+
+    /// The options.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// The ids of the peers with a link up, sorted.
+    pub fn peers(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.by_peer.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Number of links in the table.
+    pub fn peer_count(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    /// Number of candidates known.
+    pub fn candidate_count(&self) -> usize {
+        self.manager.pool_len()
+    }
+
+    /// Sizes of the bounded memories: (nonces, paths, queue).
+    pub fn memory_sizes(&self) -> (usize, usize, usize) {
+        (self.seen.len(), self.paths.len(), self.queue.len())
+    }
+
+    /// Whether [`Node::destroy`] was called.
+    pub fn is_destroyed(&self) -> bool {
+        self.destroyed
+    }
+
+    fn new_link(&mut self, state: LinkState, direction: Direction, now: Instant) -> LinkId {
+        let link = self.next_link;
+        self.next_link += 1;
+        self.links.insert(
+            link,
+            Link {
+                state,
+                direction,
+                since: now,
+            },
+        );
+        link
+    }
+
+    /// Dials a bootstrap URL (its node is known once it greets).
+    pub fn bootstrap(&mut self, url: &str, now: Instant) {
+        if self.destroyed {
+            return;
+        }
+        if !self.bootstraps.iter().any(|u| u == url) && self.bootstraps.len() < REJOIN_URLS {
+            self.bootstraps.push(url.to_string());
+        }
+        self.dial_url(url.to_string(), None, now);
+    }
+
+    /// With no link left (and none opening), dial the bootstrap URLs and a few remembered
+    /// peer URLs again, backing off from 1 s to 30 s between attempts.
+    fn check_isolated(&mut self, now: Instant) {
+        if self.destroyed || !self.by_peer.is_empty() {
+            self.rejoin_at = None;
+            self.rejoin_backoff = std::time::Duration::ZERO;
+            return;
+        }
+        let opening = self.links.values().any(|l| {
+            matches!(
+                l.state,
+                LinkState::Dialing { .. } | LinkState::Greeting { .. }
+            )
+        });
+        if opening {
+            return;
+        }
+        match self.rejoin_at {
+            None => {
+                self.rejoin_backoff = self.cfg.repair_delay;
+                self.rejoin_at = Some(now + self.rejoin_backoff);
+            }
+            Some(t) if t <= now => {
+                let urls: Vec<String> = self
+                    .bootstraps
+                    .iter()
+                    .chain(self.rejoin.iter().rev().take(3))
+                    .cloned()
+                    .collect();
+                for u in urls {
+                    self.dial_url(u, None, now);
+                }
+                self.rejoin_backoff =
+                    (self.rejoin_backoff * 2).min(std::time::Duration::from_secs(30));
+                self.rejoin_at = Some(now + self.rejoin_backoff);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn dial_url(&mut self, url: String, expected: Option<NodeId>, now: Instant) {
+        let link = self.new_link(LinkState::Dialing { expected }, Direction::Outbound, now);
+        self.outputs.push_back(Output::Dial { link, url });
+    }
+
+    /// Someone connected to our listener: returns the link number to report its frames under.
+    /// The greeting is sent at once.
+    pub fn handle_inbound(&mut self, now: Instant) -> LinkId {
+        let link = self.new_link(
+            LinkState::Greeting { expected: None },
+            Direction::Inbound,
+            now,
+        );
+        if self.destroyed {
+            self.close_link(link, "node destroyed");
+        } else {
+            self.transmit(link, encode_greeting(&self.id));
+        }
+        link
+    }
+
+    /// A dialled link opened: the greeting is sent.
+    pub fn handle_link_up(&mut self, link: LinkId, _now: Instant) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let LinkState::Dialing { expected } = l.state else {
+            return;
+        };
+        l.state = LinkState::Greeting { expected };
+        if self.destroyed {
+            self.close_link(link, "node destroyed");
+        } else {
+            self.transmit(link, encode_greeting(&self.id));
+        }
+    }
+
+    /// A link closed or could not be opened.
+    pub fn handle_link_closed(&mut self, link: LinkId, now: Instant) {
+        let Some(l) = self.links.remove(&link) else {
+            return;
+        };
+        match l.state {
+            LinkState::Up(peer) | LinkState::Closing(Some(peer)) => {
+                let current = self.by_peer.get(&peer) == Some(&link);
+                if current || !self.by_peer.contains_key(&peer) {
+                    self.by_peer.remove(&peer);
+                    self.paths.forget_hop(&peer);
+                    self.manager.handle_closed(&peer, "link closed", now);
+                    self.schedule_repair(now);
+                }
+            }
+            LinkState::Dialing {
+                expected: Some(peer),
+            }
+            | LinkState::Greeting {
+                expected: Some(peer),
+            } if self.manager.peer(&peer).is_some() && !self.by_peer.contains_key(&peer) => {
+                self.handshakes.remove(&peer);
+                self.manager
+                    .handle_dial_failed(&peer, "the WebSocket did not open", now);
+            }
+            _ => {}
+        }
+        self.drain_manager(now);
+        self.check_isolated(now);
+    }
+
+    /// Something showed the link is alive (a WebSocket pong): its peer is not idle.
+    pub fn handle_link_alive(&mut self, link: LinkId, now: Instant) {
+        if let Some(Link {
+            state: LinkState::Up(peer),
+            ..
+        }) = self.links.get(&link)
+        {
+            let peer = *peer;
+            self.manager.touch(&peer, now);
+        }
+    }
+
+    /// A text message arrived on a link.
+    pub fn handle_frame(&mut self, link: LinkId, frame: &[u8], now: Instant) {
+        self.stats.frames_in += 1;
+        let Some(l) = self.links.get(&link) else {
+            return;
+        };
+        match l.state.clone() {
+            LinkState::Greeting { expected } => self.on_greeting(link, expected, frame, now),
+            LinkState::Up(peer) => {
+                match decode_envelope(frame, self.cfg.max_frame) {
+                    Ok(env) => self.on_envelope(peer, env, now),
+                    Err(e) => self.malformed(Some(peer), &e),
+                }
+                self.drain_manager(now);
+            }
+            LinkState::Dialing { .. } | LinkState::Closing(_) => {}
+        }
+    }
+
+    fn malformed(&mut self, peer: Option<NodeId>, e: &WireError) {
+        self.stats.malformed += 1;
+        debug!(
+            node = %self.id.short(),
+            peer = ?peer,
+            code = e.code(),
+            "dropped a frame: {e}"
+        );
+    }
+
+    fn on_greeting(&mut self, link: LinkId, expected: Option<NodeId>, frame: &[u8], now: Instant) {
+        let peer = match decode_greeting(frame) {
+            Ok(p) => p,
+            Err(e) => {
+                self.malformed(None, &e);
+                self.stats.links_refused += 1;
+                self.close_link(link, "the first message was not a node id");
+                return;
+            }
+        };
+        if peer == self.id {
+            self.stats.links_refused += 1;
+            self.close_link(link, "connected to itself");
+            return;
+        }
+        if let Some(want) = expected {
+            if want != peer {
+                self.stats.links_refused += 1;
+                self.close_link(link, "the node at that URL has another id");
+                self.handshakes.remove(&want);
+                self.manager
+                    .fault(&want, "its URL led to another node", now);
+                self.manager.handle_dial_failed(&want, "wrong id", now);
+                self.drain_manager(now);
+                return;
+            }
+        }
+        let direction = self
+            .links
+            .get(&link)
+            .map_or(Direction::Inbound, |l| l.direction);
+        if let Some(&old) = self.by_peer.get(&peer) {
+            // Two links to one peer: keep the one dialled by the smaller id (both sides agree);
+            // between two dialled by the same side, keep the older.
+            let dialer = |d: Direction| {
+                if d == Direction::Outbound {
+                    self.id
+                } else {
+                    peer
+                }
+            };
+            let old_dir = self
+                .links
+                .get(&old)
+                .map_or(Direction::Inbound, |l| l.direction);
+            let keep_new =
+                dialer(direction) != dialer(old_dir) && dialer(direction) == self.id.min(peer);
+            self.stats.links_refused += 1;
+            if keep_new {
+                self.close_link(old, "duplicate link");
+                self.by_peer.insert(peer, link);
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.state = LinkState::Up(peer);
+                }
+            } else {
+                self.close_link(link, "duplicate link");
+            }
+            return;
+        }
+        let accepted = match self.manager.peer(&peer).map(|p| p.state.clone()) {
+            Some(PeerState::Connecting) => {
+                self.manager.handle_connected(&peer, now);
+                true
+            }
+            Some(_) => false,
+            None => self.manager.handle_accepted(&peer, direction, now),
+        };
+        self.handshakes.remove(&peer);
+        if !accepted {
+            self.stats.links_refused += 1;
+            self.close_link(link, "no room for another link");
+            self.drain_manager(now);
+            return;
+        }
+        if let Some(l) = self.links.get_mut(&link) {
+            l.state = LinkState::Up(peer);
+        }
+        self.by_peer.insert(peer, link);
+        self.drain_manager(now);
+    }
+
+    fn close_link(&mut self, link: LinkId, reason: &'static str) {
+        if let Some(l) = self.links.get_mut(&link) {
+            let mut was = None;
+            match l.state {
+                LinkState::Closing(_) => return,
+                LinkState::Up(peer) if self.by_peer.get(&peer) == Some(&link) => {
+                    self.by_peer.remove(&peer);
+                    was = Some(peer);
+                }
+                _ => {}
+            }
+            l.state = LinkState::Closing(was);
+            self.outputs.push_back(Output::Close { link, reason });
+        }
+    }
+
+    fn transmit(&mut self, link: LinkId, frame: Bytes) {
+        self.stats.frames_out += 1;
+        self.outputs.push_back(Output::Transmit { link, frame });
+    }
+
+    fn on_envelope(&mut self, peer: NodeId, env: Envelope, now: Instant) {
+        if !self.seen.insert(&env.from, &env.nonce, now) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        self.stats.handled += 1;
+        self.manager.touch(&peer, now);
+        if env.from != self.id {
+            self.paths.record(env.from, peer, now);
+        }
+        if env.to != self.id {
+            self.stats.relayed += 1;
+            let routed = Routed {
+                to: env.to,
+                from: env.from,
+                path: env.path,
+                nonce: &env.nonce,
+                data: &env.data,
+            };
+            self.route(routed, None, now);
+            return;
+        }
+        match Message::decode(&env.data) {
+            Ok(Message::User(data)) => {
+                self.stats.delivered += 1;
+                self.events.push_back(NodeEvent::Message {
+                    from: env.from,
+                    data,
+                    path: env.path,
+                });
+            }
+            Ok(Message::FindPeers(target)) => self.on_find_peers(env.from, target, now),
+            Ok(Message::FoundPeers(ids)) => self.on_found_peers(env.from, ids, now),
+            Ok(Message::HandshakeOffer { ws }) => self.on_offer(env.from, ws, now),
+            Ok(Message::HandshakeAnswer { ws, .. }) => self.on_answer(env.from, ws, now),
+            Err(e) => self.malformed(Some(peer), &e),
+        }
+    }
+
+    fn on_find_peers(&mut self, from: NodeId, target: NodeId, now: Instant) {
+        // The 20 closest of the linked peers and the candidates, as in Kademlia.
+        let mut ids: Vec<NodeId> = self
+            .by_peer
+            .keys()
+            .chain(
+                self.manager
+                    .pool()
+                    .filter(|k| !self.by_peer.contains_key(k)),
+            )
+            .filter(|k| **k != from)
+            .copied()
+            .collect();
+        ids.sort_by_key(|k| target.distance(k));
+        ids.truncate(20);
+        self.originate(from, &Message::FoundPeers(ids), now);
+    }
+
+    fn on_found_peers(&mut self, from: NodeId, ids: Vec<NodeId>, now: Instant) {
+        if self.introducers.len() > 2 * self.cfg.max_candidates {
+            let pool: std::collections::HashSet<NodeId> = self.manager.pool().copied().collect();
+            self.introducers.retain(|k, _| pool.contains(k));
+        }
+        let mut per_bucket = [0u16; BUCKETS];
+        for k in self.manager.pool() {
+            if let Some(b) = self.id.bucket_of(k) {
+                per_bucket[b] = per_bucket[b].saturating_add(1);
+            }
+        }
+        let cap = u16::try_from(self.cfg.candidates_per_bucket).unwrap_or(u16::MAX);
+        let mut fresh = Vec::new();
+        for k in ids {
+            let Some(b) = self.id.bucket_of(&k) else {
+                continue;
+            };
+            if per_bucket[b] >= cap || self.by_peer.contains_key(&k) {
+                continue;
+            }
+            if self.manager.pool().any(|p| *p == k) {
+                continue;
+            }
+            per_bucket[b] += 1;
+            fresh.push(k);
+            self.introducers.insert(k, from);
+        }
+        self.manager.add_pool_keys(fresh, now);
+    }
+
+    fn on_offer(&mut self, from: NodeId, ws: Option<String>, now: Instant) {
+        if self.by_peer.contains_key(&from) || from == self.id {
+            return;
+        }
+        // Both offered at once: the smaller id's offer is the one answered.
+        if self.handshakes.contains_key(&from) && from > self.id {
+            return;
+        }
+        let full =
+            self.manager.active_len() >= self.cfg.max_peers && self.manager.peer(&from).is_none();
+        if full && self.manager.eviction_candidate(&from, now).is_none() {
+            debug!(node = %self.id.short(), peer = %from.short(), "offer ignored: no room");
+            return;
+        }
+        let answer = Message::HandshakeAnswer {
+            ws: self.url.clone(),
+            wrtc: false,
+        };
+        self.originate(from, &answer, now);
+        if self.url.is_none() {
+            if let Some(url) = ws {
+                // We cannot be dialled: dial the offerer (a peermesh extension of the offer).
+                self.dial_url(url, Some(from), now);
+            }
+        }
+    }
+
+    fn on_answer(&mut self, from: NodeId, ws: Option<String>, now: Instant) {
+        if self.by_peer.contains_key(&from) {
+            return;
+        }
+        let Some(h) = self.handshakes.get_mut(&from) else {
+            return;
+        };
+        if h.dialing {
+            return;
+        }
+        if let Some(url) = ws {
+            h.dialing = true;
+            if !self.rejoin.contains(&url) {
+                if self.rejoin.len() >= REJOIN_URLS {
+                    self.rejoin.pop_front();
+                }
+                self.rejoin.push_back(url.clone());
+            }
+            self.dial_url(url, Some(from), now);
+        }
+        // Without a URL the answerer cannot be dialled; a peermesh answerer dials the URL of
+        // our offer. Otherwise the handshake times out.
+    }
+
+    /// Sends `data` to the node `to`, through the mesh.
+    pub fn send(&mut self, to: NodeId, data: RawJson, now: Instant) {
+        if self.destroyed {
+            return;
+        }
+        self.originate(to, &Message::User(data), now);
+    }
+
+    /// Starts a direct connection to `id` (a handshake relayed over the mesh).
+    pub fn connect(&mut self, id: NodeId, now: Instant) {
+        if self.destroyed || id == self.id {
+            return;
+        }
+        self.manager.add_active_keys([id], now);
+        self.drain_manager(now);
+    }
+
+    /// Closes the direct link to `id`, if any.
+    pub fn disconnect(&mut self, id: NodeId, now: Instant) {
+        self.manager.del_active(&id, "disconnect requested", now);
+        self.drain_manager(now);
+    }
+
+    /// Closes every link and stops.
+    pub fn destroy(&mut self, now: Instant) {
+        if self.destroyed {
+            return;
+        }
+        self.manager.shutdown(now);
+        self.drain_manager(now);
+        self.destroyed = true;
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for l in links {
+            self.close_link(l, "node destroyed");
+        }
+        self.handshakes.clear();
+        self.queue.clear();
+    }
+
+    fn nonce(&mut self) -> String {
+        // peer-relay's nonces are decimal numbers below 10^15; ours are too.
+        self.rng
+            .random_range(0..1_000_000_000_000_000u64)
+            .to_string()
+    }
+
+    fn originate(&mut self, to: NodeId, msg: &Message, now: Instant) {
+        self.originate_via(to, msg, None, now);
+    }
+
+    /// Like `originate`, with the first hop chosen: `via` when it is linked.
+    fn originate_via(&mut self, to: NodeId, msg: &Message, via: Option<NodeId>, now: Instant) {
+        let nonce = self.nonce();
+        self.seen.insert(&self.id.clone(), &nonce, now);
+        let data = msg.encode();
+        let routed = Routed {
+            to,
+            from: self.id,
+            path: Vec::new(),
+            nonce: &nonce,
+            data: &data,
+        };
+        self.route(routed, via, now);
+    }
+
+    /// Sends a message on towards `to`: to `to` itself when linked, else to the `fanout`
+    /// linked peers closest to it that are not on its path yet, plus the peer the target's
+    /// own messages last came through.
+    fn route(&mut self, env: Routed<'_>, via: Option<NodeId>, now: Instant) {
+        let Routed {
+            to,
+            from,
+            mut path,
+            nonce,
+            data,
+        } = env;
+        if path.len() >= self.cfg.max_hops {
+            self.stats.hop_limit += 1;
+            trace!(node = %self.id.short(), "dropped a message at the hop limit");
+            return;
+        }
+        if self.by_peer.is_empty() {
+            if self.queue.len() >= self.cfg.queue_capacity {
+                self.queue.pop_front();
+                self.stats.queue_dropped += 1;
+            }
+            self.stats.queued += 1;
+            self.queue.push_back(Queued {
+                to,
+                from,
+                path,
+                nonce: nonce.to_string(),
+                data: data.clone(),
+            });
+            return;
+        }
+        let fanout = if path.is_empty() {
+            self.cfg.fanout
+        } else {
+            self.cfg.relay_fanout
+        };
+        path.push(self.id);
+        let mut next: Vec<(NodeId, LinkId)> = Vec::with_capacity(fanout + 1);
+        let via_link = via.and_then(|v| self.by_peer.get(&v).map(|l| (v, *l)));
+        if let Some(&link) = self.by_peer.get(&to) {
+            next.push((to, link));
+        } else if let Some(hop) = via_link {
+            next.push(hop);
+        } else {
+            // The `fanout` (`relay_fanout` when relaying) linked peers closest to the target among those closer to it than
+            // this node (so every copy makes progress and none loops); when no peer is closer,
+            // the single closest one not on the path (the table may be incomplete).
+            let mine = to.distance(&self.id);
+            let mut best: Vec<([u8; 20], NodeId, LinkId)> = Vec::with_capacity(fanout);
+            let mut fallback: Option<([u8; 20], NodeId, LinkId)> = None;
+            for (p, &l) in &self.by_peer {
+                if path.contains(p) {
+                    continue;
+                }
+                let d = to.distance(p);
+                if d >= mine {
+                    if fallback.as_ref().is_none_or(|f| d < f.0) {
+                        fallback = Some((d, *p, l));
+                    }
+                    continue;
+                }
+                if best.len() < fanout {
+                    best.push((d, *p, l));
+                    best.sort_unstable_by_key(|a| a.0);
+                } else if best.last().is_some_and(|w| d < w.0) {
+                    best.pop();
+                    let at = best.partition_point(|x| x.0 < d);
+                    best.insert(at, (d, *p, l));
+                }
+            }
+            if best.is_empty() {
+                best.extend(fallback);
+            }
+            if let Some(hop) = self.paths.get(&to, now) {
+                if let Some(&l) = self.by_peer.get(&hop) {
+                    if !path.contains(&hop) && !best.iter().any(|b| b.1 == hop) {
+                        next.push((hop, l));
+                    }
+                }
+            }
+            next.extend(best.into_iter().map(|(_, p, l)| (p, l)));
+        }
+        if next.is_empty() {
+            self.stats.no_route += 1;
+            return;
+        }
+        let frame = encode_envelope(&to, &from, &path, nonce, data);
+        if frame.len() > self.cfg.max_frame {
+            self.malformed(
+                None,
+                &WireError::TooLarge {
+                    len: frame.len(),
+                    max: self.cfg.max_frame,
+                },
+            );
+            return;
+        }
+        for (_, link) in next {
+            self.transmit(link, frame.clone());
+        }
+    }
+
+    fn schedule_repair(&mut self, now: Instant) {
+        if self.repair_at.is_none() {
+            self.repair_at = Some(now + self.cfg.repair_delay);
+        }
+    }
+
+    /// Asks peers for candidates: for our own id (the closest nodes) and for a random id in
+    /// each of a few buckets that have fewer links than wanted.
+    fn refresh(&mut self, now: Instant) {
+        if self.by_peer.is_empty() {
+            return;
+        }
+        let me = self.id;
+        let mut near: Vec<NodeId> = self.by_peer.keys().copied().collect();
+        near.sort_by_key(|p| me.distance(p));
+        for p in near.into_iter().take(3) {
+            self.originate(p, &Message::FindPeers(me), now);
+        }
+        if self.cfg.rule != ConnectionRule::Buckets {
+            return;
+        }
+        let mut count = [0usize; BUCKETS];
+        for p in self.by_peer.keys() {
+            if let Some(b) = me.bucket_of(p) {
+                count[b] += 1;
+            }
+        }
+        // The far buckets always hold nodes; the near ones only in large networks. Look up the
+        // thin buckets from the farthest down to the first one our closest peer lives in.
+        let deepest = self
+            .closest_peer(&me)
+            .and_then(|p| me.bucket_of(&p))
+            .unwrap_or(BUCKETS - 1);
+        let mut lookups = 0;
+        for b in (deepest..BUCKETS).rev() {
+            if count[b] >= self.cfg.links_per_bucket {
+                continue;
+            }
+            let target = me.random_in_bucket(b, &mut self.rng);
+            if let Some(p) = self.closest_peer(&target) {
+                self.originate(p, &Message::FindPeers(target), now);
+                lookups += 1;
+            }
+            if lookups >= 16 {
+                break;
+            }
+        }
+    }
+
+    fn closest_peer(&self, target: &NodeId) -> Option<NodeId> {
+        self.by_peer
+            .keys()
+            .min_by_key(|p| target.distance(p))
+            .copied()
+    }
+
+    /// Carries out what the manager decided and reports what it saw.
+    fn drain_manager(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(action) = self.manager.poll_action() {
+                progressed = true;
+                match action {
+                    Action::Dial(id) => self.start_handshake(id, now),
+                    Action::Close { peer, .. } => {
+                        self.handshakes.remove(&peer);
+                        match self.by_peer.get(&peer).copied() {
+                            Some(link) => self.close_link(link, "closed by the peer manager"),
+                            None => {
+                                let dialing: Vec<LinkId> = self
+                                    .links
+                                    .iter()
+                                    .filter(|(_, l)| {
+                                        matches!(
+                                            l.state,
+                                            LinkState::Dialing { expected: Some(e) }
+                                                | LinkState::Greeting { expected: Some(e) }
+                                                if e == peer
+                                        )
+                                    })
+                                    .map(|(k, _)| *k)
+                                    .collect();
+                                for l in dialing {
+                                    self.close_link(l, "handshake abandoned");
+                                }
+                                self.manager.handle_closed(&peer, "no link", now);
+                            }
+                        }
+                    }
+                    Action::Send { .. } => {}
+                }
+            }
+            while let Some(ev) = self.manager.poll_event() {
+                progressed = true;
+                match ev {
+                    ManagerEvent::PeerConnect(id) => self.on_peer_up(id, now),
+                    ManagerEvent::PeerEnd { peer, .. } if self.announced.remove(&peer) => {
+                        self.events.push_back(NodeEvent::PeerGone(peer));
+                    }
+                    ManagerEvent::Log {
+                        severity, message, ..
+                    } => {
+                        if severity >= Severity::Warning {
+                            debug!(node = %self.id.short(), "{message}");
+                        } else {
+                            trace!(node = %self.id.short(), "{message}");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn on_peer_up(&mut self, id: NodeId, now: Instant) {
+        if self.by_peer.len() == 1 {
+            // The first link: fill the table right away rather than at the next refresh.
+            self.schedule_repair(now);
+        }
+        self.announced.insert(id);
+        self.events.push_back(NodeEvent::PeerConnected(id));
+        // peer-relay asks every new peer for the peers near our id.
+        let me = self.id;
+        self.originate(id, &Message::FindPeers(me), now);
+        let queued: Vec<Queued> = self.queue.drain(..).collect();
+        for q in queued {
+            let routed = Routed {
+                to: q.to,
+                from: q.from,
+                path: q.path,
+                nonce: &q.nonce,
+                data: &q.data,
+            };
+            self.route(routed, None, now);
+        }
+    }
+
+    fn start_handshake(&mut self, id: NodeId, now: Instant) {
+        self.handshakes.insert(
+            id,
+            Handshake {
+                attempts: 1,
+                next: now + self.cfg.handshake_timeout,
+                dialing: false,
+            },
+        );
+        self.stats.offers += 1;
+        let offer = Message::HandshakeOffer {
+            ws: self.url.clone(),
+        };
+        let via = self.introducers.get(&id).copied();
+        self.originate_via(id, &offer, via, now);
+    }
+
+    /// The next instant the node must be woken at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.destroyed {
+            return None;
+        }
+        let mut t = self.next_refresh;
+        if let Some(m) = self.manager.poll_timeout() {
+            t = t.min(m);
+        }
+        if let Some(r) = self.repair_at {
+            t = t.min(r);
+        }
+        if let Some(r) = self.rejoin_at {
+            t = t.min(r);
+        }
+        for h in self.handshakes.values() {
+            if !h.dialing && h.attempts < self.cfg.handshake_attempts {
+                t = t.min(h.next);
+            }
+        }
+        for l in self.links.values() {
+            if matches!(
+                l.state,
+                LinkState::Greeting { .. } | LinkState::Dialing { .. }
+            ) {
+                t = t.min(l.since + self.cfg.greeting_timeout);
+            }
+        }
+        Some(t)
+    }
+
+    /// Handles every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.destroyed {
+            return;
+        }
+        self.manager.handle_timeout(now);
+        let resend: Vec<NodeId> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| {
+                !h.dialing && h.attempts < self.cfg.handshake_attempts && h.next <= now
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for id in resend {
+            if let Some(h) = self.handshakes.get_mut(&id) {
+                h.attempts += 1;
+                h.next = now + self.cfg.handshake_timeout;
+            }
+            self.stats.offers += 1;
+            let offer = Message::HandshakeOffer {
+                ws: self.url.clone(),
+            };
+            self.originate(id, &offer, now);
+        }
+        let stale: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                matches!(
+                    l.state,
+                    LinkState::Greeting { .. } | LinkState::Dialing { .. }
+                ) && now >= l.since + self.cfg.greeting_timeout
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for l in stale {
+            self.close_link(l, "no greeting in time");
+        }
+        let repair = self.repair_at.is_some_and(|r| r <= now);
+        if now >= self.next_refresh || repair {
+            self.next_refresh = now + self.cfg.refresh_interval;
+            self.repair_at = None;
+            self.refresh(now);
+            self.manager.top_up(now);
+        }
+        self.drain_manager(now);
+        self.check_isolated(now);
+    }
+
+    /// The next thing the shell must do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next thing to tell the application.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Tests of the node core: small simulated networks, and bad input fed to one node.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sim::{Sim, SimConfig};
+
+fn small(nodes: usize, rule: ConnectionRule, seed: u64) -> SimConfig {
+    SimConfig {
+        nodes,
+        messages: 400,
+        seed,
+        node: NodeConfig {
+            rule,
+            ..NodeConfig::default()
+        },
+        settle: Duration::from_secs(65),
+        join_probes: 2,
+        probe_senders: 20,
+        ..SimConfig::default()
+    }
+}
+
+fn run(cfg: SimConfig) -> crate::sim::SimReport {
+    Sim::new(cfg).unwrap().run(&mut |_, _, _| {})
+}
+
+#[test]
+fn a_small_mesh_delivers_everything() {
+    let r = run(small(60, ConnectionRule::Buckets, 7));
+    assert!(r.counted >= 380, "{r:?}");
+    assert_eq!(r.delivered, r.counted, "{r:?}");
+    assert!(r.mean_hops >= 1.0 && r.mean_hops <= 4.0, "{r:?}");
+    assert_eq!(r.join_senders, 2 * 20, "{r:?}");
+    assert_eq!(r.join_heard, r.join_senders, "{r:?}");
+    assert!(r.join_round_trips_max <= r.join_round_trips_bound, "{r:?}");
+    assert_eq!(r.bucket_coverage, 1.0, "{r:?}");
+    assert!(r.mean_links <= 40.0, "{r:?}");
+}
+
+#[test]
+fn churn_is_repaired() {
+    let mut cfg = small(80, ConnectionRule::Buckets, 3);
+    cfg.churn = 0.2;
+    let r = run(cfg);
+    assert!(r.delivery >= 0.98, "{r:?}");
+}
+
+#[test]
+fn runs_are_reproducible() {
+    let a = run(small(30, ConnectionRule::Closest, 11));
+    let b = run(small(30, ConnectionRule::Closest, 11));
+    assert_eq!((a.delivered, a.events), (b.delivered, b.events));
+}
+
+fn node(seed: u64) -> Node {
+    Node::new(
+        NodeConfig::default(),
+        Some("ws://127.0.0.1:1".into()),
+        Instant::now(),
+        seed,
+    )
+    .unwrap()
+}
+
+fn outputs(n: &mut Node) -> Vec<Output> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+
+fn events(n: &mut Node) -> Vec<NodeEvent> {
+    std::iter::from_fn(|| n.poll_event()).collect()
+}
+
+/// Brings up a link from `peer` into `n` and returns its number.
+fn link_from(n: &mut Node, peer: NodeId, now: Instant) -> LinkId {
+    let link = n.handle_inbound(now);
+    n.handle_frame(link, &crate::wire::peer_relay::encode_greeting(&peer), now);
+    link
+}
+
+#[test]
+fn bad_greetings_close_the_link_and_nothing_else() {
+    let now = Instant::now();
+    let mut n = node(1);
+    let good = link_from(&mut n, NodeId([1; 20]), now);
+    for bad in [
+        &b"garbage"[..],
+        b"{\"type\":\"Buffer\",\"data\":[1]}",
+        b"\"00\"",
+    ] {
+        let l = n.handle_inbound(now);
+        n.handle_frame(l, bad, now);
+        assert!(outputs(&mut n)
+            .iter()
+            .any(|o| matches!(o, Output::Close { link, .. } if *link == l)));
+    }
+    // Its own id: refused.
+    let me = n.id();
+    let l = n.handle_inbound(now);
+    n.handle_frame(l, &crate::wire::peer_relay::encode_greeting(&me), now);
+    assert!(outputs(&mut n)
+        .iter()
+        .any(|o| matches!(o, Output::Close { link, .. } if *link == l)));
+    assert_eq!(n.peers(), vec![NodeId([1; 20])]);
+    let _ = good;
+}
+
+#[test]
+fn bad_frames_are_counted_and_the_link_carries_on() {
+    let now = Instant::now();
+    let mut n = node(2);
+    let peer = NodeId([9; 20]);
+    let link = link_from(&mut n, peer, now);
+    outputs(&mut n);
+    let me = n.id();
+    let frames: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        b"{}".to_vec(),
+        format!(r#"{{"to":"{me}","from":"zz","path":[],"nonce":"1","data":{{"type":"user"}}}}"#)
+            .into_bytes(),
+        format!(
+            r#"{{"to":"{me}","from":"{peer}","path":[],"nonce":"2","data":{{"type":"nope"}}}}"#
+        )
+        .into_bytes(),
+        vec![b'x'; 2 << 20],
+    ];
+    for f in &frames {
+        n.handle_frame(link, f, now);
+    }
+    assert_eq!(n.stats().malformed, frames.len() as u64);
+    let ok = format!(
+        r#"{{"to":"{me}","from":"{peer}","path":["{peer}"],"nonce":"3","data":{{"type":"user","data":[1,"a"]}}}}"#
+    );
+    n.handle_frame(link, ok.as_bytes(), now);
+    n.handle_frame(link, ok.as_bytes(), now);
+    let got: Vec<NodeEvent> = events(&mut n)
+        .into_iter()
+        .filter(|e| matches!(e, NodeEvent::Message { .. }))
+        .collect();
+    assert_eq!(got.len(), 1, "the duplicate was dropped");
+    let NodeEvent::Message { from, data, path } = &got[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*from, data.get(), path.clone()),
+        (peer, r#"[1,"a"]"#, vec![peer])
+    );
+    assert_eq!(n.stats().duplicates, 1);
+    assert_eq!(n.peers(), vec![peer]);
+}
+
+fn relayed_links(n: &mut Node) -> Vec<LinkId> {
+    outputs(n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit { link, .. } => Some(link),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn relays_toward_the_target_and_drops_at_the_hop_limit() {
+    let now = Instant::now();
+    let target = NodeId([0x31; 20]);
+    for (relay_fanout, me, want) in [
+        // Relays send one copy on, to the closest peer: 0x30.. (peers[2]).
+        (1, NodeId([0xf0; 20]), vec![2]),
+        // peer-relay's fan-out of 2: 0x30.. then 0x20.. (peers[1]).
+        (2, NodeId([0xf0; 20]), vec![2, 1]),
+        // Only peers closer to the target than the relay itself: 0x30.. is, 0x20.. is not.
+        (2, NodeId([0x21; 20]), vec![2]),
+    ] {
+        let cfg = NodeConfig {
+            relay_fanout,
+            ..NodeConfig::default()
+        };
+        let mut n = Node::with_id(me, cfg, None, now, 3).unwrap();
+        let peers: Vec<NodeId> = (1..=5u8).map(|i| NodeId([i * 16; 20])).collect();
+        let links: Vec<LinkId> = peers.iter().map(|p| link_from(&mut n, *p, now)).collect();
+        outputs(&mut n);
+        let from = peers[4];
+        let env = format!(
+            r#"{{"to":"{target}","from":"{from}","path":["{from}"],"nonce":"77","data":{{"type":"user","data":1}}}}"#
+        );
+        n.handle_frame(links[4], env.as_bytes(), now);
+        let mut sent = relayed_links(&mut n);
+        sent.sort_unstable();
+        let mut expected: Vec<LinkId> = want.iter().map(|&i| links[i]).collect();
+        expected.sort_unstable();
+        assert_eq!(sent, expected, "relay_fanout {relay_fanout}, me {me}");
+    }
+    let mut n = node(3);
+    let link = link_from(&mut n, NodeId([0x30; 20]), now);
+    outputs(&mut n);
+    let long: Vec<String> = (0..20)
+        .map(|i| format!("\"{}\"", NodeId([200 + i as u8; 20])))
+        .collect();
+    let env = format!(
+        r#"{{"to":"{target}","from":"{}","path":[{}],"nonce":"78","data":{{"type":"user","data":1}}}}"#,
+        NodeId([200; 20]),
+        long.join(",")
+    );
+    n.handle_frame(link, env.as_bytes(), now);
+    assert_eq!(n.stats().hop_limit, 1);
+    assert!(relayed_links(&mut n).is_empty());
+}
+
+#[test]
+fn messages_wait_for_the_first_link_within_the_queue_bound() {
+    let now = Instant::now();
+    let cfg = NodeConfig {
+        queue_capacity: 3,
+        ..NodeConfig::default()
+    };
+    let mut n = Node::new(cfg, None, now, 4).unwrap();
+    for i in 0..5 {
+        n.send(
+            NodeId([7; 20]),
+            RawJson::from_value(&serde_json::json!(i)),
+            now,
+        );
+    }
+    assert_eq!(n.memory_sizes().2, 3);
+    assert_eq!(n.stats().queue_dropped, 2);
+    let link = link_from(&mut n, NodeId([7; 20]), now);
+    let frames: Vec<Bytes> = outputs(&mut n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit { link: l, frame } if l == link => Some(frame),
+            _ => None,
+        })
+        .collect();
+    // The greeting, findPeers, and the three queued messages (2, 3, 4).
+    let users: Vec<&Bytes> = frames
+        .iter()
+        .filter(|f| f.windows(13).any(|w| w == b"\"type\":\"user\""))
+        .collect();
+    assert_eq!(users.len(), 3);
+    assert_eq!(n.memory_sizes().2, 0);
+}
+
+#[test]
+fn handshakes_are_retried_then_given_up() {
+    let t0 = Instant::now();
+    let mut n = node(5);
+    let relay = NodeId([1; 20]);
+    let _link = link_from(&mut n, relay, t0);
+    outputs(&mut n);
+    let target = NodeId([0xee; 20]);
+    n.connect(target, t0);
+    let mut now = t0;
+    // Offers at 0, 2 and 4 s; the manager gives up at its connect timeout (11 s).
+    for _ in 0..30 {
+        now += Duration::from_millis(500);
+        n.handle_timeout(now);
+    }
+    assert_eq!(
+        n.stats().offers,
+        3,
+        "three offers, then the manager gives up"
+    );
+    assert!(n.handshakes.is_empty());
+    assert!(n.manager.is_backed_off(&target, now));
+}
