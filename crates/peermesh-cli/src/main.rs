@@ -1,12 +1,13 @@
 //! `peermesh`: run a hub, talk to one from a script, or measure one.
 //!
-//! Every line-oriented subcommand (`connect`, later `node` and `peers`) shares one contract:
+//! Every line-oriented subcommand (`connect`, `peers`, `node`) shares one contract:
 //! JSON commands with an `op` on stdin, JSON events with a `type` on stdout, logs on stderr.
 //! See `docs/cli.md`.
 
 mod bench;
 mod connect;
 mod logging;
+mod node;
 mod peers;
 mod serve;
 mod sim;
@@ -38,6 +39,16 @@ enum Command {
                       stdin line, one event (\"type\") per stdout line, logs on stderr."
     )]
     Peers(peers::PeersArgs),
+    /// Run a mesh node (peer-relay's wire over WebSocket): JSON commands on stdin, events on stdout.
+    #[command(
+        long_about = "Run one node of the peermesh mesh, wire-compatible with the npm \
+                      peer-relay package: it listens for WebSocket links (--listen), joins \
+                      through --bootstrap URLs, keeps links that cover its k-buckets, and relays \
+                      messages to node ids by XOR distance. It is driven by JSON lines with the \
+                      contract of `peermesh connect`: one command (\"op\") per stdin line, one \
+                      event (\"type\") per stdout line, logs on stderr."
+    )]
+    Node(Box<node::NodeArgs>),
     /// Load-test a running hub (and a Socket.IO 4 reference) and print a summary table.
     Bench(Box<bench::BenchArgs>),
     /// Simulate a mesh of N nodes in memory and print delivery, hops and join figures.
@@ -63,6 +74,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(*args).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Peers(args) => peers::run(args).await,
+            Command::Node(args) => node::run(*args).await,
             Command::Bench(args) => bench::run(*args).await,
             Command::Sim(args) => sim::run(*args).await,
         }

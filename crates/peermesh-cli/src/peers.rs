@@ -16,7 +16,7 @@
 
 mod command;
 mod output;
-mod stdout;
+pub(crate) mod stdout;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -40,6 +40,7 @@ pub mod id;
 pub mod manager;
 pub mod node;
 pub mod sim;
+pub mod socket;
 pub mod tcp;
 #[doc(hidden)]
 pub mod testing;

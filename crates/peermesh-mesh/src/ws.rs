@@ -99,6 +99,14 @@ pub enum MeshError {
     /// The node has been destroyed.
     #[error("the mesh node has shut down")]
     Closed,
+    /// A datagram is longer than peer-relay sockets accept.
+    #[error("a datagram of {len} bytes is over the limit of {max}")]
+    DatagramTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 enum Request {

@@ -537,3 +537,69 @@ fn raw_from_vec(v: Vec<u8>) -> RawJson {
 
 #[cfg(test)]
 mod tests;
+
+/// A datagram of peer-relay's `Socket` (its dgram-like API): the user message
+/// `{"buffer":<Buffer>,"address":<sender id hex>,"port":<number>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// The bytes.
+    pub buffer: Vec<u8>,
+    /// The sender's id as it wrote it (peer-relay writes its own id, or an address when
+    /// sending to itself on localhost); the envelope's `from` is authoritative.
+    pub address: String,
+    /// The sender's pretend port.
+    pub port: u16,
+}
+
+/// Most bytes accepted in one datagram (a JSON-encoded `Buffer` takes up to 4 bytes a byte).
+pub const MAX_DATAGRAM: usize = 256 * 1024;
+
+impl Datagram {
+    /// Encodes the datagram as a user message's data.
+    pub fn encode(&self) -> RawJson {
+        let mut out = Vec::with_capacity(48 + self.buffer.len() * 4 + self.address.len());
+        out.extend_from_slice(br#"{"buffer":{"type":"Buffer","data":["#);
+        for (i, b) in self.buffer.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b.to_string().as_bytes());
+        }
+        out.extend_from_slice(br#"]},"address":"#);
+        let _ = serde_json::to_writer(&mut out, &self.address);
+        out.extend_from_slice(br#","port":"#);
+        out.extend_from_slice(self.port.to_string().as_bytes());
+        out.push(b'}');
+        raw_from_vec(out)
+    }
+
+    /// Reads a user message's data as a datagram; `None` when it is not one.
+    pub fn decode(data: &RawJson) -> Option<Datagram> {
+        #[derive(Deserialize)]
+        struct Raw {
+            buffer: RawBuffer,
+            #[serde(default)]
+            address: String,
+            #[serde(default)]
+            port: u16,
+        }
+        #[derive(Deserialize)]
+        struct RawBuffer {
+            #[serde(rename = "type")]
+            ty: String,
+            data: Vec<u8>,
+        }
+        if data.get().len() > MAX_DATAGRAM * 4 + 256 {
+            return None;
+        }
+        let raw: Raw = serde_json::from_str(data.get()).ok()?;
+        if raw.buffer.ty != "Buffer" || raw.address.len() > 256 {
+            return None;
+        }
+        Some(Datagram {
+            buffer: raw.buffer.data,
+            address: raw.address,
+            port: raw.port,
+        })
+    }
+}

@@ -169,3 +169,33 @@ proptest! {
         prop_assert_eq!(env.data.get(), data.get());
     }
 }
+
+#[test]
+fn datagrams_match_peer_relay_sockets() {
+    // What `PeerRelay.Socket#send(Buffer.from([1,2,255]), 0, 3, 9, id)` puts in `data`.
+    let js = format!(
+        r#"{{"buffer":{{"type":"Buffer","data":[1,2,255]}},"address":"{ME}","port":4242}}"#
+    );
+    let d = Datagram::decode(&RawJson::from_string(js.clone()).unwrap()).unwrap();
+    assert_eq!(
+        d,
+        Datagram {
+            buffer: vec![1, 2, 255],
+            address: ME.into(),
+            port: 4242
+        }
+    );
+    assert_eq!(d.encode().get(), js);
+    for not in [
+        r#"{"buffer":[1]}"#,
+        r#"{"buffer":{"type":"X","data":[1]}}"#,
+        "3",
+        r#"{"buffer":{"type":"Buffer","data":[300]}}"#,
+    ] {
+        assert_eq!(
+            Datagram::decode(&RawJson::from_string(not.into()).unwrap()),
+            None,
+            "{not}"
+        );
+    }
+}
