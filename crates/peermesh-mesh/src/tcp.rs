@@ -13,8 +13,12 @@
 //! The actor never blocks on anything but its own inputs: frames for a connection go through a
 //! bounded queue with `try_send` (a full queue drops the frame and reports a
 //! [`ManagerEvent::Log`] warning), closes go through a [`CancellationToken`], and events go to the
-//! application with `try_send` too: **an application that does not read its event receiver loses
-//! events**, counted by [`TcpManagerHandle::dropped_events`]; the actor never waits for it.
+//! application with `try_send` too. Messages are never lost to a slow application: the actor
+//! reads connection reports only while the event channel has room for what they cause, so a
+//! slow application slows the connection tasks, which stop reading their sockets, and TCP
+//! flow control slows the peers. Events that timers cause (status, log, ends of answer waits)
+//! are dropped when the channel is full, counted by [`TcpManagerHandle::dropped_events`];
+//! commands and timers keep running either way.
 //!
 //! Each connection task owns its `TcpStream` (with `TCP_NODELAY`), decodes what it reads with a
 //! [`Decoder`] and reports frames and decode errors to the actor, which hands them to the
@@ -47,6 +51,9 @@ use crate::wire::p2p_node::{encode, Command, CommandError, DecodeEvent, Decoder,
 const COMMAND_CAPACITY: usize = 64;
 /// Capacity of the event channel to the application.
 const EVENT_CAPACITY: usize = 1024;
+/// Free event slots needed before a connection report is handled (one report causes at most
+/// a message, an answer, an end of wait and a log line).
+const EVENT_ROOM: usize = 8;
 /// Capacity of the channel of reports from the connection tasks.
 const REPORT_CAPACITY: usize = 1024;
 /// Capacity of the channel of accepted sockets.
@@ -411,7 +418,15 @@ impl TcpManager {
                     Some(req) => self.handle_request(req),
                     None => self.begin_shutdown(None),
                 },
-                Some(report) = self.reports.recv() => self.handle_report(report),
+                // Room in the event channel frees up: look at the reports again.
+                () = async { drop(self.events.reserve_many(EVENT_ROOM).await) },
+                    if self.events.capacity() < EVENT_ROOM => {}
+                // Reports are read only while the application has room for what they cause:
+                // when it falls behind, the connection tasks wait to report, stop reading their
+                // sockets, and TCP flow control slows the peers down. No message is dropped.
+                Some(report) = self.reports.recv(), if self.events.capacity() >= EVENT_ROOM => {
+                    self.handle_report(report)
+                }
                 Some((stream, addr)) = recv_accept(&mut self.accepts) => {
                     self.handle_accept(stream, addr)
                 }

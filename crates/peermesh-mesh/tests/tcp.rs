@@ -327,3 +327,41 @@ async fn failed_dial_ends_the_peer() {
     assert!(reason.starts_with("dial failed"), "{reason}");
     timeout(WAIT, b.shutdown()).await.unwrap().unwrap();
 }
+
+/// An application that stops reading its events does not lose messages: the peer is slowed
+/// down by TCP flow control instead, and everything arrives, in order, once it reads again.
+#[tokio::test]
+async fn a_slow_application_slows_the_peer_instead_of_losing_messages() {
+    const FRAMES: u32 = 20_000;
+    let (a, mut a_ev) = spawn(ManagerConfig::default(), true);
+    let mut peer = connect(a.local_addr().unwrap()).await;
+    let writer = tokio::spawn(async move {
+        let mut all = BytesMut::new();
+        for i in 0..FRAMES {
+            all.extend_from_slice(&frame("seq", &i.to_be_bytes()));
+        }
+        peer.write_all(&all).await.unwrap();
+        peer
+    });
+    // Do not read for a while: the event channel (1,024) fills long before 20,000 frames.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut next = 0u32;
+    timeout(Duration::from_secs(20), async {
+        while next < FRAMES {
+            match a_ev.recv().await.expect("the event channel closed") {
+                ManagerEvent::Message {
+                    command, payload, ..
+                } if command == "seq" => {
+                    let got = u32::from_be_bytes(payload[..4].try_into().unwrap());
+                    assert_eq!(got, next, "a message was lost or reordered");
+                    next += 1;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {next} of {FRAMES} messages arrived"));
+    assert_eq!(a.dropped_events(), 0);
+    drop(writer.await.unwrap());
+}
