@@ -43,6 +43,11 @@ use crate::wire::peer_relay::{
 use crate::wire::Severity;
 use memory::{Paths, Seen};
 
+/// Candidates asked at once in an iterative lookup of the node's own id.
+const LOOKUP_WIDTH: usize = 3;
+/// Candidates remembered as already asked (so a lookup does not ask the same node twice).
+const LOOKUP_MEMORY: usize = 64;
+
 /// Most peer URLs remembered for rejoining.
 const REJOIN_URLS: usize = 16;
 
@@ -109,6 +114,8 @@ pub struct NodeStats {
     pub relayed: u64,
     /// Copies of messages already seen, dropped.
     pub duplicates: u64,
+    /// Of those, copies of user messages.
+    pub user_duplicates: u64,
     /// Messages dropped at the hop limit.
     pub hop_limit: u64,
     /// Messages dropped because no link could take them on.
@@ -192,6 +199,7 @@ pub struct Node {
     /// URLs to rejoin through when the node has no link left: the bootstrap URLs, then the
     /// URLs of the last peers that answered a handshake (at most `REJOIN_URLS`).
     rejoin: VecDeque<String>,
+    looked_up: VecDeque<NodeId>,
     bootstraps: Vec<String>,
     rejoin_at: Option<Instant>,
     rejoin_backoff: std::time::Duration,
@@ -252,6 +260,7 @@ impl Node {
             announced: Default::default(),
             introducers: HashMap::new(),
             rejoin: VecDeque::new(),
+            looked_up: VecDeque::new(),
             bootstraps: Vec::new(),
             rejoin_at: None,
             rejoin_backoff: std::time::Duration::ZERO,
@@ -593,12 +602,16 @@ impl Node {
     fn on_envelope(&mut self, peer: NodeId, env: Envelope, now: Instant) {
         if !self.seen.insert(&env.from, &env.nonce, now) {
             self.stats.duplicates += 1;
+            if env.data.get().starts_with(r#"{"type":"user""#) {
+                self.stats.user_duplicates += 1;
+            }
             return;
         }
         self.stats.handled += 1;
         self.manager.touch(&peer, now);
         if env.from != self.id {
             self.paths.record(env.from, peer, now);
+            self.learn(env.from, peer, now);
         }
         if env.to != self.id {
             self.stats.relayed += 1;
@@ -627,6 +640,28 @@ impl Node {
             Ok(Message::HandshakeAnswer { ws, .. }) => self.on_answer(env.from, ws, now),
             Err(e) => self.malformed(Some(peer), &e),
         }
+    }
+
+    /// Every message names a live node (its origin): when that node would fill a k-bucket in
+    /// which we have no link, it becomes a candidate at once (introduced by the neighbour the
+    /// message came through), as Kademlia updates its table from every contact. This is how
+    /// the nodes around a newcomer learn of it while it looks for them.
+    fn learn(&mut self, origin: NodeId, via: NodeId, now: Instant) {
+        if self.cfg.rule != ConnectionRule::Buckets || self.by_peer.contains_key(&origin) {
+            return;
+        }
+        let Some(b) = self.id.bucket_of(&origin) else {
+            return;
+        };
+        if self.by_peer.keys().any(|p| self.id.bucket_of(p) == Some(b))
+            || self.manager.peer(&origin).is_some()
+            || self.manager.is_backed_off(&origin, now)
+            || self.manager.pool().any(|k| *k == origin)
+        {
+            return;
+        }
+        self.introducers.insert(origin, via);
+        self.manager.add_pool_keys([origin], now);
     }
 
     fn on_find_peers(&mut self, from: NodeId, target: NodeId, now: Instant) {
@@ -673,6 +708,26 @@ impl Node {
             per_bucket[b] += 1;
             fresh.push(k);
             self.introducers.insert(k, from);
+        }
+        // An iterative lookup of our own id, as in Kademlia: ask the new candidates closer to
+        // us than every link for their closest nodes at once (through the peer that named
+        // them), rather than after a handshake with each. A newcomer finds its neighbours in
+        // a few round trips this way.
+        let me = self.id;
+        let closest_link = self.by_peer.keys().map(|p| me.distance(p)).min();
+        let mut closer: Vec<NodeId> = fresh
+            .iter()
+            .filter(|k| closest_link.is_none_or(|d| me.distance(k) < d))
+            .filter(|k| !self.looked_up.contains(k))
+            .copied()
+            .collect();
+        closer.sort_by_key(|k| me.distance(k));
+        for k in closer.into_iter().take(LOOKUP_WIDTH) {
+            if self.looked_up.len() >= LOOKUP_MEMORY {
+                self.looked_up.pop_front();
+            }
+            self.looked_up.push_back(k);
+            self.originate_via(k, &Message::FindPeers(me), Some(from), now);
         }
         self.manager.add_pool_keys(fresh, now);
     }
@@ -863,15 +918,23 @@ impl Node {
                     best.insert(at, (d, *p, l));
                 }
             }
-            if best.is_empty() {
-                best.extend(fallback);
+            // The way back: the neighbour the target's own messages last came through. Control
+            // messages (handshake answers, peer lists) take it as well as the greedy hop, since
+            // they mostly answer a newcomer that greedy routing cannot reach yet; user
+            // messages take it only where greedy routing has no closer peer, so that they do
+            // not spread beyond their greedy paths.
+            let back = self
+                .paths
+                .get(&to, now)
+                .and_then(|hop| self.by_peer.get(&hop).map(|l| (hop, *l)))
+                .filter(|(hop, _)| !path.contains(hop) && !best.iter().any(|b| b.1 == *hop));
+            let user = data.get().starts_with(r#"{"type":"user""#);
+            match back {
+                Some(hop) if !user || best.is_empty() => next.push(hop),
+                _ => {}
             }
-            if let Some(hop) = self.paths.get(&to, now) {
-                if let Some(&l) = self.by_peer.get(&hop) {
-                    if !path.contains(&hop) && !best.iter().any(|b| b.1 == hop) {
-                        next.push((hop, l));
-                    }
-                }
+            if next.is_empty() && best.is_empty() {
+                best.extend(fallback);
             }
             next.extend(best.into_iter().map(|(_, p, l)| (p, l)));
         }

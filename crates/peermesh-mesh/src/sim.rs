@@ -83,7 +83,8 @@ pub struct SimReport {
     pub mean_hops: f64,
     /// 99th percentile of hops.
     pub p99_hops: u64,
-    /// Copies dropped as duplicates per delivered message (during the sending phase).
+    /// Copies of user messages dropped as duplicates, per delivered message (during the
+    /// sending phase; control traffic is not counted).
     pub duplicates_per_delivery: f64,
     /// Messages handled per live node during the sending phase (mean).
     pub handled_per_node: f64,
@@ -577,7 +578,7 @@ impl Sim {
         let mut per = HashMap::new();
         for (i, s) in self.slots.iter().enumerate() {
             if let Some(n) = &s.node {
-                dup += n.stats().duplicates;
+                dup += n.stats().user_duplicates;
                 handled += n.stats().handled;
                 per.insert(i, n.stats().handled);
             }
