@@ -11,6 +11,10 @@
 // - rooms: `42<ack>["join", room]` joins and acknowledges with `43<ack>["ok"]`;
 //   `42["emit_room", room, event, data]` delivers `42["message", from, event, data, room]` to every
 //   other member (the sender must be a member, as on the hub).
+// - RPC: `42<ack>["call", to, method, data]` (the caller's `emitWithAck`) is forwarded to the
+//   socket registered under `to` as `42<ack'>["invoke", from, method, data]` with an ack of its
+//   own; that client's ack answer `43<ack'>[result]` is passed back as `43<ack>[result]`.
+//   Unknown targets are answered with `43<ack>[null]` at once.
 //
 // Configuration: WebSocket transport only, no HTTP long-polling, no permessage-deflate.
 //
@@ -84,6 +88,13 @@ io.on('connection', (socket) => {
 
   socket.on('emit_room', (room, event, data) => {
     if (socket.rooms.has(room)) socket.to(room).emit('message', id, event, data, room);
+  });
+
+  socket.on('call', (to, method, data, ack) => {
+    if (typeof ack !== 'function') return;
+    const target = clients.get(to);
+    if (target === undefined) return ack(null);
+    target.emit('invoke', id, method, data, (result) => ack(result));
   });
 
   socket.on('disconnect', () => {

@@ -4,7 +4,8 @@
 //! Scenarios: (a) direct messages between client pairs at fixed offered rates and at the
 //! maximum, with round-trip percentiles; (b) room fan-out from one sender to N members; (c) the
 //! server's memory per idle connection; (d) stream throughput between two clients through the
-//! hub against a plain TCP relay. `docs/benchmarks.md` explains the method and holds measured
+//! hub against a plain TCP relay; (f) RPC calls through the hub against Socket.IO's
+//! `emitWithAck` answered by a second client. `docs/benchmarks.md` explains the method and holds measured
 //! figures.
 //!
 //! ```text
@@ -44,7 +45,7 @@ use peermesh_proto::Encoding;
 
 use client::ConnectOpts;
 use dialect::Dialect;
-use direct::{DirectConfig, Rate};
+use direct::{DirectConfig, Flavor, Rate};
 use fanout::FanoutConfig;
 use idle::IdleConfig;
 use progress::Progress;
@@ -95,14 +96,25 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
 
-    /// Scenarios to run, comma-separated: direct, fanout, idle, stream.
+    /// Scenarios to run, comma-separated: direct, fanout, idle, stream, rpc.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,fanout,idle,stream"
+        default_value = "direct,fanout,idle,stream,rpc"
     )]
     scenarios: Vec<Scenario>,
+
+    /// RPC scenario: offered calls per second, comma-separated; `max` keeps --window calls in
+    /// flight per caller instead.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000,max",
+        value_parser = Rate::parse,
+        value_name = "RATES"
+    )]
+    rpc_rates: Vec<Rate>,
 
     /// Stream scenario: MiB per transfer.
     #[arg(long, default_value_t = 512, value_name = "MIB")]
@@ -241,6 +253,8 @@ enum Scenario {
     Idle,
     /// Stream throughput through the hub against a TCP relay.
     Stream,
+    /// RPC calls through the hub against Socket.IO emitWithAck.
+    Rpc,
 }
 
 impl Scenario {
@@ -250,6 +264,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
             Scenario::Stream => "stream",
+            Scenario::Rpc => "rpc",
         }
     }
 }
@@ -282,8 +297,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.pairs == 0 || args.members == 0 {
         bail!("--pairs and --members must be at least 1");
     }
-    if args.rates.is_empty() {
-        bail!("--rates needs at least one rate");
+    if args.rates.is_empty() || args.rpc_rates.is_empty() {
+        bail!("--rates and --rpc-rates need at least one rate");
     }
     let encoding = match args.encoding {
         EncodingArg::Json => Encoding::Json,
@@ -294,6 +309,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Fanout,
         Scenario::Idle,
         Scenario::Stream,
+        Scenario::Rpc,
     ]
     .into_iter()
     .filter(|s| args.scenarios.contains(s))
@@ -384,6 +400,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| match s {
             Scenario::Direct => args.rates.len() as u64,
+            Scenario::Rpc => args.rpc_rates.len() as u64,
             Scenario::Fanout | Scenario::Idle => 1,
             // Measured on the hub only (the relay is its reference).
             Scenario::Stream => 0,
@@ -411,6 +428,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         fanout: None,
         idle: None,
         stream: None,
+        rpc: None,
         ratios: Default::default(),
         targets: Vec::new(),
     };
@@ -455,6 +473,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         match scenario {
             Scenario::Direct => {
                 report.direct = Some(side(ours, theirs, |r| match r {
+                    ScenarioResult::Direct(v) => Some(v),
+                    _ => None,
+                }))
+            }
+            Scenario::Rpc => {
+                report.rpc = Some(side(ours, theirs, |r| match r {
                     ScenarioResult::Direct(v) => Some(v),
                     _ => None,
                 }))
@@ -525,10 +549,15 @@ async fn run_scenario(
     let connect = ConnectOpts::new(&server.endpoint.url, args.source_ips, args.connect_timeout);
     let payload = args.payload_bytes.max(dialect::STAMP_DIGITS);
     Ok(match scenario {
-        Scenario::Direct => {
+        Scenario::Direct | Scenario::Rpc => {
+            let (flavor, rates) = match scenario {
+                Scenario::Rpc => (Flavor::Rpc, args.rpc_rates.clone()),
+                _ => (Flavor::Direct, args.rates.clone()),
+            };
             let cfg = DirectConfig {
+                flavor,
                 pairs: args.pairs,
-                rates: args.rates.clone(),
+                rates,
                 window: args.window,
                 payload,
                 warmup: args.warmup,

@@ -19,7 +19,9 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use peermesh_client::{Client, ClientError, ClientOptions, Encoding, ReconnectPolicy, RoomName};
+use peermesh_client::{
+    Client, ClientError, ClientOptions, Encoding, FeedEnd, ReconnectPolicy, RoomName,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -39,7 +41,8 @@ const AFTER_LONG_HELP: &str = r#"Contract:
   - Commands name what to do with "op"; events name what happened with "type"; "id" only ever
     names a client.
   - A command may carry a correlation number "req": it is echoed in exactly one answer line
-    (ok, ack, members or error). Without "req", success prints nothing; errors still print.
+    (ok, ack, result, members or error). Without "req", success prints nothing; errors still
+    print.
   - Commands reach the hub in line order; answers print as they come.
   - A line that is not a valid command prints {"type":"error","code":"bad_command",...}
     (with its "req" when readable) and changes nothing.
@@ -56,6 +59,16 @@ Commands (stdin):
   {"op":"leave","room":"r","req":2}
   {"op":"emit_room","room":"r","event":"e","data":{},"include_self":false}
   {"op":"members","room":"r","req":3}
+  {"op":"provide","service":"calc","methods":["add"],"req":4}
+      calls then print as invoke lines; answer each with respond
+  {"op":"respond","call":8589934593,"data":3}    or ..."error":"division by zero"}
+  {"op":"call","service":"calc","method":"add","data":[1,2],"req":5}
+      optional "timeout_ms" (default 5000); prints a result line
+  {"op":"subscribe","service":"calc","topic":"sums","req":6}
+  {"op":"unsubscribe","service":"calc","topic":"sums","req":7}
+  {"op":"create_topic","topic":"sums","req":8}      (a provider's own service)
+  {"op":"publish","topic":"sums","data":3}
+  {"op":"destroy_topic","topic":"sums","req":9}
   Payloads: "data" holds any JSON value, "bin" bytes in base64; neither means null.
 
 Events (stdout):
@@ -65,8 +78,13 @@ Events (stdout):
   {"type":"ok","req":1}
   {"type":"ack","req":7,"data":2}
   {"type":"members","req":3,"room":"r","members":["alice","bob"]}
+  {"type":"invoke","call":8589934593,"from":"alice","service":"calc","method":"add","data":[1,2]}
+  {"type":"result","req":5,"data":3}
+  {"type":"publication","service":"calc","topic":"sums","data":3}
+  {"type":"topic_ended","service":"calc","topic":"sums","reason":"destroyed"}
   {"type":"error","code":"unknown_target","message":"...","req":7}
-      codes: the hub's (unknown_target, ack_timeout, peer_left, not_in_room, ...) and
+      codes: the hub's (unknown_target, ack_timeout, peer_left, not_in_room, unknown_service,
+      unknown_method, service_error, call_timeout, provider_left, ...) and
       bad_command, invalid_name, not_connected, connection_lost, timeout, closed
   {"type":"member_joined","room":"r","id":"bob"}
   {"type":"member_left","room":"r","id":"bob"}
@@ -192,6 +210,15 @@ async fn session(args: &ConnectArgs, out: Output) -> anyhow::Result<()> {
 
     let mut messages = client.on_any();
     let mut events = client.events();
+    let mut invocations = client.invocations();
+    let forward_invocations = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(inv) = invocations.recv().await {
+                out.line(output::invoke(&inv)).await;
+            }
+        })
+    };
     let forward_messages = {
         let out = out.clone();
         tokio::spawn(async move {
@@ -252,6 +279,7 @@ async fn session(args: &ConnectArgs, out: Output) -> anyhow::Result<()> {
     // Listeners end with the client; their queued lines are printed first.
     let _ = forward_messages.await;
     let _ = forward_events.await;
+    let _ = forward_invocations.await;
     if lost {
         return Err(anyhow!("the connection to the hub was lost for good"));
     }
@@ -308,6 +336,71 @@ async fn execute(client: &Client, out: &Output, answers: &mut JoinSet<()>, line:
         } => {
             let request = client.emit_room(room, event, payload, include_self);
             submit(answers, out, req, request, ok_line).await;
+        }
+        Op::Provide { service, methods } => {
+            submit(answers, out, req, client.provide(service, methods), ok_line).await;
+        }
+        Op::Call {
+            service,
+            method,
+            payload,
+            timeout_ms,
+        } => {
+            let timeout = timeout_ms.map(Duration::from_millis);
+            let request = client.call(service, method, payload, timeout);
+            let result_line = move |p| req.map(|r| output::result(r, p));
+            submit(answers, out, req, request, result_line).await;
+        }
+        Op::Respond { call, outcome } => {
+            submit(answers, out, req, client.respond(call, outcome), ok_line).await;
+        }
+        Op::Subscribe { service, topic } => {
+            let request = client.subscribe(service, topic);
+            match request.send().await {
+                Err(e) => out.line(output::client_error(&e, req)).await,
+                Ok(pending) => {
+                    let out = out.clone();
+                    // The `ok` line is printed before any publication of the feed.
+                    answers.spawn(async move {
+                        match pending.await {
+                            Err(e) => out.line(output::client_error(&e, req)).await,
+                            Ok(mut feed) => {
+                                if let Some(r) = req {
+                                    out.line(output::ok(r)).await;
+                                }
+                                tokio::spawn(async move {
+                                    while let Some(p) = feed.recv().await {
+                                        out.line(output::publication(p)).await;
+                                    }
+                                    if let Some(FeedEnd::Topic(reason)) = feed.end() {
+                                        let (s, t) = (feed.service().clone(), feed.topic().clone());
+                                        out.line(output::topic_ended(s, t, reason)).await;
+                                    }
+                                });
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        Op::Unsubscribe { service, topic } => {
+            submit(
+                answers,
+                out,
+                req,
+                client.unsubscribe(service, topic),
+                ok_line,
+            )
+            .await;
+        }
+        Op::CreateTopic { topic } => {
+            submit(answers, out, req, client.create_topic(topic), ok_line).await;
+        }
+        Op::DestroyTopic { topic } => {
+            submit(answers, out, req, client.destroy_topic(topic), ok_line).await;
+        }
+        Op::Publish { topic, payload } => {
+            submit(answers, out, req, client.publish(topic, payload), ok_line).await;
         }
         Op::Members { room } => match RoomName::new(&room) {
             Ok(room) => {

@@ -31,8 +31,9 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use parking_lot::Mutex;
 use peermesh_proto::stream::{is_data_frame, DataFrame, DATA_HEADER_LEN};
 use peermesh_proto::{
-    ClientFrame, ClientId, Emit, EmitRoom, ErrorCode, ErrorFrame, Hello, Limits, Reply, RoomName,
-    ServerFrame, StreamOpen, Welcome,
+    Call, ClientFrame, ClientId, Emit, EmitRoom, ErrorCode, ErrorFrame, Hello, Limits, MethodName,
+    Provide, Publish, Reply, Respond, RoomName, ServerFrame, ServiceName, StreamOpen, TopicName,
+    Welcome,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -45,6 +46,7 @@ use crate::event::ClientEvent;
 use crate::listeners::{Message, Registry, Replier, SharedRegistry};
 use crate::options::ClientOptions;
 use crate::request::{Answer, Command, Op};
+use crate::services::{self, Delivered, FeedEnd, Feeds, Invocation, InvocationSink};
 use crate::stream::{IncomingStream, Out, Streams, MAX_CHUNK};
 use crate::tracker::RequestTracker;
 
@@ -64,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) finished: CancellationToken,
     /// Where stream requests from other clients go.
     pub(crate) incoming: Arc<Mutex<Option<mpsc::Sender<IncomingStream>>>>,
+    /// Where calls of this client's service go.
+    pub(crate) invocations: InvocationSink,
 }
 
 impl Shared {
@@ -76,6 +80,7 @@ impl Shared {
             cancel: CancellationToken::new(),
             finished: CancellationToken::new(),
             incoming: Arc::new(Mutex::new(None)),
+            invocations: Arc::new(Mutex::new(None)),
         }
     }
 }
@@ -96,6 +101,14 @@ enum PendingKind {
     Leave(RoomName),
     /// A stream open to this client: answered by `stream_accepted`.
     OpenStream(ClientId),
+    /// A call: answered by `result`.
+    Call,
+    /// A provide: on `ok` the service is remembered for reconnects.
+    Provide(ServiceName, Vec<MethodName>),
+    /// A subscribe: on `ok` the feed opens.
+    Subscribe(ServiceName, TopicName),
+    /// An unsubscribe: on `ok` the feed ends.
+    Unsubscribe(ServiceName, TopicName),
     /// Anything else.
     Plain,
 }
@@ -109,6 +122,7 @@ impl PendingEntry {
     fn timed_out(self) {
         let err = match self.kind {
             PendingKind::Ack => ClientError::AckTimeout(self.timeout),
+            PendingKind::Call => ClientError::CallTimeout(self.timeout),
             _ => ClientError::RequestTimeout(self.timeout),
         };
         self.answer(Err(err));
@@ -146,6 +160,9 @@ pub(crate) struct ClientActor {
     last_seq: Option<u64>,
     out: OutQueue,
     streams: Streams,
+    /// The service this client provides, provided again after a reconnect.
+    provided: Option<(ServiceName, Vec<MethodName>)>,
+    feeds: Feeds,
 }
 
 /// Frames waiting for the socket.
@@ -233,6 +250,7 @@ impl ClientActor {
             parts.opts.stream_send_buffer,
             parts.shared.incoming.clone(),
         );
+        let feeds = Feeds::new(parts.opts.topic_capacity);
         let mut actor = Self {
             opts: parts.opts,
             url: parts.url,
@@ -251,6 +269,8 @@ impl ClientActor {
             last_seq: None,
             out: OutQueue::default(),
             streams,
+            provided: None,
+            feeds,
         };
         actor.on_welcome(welcome);
         actor
@@ -293,6 +313,8 @@ impl ClientActor {
             }
         }
         self.fail_pending(|| ClientError::Closed);
+        self.feeds.end_all(FeedEnd::Closed);
+        *self.shared.invocations.lock() = None;
         self.shared.registry.lock().close();
         // Refuse what is still queued rather than leave callers waiting for `send`.
         self.inbox.close();
@@ -453,7 +475,22 @@ impl ClientActor {
                         PendingKind::Leave(room) => {
                             self.rooms.remove(room);
                         }
-                        PendingKind::Ack | PendingKind::Plain | PendingKind::OpenStream(_) => {}
+                        PendingKind::Provide(service, methods) => {
+                            self.provided = Some((service.clone(), methods.clone()));
+                        }
+                        PendingKind::Subscribe(service, topic) => {
+                            let feed = self.feeds.open(service.clone(), topic.clone());
+                            // If the caller is gone, the feed is dropped and unsubscribes.
+                            entry.answer(Ok(Answer::Feed(feed)));
+                            return None;
+                        }
+                        PendingKind::Unsubscribe(service, topic) => {
+                            self.feeds.end(service, topic, FeedEnd::Unsubscribed);
+                        }
+                        PendingKind::Ack
+                        | PendingKind::Plain
+                        | PendingKind::Call
+                        | PendingKind::OpenStream(_) => {}
                     }
                     entry.answer(Ok(Answer::Done));
                 }
@@ -475,6 +512,48 @@ impl ClientActor {
                 self.emit(ClientEvent::MemberLeft { room, id });
             }
             ServerFrame::PeerLeft { id } => self.emit(ClientEvent::PeerLeft { id }),
+            ServerFrame::CallResult { req, payload } => {
+                if let Some(entry) = self.requests.complete(req) {
+                    entry.answer(Ok(Answer::Result(payload)));
+                } else {
+                    tracing::debug!(req, "result for a call that is no longer pending");
+                }
+            }
+            ServerFrame::Invoke(i) => {
+                let call = i.call;
+                let inv = Invocation {
+                    call,
+                    from: i.from,
+                    service: i.service,
+                    method: i.method,
+                    payload: i.payload,
+                    replier: Replier {
+                        tx: self.weak_tx.clone(),
+                        generation: self.generation,
+                    },
+                };
+                if let Err(why) = services::offer(&self.shared.invocations, inv) {
+                    tracing::warn!(call, "{why}");
+                    self.queue(&ClientFrame::Respond(Respond {
+                        call,
+                        outcome: Err(why),
+                    }));
+                }
+            }
+            ServerFrame::Publication(p) => {
+                if let Delivered::Unsubscribe(service, topic) = self.feeds.deliver(p) {
+                    self.queue(&ClientFrame::Unsubscribe {
+                        service,
+                        topic,
+                        req: None,
+                    });
+                }
+            }
+            ServerFrame::TopicEnded {
+                service,
+                topic,
+                reason,
+            } => self.feeds.end(&service, &topic, FeedEnd::Topic(reason)),
             ServerFrame::StreamRequest(r) => {
                 if let Some(reject) = self.streams.offered(r) {
                     self.queue(&reject);
@@ -563,20 +642,34 @@ impl ClientActor {
             }
             Command::Request { op, reply } => (op, reply),
         };
-        if let Op::Reply {
-            ack_id,
-            payload,
-            generation,
-        } = op
-        {
+        let unanswered = match op {
+            Op::Reply {
+                ack_id,
+                payload,
+                generation,
+            } => Some((
+                generation,
+                ClientFrame::Reply(Reply { ack_id, payload }),
+                "the message arrived on an earlier connection; its acknowledgement is gone",
+            )),
+            Op::Respond {
+                call,
+                outcome,
+                generation,
+            } => Some((
+                generation,
+                ClientFrame::Respond(Respond { call, outcome }),
+                "the call arrived on an earlier connection; the hub forgot it",
+            )),
+            other => {
+                return self.on_request(other, reply);
+            }
+        };
+        if let Some((generation, frame, stale)) = unanswered {
             if generation.is_some_and(|g| g != self.generation) {
-                let _ = reply.send(Err(ClientError::ConnectionLost(
-                    "the message arrived on an earlier connection; its acknowledgement is gone"
-                        .into(),
-                )));
+                let _ = reply.send(Err(ClientError::ConnectionLost(stale.into())));
                 return;
             }
-            let frame = ClientFrame::Reply(Reply { ack_id, payload });
             let msg = connection::encode(self.opts.encoding, &frame);
             if let Err(e) = self.check_size(&msg) {
                 let _ = reply.send(Err(e));
@@ -584,9 +677,11 @@ impl ClientActor {
             }
             self.out.push(msg);
             let _ = reply.send(Ok(Answer::Done));
-            return;
         }
+    }
 
+    /// Queues an operation that waits for the hub's answer.
+    fn on_request(&mut self, op: Op, reply: oneshot::Sender<Result<Answer, ClientError>>) {
         let now = Instant::now();
         let request_timeout = self.opts.request_timeout;
         let (kind, timeout) = match &op {
@@ -599,6 +694,19 @@ impl ClientActor {
                 let t = request_timeout.max(hub + Duration::from_secs(2));
                 (PendingKind::OpenStream(to.clone()), t)
             }
+            Op::Call { timeout, .. } => (PendingKind::Call, *timeout),
+            Op::Provide { service, methods } => (
+                PendingKind::Provide(service.clone(), methods.clone()),
+                request_timeout,
+            ),
+            Op::Subscribe { service, topic } => (
+                PendingKind::Subscribe(service.clone(), topic.clone()),
+                request_timeout,
+            ),
+            Op::Unsubscribe { service, topic } => (
+                PendingKind::Unsubscribe(service.clone(), topic.clone()),
+                request_timeout,
+            ),
             _ => (PendingKind::Plain, request_timeout),
         };
         let entry = PendingEntry {
@@ -663,12 +771,35 @@ impl ClientActor {
         tracing::debug!(id = %self.id, rooms = self.rooms.len(), "welcome");
     }
 
+    /// Provides this client's service again on a new connection (nobody waits for the `ok`;
+    /// a refusal is logged).
+    fn provide_again(&mut self) {
+        let Some((service, methods)) = self.provided.clone() else {
+            return;
+        };
+        let (reply, rx) = oneshot::channel();
+        drop(rx);
+        let entry = PendingEntry {
+            kind: PendingKind::Plain,
+            timeout: self.opts.request_timeout,
+            reply,
+        };
+        let deadline = (Instant::now() + self.opts.request_timeout).into_std();
+        let req = self.requests.insert(deadline, entry);
+        self.queue(&ClientFrame::Provide(Provide {
+            service,
+            methods,
+            req: Some(req),
+        }));
+    }
+
     fn on_drop(&mut self, reason: &str) {
         tracing::info!(reason, "connection to the hub lost");
         self.generation += 1;
         self.out.clear();
         self.streams
             .fail_all(&format!("the connection to the hub was lost: {reason}"));
+        self.feeds.end_all(FeedEnd::ConnectionLost);
         self.fail_pending(|| ClientError::ConnectionLost(reason.to_owned()));
         self.shared.registry.lock().set_connected(None);
         self.emit(ClientEvent::ConnectionLost {
@@ -736,6 +867,7 @@ impl ClientActor {
             match self.while_disconnected(open).await? {
                 Ok((ws, welcome)) => {
                     self.on_welcome(welcome);
+                    self.provide_again();
                     tracing::info!(attempt, "reconnected");
                     self.emit(ClientEvent::Reconnected {
                         id: self.id.clone(),
@@ -836,8 +968,53 @@ fn build_frame(op: Op, req: u64) -> ClientFrame {
             window,
             req,
         }),
-        // Replies are sent without a `req` by `on_command`; a `ping` keeps the frame valid.
-        Op::Reply { .. } => ClientFrame::Ping { req: Some(req) },
+        Op::Provide { service, methods } => ClientFrame::Provide(Provide {
+            service,
+            methods,
+            req: Some(req),
+        }),
+        Op::Call {
+            service,
+            method,
+            payload,
+            timeout,
+        } => ClientFrame::Call(Call {
+            service,
+            method,
+            payload,
+            req,
+            timeout_ms: Some(
+                u64::try_from(timeout.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+        }),
+        Op::CreateTopic(topic) => ClientFrame::CreateTopic {
+            topic,
+            req: Some(req),
+        },
+        Op::DestroyTopic(topic) => ClientFrame::DestroyTopic {
+            topic,
+            req: Some(req),
+        },
+        Op::Publish { topic, payload } => ClientFrame::Publish(Publish {
+            topic,
+            payload,
+            req: Some(req),
+        }),
+        Op::Subscribe { service, topic } => ClientFrame::Subscribe {
+            service,
+            topic,
+            req: Some(req),
+        },
+        Op::Unsubscribe { service, topic } => ClientFrame::Unsubscribe {
+            service,
+            topic,
+            req: Some(req),
+        },
+        // Replies and responds are sent without a `req` by `on_command`; a `ping` keeps the
+        // frame valid.
+        Op::Reply { .. } | Op::Respond { .. } => ClientFrame::Ping { req: Some(req) },
     }
 }
 

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use peermesh_proto::{ClientId, EventName, Hello, Payload, RoomName};
+use peermesh_proto::{
+    ClientId, EventName, Hello, MethodName, Payload, RoomName, ServiceName, TopicName,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
@@ -13,6 +15,7 @@ use crate::error::ClientError;
 use crate::listeners::{EventStream, Filter, ListenerId, Once, Subscription};
 use crate::options::ClientOptions;
 use crate::request::{self, Command, Op, Request};
+use crate::services::{self, Invocations, TopicFeed};
 use crate::stream::{IncomingStreams, Stream};
 
 /// A connection to a peermesh hub.
@@ -32,6 +35,8 @@ pub struct Client {
     ack_timeout: Duration,
     stream_window: u64,
     incoming_capacity: usize,
+    invocation_capacity: usize,
+    call_timeout: Duration,
 }
 
 impl Client {
@@ -74,6 +79,8 @@ impl Client {
         let ack_timeout = opts.ack_timeout;
         let stream_window = opts.stream_window;
         let incoming_capacity = opts.incoming_stream_capacity;
+        let invocation_capacity = opts.invocation_capacity;
+        let call_timeout = opts.call_timeout;
         let (tx, inbox) = mpsc::channel(opts.command_capacity.max(1));
         let shared = Arc::new(Shared::new(&opts));
         let parts = ActorParts {
@@ -94,6 +101,8 @@ impl Client {
             ack_timeout,
             stream_window,
             incoming_capacity,
+            invocation_capacity,
+            call_timeout,
         })
     }
 
@@ -271,6 +280,118 @@ impl Client {
         let (tx, rx) = tokio::sync::mpsc::channel(self.incoming_capacity.max(1));
         *self.shared.incoming.lock() = Some(tx);
         IncomingStreams::new(rx)
+    }
+
+    /// Provides the service `service` with `methods` from this client (one service per
+    /// connection: a second `provide` fails with `already_providing`). Calls arrive in
+    /// [`invocations`](Self::invocations), which should be taken first. The service is
+    /// provided again after a reconnect. Several clients may provide the same service: the hub
+    /// shares the calls among them (the least busy first).
+    pub fn provide<I, S>(&self, service: impl AsRef<str>, methods: I) -> Request<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let op = (|| {
+            Ok(Op::Provide {
+                service: ServiceName::new(service.as_ref())?,
+                methods: methods
+                    .into_iter()
+                    .map(|m| MethodName::new(m.as_ref()))
+                    .collect::<Result<Vec<_>, _>>()?,
+            })
+        })();
+        self.request(op, request::unit)
+    }
+
+    /// The calls of this client's service. Only the latest receiver gets them (an earlier one
+    /// ends); without a receiver, or when its queue is full, calls are answered with a
+    /// `service_error` at once.
+    pub fn invocations(&self) -> Invocations {
+        let (tx, rx) = tokio::sync::mpsc::channel(self.invocation_capacity.max(1));
+        *self.shared.invocations.lock() = Some(tx);
+        Invocations::new(rx)
+    }
+
+    /// Calls `service.method(args)` and waits up to `timeout` (default
+    /// [`ClientOptions::call_timeout`], 5 s) for the provider's answer. Fails with the hub's
+    /// `unknown_service`, `unknown_method`, `service_error` (the provider's message),
+    /// `call_timeout`, `provider_left`, `service_busy` or `too_many_calls`.
+    pub fn call(
+        &self,
+        service: impl AsRef<str>,
+        method: impl AsRef<str>,
+        args: impl Into<Payload>,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Request<Payload> {
+        let timeout = timeout.into().unwrap_or(self.call_timeout);
+        let op = (|| {
+            Ok(Op::Call {
+                service: ServiceName::new(service.as_ref())?,
+                method: MethodName::new(method.as_ref())?,
+                payload: args.into(),
+                timeout,
+            })
+        })();
+        self.request(op, request::call_result)
+    }
+
+    /// Answers the call `call` (for callers that keep ids rather than
+    /// [`Invocation`](crate::Invocation)s, like the CLI): `Err` sends a `service_error` with
+    /// the message.
+    pub fn respond(&self, call: u64, outcome: Result<Payload, String>) -> Request<()> {
+        let op = Ok(Op::Respond {
+            call,
+            outcome,
+            generation: None,
+        });
+        self.request(op, request::unit)
+    }
+
+    /// Subscribes to `topic` of `service`; resolves with its feed. Fails with
+    /// `unknown_service`, `unknown_topic` or `too_many_subscriptions`.
+    pub fn subscribe(
+        &self,
+        service: impl AsRef<str>,
+        topic: impl AsRef<str>,
+    ) -> Request<TopicFeed> {
+        let op = services::names(service.as_ref(), topic.as_ref())
+            .map(|(service, topic)| Op::Subscribe { service, topic });
+        self.request(op, request::feed)
+    }
+
+    /// Ends a subscription (its feed ends); `not_subscribed` if there was none.
+    pub fn unsubscribe(&self, service: impl AsRef<str>, topic: impl AsRef<str>) -> Request<()> {
+        let op = services::names(service.as_ref(), topic.as_ref())
+            .map(|(service, topic)| Op::Unsubscribe { service, topic });
+        self.request(op, request::unit)
+    }
+
+    /// Creates a topic of this client's service (`not_provider` without one).
+    pub fn create_topic(&self, topic: impl AsRef<str>) -> Request<()> {
+        let op = TopicName::new(topic.as_ref())
+            .map(Op::CreateTopic)
+            .map_err(Into::into);
+        self.request(op, request::unit)
+    }
+
+    /// Publishes to a topic of this client's service.
+    pub fn publish(&self, topic: impl AsRef<str>, payload: impl Into<Payload>) -> Request<()> {
+        let op = TopicName::new(topic.as_ref())
+            .map(|topic| Op::Publish {
+                topic,
+                payload: payload.into(),
+            })
+            .map_err(Into::into);
+        self.request(op, request::unit)
+    }
+
+    /// Destroys a topic of this client's service; its subscribers are told.
+    pub fn destroy_topic(&self, topic: impl AsRef<str>) -> Request<()> {
+        let op = TopicName::new(topic.as_ref())
+            .map(Op::DestroyTopic)
+            .map_err(Into::into);
+        self.request(op, request::unit)
     }
 
     /// How many streams are live on the current connection (diagnostics).

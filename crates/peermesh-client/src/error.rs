@@ -23,6 +23,10 @@ pub enum ClientError {
     /// The target did not answer an acknowledged emit within the timeout.
     #[error("ack_timeout: no answer within {0:?}")]
     AckTimeout(Duration),
+    /// The provider did not answer a call within its timeout (noticed by the client; the hub
+    /// reports the same with code `call_timeout`).
+    #[error("call_timeout: no answer within {0:?}")]
+    CallTimeout(Duration),
     /// The hub did not answer a request within the request timeout.
     #[error("timeout: the hub did not answer within {0:?}")]
     RequestTimeout(Duration),
@@ -58,12 +62,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The protocol error code, for errors that have one: every [`ClientError::Hub`] error, and
-    /// [`ClientError::AckTimeout`] (`ack_timeout`, whichever side timed out first).
+    /// The protocol error code, for errors that have one: every [`ClientError::Hub`] error,
+    /// [`ClientError::AckTimeout`] (`ack_timeout`) and [`ClientError::CallTimeout`]
+    /// (`call_timeout`), whichever side timed out first.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Hub { code, .. } => Some(*code),
             ClientError::AckTimeout(_) => Some(ErrorCode::AckTimeout),
+            ClientError::CallTimeout(_) => Some(ErrorCode::CallTimeout),
             _ => None,
         }
     }
@@ -75,6 +81,7 @@ impl ClientError {
         match self {
             ClientError::Hub { code, .. } => code.as_str(),
             ClientError::AckTimeout(_) => ErrorCode::AckTimeout.as_str(),
+            ClientError::CallTimeout(_) => ErrorCode::CallTimeout.as_str(),
             ClientError::RequestTimeout(_) => "timeout",
             ClientError::ConnectionLost(_) => "connection_lost",
             ClientError::NotConnected => "not_connected",

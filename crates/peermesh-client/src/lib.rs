@@ -82,6 +82,12 @@
 //! - `backoff`: [`Backoff`] and [`ReconnectPolicy`], the sans-IO reconnect ladder.
 //! - `tracker`: the sans-IO table of requests waiting for an answer.
 //! - [`stream`]: [`Stream`] (`AsyncRead + AsyncWrite` to another client), [`IncomingStreams`].
+//! - [`services`]: [`Invocation`]s of a provided service, [`TopicFeed`]s of subscriptions.
+//!
+//! Services: a client provides one service ([`Client::provide`], answering
+//! [`Client::invocations`]), calls any service ([`Client::call`]), and subscribes to topics
+//! ([`Client::subscribe`]); a provider manages its service's topics ([`Client::create_topic`],
+//! [`Client::publish`], [`Client::destroy_topic`]).
 //!
 //! # Limits
 //!
@@ -103,6 +109,7 @@ mod event;
 pub mod listeners;
 mod options;
 mod request;
+pub mod services;
 pub mod stream;
 mod tracker;
 
@@ -113,9 +120,11 @@ pub use event::ClientEvent;
 pub use listeners::{EventStream, Feed, ListenerId, Message, Once, Subscription};
 pub use options::ClientOptions;
 pub use peermesh_proto::{
-    ClientId, Encoding, ErrorCode, EventName, Payload, RoomName, PROTOCOL_VERSION,
+    ClientId, Encoding, ErrorCode, EventName, MethodName, Payload, Publication, RoomName,
+    ServiceName, TopicEnd, TopicName, PROTOCOL_VERSION,
 };
 pub use request::{Pending, Request};
+pub use services::{FeedEnd, Invocation, Invocations, TopicFeed};
 pub use stream::{IncomingStream, IncomingStreams, Stream, StreamReset};
 
 #[cfg(test)]

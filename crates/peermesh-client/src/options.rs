@@ -84,6 +84,18 @@ pub struct ClientOptions {
     ///
     /// [`IncomingStreams`]: crate::IncomingStreams
     pub incoming_stream_capacity: usize,
+    /// Calls waiting in [`Invocations`] for this client's service; beyond it they are answered
+    /// with a `service_error` at once. Defaults to 256.
+    ///
+    /// [`Invocations`]: crate::Invocations
+    pub invocation_capacity: usize,
+    /// Publications each [`TopicFeed`] holds; beyond it they are dropped for that feed.
+    /// Defaults to 256.
+    ///
+    /// [`TopicFeed`]: crate::TopicFeed
+    pub topic_capacity: usize,
+    /// Timeout of [`Client::call`](crate::Client::call) when none is given. Defaults to 5 s.
+    pub call_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -109,6 +121,9 @@ impl Default for ClientOptions {
             stream_window: peermesh_proto::stream::DEFAULT_WINDOW,
             stream_send_buffer: 128 << 10,
             incoming_stream_capacity: 16,
+            invocation_capacity: 256,
+            topic_capacity: 256,
+            call_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use peermesh_proto::{ClientId, EventName, Payload, RoomName};
+use peermesh_proto::{ClientId, EventName, MethodName, Payload, RoomName, ServiceName, TopicName};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ClientError;
@@ -60,6 +60,36 @@ pub(crate) enum Op {
         /// earlier connection is refused locally, its acknowledgement is gone.
         generation: Option<u64>,
     },
+    Provide {
+        service: ServiceName,
+        methods: Vec<MethodName>,
+    },
+    Call {
+        service: ServiceName,
+        method: MethodName,
+        payload: Payload,
+        timeout: Duration,
+    },
+    /// A provider's answer; like `Reply`, written without waiting for the hub.
+    Respond {
+        call: u64,
+        outcome: Result<Payload, String>,
+        generation: Option<u64>,
+    },
+    CreateTopic(TopicName),
+    DestroyTopic(TopicName),
+    Publish {
+        topic: TopicName,
+        payload: Payload,
+    },
+    Subscribe {
+        service: ServiceName,
+        topic: TopicName,
+    },
+    Unsubscribe {
+        service: ServiceName,
+        topic: TopicName,
+    },
 }
 
 /// A successful answer.
@@ -73,6 +103,10 @@ pub(crate) enum Answer {
     Members(Vec<ClientId>),
     /// `stream_accepted`: the open stream.
     Stream(crate::stream::Stream),
+    /// `result`: the provider's answer to a call.
+    Result(Payload),
+    /// `ok` to a `subscribe`: the feed of the topic.
+    Feed(crate::services::TopicFeed),
 }
 
 pub(crate) type MapAnswer<T> = fn(Answer) -> Result<T, ClientError>;
@@ -86,6 +120,24 @@ pub(crate) fn ack_payload(a: Answer) -> Result<Payload, ClientError> {
         Answer::Ack(p) => Ok(p),
         other => Err(ClientError::Protocol(format!(
             "expected `ack` for an acknowledged emit, got {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn call_result(a: Answer) -> Result<Payload, ClientError> {
+    match a {
+        Answer::Result(p) => Ok(p),
+        other => Err(ClientError::Protocol(format!(
+            "expected `result` for a call, got {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn feed(a: Answer) -> Result<crate::services::TopicFeed, ClientError> {
+    match a {
+        Answer::Feed(f) => Ok(f),
+        other => Err(ClientError::Protocol(format!(
+            "expected `ok` for a subscribe, got {other:?}"
         ))),
     }
 }

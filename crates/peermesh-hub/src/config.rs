@@ -110,6 +110,23 @@ pub struct HubConfig {
     pub max_stream_window_bytes: u64,
     /// Time a stream target has to accept or reject a `stream_open`, in ms. Defaults to 10,000.
     pub stream_open_timeout_ms: u64,
+    /// Most service calls one connection may have waiting for an answer (`too_many_calls`).
+    /// Defaults to 1,024.
+    pub max_calls_per_client: usize,
+    /// Most calls one client provider handles at once; when every provider of a service is
+    /// at it, calls get `service_busy`. Defaults to 1,024.
+    pub max_calls_per_provider: u32,
+    /// Timeout of a call that names none, in ms. Defaults to 5,000.
+    pub default_call_timeout_ms: u64,
+    /// Longest call timeout a client may ask for, in ms. Defaults to 60,000.
+    pub max_call_timeout_ms: u64,
+    /// Most topics one client may be subscribed to at once. Defaults to 1,024.
+    pub max_subscriptions_per_client: usize,
+    /// Most topics one service may have at once. Defaults to 1,024.
+    pub max_topics_per_service: usize,
+    /// Provide the built-in `time` service (methods `now` and `echo`) from the hub.
+    /// Defaults to `false`.
+    pub builtin_time_service: bool,
     /// WebSocket read buffer per connection, in bytes: allocated for every connection, idle or
     /// not, and the most read from the socket per system call. Defaults to 1 KiB.
     pub ws_read_buffer_bytes: usize,
@@ -149,6 +166,13 @@ impl Default for HubConfig {
             max_streams_per_client: 128,
             max_stream_window_bytes: 4 << 20,
             stream_open_timeout_ms: 10_000,
+            max_calls_per_client: 1024,
+            max_calls_per_provider: 1024,
+            default_call_timeout_ms: 5_000,
+            max_call_timeout_ms: 60_000,
+            max_subscriptions_per_client: 1024,
+            max_topics_per_service: 1024,
+            builtin_time_service: false,
             ws_read_buffer_bytes: 1 << 10,
             ws_write_buffer_bytes: 16 << 10,
             shutdown_grace_ms: 3_000,
@@ -175,7 +199,19 @@ impl HubConfig {
                 ),
             );
         }
-        let positive: [(&'static str, u64); 15] = [
+        let positive: [(&'static str, u64); 21] = [
+            ("max_calls_per_client", self.max_calls_per_client as u64),
+            (
+                "max_calls_per_provider",
+                u64::from(self.max_calls_per_provider),
+            ),
+            ("default_call_timeout_ms", self.default_call_timeout_ms),
+            ("max_call_timeout_ms", self.max_call_timeout_ms),
+            (
+                "max_subscriptions_per_client",
+                self.max_subscriptions_per_client as u64,
+            ),
+            ("max_topics_per_service", self.max_topics_per_service as u64),
             ("max_streams_per_client", self.max_streams_per_client as u64),
             ("max_stream_window_bytes", self.max_stream_window_bytes),
             ("stream_open_timeout_ms", self.stream_open_timeout_ms),
@@ -208,7 +244,9 @@ impl HubConfig {
         }
         // Deadlines are `Instant + duration`: keep every duration far from overflow.
         const DAY_MS: u64 = 86_400_000;
-        let durations: [(&'static str, u64); 8] = [
+        let durations: [(&'static str, u64); 10] = [
+            ("default_call_timeout_ms", self.default_call_timeout_ms),
+            ("max_call_timeout_ms", self.max_call_timeout_ms),
             ("stream_open_timeout_ms", self.stream_open_timeout_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
@@ -237,6 +275,12 @@ impl HubConfig {
             return bad(
                 "default_ack_timeout_ms",
                 "must not exceed max_ack_timeout_ms".into(),
+            );
+        }
+        if self.default_call_timeout_ms > self.max_call_timeout_ms {
+            return bad(
+                "default_call_timeout_ms",
+                "must not exceed max_call_timeout_ms".into(),
             );
         }
         if self.outbound_queue_bytes < self.max_frame_bytes {

@@ -16,6 +16,7 @@
 //! close reason.
 
 mod acks;
+mod calls;
 mod contacts;
 mod rate;
 pub(crate) mod writer;
@@ -28,18 +29,21 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use peermesh_proto::{
-    decode_client, ClientFrame, ClientId, EncodedBody, Encoding, ErrorCode, ErrorFrame, Hello,
-    Limits, Message as MessageFrame, RoomName, ServerFrame, Welcome,
+    decode_client, Call, ClientFrame, ClientId, EncodedBody, Encoding, ErrorCode, ErrorFrame,
+    Hello, Invoke, Limits, Message as MessageFrame, RoomName, ServerFrame, Welcome,
 };
 use tracing::{debug, info, warn};
 
 use self::acks::{conn_of, AckInsertError, AckTracker};
+use self::calls::{CallTracker, Ended, HUB_PROVIDER};
 use self::contacts::RecentTargets;
 use self::rate::TokenBucket;
 use crate::auth::Grant;
 use crate::mailbox::{Outbound, Written};
 use crate::registry::{ConnInfo, ConnShared, Control, MailboxLimits, RegisterError};
 use crate::router::RouteError;
+use crate::services::api::Invocation;
+use crate::services::{Route, Service, Services};
 use crate::streams::{Outcome, StreamItem, Streams};
 use crate::HubInner;
 
@@ -56,7 +60,32 @@ pub(crate) struct Accept {
 /// Capacity of a connection's notice queue: enough for every pending ack and every watched
 /// target to report at once, plus slack.
 fn notice_capacity(hub: &HubInner) -> usize {
-    hub.config.max_pending_acks + hub.config.max_recent_targets + 64
+    hub.config.max_pending_acks
+        + hub.config.max_recent_targets
+        + hub.config.max_calls_per_client
+        + 64
+}
+
+/// Who answers a pending call, and what to release when it ends.
+#[derive(Debug)]
+enum CallTarget {
+    /// The hub's own handler.
+    Hub,
+    /// A client provider: its calls in flight count this call.
+    Client(Arc<ConnShared>),
+}
+
+impl CallTarget {
+    fn release(self) {
+        if let CallTarget::Client(p) = self {
+            // Only calls that were counted are released, so this never goes below 0.
+            let _ = p.calls_in_flight.fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            );
+        }
+    }
 }
 
 /// Most frames written per flush.
@@ -381,6 +410,9 @@ impl PreHello {
         let now = Instant::now();
         let mut session = Session {
             acks: AckTracker::new(slot, cfg.max_pending_acks, rand::random()),
+            calls: CallTracker::new(slot, cfg.max_calls_per_client, rand::random()),
+            watched: HashSet::new(),
+            provided: None,
             contacts: RecentTargets::new(
                 cfg.max_recent_targets,
                 Duration::from_millis(cfg.recent_target_ttl_ms),
@@ -417,6 +449,12 @@ struct Session {
     framer: writer::Framer,
     ping_every: Duration,
     acks: AckTracker,
+    /// Calls this connection made and waits for.
+    calls: CallTracker<CallTarget>,
+    /// Providers this connection is registered with as a call watcher (`call_watchers`).
+    watched: HashSet<u64>,
+    /// The service this connection provides (at most one).
+    provided: Option<Arc<Service>>,
     contacts: RecentTargets,
     rate: TokenBucket,
     streams: Streams,
@@ -467,6 +505,10 @@ impl Session {
                     for frame in self.streams.handle_timeout(now, &self.conn.client) {
                         self.send(&frame);
                     }
+                    for e in self.calls.handle_timeout(now) {
+                        e.handle.release();
+                        self.error(ErrorCode::CallTimeout, "the provider did not answer in time", Some(e.req));
+                    }
                     if now >= hb_check {
                         hb_check = self.last_seen + timeout;
                         if now >= hb_check {
@@ -487,6 +529,9 @@ impl Session {
             }
             if let Some(open) = self.streams.poll_timeout() {
                 due = due.min(open);
+            }
+            if let Some(call) = self.calls.poll_timeout() {
+                due = due.min(call);
             }
             if due != armed {
                 armed = due;
@@ -882,11 +927,219 @@ impl Session {
                 let outcome = self.streams.end(&self.conn, stream);
                 self.stream_outcome(stream, outcome);
             }
+            ClientFrame::Provide(p) => {
+                if let Some(s) = &self.provided {
+                    let m = format!(
+                        "this connection already provides service {:?}; a connection provides \
+                         one service (open another connection for another)",
+                        s.name.as_str()
+                    );
+                    return self.error(ErrorCode::AlreadyProviding, m, p.req);
+                }
+                let svc = self.services().provide(&p.service, &p.methods, &self.conn);
+                debug!(id = %self.conn.client, service = %p.service, "provides");
+                self.provided = Some(svc);
+                self.ok(p.req);
+            }
+            ClientFrame::Call(c) => self.call(c, now),
+            ClientFrame::Respond(r) => {
+                let call = r.call;
+                let ctrl = Control::CallDone {
+                    call,
+                    provider: self.conn.conn,
+                    outcome: r.outcome,
+                };
+                if !self.hub.router.control_slot(conn_of(call), ctrl) {
+                    let m = format!("no pending call has id {call} (its caller is gone)");
+                    self.error(ErrorCode::UnknownCall, m, None);
+                }
+            }
+            ClientFrame::CreateTopic { topic, req } => {
+                let Some(svc) = self.provided.clone() else {
+                    return self.not_provider(req);
+                };
+                let max = self.hub.config.max_topics_per_service;
+                match self.services().create_topic(&svc, &topic, max) {
+                    Ok(()) => self.ok(req),
+                    Err((code, m)) => self.error(code, m, req),
+                }
+            }
+            ClientFrame::DestroyTopic { topic, req } => {
+                let Some(svc) = self.provided.clone() else {
+                    return self.not_provider(req);
+                };
+                match self.services().destroy_topic(&svc, &topic) {
+                    Ok(closed) => {
+                        self.hub.router.topics_ended(vec![closed]);
+                        self.ok(req);
+                    }
+                    Err((code, m)) => self.error(code, m, req),
+                }
+            }
+            ClientFrame::Publish(p) => {
+                let Some(svc) = self.provided.clone() else {
+                    return self.not_provider(p.req);
+                };
+                let sent = Services::own_topic(&svc, &p.topic)
+                    .and_then(|t| self.hub.router.to_topic(&t, p.payload));
+                match sent {
+                    Ok(_) => self.ok(p.req),
+                    Err((code, m)) => self.error(code, m, p.req),
+                }
+            }
+            ClientFrame::Subscribe {
+                service,
+                topic,
+                req,
+            } => {
+                let max = self.hub.config.max_subscriptions_per_client;
+                match self.services().subscribe(&service, &topic, &self.conn, max) {
+                    Ok(()) => self.ok(req),
+                    Err((code, m)) => self.error(code, m, req),
+                }
+            }
+            ClientFrame::Unsubscribe {
+                service,
+                topic,
+                req,
+            } => match self.services().unsubscribe(&service, &topic, &self.conn) {
+                Ok(()) => self.ok(req),
+                Err((code, m)) => self.error(code, m, req),
+            },
             _ => self.error(
                 ErrorCode::UnknownType,
                 "this frame type is not handled",
                 None,
             ),
+        }
+    }
+
+    fn services(&self) -> &Services {
+        &self.hub.router.services
+    }
+
+    fn not_provider(&self, req: Option<u64>) {
+        let m = "this connection provides no service: send `provide` first";
+        self.error(ErrorCode::NotProvider, m, req);
+    }
+
+    /// Routes a call: to the hub's handler, or to the least busy client provider.
+    fn call(&mut self, c: Call, now: Instant) {
+        let cfg = &self.hub.config;
+        let req = c.req;
+        let max = cfg.max_call_timeout_ms;
+        let ms = c.timeout_ms.unwrap_or(cfg.default_call_timeout_ms);
+        if ms == 0 || ms > max {
+            let m = format!("`timeout_ms` must be between 1 and {max}");
+            return self.error(ErrorCode::InvalidField, m, Some(req));
+        }
+        if self.calls.len() >= cfg.max_calls_per_client {
+            let m = format!(
+                "{} calls are already waiting for an answer (max_calls_per_client)",
+                self.calls.len()
+            );
+            return self.error(ErrorCode::TooManyCalls, m, Some(req));
+        }
+        let route = match self
+            .services()
+            .route(&c.service, &c.method, cfg.max_calls_per_provider)
+        {
+            Ok(r) => r,
+            Err((code, m)) => return self.error(code, m, Some(req)),
+        };
+        let deadline = now + Duration::from_millis(ms);
+        self.hub.router.metrics.inc_calls(1);
+        match route {
+            Route::Hub(handler) => {
+                let Ok(call) = self
+                    .calls
+                    .insert(req, HUB_PROVIDER, CallTarget::Hub, deadline)
+                else {
+                    return self.error(ErrorCode::TooManyCalls, "too many calls", Some(req));
+                };
+                let inv = Invocation {
+                    from: self.conn.client.clone(),
+                    service: c.service,
+                    method: c.method,
+                    payload: c.payload,
+                };
+                let router = self.hub.router.clone();
+                let caller = self.conn.conn;
+                tokio::spawn(async move {
+                    let outcome = handler(inv).await.map_err(|e| e.message);
+                    let done = Control::CallDone {
+                        call,
+                        provider: HUB_PROVIDER,
+                        outcome,
+                    };
+                    router.control(caller, done);
+                });
+            }
+            Route::Client(provider) => {
+                // Watch the provider before the invoke can reach it: if it leaves after taking
+                // the invoke, it finds this connection among its watchers.
+                if self.watched.insert(provider.conn) {
+                    provider.call_watchers.lock().insert(self.conn.conn);
+                }
+                let target = CallTarget::Client(provider.clone());
+                let call = match self.calls.insert(req, provider.conn, target, deadline) {
+                    Ok(id) => id,
+                    Err(_) => {
+                        return self.error(ErrorCode::TooManyCalls, "too many calls", Some(req))
+                    }
+                };
+                let frame = ServerFrame::Invoke(Invoke {
+                    call,
+                    from: self.conn.client.clone(),
+                    service: c.service,
+                    method: c.method,
+                    payload: c.payload,
+                });
+                let body = EncodedBody::encode(provider.encoding, &frame);
+                if self.hub.router.to_conn(&provider, body).is_err() {
+                    if let Some(e) = self.calls.complete(call, provider.conn) {
+                        e.handle.release();
+                    }
+                    let m = format!(
+                        "the provider {:?} is disconnecting",
+                        provider.client.as_str()
+                    );
+                    self.error(ErrorCode::ProviderLeft, m, Some(req));
+                }
+            }
+        }
+    }
+
+    fn call_done(
+        &mut self,
+        call: u64,
+        provider: u64,
+        outcome: Result<peermesh_proto::Payload, String>,
+    ) {
+        match self.calls.complete(call, provider) {
+            Some(Ended { req, handle }) => {
+                handle.release();
+                match outcome {
+                    Ok(payload) => self.send(&ServerFrame::CallResult { req, payload }),
+                    Err(m) => self.error(ErrorCode::ServiceError, m, Some(req)),
+                }
+            }
+            None if provider != HUB_PROVIDER => {
+                let m = format!(
+                    "no pending call has id {call} for you (it was answered, timed out, or was \
+                     not sent to you)"
+                );
+                let e = ServerFrame::Error(ErrorFrame::new(ErrorCode::UnknownCall, m, None));
+                self.hub.router.metrics.inc_error(ErrorCode::UnknownCall);
+                if let Some(p) = self.hub.registry().conn(provider) {
+                    let _ = self
+                        .hub
+                        .router
+                        .to_conn(&p, EncodedBody::encode(p.encoding, &e));
+                }
+            }
+            // A hub handler that finished after the call timed out.
+            None => {}
         }
     }
 
@@ -947,6 +1200,19 @@ impl Session {
                     let _ = self.hub.router.to_client(&from, &e);
                 }
             },
+            Control::CallDone {
+                call,
+                provider,
+                outcome,
+            } => self.call_done(call, provider, outcome),
+            Control::ProviderGone { conn } => {
+                self.watched.remove(&conn);
+                for e in self.calls.fail_provider(conn) {
+                    e.handle.release();
+                    let m = "the provider disconnected before answering";
+                    self.error(ErrorCode::ProviderLeft, m, Some(e.req));
+                }
+            }
             Control::PeerGone { id, conn } => {
                 for req in self.acks.fail_target(&id) {
                     let m = format!("{:?} disconnected before answering", id.as_str());
@@ -962,6 +1228,11 @@ impl Session {
     async fn cleanup(mut self) {
         let hub = self.hub.clone();
         let registry = hub.registry();
+        // No new call reaches a provider that is leaving.
+        if let Some(svc) = self.provided.take() {
+            let closed = hub.router.services.unprovide(&svc, self.conn.conn);
+            hub.router.topics_ended(closed);
+        }
         let owned = registry.unregister(&self.conn);
         self.conn.cancel.cancel();
         let rooms: Vec<RoomName> = self.conn.rooms.lock().drain().collect();
@@ -997,7 +1268,27 @@ impl Session {
         }
         let reason = self.conn.close_reason().cloned();
         debug!(id = %self.conn.client, reason = ?reason.as_ref().map(|r| r.code), "client disconnected");
+        hub.router.services.unsubscribe_all(&self.conn);
+        for e in self.calls.drain() {
+            e.handle.release();
+        }
+        for p in std::mem::take(&mut self.watched) {
+            if let Some(c) = registry.conn(p) {
+                c.call_watchers.lock().remove(&self.conn.conn);
+            }
+        }
         let unread = self.conn.mailbox.close();
+        // After the close, no invoke can be queued here: every caller that could have sent one
+        // registered as a watcher before, and hears that this provider is gone.
+        let callers: HashSet<u64> = std::mem::take(&mut *self.conn.call_watchers.lock());
+        for w in callers {
+            hub.router.control(
+                w,
+                Control::ProviderGone {
+                    conn: self.conn.conn,
+                },
+            );
+        }
         let unread = unread.into_iter().filter_map(|o| match o {
             Outbound::Stream(item) => Some(item),
             Outbound::Frame(_) => None,

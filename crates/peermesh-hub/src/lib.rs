@@ -32,6 +32,9 @@
 //! - `registry`: clients, connections and rooms.
 //! - `streams`: byte streams between two clients: each connection's table, the items the two
 //!   ends exchange, credit-based flow control.
+//! - `services`: services (RPC) and topics: providers, the choice of a provider, topic
+//!   subscribers; `services::api` is the Rust API for services the hub provides itself
+//!   ([`HubHandle::provide`]), `services::builtin` the optional `time` service.
 //! - `auth`: JWT verification.
 //! - `metrics`: counters and rates.
 #![deny(missing_docs)]
@@ -45,6 +48,7 @@ mod mailbox;
 mod metrics;
 mod registry;
 mod router;
+mod services;
 mod streams;
 
 use std::net::SocketAddr;
@@ -60,6 +64,8 @@ use tracing::info;
 pub use config::{AuthConfig, DuplicateIdPolicy, HubConfig};
 pub use error::{ConfigError, HubError};
 pub use metrics::{Metrics, Rates};
+pub use services::api::{Invocation, ServiceApiError, ServiceError, ServiceHandle, ServiceSpec};
+pub use services::ServiceStats;
 
 use registry::Registry;
 use router::Router;
@@ -89,6 +95,8 @@ pub struct Hub {
     inner: Arc<HubInner>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The built-in `time` service, when configured; withdrawn when the hub stops.
+    builtin: Option<ServiceHandle>,
 }
 
 /// A cheap, cloneable handle to a running hub.
@@ -119,6 +127,7 @@ impl Hub {
             router: Router {
                 registry: Arc::new(Registry::default()),
                 metrics: Arc::new(metrics::Metrics::default()),
+                services: Arc::new(services::Services::default()),
             },
             auth,
             version_req,
@@ -128,16 +137,36 @@ impl Hub {
             started: Instant::now(),
             config,
         });
+        let builtin = if inner.config.builtin_time_service {
+            let spec = services::builtin::time_service().map_err(|e| ConfigError::Invalid {
+                key: "builtin_time_service",
+                reason: e.to_string(),
+            })?;
+            let handle =
+                ServiceHandle::provide(inner.clone(), spec).map_err(|e| ConfigError::Invalid {
+                    key: "builtin_time_service",
+                    reason: e.to_string(),
+                })?;
+            Some(handle)
+        } else {
+            None
+        };
         Ok(Hub {
             inner,
             listener,
             local_addr,
+            builtin,
         })
     }
 
     /// The address the hub listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Provides a service from the hub process; see [`HubHandle::provide`].
+    pub fn provide(&self, spec: ServiceSpec) -> Result<ServiceHandle, ServiceApiError> {
+        ServiceHandle::provide(self.inner.clone(), spec)
     }
 
     /// A handle to shut the hub down and read its figures.
@@ -150,6 +179,7 @@ impl Hub {
     /// Serves until [`HubHandle::shutdown`], then closes every connection with the reason
     /// "server shutting down" and waits (up to `shutdown_grace_ms`) for them to finish.
     pub async fn run(self) -> Result<(), HubError> {
+        let builtin = self.builtin;
         let inner = self.inner;
         info!(addr = %self.local_addr, "hub listening");
         let sampler = {
@@ -203,6 +233,7 @@ impl Hub {
             tracing::warn!("some connections did not finish within the shutdown grace time");
         }
         sampler.abort();
+        drop(builtin);
         served.map_err(HubError::Serve)
     }
 }
@@ -232,5 +263,19 @@ impl HubHandle {
     /// The hub's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.router.metrics
+    }
+
+    /// Provides a service from the hub process itself; see [`ServiceSpec`]. Clients call it
+    /// like any other service; for the methods it has, the hub answers before any client
+    /// provider of the same service. Fails when the hub already provides a service of that
+    /// name.
+    pub fn provide(&self, spec: ServiceSpec) -> Result<ServiceHandle, ServiceApiError> {
+        ServiceHandle::provide(self.inner.clone(), spec)
+    }
+
+    /// Services, providers, topics, subscriptions and calls in flight now (all 0 on a hub
+    /// whose clients left and which provides nothing itself).
+    pub fn service_stats(&self) -> ServiceStats {
+        self.inner.router.services.stats()
     }
 }

@@ -42,9 +42,33 @@ pub struct Metrics {
     stream_bytes: AtomicU64,
     /// Stream ends held by connections now (each stream counts once per end).
     streams_live: std::sync::atomic::AtomicI64,
-    errors: [AtomicU64; 32],
+    calls: AtomicU64,
+    publications: AtomicU64,
+    errors: ErrorCounts,
     rates: Mutex<(Rates, [u64; 5])>,
 }
+
+/// One counter per error code (room for every code of [`ErrorCode::ALL`]).
+#[derive(Debug)]
+struct ErrorCounts([AtomicU64; 64]);
+
+impl Default for ErrorCounts {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl std::ops::Deref for ErrorCounts {
+    type Target = [AtomicU64; 64];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+const _: () = assert!(
+    ErrorCode::ALL.len() < 64,
+    "ErrorCounts needs room for every code"
+);
 
 macro_rules! inc {
     ($($name:ident => $field:ident),*) => {$(
@@ -57,7 +81,8 @@ macro_rules! inc {
 impl Metrics {
     inc!(inc_frames_in => frames_in, inc_frames_out => frames_out, inc_bytes_in => bytes_in,
          inc_bytes_out => bytes_out, inc_direct => direct_messages, inc_room => room_messages,
-         inc_deliveries => deliveries, inc_acks => acks);
+         inc_deliveries => deliveries, inc_acks => acks, inc_calls => calls,
+         inc_publications => publications);
 
     pub(crate) fn inc_connections(&self) {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +212,16 @@ impl Metrics {
             "acks_total",
             "Acknowledgement answers routed.",
             load(&self.acks),
+        );
+        counter(
+            "calls_total",
+            "Service calls routed to a provider (the hub or a client).",
+            load(&self.calls),
+        );
+        counter(
+            "publications_total",
+            "Topic publications (before fan-out).",
+            load(&self.publications),
         );
         counter(
             "slow_consumers_total",

@@ -14,14 +14,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
-use peermesh_proto::{ClientId, EncodedBody, Encoding, ErrorCode, Payload, RoomName};
+use peermesh_proto::{
+    ClientId, EncodedBody, Encoding, ErrorCode, Payload, RoomName, ServiceName, TopicName,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DuplicateIdPolicy;
@@ -38,6 +40,14 @@ pub(crate) enum Control {
     },
     /// A client this connection sent to has gone (its connection `conn` ended).
     PeerGone { id: ClientId, conn: u64 },
+    /// A provider (connection `provider`, or the hub: 0) answered the call `call`.
+    CallDone {
+        call: u64,
+        provider: u64,
+        outcome: Result<Payload, String>,
+    },
+    /// A provider this connection called has gone (its connection `conn` ended).
+    ProviderGone { conn: u64 },
 }
 
 /// Why a connection is being closed.
@@ -93,6 +103,12 @@ pub(crate) struct ConnShared {
     pub(crate) mailbox: Mailbox<Control>,
     /// The next stream id of this connection (ids start at 1 and are never reused).
     pub(crate) next_stream: AtomicU64,
+    /// As a provider: calls routed to this connection and not yet ended.
+    pub(crate) calls_in_flight: AtomicU32,
+    /// As a provider: connections that have called it (told with `ProviderGone` when it ends).
+    pub(crate) call_watchers: Mutex<HashSet<u64>>,
+    /// Topics this connection subscribed to.
+    pub(crate) subscriptions: Mutex<HashMap<(ServiceName, TopicName), Arc<crate::services::Topic>>>,
     close: OnceLock<CloseReason>,
 }
 
@@ -128,6 +144,9 @@ impl ConnShared {
             cancel: CancellationToken::new(),
             mailbox: Mailbox::new(limits.frames, limits.bytes, limits.notices),
             next_stream: AtomicU64::new(1),
+            calls_in_flight: AtomicU32::new(0),
+            call_watchers: Mutex::new(HashSet::new()),
+            subscriptions: Mutex::new(HashMap::new()),
             close: OnceLock::new(),
         }
     }

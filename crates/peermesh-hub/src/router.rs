@@ -9,10 +9,13 @@
 
 use std::sync::Arc;
 
-use peermesh_proto::{ClientId, EncodedBody, Encoding, RoomName, ServerFrame};
+use peermesh_proto::{
+    ClientId, EncodedBody, Encoding, Payload, Publication, RoomName, ServerFrame,
+};
 
 use crate::metrics::Metrics;
 use crate::registry::{ConnShared, Control, QueueError, Registry};
+use crate::services::{Closed, Refusal, Services, Topic};
 
 /// A frame encoded lazily, at most once per encoding.
 pub(crate) struct Shared<'a> {
@@ -54,6 +57,7 @@ pub(crate) enum RouteError {
 pub(crate) struct Router {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) services: Arc<Services>,
 }
 
 impl Router {
@@ -115,6 +119,52 @@ impl Router {
             self.metrics.inc_slow_consumers();
         }
         reached
+    }
+
+    /// Publishes to every subscriber of a topic; returns how many it reached. The frame is
+    /// encoded at most once per encoding; a subscriber whose outbound queue is full is closed
+    /// as a slow consumer and the others carry on.
+    pub(crate) fn to_topic(&self, topic: &Topic, payload: Payload) -> Result<usize, Refusal> {
+        let frame = ServerFrame::Publication(Publication {
+            service: topic.service.clone(),
+            topic: topic.name.clone(),
+            payload,
+        });
+        let mut shared = Shared::new(&frame);
+        let (reached, slow) = topic
+            .with_subscribers(|subs| {
+                let (mut reached, mut slow) = (0usize, 0usize);
+                for conn in subs.values() {
+                    match conn.send(shared.body(conn.encoding)) {
+                        Ok(()) => reached += 1,
+                        Err(QueueError::SlowConsumer) => slow += 1,
+                        Err(QueueError::Closed) => {}
+                    }
+                }
+                (reached, slow)
+            })
+            .ok_or_else(|| topic.gone())?;
+        self.metrics.inc_publications(1);
+        self.metrics.inc_deliveries(reached as u64);
+        for _ in 0..slow {
+            self.metrics.inc_slow_consumers();
+        }
+        Ok(reached)
+    }
+
+    /// Tells the subscribers of topics that ended (`topic_ended`).
+    pub(crate) fn topics_ended(&self, closed: Vec<Closed>) {
+        for c in closed {
+            let frame = ServerFrame::TopicEnded {
+                service: c.topic.service.clone(),
+                topic: c.topic.name.clone(),
+                reason: c.reason,
+            };
+            let mut shared = Shared::new(&frame);
+            for conn in &c.subscribers {
+                let _ = self.to_conn(conn, shared.body(conn.encoding));
+            }
+        }
     }
 
     /// Sends a notice to the connection holding `slot` (an `ack_id`'s high bits).

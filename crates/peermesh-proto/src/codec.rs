@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::error::ErrorCode;
 use crate::frame::*;
-use crate::id::{ClientId, EventName, NameError, RoomName};
+use crate::id::{ClientId, EventName, MethodName, NameError, RoomName, ServiceName, TopicName};
 use crate::payload::{BinField, Payload};
 
 /// The encoding of a connection or frame.
@@ -175,7 +175,18 @@ pub const CLIENT_TYPES: &[&str] = &[
     "stream_credit",
     "stream_end",
     "stream_reset",
+    "provide",
+    "call",
+    "respond",
+    "create_topic",
+    "destroy_topic",
+    "publish",
+    "subscribe",
+    "unsubscribe",
 ];
+
+/// Most methods one `provide` may list.
+pub const MAX_METHODS: usize = 256;
 
 #[derive(Deserialize)]
 struct RawClient<'a> {
@@ -221,6 +232,18 @@ struct RawClient<'a> {
     reason: Option<String>,
     #[serde(default)]
     meta: Option<Value>,
+    #[serde(default, borrow)]
+    service: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    methods: Option<Vec<Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(default)]
+    call: Option<u64>,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 struct Fields<'r> {
@@ -366,6 +389,77 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeE
         "stream_reset" => ClientFrame::StreamReset {
             stream: f.need(raw.stream, "stream")?,
             reason: f.reason(raw.reason)?,
+        },
+        "provide" => {
+            let names = f.need(raw.methods, "methods")?;
+            if names.is_empty() || names.len() > MAX_METHODS {
+                return Err(f.err(format!(
+                    "`methods` must list 1 to {MAX_METHODS} methods, not {}",
+                    names.len()
+                )));
+            }
+            let mut methods: Vec<MethodName> = Vec::with_capacity(names.len());
+            for n in &names {
+                let m = MethodName::new(n).map_err(|e| f.err(format!("`methods`: {e}")))?;
+                if methods.contains(&m) {
+                    return Err(f.err(format!("`methods` lists {:?} twice", m.as_str())));
+                }
+                methods.push(m);
+            }
+            ClientFrame::Provide(Provide {
+                service: f.name(raw.service, "service", ServiceName::new)?,
+                methods,
+                req: raw.req,
+            })
+        }
+        "call" => ClientFrame::Call(Call {
+            req: f.need(raw.req, "req")?,
+            service: f.name(raw.service, "service", ServiceName::new)?,
+            method: f.name(raw.method, "method", MethodName::new)?,
+            payload: f.payload(raw.data, raw.bin)?,
+            timeout_ms: raw.timeout_ms,
+        }),
+        "respond" => {
+            let call = f.need(raw.call, "call")?;
+            let outcome = match raw.error {
+                Some(e) => {
+                    if raw.data.is_some() || raw.bin.is_some() {
+                        return Err(f.err("a `respond` carries `error` or a result, not both"));
+                    }
+                    if e.len() > MAX_SERVICE_ERROR_LEN {
+                        return Err(f.err(format!(
+                            "`error` has {} bytes; at most {MAX_SERVICE_ERROR_LEN} are allowed",
+                            e.len()
+                        )));
+                    }
+                    Err(e)
+                }
+                None => Ok(f.payload(raw.data, raw.bin)?),
+            };
+            ClientFrame::Respond(Respond { call, outcome })
+        }
+        "create_topic" => ClientFrame::CreateTopic {
+            topic: f.name(raw.topic, "topic", TopicName::new)?,
+            req: raw.req,
+        },
+        "destroy_topic" => ClientFrame::DestroyTopic {
+            topic: f.name(raw.topic, "topic", TopicName::new)?,
+            req: raw.req,
+        },
+        "publish" => ClientFrame::Publish(Publish {
+            topic: f.name(raw.topic, "topic", TopicName::new)?,
+            payload: f.payload(raw.data, raw.bin)?,
+            req: raw.req,
+        }),
+        "subscribe" => ClientFrame::Subscribe {
+            service: f.name(raw.service, "service", ServiceName::new)?,
+            topic: f.name(raw.topic, "topic", TopicName::new)?,
+            req: raw.req,
+        },
+        "unsubscribe" => ClientFrame::Unsubscribe {
+            service: f.name(raw.service, "service", ServiceName::new)?,
+            topic: f.name(raw.topic, "topic", TopicName::new)?,
+            req: raw.req,
         },
         _ => ClientFrame::Ping { req: raw.req },
     })
@@ -542,6 +636,10 @@ pub const SERVER_TYPES: &[&str] = &[
     "stream_credit",
     "stream_end",
     "stream_reset",
+    "invoke",
+    "result",
+    "publication",
+    "topic_ended",
 ];
 
 #[derive(Deserialize)]
@@ -592,6 +690,14 @@ struct RawServer<'a> {
     reason: Option<String>,
     #[serde(default)]
     meta: Option<Value>,
+    #[serde(default, borrow)]
+    service: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(default)]
+    call: Option<u64>,
 }
 
 /// Decodes one hub → client frame, returning its `seq` and the frame.
@@ -703,6 +809,27 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<(u64, ServerFrame), 
                 .parse()
                 .unwrap_or(ErrorCode::Unknown),
             reason: raw.reason.unwrap_or_default(),
+        },
+        "invoke" => ServerFrame::Invoke(Invoke {
+            call: f.need(raw.call, "call")?,
+            from: f.name(raw.from, "from", ClientId::new)?,
+            service: f.name(raw.service, "service", ServiceName::new)?,
+            method: f.name(raw.method, "method", MethodName::new)?,
+            payload: f.payload(raw.data, raw.bin)?,
+        }),
+        "result" => ServerFrame::CallResult {
+            req: f.need(raw.req, "req")?,
+            payload: f.payload(raw.data, raw.bin)?,
+        },
+        "publication" => ServerFrame::Publication(Publication {
+            service: f.name(raw.service, "service", ServiceName::new)?,
+            topic: f.name(raw.topic, "topic", TopicName::new)?,
+            payload: f.payload(raw.data, raw.bin)?,
+        }),
+        "topic_ended" => ServerFrame::TopicEnded {
+            service: f.name(raw.service, "service", ServiceName::new)?,
+            topic: f.name(raw.topic, "topic", TopicName::new)?,
+            reason: TopicEnd::parse(&f.need(raw.reason, "reason")?),
         },
         _ => ServerFrame::Pong { req: raw.req },
     };

@@ -122,6 +122,34 @@ error_codes! {
     TooManyStreams => "too_many_streams", false, "a client already has as many streams open as allowed";
     /// The other end of the stream reset it; the message is its reason.
     PeerReset => "peer_reset", false, "the other end reset the stream";
+    /// No provider (the hub or a client) offers the service named by a `call` or `subscribe`.
+    UnknownService => "unknown_service", false, "no provider offers that service";
+    /// The service exists but none of its providers offers the method.
+    UnknownMethod => "unknown_method", false, "the service has no such method";
+    /// The provider answered the call with an error; the message is the provider's.
+    ServiceError => "service_error", false, "the provider answered the call with an error";
+    /// The provider did not answer a call within its timeout.
+    CallTimeout => "call_timeout", false, "the provider did not answer the call in time";
+    /// The provider handling a call disconnected before answering.
+    ProviderLeft => "provider_left", false, "the provider disconnected before answering the call";
+    /// A `respond` names a call that is not pending for this provider (answered, timed out, or never sent to it).
+    UnknownCall => "unknown_call", false, "no pending call has that id for this provider";
+    /// The caller already has as many calls waiting as allowed.
+    TooManyCalls => "too_many_calls", false, "too many calls are waiting for an answer";
+    /// Every provider of the service has as many calls in flight as allowed.
+    ServiceBusy => "service_busy", false, "every provider of the service is at its limit of calls in flight";
+    /// The connection already provides a service (one service per connection).
+    AlreadyProviding => "already_providing", false, "this connection already provides a service";
+    /// A topic operation or `respond` came from a connection that provides no service.
+    NotProvider => "not_provider", false, "this connection provides no service";
+    /// The service has no topic with that name.
+    UnknownTopic => "unknown_topic", false, "the service has no such topic";
+    /// `unsubscribe` named a topic the client is not subscribed to.
+    NotSubscribed => "not_subscribed", false, "the client is not subscribed to that topic";
+    /// Subscribing would exceed `max_subscriptions_per_client`.
+    TooManySubscriptions => "too_many_subscriptions", false, "the client already has as many subscriptions as allowed";
+    /// Creating the topic would exceed `max_topics_per_service`.
+    TooManyTopics => "too_many_topics", false, "the service already has as many topics as allowed";
     /// An internal error; the hub logs the details.
     Internal => "internal", false, "an internal error occurred in the hub";
 }

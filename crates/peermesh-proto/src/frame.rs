@@ -7,7 +7,7 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 
 use crate::error::ErrorCode;
-use crate::id::{ClientId, EventName, RoomName};
+use crate::id::{ClientId, EventName, MethodName, RoomName, ServiceName, TopicName};
 use crate::payload::Payload;
 
 /// A frame sent by a client to the hub.
@@ -83,6 +83,159 @@ pub enum ClientFrame {
         /// Why, for the other end (at most 1,024 bytes; may be empty).
         reason: String,
     },
+    /// Registers this connection as a provider of a service.
+    Provide(Provide),
+    /// Calls a method of a service.
+    Call(Call),
+    /// A provider's answer to an `invoke`.
+    Respond(Respond),
+    /// A provider creates a topic of its service.
+    CreateTopic {
+        /// The topic, in the provider's service.
+        topic: TopicName,
+        /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
+    /// A provider destroys a topic of its service; its subscribers are told.
+    DestroyTopic {
+        /// The topic, in the provider's service.
+        topic: TopicName,
+        /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
+    /// A provider publishes to a topic of its service.
+    Publish(Publish),
+    /// Subscribes to a topic of a service.
+    Subscribe {
+        /// The service.
+        service: ServiceName,
+        /// The topic.
+        topic: TopicName,
+        /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
+    /// Ends a subscription.
+    Unsubscribe {
+        /// The service.
+        service: ServiceName,
+        /// The topic.
+        topic: TopicName,
+        /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
+}
+
+/// Longest error message a provider may give in `respond`, in bytes.
+pub const MAX_SERVICE_ERROR_LEN: usize = 4096;
+
+/// The `provide` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provide {
+    /// The service this connection provides.
+    pub service: ServiceName,
+    /// Its methods (at least one, no duplicates).
+    pub methods: Vec<MethodName>,
+    /// Correlation number, answered by `ok` or `error`.
+    pub req: Option<u64>,
+}
+
+/// The `call` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The service.
+    pub service: ServiceName,
+    /// The method.
+    pub method: MethodName,
+    /// The arguments.
+    pub payload: Payload,
+    /// Correlation number, answered by exactly one `result` or `error`.
+    pub req: u64,
+    /// How long to wait for the answer, in ms (default and maximum set by the hub).
+    pub timeout_ms: Option<u64>,
+}
+
+/// The `respond` frame: a provider's answer to an `invoke`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Respond {
+    /// The `call` of the `invoke` being answered.
+    pub call: u64,
+    /// The result, or the provider's error message (at most [`MAX_SERVICE_ERROR_LEN`] bytes).
+    pub outcome: Result<Payload, String>,
+}
+
+/// The `publish` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    /// The topic, in the provider's service.
+    pub topic: TopicName,
+    /// What to publish.
+    pub payload: Payload,
+    /// Correlation number, answered by `ok` or `error`.
+    pub req: Option<u64>,
+}
+
+/// The `invoke` frame: a caller wants this provider to run a method.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invoke {
+    /// The call's id: answer with `respond` carrying it.
+    pub call: u64,
+    /// The caller, stamped by the hub.
+    pub from: ClientId,
+    /// The service.
+    pub service: ServiceName,
+    /// The method.
+    pub method: MethodName,
+    /// The arguments.
+    pub payload: Payload,
+}
+
+/// The `publication` frame: something was published to a topic this client subscribed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    /// The service.
+    pub service: ServiceName,
+    /// The topic.
+    pub topic: TopicName,
+    /// What was published.
+    pub payload: Payload,
+}
+
+/// Why a topic ended for its subscribers (`topic_ended`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TopicEnd {
+    /// A provider destroyed the topic (`destroyed`).
+    Destroyed,
+    /// The service's last provider went away (`service_gone`).
+    ServiceGone,
+    /// A reason this build does not know.
+    Unknown,
+}
+
+impl TopicEnd {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicEnd::Destroyed => "destroyed",
+            TopicEnd::ServiceGone => "service_gone",
+            TopicEnd::Unknown => "unknown",
+        }
+    }
+
+    /// Parses the wire spelling; unknown spellings give [`TopicEnd::Unknown`].
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "destroyed" => TopicEnd::Destroyed,
+            "service_gone" => TopicEnd::ServiceGone,
+            _ => TopicEnd::Unknown,
+        }
+    }
+}
+
+impl Serialize for TopicEnd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// The `stream_open` frame.
@@ -254,6 +407,26 @@ pub enum ServerFrame {
         /// For `peer_reset`, the other end's reason as it gave it; otherwise a sentence.
         reason: String,
     },
+    /// A caller wants this provider to run a method.
+    Invoke(Invoke),
+    /// The answer to a `call` (wire type `result`).
+    CallResult {
+        /// The `req` of the call.
+        req: u64,
+        /// The provider's result.
+        payload: Payload,
+    },
+    /// Something was published to a topic this client subscribed to.
+    Publication(Publication),
+    /// A topic this client subscribed to ended; the subscription is over.
+    TopicEnded {
+        /// The service.
+        service: ServiceName,
+        /// The topic.
+        topic: TopicName,
+        /// Why.
+        reason: TopicEnd,
+    },
 }
 
 /// The `welcome` frame.
@@ -356,6 +529,10 @@ impl ServerFrame {
             ServerFrame::StreamCredit { .. } => "stream_credit",
             ServerFrame::StreamEnd { .. } => "stream_end",
             ServerFrame::StreamReset { .. } => "stream_reset",
+            ServerFrame::Invoke(_) => "invoke",
+            ServerFrame::CallResult { .. } => "result",
+            ServerFrame::Publication(_) => "publication",
+            ServerFrame::TopicEnded { .. } => "topic_ended",
         }
     }
 }
@@ -378,6 +555,14 @@ impl ClientFrame {
             ClientFrame::StreamCredit { .. } => "stream_credit",
             ClientFrame::StreamEnd { .. } => "stream_end",
             ClientFrame::StreamReset { .. } => "stream_reset",
+            ClientFrame::Provide(_) => "provide",
+            ClientFrame::Call(_) => "call",
+            ClientFrame::Respond(_) => "respond",
+            ClientFrame::CreateTopic { .. } => "create_topic",
+            ClientFrame::DestroyTopic { .. } => "destroy_topic",
+            ClientFrame::Publish(_) => "publish",
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
         }
     }
 
@@ -390,8 +575,16 @@ impl ClientFrame {
             | ClientFrame::StreamReject { .. }
             | ClientFrame::StreamCredit { .. }
             | ClientFrame::StreamEnd { .. }
-            | ClientFrame::StreamReset { .. } => None,
+            | ClientFrame::StreamReset { .. }
+            | ClientFrame::Respond(_) => None,
             ClientFrame::StreamOpen(o) => Some(o.req),
+            ClientFrame::Call(c) => Some(c.req),
+            ClientFrame::Provide(p) => p.req,
+            ClientFrame::Publish(p) => p.req,
+            ClientFrame::CreateTopic { req, .. }
+            | ClientFrame::DestroyTopic { req, .. }
+            | ClientFrame::Subscribe { req, .. }
+            | ClientFrame::Unsubscribe { req, .. } => *req,
             ClientFrame::Emit(e) => e.req,
             ClientFrame::EmitRoom(e) => e.req,
             ClientFrame::Join { req, .. }
@@ -537,6 +730,43 @@ impl Serialize for ServerFrame {
                 m.serialize_entry("reason", reason)?;
                 m.end()
             }
+            ServerFrame::Invoke(i) => {
+                let mut m = s.serialize_map(Some(5 + i.payload.entries()))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("call", &i.call)?;
+                m.serialize_entry("from", &i.from)?;
+                m.serialize_entry("service", &i.service)?;
+                m.serialize_entry("method", &i.method)?;
+                i.payload.serialize_entry(&mut m)?;
+                m.end()
+            }
+            ServerFrame::CallResult { req, payload } => {
+                let mut m = s.serialize_map(Some(2 + payload.entries()))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("req", req)?;
+                payload.serialize_entry(&mut m)?;
+                m.end()
+            }
+            ServerFrame::Publication(p) => {
+                let mut m = s.serialize_map(Some(3 + p.payload.entries()))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("service", &p.service)?;
+                m.serialize_entry("topic", &p.topic)?;
+                p.payload.serialize_entry(&mut m)?;
+                m.end()
+            }
+            ServerFrame::TopicEnded {
+                service,
+                topic,
+                reason,
+            } => {
+                let mut m = s.serialize_map(Some(4))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("service", service)?;
+                m.serialize_entry("topic", topic)?;
+                m.serialize_entry("reason", reason)?;
+                m.end()
+            }
         }
     }
 }
@@ -649,6 +879,71 @@ impl Serialize for ClientFrame {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("type", ty)?;
                 m.serialize_entry("stream", stream)?;
+                m.end()
+            }
+            ClientFrame::Provide(p) => {
+                let mut m = s.serialize_map(Some(3 + opt(&p.req)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("service", &p.service)?;
+                m.serialize_entry("methods", &p.methods)?;
+                put_opt(&mut m, "req", &p.req)?;
+                m.end()
+            }
+            ClientFrame::Call(c) => {
+                let n = 4 + c.payload.entries() + opt(&c.timeout_ms);
+                let mut m = s.serialize_map(Some(n))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("service", &c.service)?;
+                m.serialize_entry("method", &c.method)?;
+                c.payload.serialize_entry(&mut m)?;
+                m.serialize_entry("req", &c.req)?;
+                put_opt(&mut m, "timeout_ms", &c.timeout_ms)?;
+                m.end()
+            }
+            ClientFrame::Respond(r) => {
+                let n = 2 + match &r.outcome {
+                    Ok(p) => p.entries(),
+                    Err(_) => 1,
+                };
+                let mut m = s.serialize_map(Some(n))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("call", &r.call)?;
+                match &r.outcome {
+                    Ok(p) => p.serialize_entry(&mut m)?,
+                    Err(e) => m.serialize_entry("error", e)?,
+                }
+                m.end()
+            }
+            ClientFrame::CreateTopic { topic, req } | ClientFrame::DestroyTopic { topic, req } => {
+                let mut m = s.serialize_map(Some(2 + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("topic", topic)?;
+                put_opt(&mut m, "req", req)?;
+                m.end()
+            }
+            ClientFrame::Publish(p) => {
+                let mut m = s.serialize_map(Some(2 + p.payload.entries() + opt(&p.req)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("topic", &p.topic)?;
+                p.payload.serialize_entry(&mut m)?;
+                put_opt(&mut m, "req", &p.req)?;
+                m.end()
+            }
+            ClientFrame::Subscribe {
+                service,
+                topic,
+                req,
+            }
+            | ClientFrame::Unsubscribe {
+                service,
+                topic,
+                req,
+            } => {
+                let mut m = s.serialize_map(Some(3 + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("service", service)?;
+                m.serialize_entry("topic", topic)?;
+                put_opt(&mut m, "req", req)?;
                 m.end()
             }
         }

@@ -130,6 +130,22 @@ name_type!(
     EventName, "event name", 128, text_char, "control characters are not allowed"
 );
 
+name_type!(
+    /// A service name: 1 to 128 bytes of ASCII letters, digits and `-_.:@+=` (like a client id).
+    ServiceName, "service name", 128, id_char,
+    "only ASCII letters, digits and - _ . : @ + = are allowed"
+);
+name_type!(
+    /// A method name of a service: 1 to 128 bytes of ASCII letters, digits and `-_.:@+=`.
+    MethodName, "method name", 128, id_char,
+    "only ASCII letters, digits and - _ . : @ + = are allowed"
+);
+name_type!(
+    /// A topic name, unique within its service: 1 to 256 bytes of any text without control
+    /// characters.
+    TopicName, "topic name", 256, text_char, "control characters are not allowed"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +160,16 @@ mod tests {
         assert!(ClientId::new(&"a".repeat(128)).is_ok());
         let e = ClientId::new("bad/id").unwrap_err();
         assert!(e.to_string().contains("client id"), "{e}");
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(ServiceName::new("time").is_ok());
+        assert!(ServiceName::new("a b").is_err());
+        assert!(MethodName::new("now").is_ok());
+        assert!(MethodName::new("").is_err());
+        assert!(TopicName::new("ticks · 1s").is_ok());
+        assert!(TopicName::new("a\tb").is_err());
     }
 
     #[test]

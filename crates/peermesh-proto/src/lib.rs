@@ -36,6 +36,9 @@
 //! - [`id`]: validated [`ClientId`], [`RoomName`] and [`EventName`].
 //! - [`error`]: the stable [`ErrorCode`]s.
 //! - [`stream`]: the binary data frame of streams and the sans-IO flow-control rules.
+//!
+//! Services (RPC between clients and the hub) and their topics have frames of their own
+//! (`provide`, `call`, `invoke`, `respond`, `result`, topic frames); see `docs/protocol.md` §23.
 #![deny(missing_docs)]
 
 pub mod codec;
@@ -51,10 +54,11 @@ pub use codec::{
 };
 pub use error::ErrorCode;
 pub use frame::{
-    ClientFrame, Emit, EmitRoom, ErrorFrame, Hello, Limits, Message, Reply, ServerFrame,
-    StreamOpen, StreamRequest, Welcome,
+    Call, ClientFrame, Emit, EmitRoom, ErrorFrame, Hello, Invoke, Limits, Message, Provide,
+    Publication, Publish, Reply, Respond, ServerFrame, StreamOpen, StreamRequest, TopicEnd,
+    Welcome, MAX_SERVICE_ERROR_LEN,
 };
-pub use id::{ClientId, EventName, NameError, RoomName};
+pub use id::{ClientId, EventName, MethodName, NameError, RoomName, ServiceName, TopicName};
 pub use payload::Payload;
 
 /// The protocol version this build speaks (sent in `hello` and `welcome`).

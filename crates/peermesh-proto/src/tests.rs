@@ -85,6 +85,66 @@ fn classifies_bad_frames() {
 }
 
 #[test]
+fn service_frames_are_checked() {
+    for enc in ENCS {
+        let e = err(
+            enc,
+            json!({"type": "provide", "service": "s", "methods": [], "req": 1}),
+        );
+        assert_eq!((e.code, e.req), (ErrorCode::InvalidField, Some(1)));
+        let e = err(
+            enc,
+            json!({"type": "provide", "service": "s", "methods": ["a", "a"]}),
+        );
+        assert!(e.message.contains("twice"), "{}", e.message);
+        let e = err(enc, json!({"type": "call", "service": "s", "method": "m"}));
+        assert!(e.message.contains("`req`"), "{}", e.message);
+        let e = err(
+            enc,
+            json!({"type": "call", "service": "a b", "method": "m", "req": 2}),
+        );
+        assert_eq!((e.code, e.req), (ErrorCode::InvalidField, Some(2)));
+        let e = err(
+            enc,
+            json!({"type": "respond", "call": 1, "error": "x", "data": 1}),
+        );
+        assert!(e.message.contains("not both"), "{}", e.message);
+        let long = "e".repeat(crate::MAX_SERVICE_ERROR_LEN + 1);
+        let e = err(enc, json!({"type": "respond", "call": 1, "error": long}));
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        let e = err(
+            enc,
+            json!({"type": "subscribe", "service": "s", "topic": "a\nb"}),
+        );
+        assert_eq!(e.code, ErrorCode::InvalidField);
+    }
+    let ok = decode_client(
+        Encoding::Json,
+        br#"{"type":"respond","call":9,"error":"division by zero"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        ok,
+        ClientFrame::Respond(Respond {
+            call: 9,
+            outcome: Err("division by zero".into())
+        })
+    );
+    let (_, f) = decode_server(
+        Encoding::Json,
+        br#"{"seq":3,"type":"topic_ended","service":"s","topic":"t","reason":"later"}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        f,
+        ServerFrame::TopicEnded {
+            reason: TopicEnd::Unknown,
+            ..
+        }
+    ));
+}
+
+#[test]
 fn json_bin_is_base64_and_msgpack_bin_is_bin() {
     let frame = ServerFrame::Ack {
         req: 1,
@@ -190,6 +250,87 @@ fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
         ),
         any::<Option<u64>>().prop_map(|req| ClientFrame::Ping { req }),
         arb_stream_client_frame(),
+        arb_service_client_frame(),
+    ]
+}
+
+fn arb_service() -> BoxedStrategy<ServiceName> {
+    arb_name()
+        .prop_map(|s| ServiceName::new(&s).unwrap())
+        .boxed()
+}
+
+fn arb_topic() -> BoxedStrategy<TopicName> {
+    "[^\\p{Cc}]{1,16}"
+        .prop_map(|s| TopicName::new(&s).unwrap())
+        .boxed()
+}
+
+fn arb_service_client_frame() -> impl Strategy<Value = ClientFrame> {
+    let method = arb_name().prop_map(|s| MethodName::new(&s).unwrap());
+    prop_oneof![
+        (
+            arb_service(),
+            prop::collection::btree_set(arb_name(), 1..4),
+            any::<Option<u64>>()
+        )
+            .prop_map(|(service, methods, req)| ClientFrame::Provide(Provide {
+                service,
+                methods: methods
+                    .iter()
+                    .map(|m| MethodName::new(m).unwrap())
+                    .collect(),
+                req,
+            })),
+        (
+            arb_service(),
+            method,
+            arb_payload(),
+            any::<u64>(),
+            any::<Option<u64>>()
+        )
+            .prop_map(|(service, method, payload, req, timeout_ms)| {
+                ClientFrame::Call(Call {
+                    service,
+                    method,
+                    payload,
+                    req,
+                    timeout_ms,
+                })
+            }),
+        (any::<u64>(), arb_payload()).prop_map(|(call, p)| ClientFrame::Respond(Respond {
+            call,
+            outcome: Ok(p)
+        })),
+        (any::<u64>(), ".{0,20}").prop_map(|(call, e)| ClientFrame::Respond(Respond {
+            call,
+            outcome: Err(e)
+        })),
+        (arb_topic(), any::<Option<u64>>())
+            .prop_map(|(topic, req)| ClientFrame::CreateTopic { topic, req }),
+        (arb_topic(), any::<Option<u64>>())
+            .prop_map(|(topic, req)| ClientFrame::DestroyTopic { topic, req }),
+        (arb_topic(), arb_payload(), any::<Option<u64>>()).prop_map(|(topic, payload, req)| {
+            ClientFrame::Publish(Publish {
+                topic,
+                payload,
+                req,
+            })
+        }),
+        (arb_service(), arb_topic(), any::<Option<u64>>()).prop_map(|(service, topic, req)| {
+            ClientFrame::Subscribe {
+                service,
+                topic,
+                req,
+            }
+        }),
+        (arb_service(), arb_topic(), any::<Option<u64>>()).prop_map(|(service, topic, req)| {
+            ClientFrame::Unsubscribe {
+                service,
+                topic,
+                req,
+            }
+        }),
     ]
 }
 
@@ -261,6 +402,24 @@ proptest! {
             ServerFrame::StreamCredit { stream: seq, bytes: 1 + n_members as u64 },
             ServerFrame::StreamEnd { stream: seq },
             ServerFrame::StreamReset { stream: seq, code: ErrorCode::PeerReset, reason: from.clone() },
+            ServerFrame::Invoke(Invoke {
+                call: seq,
+                from: ClientId::new(&from).unwrap(),
+                service: ServiceName::new(&from).unwrap(),
+                method: MethodName::new("m").unwrap(),
+                payload: payload.clone(),
+            }),
+            ServerFrame::CallResult { req: seq, payload: payload.clone() },
+            ServerFrame::Publication(Publication {
+                service: ServiceName::new(&from).unwrap(),
+                topic: TopicName::new("t · 1").unwrap(),
+                payload: payload.clone(),
+            }),
+            ServerFrame::TopicEnded {
+                service: ServiceName::new(&from).unwrap(),
+                topic: TopicName::new("t").unwrap(),
+                reason: if n_members % 2 == 0 { TopicEnd::Destroyed } else { TopicEnd::ServiceGone },
+            },
         ];
         for frame in frames {
             for enc in ENCS {

@@ -13,12 +13,17 @@
 //! | direct | `{"type":"emit","to":"c2","event":"e","data":"…"}` | `42["emit","c2","e","…"]` |
 //! | room | `{"type":"emit_room","room":"r","event":"e","data":"…"}` | `42["emit_room","r","e","…"]` |
 //! | delivery | `{"seq":N,"type":"message","from":"c1","event":"e","data":"…"}` | `42["message","c1","e","…"]` |
+//! | provide | `{"type":"provide","service":"s1","methods":["echo"],"req":1}` → `ok` | — (calls name the answering client) |
+//! | call | `{"type":"call","service":"s1","method":"echo","req":1,"data":"…"}` | `421["call","c2","echo","…"]` (`emitWithAck`) |
+//! | invoke | `{"seq":N,"type":"invoke","call":K,…,"data":"…"}` | `42K["invoke","c1","echo","…"]` |
+//! | answer | `{"type":"respond","call":K,"data":"…"}` | `43K["…"]` (the ack) |
+//! | result | `{"seq":N,"type":"result","req":1,"data":"…"}` | `431["…"]` |
 
 use std::time::{Duration, Instant};
 
 use peermesh_proto::{
-    decode_server, encode_client, ClientFrame, ClientId, Encoding, Hello, RoomName, ServerFrame,
-    PROTOCOL_VERSION,
+    decode_server, encode_client, ClientFrame, ClientId, Encoding, Hello, MethodName, Payload,
+    Provide, RoomName, ServerFrame, ServiceName, PROTOCOL_VERSION,
 };
 
 use super::ws::{find, Opcode, WsConn, WsError};
@@ -38,8 +43,17 @@ pub(crate) enum Dialect {
 /// What an incoming data message turned out to be.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Incoming {
-    /// A benchmark delivery carrying its send timestamp (ns since the bench epoch).
+    /// A benchmark delivery (or call result) carrying its send timestamp (ns since the bench
+    /// epoch).
     Message(u64),
+    /// A call to answer: its timestamp and the id the answer must carry (peermesh `call`,
+    /// Socket.IO ack id).
+    Invoke {
+        /// The caller's timestamp.
+        stamp: u64,
+        /// The call's id.
+        id: u64,
+    },
     /// An Engine.IO ping: answer with a pong.
     EnginePing,
     /// Anything else that needs no action (notifications, acks).
@@ -144,6 +158,124 @@ impl Dialect {
         self.template("emit", "to", to, payload_len)
     }
 
+    /// The template of a call of `echo` whose argument string is `payload_len` bytes: of the
+    /// service `target` (peermesh) or to the client `target` (Socket.IO `emitWithAck`).
+    pub(crate) fn call_template(self, target: &str, payload_len: usize) -> Template {
+        let payload_len = payload_len.max(STAMP_DIGITS);
+        let pad = vec![b'x'; payload_len - STAMP_DIGITS];
+        match self {
+            Dialect::Peermesh(Encoding::Json) => {
+                let prefix = format!(
+                    "{{\"type\":\"call\",\"service\":{},\"method\":\"echo\",\"req\":1,\"data\":\"",
+                    json_str(target)
+                );
+                let mut suffix = pad;
+                suffix.extend_from_slice(b"\"}");
+                Template {
+                    op: Opcode::Text,
+                    prefix: prefix.into_bytes(),
+                    suffix,
+                }
+            }
+            Dialect::Peermesh(Encoding::MsgPack) => {
+                let mut prefix = vec![0x85];
+                mp_str(&mut prefix, b"type");
+                mp_str(&mut prefix, b"call");
+                mp_str(&mut prefix, b"service");
+                mp_str(&mut prefix, target.as_bytes());
+                mp_str(&mut prefix, b"method");
+                mp_str(&mut prefix, b"echo");
+                mp_str(&mut prefix, b"req");
+                prefix.push(0x01);
+                mp_str(&mut prefix, b"data");
+                let mut hdr = Vec::new();
+                mp_str(&mut hdr, &vec![b'x'; payload_len]);
+                prefix.extend_from_slice(&hdr[..hdr.len() - payload_len]);
+                Template {
+                    op: Opcode::Binary,
+                    prefix,
+                    suffix: pad,
+                }
+            }
+            Dialect::SocketIo => {
+                let prefix = format!("421[\"call\",{},\"echo\",\"", json_str(target));
+                let mut suffix = pad;
+                suffix.extend_from_slice(b"\"]");
+                Template {
+                    op: Opcode::Text,
+                    prefix: prefix.into_bytes(),
+                    suffix,
+                }
+            }
+        }
+    }
+
+    /// Queues the answer to the call `id`: its timestamp back, padded to `payload_len`.
+    pub(crate) fn queue_respond(self, conn: &mut WsConn, id: u64, stamp: u64, payload_len: usize) {
+        let digits = stamp_digits(stamp);
+        let pad = vec![b'x'; payload_len.max(STAMP_DIGITS) - STAMP_DIGITS];
+        let mut id_buf = itoa_u64(id);
+        match self {
+            Dialect::Peermesh(Encoding::Json) => {
+                let head = [
+                    b"{\"type\":\"respond\",\"call\":".as_slice(),
+                    id_buf.as_slice(),
+                ]
+                .concat();
+                conn.queue(
+                    Opcode::Text,
+                    &[&head, b",\"data\":\"", &digits, &pad, b"\"}"],
+                );
+            }
+            Dialect::Peermesh(Encoding::MsgPack) => {
+                let mut head = vec![0x83];
+                mp_str(&mut head, b"type");
+                mp_str(&mut head, b"respond");
+                mp_str(&mut head, b"call");
+                head.push(0xcf);
+                head.extend_from_slice(&id.to_be_bytes());
+                mp_str(&mut head, b"data");
+                let n = digits.len() + pad.len();
+                let mut hdr = Vec::new();
+                mp_str(&mut hdr, &vec![b'x'; n]);
+                head.extend_from_slice(&hdr[..hdr.len() - n]);
+                conn.queue(Opcode::Binary, &[&head, &digits, &pad]);
+            }
+            Dialect::SocketIo => {
+                id_buf.splice(0..0, *b"43");
+                conn.queue(Opcode::Text, &[&id_buf, b"[\"", &digits, &pad, b"\"]"]);
+            }
+        }
+    }
+
+    /// Provides the service `service` (method `echo`) on a peermesh connection; nothing to do
+    /// for Socket.IO, whose calls name the answering client.
+    pub(crate) async fn provide(
+        self,
+        conn: &mut WsConn,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<(), SetupError> {
+        let Dialect::Peermesh(enc) = self else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        let frame = ClientFrame::Provide(Provide {
+            service: ServiceName::new(service).map_err(|e| SetupError::Name(e.to_string()))?,
+            methods: vec![MethodName::new("echo").map_err(|e| SetupError::Name(e.to_string()))?],
+            req: Some(1),
+        });
+        queue_client(conn, enc, &frame);
+        conn.flush().await?;
+        wait_for(conn, deadline, timeout, |conn, op, payload| {
+            peermesh_reply(conn, enc, op, payload, |frame| match frame {
+                ServerFrame::Ok { req: 1 } => Some(Ok(())),
+                _ => None,
+            })
+        })
+        .await
+    }
+
     /// The template of a room message to `room` whose payload string is `payload_len` bytes.
     pub(crate) fn room_template(self, room: &str, payload_len: usize) -> Template {
         self.template("emit_room", "room", room, payload_len)
@@ -204,9 +336,20 @@ impl Dialect {
             Dialect::Peermesh(enc) => {
                 let fast = match enc {
                     Encoding::Json => {
-                        if find(payload, b"\"type\":\"message\"").is_some() {
+                        if find(payload, b"\"type\":\"message\"").is_some()
+                            || find(payload, b"\"type\":\"result\"").is_some()
+                        {
                             find(payload, b"\"data\":\"")
                                 .and_then(|i| parse_stamp(&payload[i + 8..]))
+                        } else if find(payload, b"\"type\":\"invoke\"").is_some() {
+                            let stamp = find(payload, b"\"data\":\"")
+                                .and_then(|i| parse_stamp(&payload[i + 8..]));
+                            let id = find(payload, b"\"call\":")
+                                .and_then(|i| parse_uint(&payload[i + 7..]));
+                            if let (Some(stamp), Some(id)) = (stamp, id) {
+                                return Incoming::Invoke { stamp, id };
+                            }
+                            None
                         } else {
                             None
                         }
@@ -246,6 +389,14 @@ impl Dialect {
                     Ok((_, ServerFrame::Message(_))) => {
                         Incoming::Error("a message without a benchmark timestamp".into())
                     }
+                    Ok((_, ServerFrame::CallResult { payload, .. })) => match stamp_of(&payload) {
+                        Some(t) => Incoming::Message(t),
+                        None => Incoming::Error("a result without a benchmark timestamp".into()),
+                    },
+                    Ok((_, ServerFrame::Invoke(i))) => match stamp_of(&i.payload) {
+                        Some(stamp) => Incoming::Invoke { stamp, id: i.call },
+                        None => Incoming::Error("a call without a benchmark timestamp".into()),
+                    },
                     Ok(_) => Incoming::Other,
                     Err(e) => Incoming::Error(format!("undecodable frame: {e}")),
                 }
@@ -259,6 +410,25 @@ impl Dialect {
                         Some(t) => Incoming::Message(t),
                         None => Incoming::Error("a message without a benchmark timestamp".into()),
                     };
+                }
+                // `43<id>["<stamp>…"]`: the answer to an emitWithAck.
+                if let Some(rest) = payload.strip_prefix(b"43") {
+                    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+                    if let Some(t) = rest[digits..].strip_prefix(b"[\"").and_then(parse_stamp) {
+                        return Incoming::Message(t);
+                    }
+                }
+                // `42<id>["invoke","from","echo","<stamp>…"]`: a call to answer with that id.
+                if let Some(rest) = payload.strip_prefix(b"42") {
+                    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+                    if digits > 0 {
+                        if let Some(body) = rest[digits..].strip_prefix(b"[\"invoke\",") {
+                            let id = parse_uint(rest);
+                            if let (Some(stamp), Some(id)) = (sio_stamp(body), id) {
+                                return Incoming::Invoke { stamp, id };
+                            }
+                        }
+                    }
                 }
                 match payload {
                     b"2" => Incoming::EnginePing,
@@ -401,6 +571,26 @@ impl Dialect {
             }
         }
     }
+}
+
+/// Parses the unsigned decimal number at the start of `b`.
+fn parse_uint(b: &[u8]) -> Option<u64> {
+    let n = b.iter().take_while(|d| d.is_ascii_digit()).count();
+    if n == 0 {
+        return None;
+    }
+    std::str::from_utf8(&b[..n]).ok()?.parse().ok()
+}
+
+fn itoa_u64(v: u64) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+/// The timestamp at the start of a payload string.
+fn stamp_of(p: &Payload) -> Option<u64> {
+    p.as_json()
+        .and_then(|v| v.as_str())
+        .and_then(|s| parse_stamp(s.as_bytes()))
 }
 
 /// Skips `"from","event",` and parses the timestamp at the start of the data string.
@@ -558,6 +748,47 @@ mod tests {
                 let s = data.as_json().and_then(|v| v.as_str()).expect("a string");
                 assert_eq!(s.len(), 64);
                 assert_eq!(parse_stamp(s.as_bytes()), Some(5));
+            }
+        }
+    }
+
+    #[test]
+    fn rpc_frames_are_recognised_and_answered() {
+        let d = Dialect::Peermesh(Encoding::Json);
+        let inv = br#"{"seq":3,"type":"invoke","call":8589934593,"from":"a","service":"s","method":"echo","data":"00000000000000000042xx"}"#;
+        assert_eq!(
+            d.parse(Opcode::Text, inv),
+            Incoming::Invoke {
+                stamp: 42,
+                id: 8589934593
+            }
+        );
+        let res = br#"{"seq":4,"type":"result","req":1,"data":"00000000000000000043xx"}"#;
+        assert_eq!(d.parse(Opcode::Text, res), Incoming::Message(43));
+        let sio = Dialect::SocketIo;
+        assert_eq!(
+            sio.parse(
+                Opcode::Text,
+                br#"4217["invoke","a","echo","00000000000000000044x"]"#
+            ),
+            Incoming::Invoke { stamp: 44, id: 17 }
+        );
+        assert_eq!(
+            sio.parse(Opcode::Text, br#"431["00000000000000000045x"]"#),
+            Incoming::Message(45)
+        );
+        // The call template decodes with the real codec, in both encodings.
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            let t = Dialect::Peermesh(enc).call_template("svc", 32);
+            let mut frame = t.prefix.clone();
+            frame.extend_from_slice(&stamp_digits(7));
+            frame.extend_from_slice(&t.suffix);
+            match peermesh_proto::decode_client(enc, &frame) {
+                Ok(ClientFrame::Call(c)) => {
+                    assert_eq!((c.service.as_str(), c.method.as_str()), ("svc", "echo"));
+                    assert_eq!(stamp_of(&c.payload), Some(7));
+                }
+                other => panic!("{other:?}"),
             }
         }
     }

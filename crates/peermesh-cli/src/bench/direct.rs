@@ -11,6 +11,11 @@
 //!   a<i> <---------------------------- route <--emit to a<i>- b<i>
 //! ```
 //!
+//! The same machinery measures RPC ([`Flavor::Rpc`]): each echoer provides a
+//! service of its own (`provide`), each originator calls it (`call`, answered by `respond`,
+//! delivered as `result`; scenario (f)); against Socket.IO, the originator's `emitWithAck` reaches the echoer
+//! through the server, which answers through the ack. Rates and throughput then count calls.
+//!
 //! A fixed-rate step sends on a schedule (open loop; the connections' schedules are spread over
 //! the period so they do not fire together). The `max` step keeps `window` messages in flight per
 //! originator (closed loop) and reports what the server sustains.
@@ -72,9 +77,30 @@ impl Rate {
     }
 }
 
+/// What a round trip is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// A direct message and its echo: two messages routed.
+    Direct,
+    /// A call and its result: one call.
+    Rpc,
+}
+
+impl Flavor {
+    /// Units counted per round trip (messages for direct, calls for RPC).
+    fn per_round_trip(self) -> u64 {
+        match self {
+            Flavor::Direct => 2,
+            Flavor::Rpc => 1,
+        }
+    }
+}
+
 /// Settings of the direct-message scenario.
 #[derive(Debug, Clone)]
 pub(crate) struct DirectConfig {
+    /// Direct messages or RPC calls.
+    pub(crate) flavor: Flavor,
     /// Originator/echoer pairs.
     pub(crate) pairs: usize,
     /// Offered loads, one step each.
@@ -145,9 +171,15 @@ pub(crate) async fn run(
     let mut echoers = Vec::with_capacity(cfg.pairs);
     for i in 0..cfg.pairs {
         let id = format!("{tag}b{i}");
-        let conn = open(&server.endpoint, &id, 2 * i, 16 << 10, &cfg.connect)
+        let mut conn = open(&server.endpoint, &id, 2 * i, 16 << 10, &cfg.connect)
             .await
             .with_context(|| format!("opening echoer {id}"))?;
+        if cfg.flavor == Flavor::Rpc {
+            dialect
+                .provide(&mut conn, &format!("{tag}s{i}"), cfg.connect.timeout)
+                .await
+                .with_context(|| format!("providing the service of {id}"))?;
+        }
         echoers.push((
             conn,
             dialect.direct_template(&format!("{tag}a{i}"), cfg.payload),
@@ -160,9 +192,18 @@ pub(crate) async fn run(
         let conn = open(&server.endpoint, &id, 2 * i + 1, 16 << 10, &cfg.connect)
             .await
             .with_context(|| format!("opening originator {id}"))?;
+        let tpl = match (cfg.flavor, dialect) {
+            (Flavor::Direct, _) => dialect.direct_template(&format!("{tag}b{i}"), cfg.payload),
+            (Flavor::Rpc, Dialect::SocketIo) => {
+                dialect.call_template(&format!("{tag}b{i}"), cfg.payload)
+            }
+            (Flavor::Rpc, Dialect::Peermesh(_)) => {
+                dialect.call_template(&format!("{tag}s{i}"), cfg.payload)
+            }
+        };
         originators.push(Originator {
             conn,
-            tpl: dialect.direct_template(&format!("{tag}b{i}"), cfg.payload),
+            tpl,
             index: i,
         });
         bar.inc(1);
@@ -174,10 +215,11 @@ pub(crate) async fn run(
         .map(|group| {
             let errors = errors.clone();
             let cancel = cancel.clone();
+            let payload = cfg.payload;
             tokio::spawn(async move {
                 let futs = group
                     .into_iter()
-                    .map(|(conn, tpl)| echo(conn, tpl, dialect, &errors, &cancel));
+                    .map(|(conn, tpl)| echo(conn, tpl, dialect, payload, &errors, &cancel));
                 join_all(futs).await;
             })
         })
@@ -201,6 +243,7 @@ pub(crate) async fn run(
             dialect,
             pairs: cfg.pairs,
             window_per_conn: cfg.window.max(1),
+            per_round_trip: cfg.flavor.per_round_trip(),
             cap: cfg.max_messages.max(1),
             delivered: delivered.clone(),
             errors: errors.clone(),
@@ -269,6 +312,8 @@ struct StepCtx {
     dialect: Dialect,
     pairs: usize,
     window_per_conn: u64,
+    /// Units counted per round trip (2 messages, or 1 call).
+    per_round_trip: u64,
     cap: u64,
     delivered: Arc<AtomicU64>,
     errors: Arc<ErrorLog>,
@@ -300,6 +345,7 @@ impl Reading {
                 }
                 Incoming::EnginePing => step.dialect.pong(conn),
                 Incoming::Other => {}
+                Incoming::Invoke { .. } => step.errors.record("a call reached a caller"),
                 Incoming::Error(e) => step.errors.record(e),
             }
         }
@@ -371,7 +417,8 @@ async fn originate_max(
                 *sent += n;
             }
         }
-        step.delivered.fetch_add(2 * got, Ordering::Relaxed);
+        step.delivered
+            .fetch_add(step.per_round_trip * got, Ordering::Relaxed);
         recorder.record(&mut reading.latencies);
         o.conn.flush().await?;
     }
@@ -386,8 +433,8 @@ async fn originate_fixed(
     reading: &mut Reading,
 ) -> Result<(), WsError> {
     let w = &step.window;
-    // Originals per second on this connection: each round trip is two messages.
-    let per_conn = (rate as f64 / 2.0 / step.pairs as f64).max(0.001);
+    // Originals per second on this connection: each round trip is two messages (or one call).
+    let per_conn = (rate as f64 / step.per_round_trip as f64 / step.pairs as f64).max(0.001);
     let period = Duration::from_secs_f64(1.0 / per_conn).max(Duration::from_millis(1));
     let offset = period.mul_f64(o.index as f64 / step.pairs as f64);
     let start = w.start + offset;
@@ -407,7 +454,8 @@ async fn originate_fixed(
                 r?;
                 let now_ns = step.clock.ns(Instant::now());
                 let got = reading.drain_frames(&mut o.conn, step, now_ns)?;
-                step.delivered.fetch_add(2 * got, Ordering::Relaxed);
+                step.delivered
+            .fetch_add(step.per_round_trip * got, Ordering::Relaxed);
                 recorder.record(&mut reading.latencies);
             }
             _ = ticker.tick(), if sending => {
@@ -462,11 +510,12 @@ impl Drop for StopGuard<'_> {
     }
 }
 
-/// Echoes every delivery back to the originator until cancelled.
+/// Echoes every delivery back to the originator (answers every call) until cancelled.
 async fn echo(
     mut conn: WsConn,
     tpl: Template,
     dialect: Dialect,
+    payload_len: usize,
     errors: &ErrorLog,
     cancel: &CancellationToken,
 ) {
@@ -482,6 +531,9 @@ async fn echo(
             while let Some((op, payload)) = conn.next_message()? {
                 match dialect.parse(op, payload) {
                     Incoming::Message(t) => tpl.queue(&mut conn, t),
+                    Incoming::Invoke { stamp, id } => {
+                        dialect.queue_respond(&mut conn, id, stamp, payload_len)
+                    }
                     Incoming::EnginePing => dialect.pong(&mut conn),
                     Incoming::Other => {}
                     Incoming::Error(e) => errors.record(e),

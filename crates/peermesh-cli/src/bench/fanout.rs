@@ -352,6 +352,7 @@ async fn member(
                             latencies.push(now_ns.saturating_sub(t));
                         }
                     }
+                    Incoming::Invoke { .. } => {}
                     Incoming::EnginePing => shared.dialect.pong(&mut conn),
                     Incoming::Other => {}
                     Incoming::Error(e) => shared.errors.record(format!("member {id}: {e}")),

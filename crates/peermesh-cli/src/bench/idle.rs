@@ -190,7 +190,7 @@ async fn idle_client(ctx: &Ctx<'_>, i: usize) {
                 match dialect.parse(op, payload) {
                     Incoming::EnginePing => dialect.pong(&mut conn),
                     Incoming::Error(e) => ctx.errors.record(format!("{id}: {e}")),
-                    Incoming::Message(_) | Incoming::Other => {}
+                    Incoming::Message(_) | Incoming::Invoke { .. } | Incoming::Other => {}
                 }
             }
             conn.flush().await?;

@@ -109,6 +109,8 @@ pub(crate) struct Ratios {
     pub(crate) fanout_deliveries: Option<f64>,
     /// Memory per idle connection, Socket.IO ÷ peermesh.
     pub(crate) idle_memory: Option<f64>,
+    /// RPC calls per second, `max` step, peermesh ÷ Socket.IO.
+    pub(crate) rpc_throughput: Option<f64>,
 }
 
 /// Everything a run measured.
@@ -130,6 +132,8 @@ pub(crate) struct Report {
     pub(crate) idle: Option<Side<IdleResult>>,
     /// Scenario (d): the hub against a TCP relay.
     pub(crate) stream: Option<Outcome<StreamResult>>,
+    /// Scenario (f): RPC calls (rates and throughput count calls, not messages).
+    pub(crate) rpc: Option<Side<Vec<DirectStep>>>,
     /// Ratios.
     pub(crate) ratios: Ratios,
     /// The issue's targets.
@@ -201,6 +205,23 @@ impl Report {
                 met: at10k.map(|s| s.rtt.p99_us <= 1000.0),
             });
         }
+        if let Some(side) = &self.rpc {
+            let ours = side.peermesh.ok();
+            let theirs = side.socketio.as_ref().and_then(Outcome::ok);
+            if let (Some(a), Some(b)) = (
+                ours.and_then(|s| max_step(s)),
+                theirs.and_then(|s| max_step(s)),
+            ) {
+                r.rpc_throughput = ratio(a.msgs_per_s, b.msgs_per_s);
+            }
+            checks.push(Check {
+                target: "RPC calls/s >= 5x Socket.IO emitWithAck".into(),
+                measured: r
+                    .rpc_throughput
+                    .map_or("not measured".into(), |x| format!("{x}x")),
+                met: r.rpc_throughput.map(|x| x >= 5.0),
+            });
+        }
         if let Some(side) = &self.idle {
             let ours = side.peermesh.ok();
             let theirs = side.socketio.as_ref().and_then(Outcome::ok);
@@ -257,69 +278,16 @@ impl Report {
                  both legs; {}-byte payload; latency = round trip\n",
                 s.pairs, s.payload_bytes
             ));
-            let ours = side.peermesh.ok();
-            let theirs = side.socketio.as_ref().and_then(Outcome::ok);
-            let mut head = vec!["rate", "peermesh/s", "p50", "p99", "p99.9", "lost", "cpu%"];
-            if with_ref {
-                head.extend([
-                    "socket.io/s",
-                    "p50",
-                    "p99",
-                    "p99.9",
-                    "lost",
-                    "cpu%",
-                    "ratio",
-                ]);
-            }
-            head.push("others%");
-            let n = ours.map_or(0, Vec::len).max(theirs.map_or(0, Vec::len));
-            let cells = |x: Option<&DirectStep>| -> Vec<String> {
-                match x {
-                    Some(x) => vec![
-                        thousands(x.msgs_per_s),
-                        fmt_us(x.rtt.p50_us),
-                        fmt_us(x.rtt.p99_us),
-                        fmt_us(x.rtt.p999_us),
-                        x.lost.to_string(),
-                        pct(x.window.server_cpu_pct),
-                    ],
-                    None => vec!["-".to_owned(); 6],
-                }
-            };
-            let rows: Vec<Vec<String>> = (0..n)
-                .map(|i| {
-                    let a = ours.and_then(|v| v.get(i));
-                    let b = theirs.and_then(|v| v.get(i));
-                    let mut row = vec![a.or(b).map_or("?".to_owned(), |x| x.rate.clone())];
-                    row.extend(cells(a));
-                    if with_ref {
-                        row.extend(cells(b));
-                        row.push(match (a, b) {
-                            (Some(a), Some(b)) => ratio(a.msgs_per_s, b.msgs_per_s)
-                                .map_or("-".to_owned(), |x| format!("{x}x")),
-                            _ => "-".to_owned(),
-                        });
-                    }
-                    row.push(others([a.map(|x| &x.window), b.map(|x| &x.window)]));
-                    row
-                })
-                .collect();
-            out.push_str(&grid(
-                &head,
-                &rows,
-                if with_ref { &[0, 6, 12, 13] } else { &[0, 6] },
+            steps_table(&mut out, side, with_ref, "peermesh/s", "socket.io/s");
+        }
+        if let Some(side) = &self.rpc {
+            out.push_str(&format!(
+                "\n(f) RPC: {} callers, each calling a service of its own provider (Socket.IO: \
+                 emitWithAck to a second client through the server, answered by its ack); \
+                 calls/s = answered calls; {}-byte argument; latency = call to result\n",
+                s.pairs, s.payload_bytes
             ));
-            push_failures(&mut out, &side.peermesh, side.socketio.as_ref());
-            for (name, steps) in [("peermesh", ours), ("socket.io", theirs)] {
-                for st in steps.into_iter().flatten() {
-                    if let Some(e) = &st.first_error {
-                        out.push_str(&format!(
-                            "  {name} {}: {} errors, first: {e}\n",
-                            st.rate, st.errors
-                        ));
-                    }
-                }
-            }
+            steps_table(&mut out, side, with_ref, "calls/s", "socket.io/s");
         }
         if let Some(side) = &self.fanout {
             out.push_str(&format!(
@@ -482,6 +450,71 @@ impl Report {
 
 /// Formats rows under a header, right-aligned except the first column, with a `|` after each
 /// column listed in `bars`.
+/// The table of a stepped scenario (direct messages, RPC): one row per offered rate.
+fn steps_table(
+    out: &mut String,
+    side: &Side<Vec<DirectStep>>,
+    with_ref: bool,
+    ours_head: &'static str,
+    theirs_head: &'static str,
+) {
+    let ours = side.peermesh.ok();
+    let theirs = side.socketio.as_ref().and_then(Outcome::ok);
+    let mut head = vec!["rate", ours_head, "p50", "p99", "p99.9", "lost", "cpu%"];
+    if with_ref {
+        head.extend([theirs_head, "p50", "p99", "p99.9", "lost", "cpu%", "ratio"]);
+    }
+    head.push("others%");
+    let n = ours.map_or(0, Vec::len).max(theirs.map_or(0, Vec::len));
+    let cells = |x: Option<&DirectStep>| -> Vec<String> {
+        match x {
+            Some(x) => vec![
+                thousands(x.msgs_per_s),
+                fmt_us(x.rtt.p50_us),
+                fmt_us(x.rtt.p99_us),
+                fmt_us(x.rtt.p999_us),
+                x.lost.to_string(),
+                pct(x.window.server_cpu_pct),
+            ],
+            None => vec!["-".to_owned(); 6],
+        }
+    };
+    let rows: Vec<Vec<String>> = (0..n)
+        .map(|i| {
+            let a = ours.and_then(|v| v.get(i));
+            let b = theirs.and_then(|v| v.get(i));
+            let mut row = vec![a.or(b).map_or("?".to_owned(), |x| x.rate.clone())];
+            row.extend(cells(a));
+            if with_ref {
+                row.extend(cells(b));
+                row.push(match (a, b) {
+                    (Some(a), Some(b)) => ratio(a.msgs_per_s, b.msgs_per_s)
+                        .map_or("-".to_owned(), |x| format!("{x}x")),
+                    _ => "-".to_owned(),
+                });
+            }
+            row.push(others([a.map(|x| &x.window), b.map(|x| &x.window)]));
+            row
+        })
+        .collect();
+    out.push_str(&grid(
+        &head,
+        &rows,
+        if with_ref { &[0, 6, 12, 13] } else { &[0, 6] },
+    ));
+    push_failures(out, &side.peermesh, side.socketio.as_ref());
+    for (name, steps) in [("peermesh", ours), ("socket.io", theirs)] {
+        for st in steps.into_iter().flatten() {
+            if let Some(e) = &st.first_error {
+                out.push_str(&format!(
+                    "  {name} {}: {} errors, first: {e}\n",
+                    st.rate, st.errors
+                ));
+            }
+        }
+    }
+}
+
 fn grid(head: &[&str], rows: &[Vec<String>], bars: &[usize]) -> String {
     let cols = head.len();
     let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();

@@ -43,6 +43,38 @@ pub(crate) enum Op {
     Members {
         room: String,
     },
+    Provide {
+        service: String,
+        methods: Vec<String>,
+    },
+    Call {
+        service: String,
+        method: String,
+        payload: Payload,
+        timeout_ms: Option<u64>,
+    },
+    Respond {
+        call: u64,
+        outcome: Result<Payload, String>,
+    },
+    Subscribe {
+        service: String,
+        topic: String,
+    },
+    Unsubscribe {
+        service: String,
+        topic: String,
+    },
+    CreateTopic {
+        topic: String,
+    },
+    DestroyTopic {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        payload: Payload,
+    },
 }
 
 /// Why a line is not a command, with its `req` when it could be read.
@@ -53,7 +85,22 @@ pub(crate) struct BadCommand {
 }
 
 /// The ops, as written on stdin.
-pub(crate) const OPS: &[&str] = &["emit", "reply", "join", "leave", "emit_room", "members"];
+pub(crate) const OPS: &[&str] = &[
+    "emit",
+    "reply",
+    "join",
+    "leave",
+    "emit_room",
+    "members",
+    "provide",
+    "call",
+    "respond",
+    "subscribe",
+    "unsubscribe",
+    "create_topic",
+    "destroy_topic",
+    "publish",
+];
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -93,6 +140,50 @@ enum Raw {
     },
     Members {
         room: String,
+        req: Option<u64>,
+    },
+    Provide {
+        service: String,
+        methods: Vec<String>,
+        req: Option<u64>,
+    },
+    Call {
+        service: String,
+        method: String,
+        data: Option<Value>,
+        bin: Option<String>,
+        timeout_ms: Option<u64>,
+        req: Option<u64>,
+    },
+    Respond {
+        call: u64,
+        data: Option<Value>,
+        bin: Option<String>,
+        error: Option<String>,
+        req: Option<u64>,
+    },
+    Subscribe {
+        service: String,
+        topic: String,
+        req: Option<u64>,
+    },
+    Unsubscribe {
+        service: String,
+        topic: String,
+        req: Option<u64>,
+    },
+    CreateTopic {
+        topic: String,
+        req: Option<u64>,
+    },
+    DestroyTopic {
+        topic: String,
+        req: Option<u64>,
+    },
+    Publish {
+        topic: String,
+        data: Option<Value>,
+        bin: Option<String>,
         req: Option<u64>,
     },
 }
@@ -196,6 +287,70 @@ pub(crate) fn parse(line: &str) -> Result<Command, BadCommand> {
             (op, req)
         }
         Raw::Members { room, req } => (Op::Members { room }, req),
+        Raw::Provide {
+            service,
+            methods,
+            req,
+        } => (Op::Provide { service, methods }, req),
+        Raw::Call {
+            service,
+            method,
+            data,
+            bin,
+            timeout_ms,
+            req,
+        } => {
+            if req.is_none() {
+                return Err(bad("a `call` needs a `req` to print the result with".into()));
+            }
+            let payload = payload(data, bin).map_err(bad)?;
+            let op = Op::Call {
+                service,
+                method,
+                payload,
+                timeout_ms,
+            };
+            (op, req)
+        }
+        Raw::Respond {
+            call,
+            data,
+            bin,
+            error,
+            req,
+        } => {
+            let outcome = match error {
+                Some(e) if data.is_none() && bin.is_none() => Err(e),
+                Some(_) => {
+                    return Err(bad(
+                        "a `respond` carries `error` or a result (`data`/`bin`), not both".into(),
+                    ))
+                }
+                None => Ok(payload(data, bin).map_err(bad)?),
+            };
+            (Op::Respond { call, outcome }, req)
+        }
+        Raw::Subscribe {
+            service,
+            topic,
+            req,
+        } => (Op::Subscribe { service, topic }, req),
+        Raw::Unsubscribe {
+            service,
+            topic,
+            req,
+        } => (Op::Unsubscribe { service, topic }, req),
+        Raw::CreateTopic { topic, req } => (Op::CreateTopic { topic }, req),
+        Raw::DestroyTopic { topic, req } => (Op::DestroyTopic { topic }, req),
+        Raw::Publish {
+            topic,
+            data,
+            bin,
+            req,
+        } => {
+            let payload = payload(data, bin).map_err(bad)?;
+            (Op::Publish { topic, payload }, req)
+        }
     };
     Ok(Command { op, req })
 }
@@ -277,6 +432,63 @@ mod tests {
         assert_eq!(
             ok(r#"{"op":"members","room":"r","req":2}"#).op,
             Op::Members { room: "r".into() }
+        );
+    }
+
+    #[test]
+    fn parses_the_service_ops() {
+        assert_eq!(
+            ok(r#"{"op":"provide","service":"calc","methods":["add","mul"],"req":1}"#).op,
+            Op::Provide {
+                service: "calc".into(),
+                methods: vec!["add".into(), "mul".into()]
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"call","service":"calc","method":"add","data":[1,2],"timeout_ms":500,"req":2}"#)
+                .op,
+            Op::Call {
+                service: "calc".into(),
+                method: "add".into(),
+                payload: Payload::Json(json!([1, 2])),
+                timeout_ms: Some(500)
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"respond","call":9,"error":"nope"}"#).op,
+            Op::Respond {
+                call: 9,
+                outcome: Err("nope".into())
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"respond","call":9,"data":3}"#).op,
+            Op::Respond {
+                call: 9,
+                outcome: Ok(Payload::Json(json!(3)))
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"subscribe","service":"s","topic":"t"}"#).op,
+            Op::Subscribe {
+                service: "s".into(),
+                topic: "t".into()
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"publish","topic":"t","bin":"AQ=="}"#).op,
+            Op::Publish {
+                topic: "t".into(),
+                payload: Payload::Bin(vec![1u8].into())
+            }
+        );
+        assert!(bad(r#"{"op":"call","service":"s","method":"m"}"#)
+            .message
+            .contains("needs a `req`"));
+        assert!(
+            bad(r#"{"op":"respond","call":1,"error":"x","data":1,"req":3}"#)
+                .message
+                .contains("not both")
         );
     }
 

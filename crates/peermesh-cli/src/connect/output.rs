@@ -50,6 +50,40 @@ pub(crate) fn ack(req: u64, payload: Payload) -> String {
     frame_line(&ServerFrame::Ack { req, payload })
 }
 
+/// `{"type":"invoke","call":…,"from":…,"service":…,"method":…,"data"|"bin":…}`
+pub(crate) fn invoke(i: &peermesh_client::Invocation) -> String {
+    frame_line(&ServerFrame::Invoke(peermesh_proto::Invoke {
+        call: i.call,
+        from: i.from.clone(),
+        service: i.service.clone(),
+        method: i.method.clone(),
+        payload: i.payload.clone(),
+    }))
+}
+
+/// `{"type":"result","req":…,"data"|"bin":…}`
+pub(crate) fn result(req: u64, payload: Payload) -> String {
+    frame_line(&ServerFrame::CallResult { req, payload })
+}
+
+/// `{"type":"publication","service":…,"topic":…,"data"|"bin":…}`
+pub(crate) fn publication(p: peermesh_client::Publication) -> String {
+    frame_line(&ServerFrame::Publication(p))
+}
+
+/// `{"type":"topic_ended","service":…,"topic":…,"reason":…}`
+pub(crate) fn topic_ended(
+    service: peermesh_client::ServiceName,
+    topic: peermesh_client::TopicName,
+    reason: peermesh_client::TopicEnd,
+) -> String {
+    frame_line(&ServerFrame::TopicEnded {
+        service,
+        topic,
+        reason,
+    })
+}
+
 /// `{"type":"ok","req":…}`
 pub(crate) fn ok(req: u64) -> String {
     frame_line(&ServerFrame::Ok { req })

@@ -1,0 +1,324 @@
+//! `peermesh connect` service ops with real processes: `provide`, `call`, `respond`,
+//! `subscribe`, `unsubscribe`, `create_topic`, `publish`, `destroy_topic`, against a real
+//! `peermesh serve` (with the built-in `time` service switched on by its config file).
+//!
+//! Every read waits for a specific line with a deadline (`LIMIT`).
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(15);
+const BIN: &str = env!("CARGO_BIN_EXE_peermesh");
+
+/// A running `peermesh` process.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "peermesh=debug,peermesh_client=debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn peermesh");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().expect("stderr buffer").push_str(&text);
+            }
+        });
+        let stdin = child.stdin.take();
+        Proc {
+            name: name.into(),
+            child,
+            stdin,
+            lines,
+            stderr,
+        }
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        panic!(
+            "{}: {why}\n--- stderr of {} ---\n{stderr}",
+            self.name, self.name
+        );
+    }
+
+    fn send(&mut self, line: &str) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            self.fail("stdin already closed");
+        };
+        if writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
+            self.fail(&format!("cannot write {line}"));
+        }
+    }
+
+    fn send_json(&mut self, v: Value) {
+        self.send(&v.to_string());
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next stdout line, parsed; `None` at end of output.
+    fn next(&self, deadline: Instant) -> Option<Value> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => match serde_json::from_str(&line) {
+                Ok(v) => Some(v),
+                Err(e) => self.fail(&format!("stdout line is not JSON ({e}): {line}")),
+            },
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => self.fail("no line within the time limit"),
+        }
+    }
+
+    /// The next stdout line, which must exist.
+    fn line(&self) -> Value {
+        match self.next(Instant::now() + LIMIT) {
+            Some(v) => v,
+            None => self.fail("stdout ended"),
+        }
+    }
+
+    /// Skips lines until one has `"type": ty`, and returns it.
+    fn expect_type(&self, ty: &str) -> Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            match self.next(deadline) {
+                Some(v) if v["type"] == ty => return v,
+                Some(_) => continue,
+                None => self.fail(&format!("stdout ended before a {ty:?} line")),
+            }
+        }
+    }
+
+    /// Closes stdin (unless already closed), collects the remaining lines and the exit status.
+    fn finish(mut self) -> (Vec<Value>, ExitStatus) {
+        self.close_stdin();
+        let deadline = Instant::now() + LIMIT;
+        let mut rest = Vec::new();
+        while let Some(v) = self.next(deadline) {
+            rest.push(v);
+        }
+        match self.child.wait() {
+            Ok(status) => (rest, status),
+            Err(e) => self.fail(&format!("wait failed: {e}")),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// `peermesh serve` with `args`; returns the process and its WebSocket URL.
+fn serve_with(args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let hub = Proc::spawn("serve", &all);
+    let first = hub.line();
+    assert_eq!(first["type"], "listening", "{first}");
+    let ws = first["ws"].as_str().expect("ws url").to_owned();
+    (hub, ws)
+}
+
+/// `peermesh connect URL --id ID ARGS…`, after its `connected` line.
+fn connect(url: &str, id: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["connect", url, "--id", id];
+    all.extend_from_slice(args);
+    let p = Proc::spawn(id, &all);
+    let first = p.line();
+    assert_eq!(first, json!({"type": "connected", "id": id}));
+    p
+}
+
+#[test]
+fn provide_call_respond_and_every_call_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("hub.toml");
+    std::fs::write(&config, "builtin_time_service = true\n").expect("write config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let (_hub, url) = serve_with(&["--config", &config]);
+    let mut calc = connect(&url, "calc", &["--enc", "msgpack"]);
+    let mut alice = connect(&url, "alice", &[]);
+
+    calc.send(r#"{"op":"provide","service":"calc","methods":["add","div"],"req":1}"#);
+    assert_eq!(calc.line(), json!({"type": "ok", "req": 1}));
+    alice.send(r#"{"op":"call","service":"calc","method":"add","data":[1,2],"req":2}"#);
+    let inv = calc.line();
+    assert_eq!(
+        (
+            &inv["type"],
+            &inv["from"],
+            &inv["service"],
+            &inv["method"],
+            &inv["data"]
+        ),
+        (
+            &json!("invoke"),
+            &json!("alice"),
+            &json!("calc"),
+            &json!("add"),
+            &json!([1, 2])
+        ),
+        "{inv}"
+    );
+    let call = inv["call"].as_u64().expect("call id");
+    calc.send_json(json!({"op": "respond", "call": call, "data": 3, "req": 3}));
+    assert_eq!(calc.line(), json!({"type": "ok", "req": 3}));
+    assert_eq!(alice.line(), json!({"type": "result", "req": 2, "data": 3}));
+
+    // service_error with the provider's message.
+    alice.send(r#"{"op":"call","service":"calc","method":"div","data":[1,0],"req":4}"#);
+    let call = calc.expect_type("invoke")["call"].clone();
+    calc.send_json(json!({"op": "respond", "call": call, "error": "division by zero"}));
+    let e = alice.line();
+    assert_eq!(
+        (&e["code"], &e["message"], &e["req"]),
+        (
+            &json!("service_error"),
+            &json!("division by zero"),
+            &json!(4)
+        ),
+        "{e}"
+    );
+    // call_timeout: calc does not answer.
+    alice.send(r#"{"op":"call","service":"calc","method":"add","timeout_ms":100,"req":5}"#);
+    calc.expect_type("invoke");
+    let e = alice.line();
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("call_timeout"), &json!(5)),
+        "{e}"
+    );
+    alice.send(r#"{"op":"call","service":"nope","method":"x","req":6}"#);
+    assert_eq!(alice.line()["code"], "unknown_service");
+    alice.send(r#"{"op":"call","service":"calc","method":"nope","req":7}"#);
+    assert_eq!(alice.line()["code"], "unknown_method");
+    alice.send(r#"{"op":"call","service":"calc","method":"add"}"#);
+    assert_eq!(alice.line()["code"], "bad_command");
+
+    // The hub's built-in service.
+    alice.send(r#"{"op":"call","service":"time","method":"echo","data":{"x":1},"req":8}"#);
+    assert_eq!(
+        alice.line(),
+        json!({"type": "result", "req": 8, "data": {"x": 1}})
+    );
+
+    // provider_left: calc holds a call and goes away.
+    alice.send(r#"{"op":"call","service":"calc","method":"add","timeout_ms":10000,"req":9}"#);
+    calc.expect_type("invoke");
+    let (_, status) = calc.finish();
+    assert!(status.success(), "calc exits 0 at end of input");
+    let e = alice.line();
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("provider_left"), &json!(9)),
+        "{e}"
+    );
+    let (rest, status) = alice.finish();
+    assert!(status.success(), "{rest:?}");
+}
+
+#[test]
+fn subscribe_publish_unsubscribe_and_topic_ends() {
+    let (_hub, url) = serve_with(&[]);
+    let mut news = connect(&url, "news", &[]);
+    let mut alice = connect(&url, "alice", &["--enc", "msgpack"]);
+    news.send(r#"{"op":"provide","service":"news","methods":["latest"],"req":1}"#);
+    assert_eq!(news.line(), json!({"type": "ok", "req": 1}));
+    news.send(r#"{"op":"create_topic","topic":"sport","req":2}"#);
+    assert_eq!(news.line(), json!({"type": "ok", "req": 2}));
+    news.send(r#"{"op":"create_topic","topic":"weather","req":3}"#);
+    assert_eq!(news.line(), json!({"type": "ok", "req": 3}));
+
+    alice.send(r#"{"op":"subscribe","service":"news","topic":"sport","req":1}"#);
+    assert_eq!(alice.line(), json!({"type": "ok", "req": 1}));
+    alice.send(r#"{"op":"subscribe","service":"news","topic":"weather","req":2}"#);
+    assert_eq!(alice.line(), json!({"type": "ok", "req": 2}));
+    alice.send(r#"{"op":"subscribe","service":"news","topic":"nope","req":3}"#);
+    assert_eq!(alice.line()["code"], "unknown_topic");
+
+    news.send(r#"{"op":"publish","topic":"sport","data":"2-1","req":4}"#);
+    assert_eq!(news.line(), json!({"type": "ok", "req": 4}));
+    assert_eq!(
+        alice.line(),
+        json!({"type": "publication", "service": "news", "topic": "sport", "data": "2-1"})
+    );
+    news.send(r#"{"op":"publish","topic":"weather","bin":"AQI="}"#);
+    assert_eq!(
+        alice.line(),
+        json!({"type": "publication", "service": "news", "topic": "weather", "bin": "AQI="})
+    );
+
+    alice.send(r#"{"op":"unsubscribe","service":"news","topic":"weather","req":4}"#);
+    assert_eq!(alice.line(), json!({"type": "ok", "req": 4}));
+    alice.send(r#"{"op":"unsubscribe","service":"news","topic":"weather","req":5}"#);
+    assert_eq!(alice.line()["code"], "not_subscribed");
+
+    news.send(r#"{"op":"destroy_topic","topic":"sport","req":5}"#);
+    assert_eq!(news.line(), json!({"type": "ok", "req": 5}));
+    assert_eq!(
+        alice.line(),
+        json!({"type": "topic_ended", "service": "news", "topic": "sport", "reason": "destroyed"})
+    );
+    // Resubscribe to weather, then the provider leaves: service_gone.
+    alice.send(r#"{"op":"subscribe","service":"news","topic":"weather","req":6}"#);
+    assert_eq!(alice.line(), json!({"type": "ok", "req": 6}));
+    let (_, status) = news.finish();
+    assert!(status.success());
+    assert_eq!(
+        alice.line(),
+        json!({"type": "topic_ended", "service": "news", "topic": "weather", "reason": "service_gone"})
+    );
+    alice.send(r#"{"op":"publish","topic":"x","data":1,"req":7}"#);
+    assert_eq!(alice.line()["code"], "not_provider");
+    let (rest, status) = alice.finish();
+    assert!(status.success(), "{rest:?}");
+}
