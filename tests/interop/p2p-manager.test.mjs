@@ -20,149 +20,35 @@
 
 import { test, afterEach, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { once, EventEmitter } from 'node:events';
+import { EventEmitter } from 'node:events';
 import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
+import {
+  WAIT_MS, cleanups, cleanUp, event, requireBin, timeoutError, LineProcess,
+} from './harness.mjs';
 
 const require = createRequire(import.meta.url);
 const { PeerManager } = require('p2p-manager');
 
-const BIN = process.env.PEERMESH_BIN;
-const WAIT_MS = 10_000;
 const TEST_MS = 30_000;
 
-if (!BIN) {
-  throw new Error('set PEERMESH_BIN to the peermesh binary (e.g. target/debug/peermesh)');
-}
-
-/** Cleanup steps of the running test, run in afterEach (and after, for safety). */
-const cleanups = [];
-async function cleanUp() {
-  while (cleanups.length > 0) {
-    const step = cleanups.pop();
-    try {
-      await step();
-    } catch (e) {
-      console.error('cleanup failed:', e);
-    }
-  }
-}
+requireBin();
 afterEach(cleanUp);
 after(cleanUp);
 
-function timeoutError(what, ms, detail = '') {
-  return new Error(`timed out after ${ms} ms waiting for ${what}${detail}`);
-}
-
 /** A `peermesh peers` child process with its stdout as a list of parsed lines. */
-class Peermesh {
-  constructor(child) {
-    this.child = child;
-    this.lines = [];
-    this.cursor = 0;
-    this.stderr = '';
-    this.exited = null;
-    this.news = new EventEmitter();
-    createInterface({ input: child.stdout }).on('line', (text) => {
-      let value;
-      try {
-        value = JSON.parse(text);
-      } catch {
-        value = { type: '<not json>', text };
-      }
-      this.lines.push(value);
-      this.news.emit('change');
-    });
-    child.stderr.on('data', (chunk) => {
-      this.stderr = (this.stderr + chunk).slice(-20_000);
-    });
-    this.exit = new Promise((resolve) => {
-      child.on('exit', (code, signal) => {
-        this.exited = { code, signal };
-        this.news.emit('change');
-        resolve(this.exited);
-      });
-    });
-  }
-
+class Peermesh extends LineProcess {
   static async start(args = []) {
-    const child = spawn(BIN, ['peers', '--listen', '127.0.0.1:0', ...args], {
-      env: { ...process.env, RUST_LOG: 'peermesh=debug,peermesh_mesh=debug' },
-      stdio: ['pipe', 'pipe', 'pipe'],
+    const p = this.spawn(requireBin(), ['peers', '--listen', '127.0.0.1:0', ...args], {
+      label: 'peermesh peers',
+      env: { RUST_LOG: 'peermesh=debug,peermesh_mesh=debug' },
     });
-    const p = new Peermesh(child);
-    cleanups.push(async () => {
-      if (p.exited === null) {
-        child.kill('SIGKILL');
-        await p.exit;
-      }
-    });
-    const first = await p.next((l) => true, 'the first line');
+    const first = await p.next(() => true, 'the first line');
     assert.equal(first.type, 'listening', `first line: ${JSON.stringify(first)}`);
     assert.match(first.addr, /^127\.0\.0\.1:[1-9][0-9]*$/);
     p.addr = first.addr;
     p.port = Number(first.addr.split(':')[1]);
     return p;
-  }
-
-  send(command) {
-    this.child.stdin.write(`${JSON.stringify(command)}\n`);
-  }
-
-  /**
-   * The first line after the previous match that `pred` accepts; lines in between are
-   * skipped. Fails on timeout or when the process exits first.
-   */
-  next(pred, what, ms = WAIT_MS) {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        while (this.cursor < this.lines.length) {
-          const line = this.lines[this.cursor];
-          this.cursor += 1;
-          if (pred(line)) {
-            finish();
-            resolve(line);
-            return;
-          }
-        }
-        if (this.exited !== null) {
-          finish();
-          reject(new Error(`peermesh exited (${JSON.stringify(this.exited)}) before ${what}\n${this.stderr}`));
-        }
-      };
-      const timer = setTimeout(() => {
-        finish();
-        reject(timeoutError(what, ms, `\nstdout so far: ${JSON.stringify(this.lines)}\nstderr: ${this.stderr}`));
-      }, ms);
-      const finish = () => {
-        clearTimeout(timer);
-        this.news.off('change', check);
-      };
-      this.news.on('change', check);
-      check();
-    });
-  }
-
-  /** The next line of type `type` (other types skipped). */
-  nextType(type, ms = WAIT_MS) {
-    return this.next((l) => l.type === type, `a "${type}" line`, ms);
-  }
-
-  /** Closes stdin; resolves with the exit code and the lines not yet matched. */
-  async end(ms = WAIT_MS) {
-    this.child.stdin.end();
-    let timer;
-    const limit = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(timeoutError('peermesh to exit', ms, `\n${this.stderr}`)), ms);
-    });
-    try {
-      const { code } = await Promise.race([this.exit, limit]);
-      return { code, rest: this.lines.slice(this.cursor) };
-    } finally {
-      clearTimeout(timer);
-    }
   }
 }
 
@@ -199,16 +85,6 @@ class Inbox {
 
   count(command) {
     return this.messages.filter((m) => m.command === command).length;
-  }
-}
-
-/** Resolves with the first `name` event of `emitter`, or fails after `ms`. */
-async function event(emitter, name, ms = WAIT_MS) {
-  try {
-    return await once(emitter, name, { signal: AbortSignal.timeout(ms) });
-  } catch (e) {
-    if (e.name === 'AbortError') throw timeoutError(`the "${name}" event`, ms);
-    throw e;
   }
 }
 

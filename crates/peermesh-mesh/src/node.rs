@@ -48,6 +48,9 @@ const LOOKUP_WIDTH: usize = 3;
 /// Candidates remembered as already asked (so a lookup does not ask the same node twice).
 const LOOKUP_MEMORY: usize = 64;
 
+/// Most nodes remembered as about to dial us.
+const EXPECTING: usize = 256;
+
 /// Most peer URLs remembered for rejoining.
 const REJOIN_URLS: usize = 16;
 
@@ -128,8 +131,10 @@ pub struct NodeStats {
     pub queue_dropped: u64,
     /// Handshake offers sent.
     pub offers: u64,
-    /// Links refused or closed as duplicates, for bad greetings, or for capacity.
+    /// Links refused or closed for bad greetings or for capacity.
     pub links_refused: u64,
+    /// Second links to an already linked peer, kept as spares.
+    pub duplicate_links: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +205,9 @@ pub struct Node {
     /// URLs of the last peers that answered a handshake (at most `REJOIN_URLS`).
     rejoin: VecDeque<String>,
     looked_up: VecDeque<NodeId>,
+    /// Nodes whose offer we answered, until when: they dial us, so we do not offer to them
+    /// (two crossing handshakes make two links). At most `EXPECTING` entries.
+    expecting: HashMap<NodeId, Instant>,
     bootstraps: Vec<String>,
     rejoin_at: Option<Instant>,
     rejoin_backoff: std::time::Duration,
@@ -261,6 +269,7 @@ impl Node {
             introducers: HashMap::new(),
             rejoin: VecDeque::new(),
             looked_up: VecDeque::new(),
+            expecting: HashMap::new(),
             bootstraps: Vec::new(),
             rejoin_at: None,
             rejoin_backoff: std::time::Duration::ZERO,
@@ -434,10 +443,19 @@ impl Node {
             LinkState::Up(peer) | LinkState::Closing(Some(peer)) => {
                 let current = self.by_peer.get(&peer) == Some(&link);
                 if current || !self.by_peer.contains_key(&peer) {
-                    self.by_peer.remove(&peer);
-                    self.paths.forget_hop(&peer);
-                    self.manager.handle_closed(&peer, "link closed", now);
-                    self.schedule_repair(now);
+                    let spare = self
+                        .links
+                        .iter()
+                        .find(|(_, l)| l.state == LinkState::Up(peer))
+                        .map(|(k, _)| *k);
+                    if let Some(spare) = spare {
+                        self.by_peer.insert(peer, spare);
+                    } else {
+                        self.by_peer.remove(&peer);
+                        self.paths.forget_hop(&peer);
+                        self.manager.handle_closed(&peer, "link closed", now);
+                        self.schedule_repair(now);
+                    }
                 }
             }
             LinkState::Dialing {
@@ -528,31 +546,16 @@ impl Node {
             .links
             .get(&link)
             .map_or(Direction::Inbound, |l| l.direction);
-        if let Some(&old) = self.by_peer.get(&peer) {
-            // Two links to one peer: keep the one dialled by the smaller id (both sides agree);
-            // between two dialled by the same side, keep the older.
-            let dialer = |d: Direction| {
-                if d == Direction::Outbound {
-                    self.id
-                } else {
-                    peer
-                }
-            };
-            let old_dir = self
-                .links
-                .get(&old)
-                .map_or(Direction::Inbound, |l| l.direction);
-            let keep_new =
-                dialer(direction) != dialer(old_dir) && dialer(direction) == self.id.min(peer);
-            self.stats.links_refused += 1;
-            if keep_new {
-                self.close_link(old, "duplicate link");
-                self.by_peer.insert(peer, link);
-                if let Some(l) = self.links.get_mut(&link) {
-                    l.state = LinkState::Up(peer);
-                }
-            } else {
-                self.close_link(link, "duplicate link");
+        if self.by_peer.contains_key(&peer) {
+            // A second link to a peer (two dials crossed). It is kept open as a spare: frames
+            // are accepted on every link to the peer, and the first one stays the one sent on.
+            // Closing either is what breaks peer-relay: it keeps the first link in its table,
+            // ignores the second, and on the close of either removes the peer by id, which
+            // closes the first as well — or, if we closed the first, leaves a link that only
+            // we use. A spare replaces the first link if that one closes.
+            self.stats.duplicate_links += 1;
+            if let Some(l) = self.links.get_mut(&link) {
+                l.state = LinkState::Up(peer);
             }
             return;
         }
@@ -565,6 +568,7 @@ impl Node {
             None => self.manager.handle_accepted(&peer, direction, now),
         };
         self.handshakes.remove(&peer);
+        self.expecting.remove(&peer);
         if !accepted {
             self.stats.links_refused += 1;
             self.close_link(link, "no room for another link");
@@ -751,6 +755,14 @@ impl Node {
             wrtc: false,
         };
         self.originate(from, &answer, now);
+        if self.url.is_some() {
+            if self.expecting.len() >= EXPECTING {
+                self.expecting.retain(|_, until| *until > now);
+            }
+            if self.expecting.len() < EXPECTING {
+                self.expecting.insert(from, now + self.cfg.greeting_timeout);
+            }
+        }
         if self.url.is_none() {
             if let Some(url) = ws {
                 // We cannot be dialled: dial the offerer (a peermesh extension of the offer).
@@ -1025,7 +1037,18 @@ impl Node {
                     Action::Close { peer, .. } => {
                         self.handshakes.remove(&peer);
                         match self.by_peer.get(&peer).copied() {
-                            Some(link) => self.close_link(link, "closed by the peer manager"),
+                            Some(link) => {
+                                let spares: Vec<LinkId> = self
+                                    .links
+                                    .iter()
+                                    .filter(|(k, l)| **k != link && l.state == LinkState::Up(peer))
+                                    .map(|(k, _)| *k)
+                                    .collect();
+                                for l in spares {
+                                    self.close_link(l, "closed by the peer manager");
+                                }
+                                self.close_link(link, "closed by the peer manager");
+                            }
                             None => {
                                 let dialing: Vec<LinkId> = self
                                     .links
@@ -1099,6 +1122,19 @@ impl Node {
     }
 
     fn start_handshake(&mut self, id: NodeId, now: Instant) {
+        if self.expecting.get(&id).is_some_and(|until| *until > now) {
+            // It is dialling us after our answer to its offer: wait for that link (the
+            // manager's connect timeout covers it not coming).
+            self.handshakes.insert(
+                id,
+                Handshake {
+                    attempts: self.cfg.handshake_attempts,
+                    next: now,
+                    dialing: true,
+                },
+            );
+            return;
+        }
         self.handshakes.insert(
             id,
             Handshake {

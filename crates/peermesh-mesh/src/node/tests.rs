@@ -273,3 +273,41 @@ fn handshakes_are_retried_then_given_up() {
     assert!(n.handshakes.is_empty());
     assert!(n.manager.is_backed_off(&target, now));
 }
+
+#[test]
+fn a_second_link_to_a_peer_is_a_spare_not_a_loss() {
+    let now = Instant::now();
+    let mut n = node(8);
+    let peer = NodeId([0x42; 20]);
+    let first = link_from(&mut n, peer, now);
+    let second = link_from(&mut n, peer, now);
+    let closes = outputs(&mut n)
+        .into_iter()
+        .filter(|o| matches!(o, Output::Close { .. }))
+        .count();
+    assert_eq!(
+        closes, 0,
+        "neither link is closed (peer-relay would drop the peer)"
+    );
+    assert_eq!(n.stats().duplicate_links, 1);
+    let me = n.id();
+    // Frames are accepted on both links.
+    for (link, nonce) in [(first, 1), (second, 2)] {
+        let env = format!(
+            r#"{{"to":"{me}","from":"{peer}","path":["{peer}"],"nonce":"{nonce}","data":{{"type":"user","data":{nonce}}}}}"#
+        );
+        n.handle_frame(link, env.as_bytes(), now);
+    }
+    assert_eq!(n.stats().delivered, 2);
+    // The first link goes: the spare takes over, the peer is not gone.
+    n.handle_link_closed(first, now);
+    assert!(!events(&mut n).contains(&NodeEvent::PeerGone(peer)));
+    assert_eq!(n.peers(), vec![peer]);
+    n.send(peer, RawJson::from_value(&serde_json::json!(1)), now);
+    assert!(outputs(&mut n)
+        .iter()
+        .any(|o| matches!(o, Output::Transmit { link, .. } if *link == second)));
+    n.handle_link_closed(second, now);
+    assert!(events(&mut n).contains(&NodeEvent::PeerGone(peer)));
+    assert!(n.peers().is_empty());
+}
