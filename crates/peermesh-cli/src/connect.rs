@@ -61,6 +61,7 @@ Commands (stdin):
   {"op":"members","room":"r","req":3}
   {"op":"provide","service":"calc","methods":["add"],"req":4}
       calls then print as invoke lines; answer each with respond
+  {"op":"unprovide","req":9}      no new calls; the service ends with its last provider
   {"op":"respond","call":8589934593,"data":3}    or ..."error":"division by zero"}
   {"op":"call","service":"calc","method":"add","data":[1,2],"req":5}
       optional "timeout_ms" (default 5000); prints a result line
@@ -340,6 +341,7 @@ async fn execute(client: &Client, out: &Output, answers: &mut JoinSet<()>, line:
         Op::Provide { service, methods } => {
             submit(answers, out, req, client.provide(service, methods), ok_line).await;
         }
+        Op::Unprovide => submit(answers, out, req, client.unprovide(), ok_line).await,
         Op::Call {
             service,
             method,

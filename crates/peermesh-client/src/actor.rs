@@ -105,6 +105,8 @@ enum PendingKind {
     Call,
     /// A provide: on `ok` the service is remembered for reconnects.
     Provide(ServiceName, Vec<MethodName>),
+    /// An unprovide: on `ok` the service is no longer provided after a reconnect.
+    Unprovide,
     /// A subscribe: on `ok` the feed opens.
     Subscribe(ServiceName, TopicName),
     /// An unsubscribe: on `ok` the feed ends.
@@ -478,6 +480,7 @@ impl ClientActor {
                         PendingKind::Provide(service, methods) => {
                             self.provided = Some((service.clone(), methods.clone()));
                         }
+                        PendingKind::Unprovide => self.provided = None,
                         PendingKind::Subscribe(service, topic) => {
                             let feed = self.feeds.open(service.clone(), topic.clone());
                             // If the caller is gone, the feed is dropped and unsubscribes.
@@ -699,6 +702,7 @@ impl ClientActor {
                 PendingKind::Provide(service.clone(), methods.clone()),
                 request_timeout,
             ),
+            Op::Unprovide => (PendingKind::Unprovide, request_timeout),
             Op::Subscribe { service, topic } => (
                 PendingKind::Subscribe(service.clone(), topic.clone()),
                 request_timeout,
@@ -973,6 +977,7 @@ fn build_frame(op: Op, req: u64) -> ClientFrame {
             methods,
             req: Some(req),
         }),
+        Op::Unprovide => ClientFrame::Unprovide { req: Some(req) },
         Op::Call {
             service,
             method,

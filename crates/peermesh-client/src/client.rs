@@ -304,6 +304,14 @@ impl Client {
         self.request(op, request::unit)
     }
 
+    /// Stops providing this client's service: no new call comes (calls already received may
+    /// still be answered), and it is not provided again after a reconnect. When this was the
+    /// service's last provider, the service and its topics end. Fails with `not_provider`
+    /// when the client provides nothing.
+    pub fn unprovide(&self) -> Request<()> {
+        self.request(Ok(Op::Unprovide), request::unit)
+    }
+
     /// The calls of this client's service. Only the latest receiver gets them (an earlier one
     /// ends); without a receiver, or when its queue is full, calls are answered with a
     /// `service_error` at once.

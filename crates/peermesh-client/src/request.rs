@@ -64,6 +64,7 @@ pub(crate) enum Op {
         service: ServiceName,
         methods: Vec<MethodName>,
     },
+    Unprovide,
     Call {
         service: ServiceName,
         method: MethodName,

@@ -115,6 +115,9 @@ fn welcome(client: &str, rooms: &[&str]) -> ServerFrame {
             max_streams: 128,
             max_stream_window: 4 << 20,
             stream_open_timeout_ms: 10_000,
+            max_calls: 1024,
+            max_call_timeout_ms: 300_000,
+            max_subscriptions: 256,
         },
     })
 }

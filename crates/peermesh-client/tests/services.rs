@@ -139,6 +139,12 @@ async fn calls_answers_and_every_error_code() -> Result<()> {
     within(alice.provide("calc", ["x"])).await??;
     let second = within(alice.provide("other", ["x"])).await?.unwrap_err();
     assert_eq!(second.code(), Some(ErrorCode::AlreadyProviding));
+    // After unprovide, alice may provide another service; a second unprovide is refused.
+    within(alice.unprovide()).await??;
+    let again = within(alice.unprovide()).await?.unwrap_err();
+    assert_eq!(again.code(), Some(ErrorCode::NotProvider));
+    within(alice.provide("other", ["x"])).await??;
+    within(alice.unprovide()).await??;
 
     // provider_left: the provider holds the call and disconnects.
     let held = alice.call("calc", "hold", Payload::NULL, Duration::from_secs(5));

@@ -364,6 +364,9 @@ impl PreHello {
                 max_streams: cfg.max_streams_per_client as u64,
                 max_stream_window: cfg.max_stream_window_bytes,
                 stream_open_timeout_ms: cfg.stream_open_timeout_ms,
+                max_calls: cfg.max_calls_per_client as u64,
+                max_call_timeout_ms: cfg.max_call_timeout_ms,
+                max_subscriptions: cfg.max_subscriptions_per_client as u64,
             },
         });
         if conn.send(EncodedBody::encode(self.enc, &welcome)).is_err() {
@@ -940,6 +943,16 @@ impl Session {
                 debug!(id = %self.conn.client, service = %p.service, "provides");
                 self.provided = Some(svc);
                 self.ok(p.req);
+            }
+            ClientFrame::Unprovide { req } => {
+                let Some(svc) = self.provided.take() else {
+                    return self.not_provider(req);
+                };
+                // Calls already sent here may still be answered: only routing stops.
+                let closed = self.services().unprovide(&svc, self.conn.conn);
+                self.hub.router.topics_ended(closed);
+                debug!(id = %self.conn.client, service = %svc.name, "no longer provides");
+                self.ok(req);
             }
             ClientFrame::Call(c) => self.call(c, now),
             ClientFrame::Respond(r) => {

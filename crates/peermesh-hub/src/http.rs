@@ -197,6 +197,24 @@ async fn status_page(State(hub): State<Arc<HubInner>>) -> Html<String> {
     for (room, n) in reg.room_sizes(LIST_LIMIT) {
         let _ = write!(s, "<tr><td>{}</td><td>{n}</td></tr>", esc(room.as_str()));
     }
+    let _ = write!(
+        s,
+        "</table><h2>Services (first {LIST_LIMIT})</h2><table><tr><th>service</th>\
+         <th>hub provides</th><th>client providers</th><th>calls in flight</th><th>topics</th>\
+         <th>subscriptions</th></tr>"
+    );
+    for row in hub.router.services.rows(LIST_LIMIT) {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(row.name.as_str()),
+            if row.hub { "yes" } else { "no" },
+            row.providers,
+            row.calls_in_flight,
+            row.topics,
+            row.subscriptions,
+        );
+    }
     s.push_str("</table><p><a href=/metrics>/metrics</a> · <a href=/status.json>/status.json</a></p></body></html>");
     Html(s)
 }
@@ -244,6 +262,7 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
         },
         "client_list": clients,
         "room_list": rooms,
+        "service_list": hub.router.services.rows(LIST_LIMIT),
     });
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -254,10 +273,11 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
 
 async fn metrics(State(hub): State<Arc<HubInner>>) -> Response {
     let reg = hub.registry();
-    let text = hub
-        .router
-        .metrics
-        .render(reg.client_count(), reg.room_count());
+    let text = hub.router.metrics.render(
+        reg.client_count(),
+        reg.room_count(),
+        hub.router.services.stats(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

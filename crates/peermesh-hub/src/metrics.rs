@@ -10,6 +10,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use peermesh_proto::ErrorCode;
 
+use crate::services::ServiceStats;
+
 /// Per-second rates computed by the sampler.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Rates {
@@ -160,7 +162,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of every counter, plus the given gauges.
-    pub(crate) fn render(&self, clients: usize, rooms: usize) -> String {
+    pub(crate) fn render(&self, clients: usize, rooms: usize, services: ServiceStats) -> String {
         let mut s = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP peermesh_{name} {help}");
@@ -255,6 +257,31 @@ impl Metrics {
         };
         gauge("clients", "Clients connected now.", clients as f64);
         gauge("rooms", "Rooms that exist now.", rooms as f64);
+        gauge(
+            "services",
+            "Services with at least one provider now.",
+            services.services as f64,
+        );
+        gauge(
+            "service_providers",
+            "Client connections that provide a service now.",
+            services.client_providers as f64,
+        );
+        gauge(
+            "calls_in_flight",
+            "Calls client providers are handling now.",
+            services.calls_in_flight as f64,
+        );
+        gauge(
+            "topics",
+            "Topics of all services now.",
+            services.topics as f64,
+        );
+        gauge(
+            "subscriptions",
+            "Subscriptions to all topics now.",
+            services.subscriptions as f64,
+        );
         gauge(
             "stream_ends",
             "Stream ends held by connections now (two per open stream).",

@@ -116,6 +116,22 @@ impl Service {
     fn is_empty(&self) -> bool {
         self.hub.read().is_none() && self.providers.read().is_empty()
     }
+
+    fn row(&self) -> ServiceRow {
+        let providers = self.providers.read();
+        let topics = self.topics.read();
+        ServiceRow {
+            name: self.name.clone(),
+            hub: self.hub.read().is_some(),
+            providers: providers.len(),
+            calls_in_flight: providers
+                .iter()
+                .map(|p| p.conn.calls_in_flight.load(Ordering::Relaxed) as usize)
+                .sum(),
+            topics: topics.map.len(),
+            subscriptions: topics.map.values().map(|t| t.subs.read().conns.len()).sum(),
+        }
+    }
 }
 
 /// Where a call goes.
@@ -142,6 +158,20 @@ pub struct ServiceStats {
     /// Calls client providers are handling now (sent to them, not yet answered, failed or
     /// timed out).
     pub calls_in_flight: usize,
+}
+
+/// One service as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct ServiceRow {
+    pub(crate) name: ServiceName,
+    /// The hub itself provides it.
+    pub(crate) hub: bool,
+    /// Client connections that provide it.
+    pub(crate) providers: usize,
+    /// Calls its client providers handle now.
+    pub(crate) calls_in_flight: usize,
+    pub(crate) topics: usize,
+    pub(crate) subscriptions: usize,
 }
 
 /// Every service of one hub.
@@ -428,29 +458,31 @@ impl Services {
         }
     }
 
-    /// Counts for tests and the status page.
+    /// Counts for tests, the status page and `/metrics`.
     pub(crate) fn stats(&self) -> ServiceStats {
         let mut st = ServiceStats::default();
         for s in self.map.iter() {
+            let row = s.row();
             st.services += 1;
-            if s.hub.read().is_some() {
-                st.hub_providers += 1;
-            }
-            let providers = s.providers.read();
-            st.client_providers += providers.len();
-            st.calls_in_flight += providers
-                .iter()
-                .map(|p| p.conn.calls_in_flight.load(Ordering::Relaxed) as usize)
-                .sum::<usize>();
-            let topics = s.topics.read();
-            st.topics += topics.map.len();
-            st.subscriptions += topics
-                .map
-                .values()
-                .map(|t| t.subs.read().conns.len())
-                .sum::<usize>();
+            st.hub_providers += usize::from(row.hub);
+            st.client_providers += row.providers;
+            st.calls_in_flight += row.calls_in_flight;
+            st.topics += row.topics;
+            st.subscriptions += row.subscriptions;
         }
         st
+    }
+
+    /// The services with the most providers (then by name), at most `limit`.
+    pub(crate) fn rows(&self, limit: usize) -> Vec<ServiceRow> {
+        let mut rows: Vec<ServiceRow> = self.map.iter().map(|s| s.row()).collect();
+        rows.sort_by(|a, b| {
+            (b.providers + usize::from(b.hub))
+                .cmp(&(a.providers + usize::from(a.hub)))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        rows.truncate(limit);
+        rows
     }
 }
 

@@ -558,15 +558,31 @@ async fn status_metrics_metadata_and_proxy_ip() {
         .insert("x-forwarded-for", "203.0.113.9, 10.0.0.1".parse().unwrap());
     let mut c = Raw::connect_with(req).await;
     assert_eq!(c.hello(json!({"id":"meta"})).await["type"], "welcome");
+    c.send(json!({"type":"provide","service":"calc","methods":["add"],"req":1}))
+        .await;
+    assert_eq!(c.recv_type("ok").await["req"], 1);
+    c.send(json!({"type":"create_topic","topic":"sums","req":2}))
+        .await;
+    assert_eq!(c.recv_type("ok").await["req"], 2);
     let status: serde_json::Value = serde_json::from_str(&hub.get("/status.json").await).unwrap();
     assert_eq!(status["clients"], 1);
     let client = &status["client_list"][0];
     assert_eq!(client["ip"], "203.0.113.9");
     assert_eq!(client["meta"], json!([["room", "x"], ["app", "demo"]]));
+    assert_eq!(
+        status["service_list"],
+        json!([{"name":"calc","hub":false,"providers":1,"calls_in_flight":0,"topics":1,"subscriptions":0}])
+    );
     let page = hub.get("/").await;
     assert!(page.contains("<td>meta</td>"), "{page}");
+    assert!(
+        page.contains("<td>calc</td><td>no</td><td>1</td>"),
+        "{page}"
+    );
     let metrics = hub.get("/metrics").await;
     assert!(metrics.contains("peermesh_clients 1"), "{metrics}");
+    assert!(metrics.contains("peermesh_services 1"), "{metrics}");
+    assert!(metrics.contains("peermesh_topics 1"), "{metrics}");
     assert!(metrics.contains("peermesh_connections_total 1"));
 }
 

@@ -636,3 +636,76 @@ async fn a_slow_subscriber_is_closed_and_the_others_keep_receiving() {
     .await;
     assert!(cleaned.is_ok(), "{:?}", hub.handle.service_stats());
 }
+
+#[tokio::test]
+async fn unprovide_stops_new_calls_lets_pending_ones_finish_and_ends_the_service_last() {
+    let hub = TestHub::default().await;
+    let (mut one, w) = hub.join("calc-1").await;
+    assert_eq!(w["limits"]["max_calls"], 1024, "{w}");
+    assert_eq!(w["limits"]["max_call_timeout_ms"], 60_000, "{w}");
+    assert_eq!(w["limits"]["max_subscriptions"], 1024, "{w}");
+    let (mut two, _) = hub.join("calc-2").await;
+    let (mut alice, _) = hub.join("alice").await;
+    one.send(json!({"type":"unprovide","req":1})).await;
+    expect_error(&mut one, 1, "not_provider").await;
+    provide(&mut one, "calc", &["add"]).await;
+    provide(&mut two, "calc", &["add"]).await;
+    one.send(json!({"type":"create_topic","topic":"sums","req":2}))
+        .await;
+    expect_ok(&mut one, 2).await;
+    alice
+        .send(json!({"type":"subscribe","service":"calc","topic":"sums","req":1}))
+        .await;
+    expect_ok(&mut alice, 1).await;
+
+    // A call reaches calc-1 (calc-2 is made busier first), then calc-1 unprovides.
+    alice
+        .send(json!({"type":"call","service":"calc","method":"add","data":[1,1],"req":2}))
+        .await;
+    alice
+        .send(json!({"type":"call","service":"calc","method":"add","data":[2,2],"req":3}))
+        .await;
+    let (held, other) = tokio::join!(one.recv_type("invoke"), two.recv_type("invoke"));
+    one.send(json!({"type":"unprovide","req":3})).await;
+    expect_ok(&mut one, 3).await;
+    // The service lives on with calc-2, and so does its topic.
+    assert_eq!(hub.handle.service_stats().client_providers, 1);
+    assert_eq!(hub.handle.service_stats().topics, 1);
+    // Every new call goes to calc-2.
+    for req in 10..20u64 {
+        alice
+            .send(json!({"type":"call","service":"calc","method":"add","data":[req,0],"req":req}))
+            .await;
+        let inv = two.recv_type("invoke").await;
+        two.send(json!({"type":"respond","call":inv["call"],"data":req}))
+            .await;
+        assert_eq!(answer(&mut alice, req).await["data"], req);
+    }
+    assert!(flush(&mut one).await.is_empty(), "no call reaches calc-1");
+    // The call calc-1 already had may still be answered.
+    one.send(json!({"type":"respond","call":held["call"],"data":"late"}))
+        .await;
+    two.send(json!({"type":"respond","call":other["call"],"data":"other"}))
+        .await;
+    let mut got = [answer(&mut alice, 2).await, answer(&mut alice, 3).await]
+        .map(|v| v["data"].as_str().unwrap().to_owned());
+    got.sort();
+    assert_eq!(got, ["late", "other"]);
+
+    // calc-1 may provide again (another service); calc-2 unprovides, the last provider: the
+    // service and its topics end.
+    provide(&mut one, "other", &["x"]).await;
+    two.send(json!({"type":"unprovide","req":4})).await;
+    expect_ok(&mut two, 4).await;
+    let ended = alice.recv_type("topic_ended").await;
+    assert_eq!(
+        (&ended["service"], &ended["topic"], &ended["reason"]),
+        (&json!("calc"), &json!("sums"), &json!("service_gone"))
+    );
+    alice
+        .send(json!({"type":"call","service":"calc","method":"add","data":[1,1],"req":30}))
+        .await;
+    expect_error(&mut alice, 30, "unknown_service").await;
+    drop((one, two, alice));
+    until_clean(&hub).await;
+}

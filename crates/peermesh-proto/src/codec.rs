@@ -176,6 +176,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "stream_end",
     "stream_reset",
     "provide",
+    "unprovide",
     "call",
     "respond",
     "create_topic",
@@ -438,6 +439,7 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeE
             };
             ClientFrame::Respond(Respond { call, outcome })
         }
+        "unprovide" => ClientFrame::Unprovide { req: raw.req },
         "create_topic" => ClientFrame::CreateTopic {
             topic: f.name(raw.topic, "topic", TopicName::new)?,
             req: raw.req,

@@ -85,6 +85,13 @@ pub enum ClientFrame {
     },
     /// Registers this connection as a provider of a service.
     Provide(Provide),
+    /// Ends this connection's `provide`: no new call reaches it (calls it already has may
+    /// still be answered); when it was the service's last provider, the service and its
+    /// topics end.
+    Unprovide {
+        /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
     /// Calls a method of a service.
     Call(Call),
     /// A provider's answer to an `invoke`.
@@ -471,6 +478,15 @@ pub struct Limits {
     /// Time a stream target has to answer a `stream_open`, in ms; 0 when the hub did not say.
     #[serde(default)]
     pub stream_open_timeout_ms: u64,
+    /// Most calls one connection may wait on at once; 0 when the hub did not say.
+    #[serde(default)]
+    pub max_calls: u64,
+    /// Longest call timeout, in milliseconds; 0 when the hub did not say.
+    #[serde(default)]
+    pub max_call_timeout_ms: u64,
+    /// Most topics one connection may subscribe to; 0 when the hub did not say.
+    #[serde(default)]
+    pub max_subscriptions: u64,
 }
 
 /// The `message` frame.
@@ -556,6 +572,7 @@ impl ClientFrame {
             ClientFrame::StreamEnd { .. } => "stream_end",
             ClientFrame::StreamReset { .. } => "stream_reset",
             ClientFrame::Provide(_) => "provide",
+            ClientFrame::Unprovide { .. } => "unprovide",
             ClientFrame::Call(_) => "call",
             ClientFrame::Respond(_) => "respond",
             ClientFrame::CreateTopic { .. } => "create_topic",
@@ -590,6 +607,7 @@ impl ClientFrame {
             ClientFrame::Join { req, .. }
             | ClientFrame::Leave { req, .. }
             | ClientFrame::Members { req, .. }
+            | ClientFrame::Unprovide { req }
             | ClientFrame::Ping { req } => *req,
         }
     }
@@ -887,6 +905,12 @@ impl Serialize for ClientFrame {
                 m.serialize_entry("service", &p.service)?;
                 m.serialize_entry("methods", &p.methods)?;
                 put_opt(&mut m, "req", &p.req)?;
+                m.end()
+            }
+            ClientFrame::Unprovide { req } => {
+                let mut m = s.serialize_map(Some(1 + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                put_opt(&mut m, "req", req)?;
                 m.end()
             }
             ClientFrame::Call(c) => {

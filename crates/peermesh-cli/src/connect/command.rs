@@ -47,6 +47,7 @@ pub(crate) enum Op {
         service: String,
         methods: Vec<String>,
     },
+    Unprovide,
     Call {
         service: String,
         method: String,
@@ -93,6 +94,7 @@ pub(crate) const OPS: &[&str] = &[
     "emit_room",
     "members",
     "provide",
+    "unprovide",
     "call",
     "respond",
     "subscribe",
@@ -145,6 +147,9 @@ enum Raw {
     Provide {
         service: String,
         methods: Vec<String>,
+        req: Option<u64>,
+    },
+    Unprovide {
         req: Option<u64>,
     },
     Call {
@@ -292,6 +297,7 @@ pub(crate) fn parse(line: &str) -> Result<Command, BadCommand> {
             methods,
             req,
         } => (Op::Provide { service, methods }, req),
+        Raw::Unprovide { req } => (Op::Unprovide, req),
         Raw::Call {
             service,
             method,
