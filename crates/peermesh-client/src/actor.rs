@@ -46,6 +46,7 @@ use crate::event::ClientEvent;
 use crate::listeners::{Message, Registry, Replier, SharedRegistry};
 use crate::options::ClientOptions;
 use crate::request::{Answer, Command, Op};
+use crate::resend::{self, SentLog, SENT_CAP};
 use crate::services::{self, Delivered, FeedEnd, Feeds, Invocation, InvocationSink};
 use crate::stream::{IncomingStream, Out, Streams, MAX_CHUNK};
 use crate::tracker::RequestTracker;
@@ -165,6 +166,10 @@ pub(crate) struct ClientActor {
     /// The service this client provides, provided again after a reconnect.
     provided: Option<(ServiceName, Vec<MethodName>)>,
     feeds: Feeds,
+    /// The hub keeps this session through drops (we asked, and it allows it).
+    resumable: bool,
+    /// Counted frames sent and not confirmed; receipts owed.
+    sent: SentLog,
 }
 
 /// Frames waiting for the socket.
@@ -273,6 +278,8 @@ impl ClientActor {
             streams,
             provided: None,
             feeds,
+            resumable: false,
+            sent: SentLog::default(),
         };
         actor.on_welcome(welcome);
         actor
@@ -340,7 +347,8 @@ impl ClientActor {
         let mut reads_in_row = 0u32;
         loop {
             let deadline = self.requests.poll_timeout().map(Instant::from_std);
-            let room = self.out.bytes < OUT_CAP;
+            let room = self.out.bytes < OUT_CAP && self.sent.bytes() < SENT_CAP;
+            let receipt_due = self.sent.receipt_due();
             let skip_read = reads_in_row >= FAIR_READS;
             if skip_read {
                 reads_in_row = 0;
@@ -380,6 +388,7 @@ impl ClientActor {
                     }
                 }
                 _ = tick(&mut ping) => self.out.push(WsMessage::Ping(Bytes::new())),
+                _ = sleep_until(receipt_due) => self.receipt(),
                 _ = tokio::time::sleep_until(last_heard + idle) => {
                     return Disconnect::Dropped(format!("nothing heard from the hub for {idle:?}"));
                 }
@@ -412,13 +421,32 @@ impl ClientActor {
         }
     }
 
-    fn check_seq(&mut self, seq: u64) {
+    /// Checks a hub frame's `seq`; `false` for a frame already seen (replayed after a
+    /// resume), which is dropped.
+    fn check_seq(&mut self, seq: u64) -> bool {
         if let Some(last) = self.last_seq {
+            if seq <= last {
+                tracing::trace!(seq, last, "frame already seen: dropped");
+                return false;
+            }
             if seq != last.wrapping_add(1) {
                 tracing::warn!(seq, last, "the hub's sequence numbers skipped");
             }
         }
         self.last_seq = Some(seq);
+        if self.resumable && self.sent.seen(Instant::now()) {
+            self.receipt();
+        }
+        true
+    }
+
+    /// Confirms to the hub every frame received so far.
+    fn receipt(&mut self) {
+        self.sent.receipted();
+        if let Some(seq) = self.last_seq {
+            let msg = connection::encode(self.opts.encoding, &ClientFrame::Received { seq });
+            self.out.push(msg);
+        }
     }
 
     /// Handles one WebSocket message; `Some` ends the connection.
@@ -447,7 +475,9 @@ impl ClientActor {
                 return None;
             }
         };
-        self.check_seq(seq);
+        if !self.check_seq(seq) {
+            return None;
+        }
         tracing::trace!(seq, frame = frame.type_name(), "frame from the hub");
         match frame {
             ServerFrame::Message(m) => {
@@ -515,6 +545,19 @@ impl ClientActor {
                 self.emit(ClientEvent::MemberLeft { room, id });
             }
             ServerFrame::PeerLeft { id } => self.emit(ClientEvent::PeerLeft { id }),
+            ServerFrame::MemberAway { room, id } => {
+                self.emit(ClientEvent::MemberAway { room, id });
+            }
+            ServerFrame::MemberBack { room, id } => {
+                self.emit(ClientEvent::MemberBack { room, id });
+            }
+            ServerFrame::PeerAway { id } => self.emit(ClientEvent::PeerAway { id }),
+            ServerFrame::PeerBack { id } => self.emit(ClientEvent::PeerBack { id }),
+            ServerFrame::Received { seq } => self.sent.confirmed(seq),
+            ServerFrame::ResumeRejected { reason, message } => {
+                tracing::info!(%reason, "the hub could not resume the session: {message}");
+                self.emit(ClientEvent::Resynced { reason, message });
+            }
             ServerFrame::CallResult { req, payload } => {
                 if let Some(entry) = self.requests.complete(req) {
                     entry.answer(Ok(Answer::Result(payload)));
@@ -629,7 +672,16 @@ impl ClientActor {
 
     /// Queues a frame for the socket.
     fn queue(&mut self, frame: &ClientFrame) {
-        self.out.push(connection::encode(self.opts.encoding, frame));
+        let msg = connection::encode(self.opts.encoding, frame);
+        self.push(frame, msg);
+    }
+
+    /// Queues an encoded frame, remembering it until the hub confirms it if it counts.
+    fn push(&mut self, frame: &ClientFrame, msg: WsMessage) {
+        if self.resumable && resend::counts(frame) {
+            self.sent.sent(&msg);
+        }
+        self.out.push(msg);
     }
 
     /// Queues what a command asks for.
@@ -678,7 +730,7 @@ impl ClientActor {
                 let _ = reply.send(Err(e));
                 return;
             }
-            self.out.push(msg);
+            self.push(&frame, msg);
             let _ = reply.send(Ok(Answer::Done));
         }
     }
@@ -736,8 +788,9 @@ impl ClientActor {
             }
             return;
         }
-        // If the write fails, the entry fails with the other pending requests in `on_drop`.
-        self.out.push(msg);
+        // If the write fails, the frame is sent again after a resume, or the entry fails with
+        // the other pending requests when the session is lost.
+        self.push(&frame, msg);
     }
 
     /// Refuses locally a frame the hub would refuse as too large.
@@ -767,7 +820,10 @@ impl ClientActor {
             max => self.opts.stream_window.min(max),
         };
         self.limits = w.limits;
-        self.last_seq = None;
+        if !w.resumed {
+            self.last_seq = None;
+        }
+        self.resumable = self.opts.resume && w.resume_grace_ms > 0;
         self.shared
             .registry
             .lock()
@@ -799,16 +855,26 @@ impl ClientActor {
 
     fn on_drop(&mut self, reason: &str) {
         tracing::info!(reason, "connection to the hub lost");
-        self.generation += 1;
         self.out.clear();
         self.streams
             .fail_all(&format!("the connection to the hub was lost: {reason}"));
-        self.feeds.end_all(FeedEnd::ConnectionLost);
-        self.fail_pending(|| ClientError::ConnectionLost(reason.to_owned()));
+        // A resumable session keeps its requests, feeds and acknowledgements: they carry on
+        // after a resume, or fail if the hub resyncs (`session_lost`).
+        if !self.resumable {
+            self.session_lost(reason);
+        }
         self.shared.registry.lock().set_connected(None);
         self.emit(ClientEvent::ConnectionLost {
             reason: reason.to_owned(),
         });
+    }
+
+    /// The hub session is gone: what depended on it fails.
+    fn session_lost(&mut self, reason: &str) {
+        self.generation += 1;
+        self.sent.reset();
+        self.feeds.end_all(FeedEnd::ConnectionLost);
+        self.fail_pending(|| ClientError::ConnectionLost(reason.to_owned()));
     }
 
     fn fail_pending(&mut self, err: impl Fn() -> ClientError) {
@@ -828,6 +894,8 @@ impl ClientActor {
             rooms: self.rooms.iter().cloned().collect(),
             token: self.opts.token.clone(),
             secret: Some(self.secret.clone()),
+            resume: self.opts.resume,
+            last_seq: self.resumable.then(|| self.last_seq.unwrap_or(0)),
         }
     }
 
@@ -870,14 +938,29 @@ impl ClientActor {
             );
             match self.while_disconnected(open).await? {
                 Ok((ws, welcome)) => {
+                    let was_resumable = self.resumable;
+                    let resumed = welcome.resumed.then_some(welcome.received);
                     self.on_welcome(welcome);
-                    self.provide_again();
-                    tracing::info!(attempt, "reconnected");
+                    if resumed.is_none() {
+                        if was_resumable {
+                            self.session_lost("the hub could not resume the session");
+                        }
+                        self.provide_again();
+                    }
+                    tracing::info!(attempt, resumed = resumed.is_some(), "reconnected");
                     self.emit(ClientEvent::Reconnected {
                         id: self.id.clone(),
                         attempt,
                         rooms: self.rooms.iter().cloned().collect(),
                     });
+                    if let Some(received) = resumed {
+                        let again = self.sent.resend(received);
+                        let resent = again.len() as u64;
+                        for m in again {
+                            self.out.push(m);
+                        }
+                        self.emit(ClientEvent::Resumed { resent });
+                    }
                     return Some(ws);
                 }
                 Err(e) if !e.is_retryable() => {

@@ -66,6 +66,8 @@ impl Client {
             rooms,
             token: opts.token.clone(),
             secret: None,
+            resume: opts.resume,
+            last_seq: None,
         };
         let (ws, welcome) = connection::open(
             connector.clone(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use peermesh_proto::{ClientId, ErrorCode, RoomName};
+use peermesh_proto::{ClientId, ErrorCode, ResumeRefusal, RoomName};
 
 /// Something that happened to the connection or to the rooms the client is in.
 ///
@@ -38,6 +38,30 @@ pub enum ClientEvent {
         /// Who disconnected.
         id: ClientId,
     },
+    /// A member of a room this client is in dropped and may resume (it is away, not gone).
+    MemberAway {
+        /// The room.
+        room: RoomName,
+        /// Who dropped.
+        id: ClientId,
+    },
+    /// An away member of a room resumed.
+    MemberBack {
+        /// The room.
+        room: RoomName,
+        /// Who resumed.
+        id: ClientId,
+    },
+    /// A client this one sent to recently dropped and may resume.
+    PeerAway {
+        /// Who dropped.
+        id: ClientId,
+    },
+    /// A client that was away resumed.
+    PeerBack {
+        /// Who resumed.
+        id: ClientId,
+    },
     /// The hub reported an error not tied to a request (e.g. `rate_limited`, `unknown_ack`).
     Error {
         /// The stable code.
@@ -66,6 +90,23 @@ pub enum ClientEvent {
         attempt: u32,
         /// The rooms the client is in again.
         rooms: Vec<RoomName>,
+    },
+    /// After `Reconnected`: the hub resumed the session. Nothing was lost: the hub replays what
+    /// this client missed (frames already seen are dropped by `seq`), and this client sent
+    /// again the `resent` frames the hub had not confirmed; pending requests carry on.
+    Resumed {
+        /// Frames this client sent again.
+        resent: u64,
+    },
+    /// After `Reconnected`: the hub could not resume the session (`reason`), so this is a
+    /// fresh one: requests that were pending failed with
+    /// [`ClientError::ConnectionLost`](crate::ClientError::ConnectionLost), rooms were joined
+    /// again, and anything the application derived from earlier messages should be resynced.
+    Resynced {
+        /// Why the resume was refused.
+        reason: ResumeRefusal,
+        /// The hub's sentence.
+        message: String,
     },
     /// The client gave up: reconnection is off, its attempts or time budget ran out, or the hub
     /// refused it for good. The stream ends after this event.

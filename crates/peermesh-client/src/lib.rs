@@ -109,6 +109,7 @@ mod event;
 pub mod listeners;
 mod options;
 mod request;
+mod resend;
 pub mod services;
 pub mod stream;
 mod tracker;
@@ -120,8 +121,8 @@ pub use event::ClientEvent;
 pub use listeners::{EventStream, Feed, ListenerId, Message, Once, Subscription};
 pub use options::ClientOptions;
 pub use peermesh_proto::{
-    ClientId, Encoding, ErrorCode, EventName, MethodName, Payload, Publication, RoomName,
-    ServiceName, TopicEnd, TopicName, PROTOCOL_VERSION,
+    ClientId, Encoding, ErrorCode, EventName, MethodName, Payload, Publication, ResumeRefusal,
+    RoomName, ServiceName, TopicEnd, TopicName, PROTOCOL_VERSION,
 };
 pub use request::{Pending, Request};
 pub use services::{FeedEnd, Invocation, Invocations, TopicFeed};

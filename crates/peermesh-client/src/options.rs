@@ -96,6 +96,11 @@ pub struct ClientOptions {
     pub topic_capacity: usize,
     /// Timeout of [`Client::call`](crate::Client::call) when none is given. Defaults to 5 s.
     pub call_timeout: Duration,
+    /// Resume after a drop (when the hub allows it): the hub keeps this client's session for
+    /// its resume window and replays what it missed; the client sends again what the hub had
+    /// not confirmed. Pending requests, rooms, subscriptions and acknowledgements survive;
+    /// streams do not. Defaults to `true`.
+    pub resume: bool,
 }
 
 impl Default for ClientOptions {
@@ -124,6 +129,7 @@ impl Default for ClientOptions {
             invocation_capacity: 256,
             topic_capacity: 256,
             call_timeout: Duration::from_secs(5),
+            resume: true,
         }
     }
 }

@@ -119,6 +119,9 @@ fn welcome(client: &str, rooms: &[&str]) -> ServerFrame {
             max_call_timeout_ms: 300_000,
             max_subscriptions: 256,
         },
+        resumed: false,
+        received: 0,
+        resume_grace_ms: 0,
     })
 }
 

@@ -322,8 +322,6 @@ async fn reconnects_to_a_restarted_hub_and_rejoins_rooms() -> Result<()> {
         .context("bob got the question")?;
     let addr = hub.stop().await?;
 
-    let err = within(pending).await?.expect_err("fails at the drop");
-    assert_eq!(err.code_name(), "connection_lost", "{err}");
     wait_for(&mut events, |e| {
         matches!(e, ClientEvent::ConnectionLost { .. }).then_some(())
     })
@@ -333,6 +331,7 @@ async fn reconnects_to_a_restarted_hub_and_rejoins_rooms() -> Result<()> {
     })
     .await?;
 
+    // A new hub knows nothing of the session: it cannot resume it, so the client resyncs.
     let hub = TestHub::start_at(addr).await?;
     let rooms = wait_for(&mut events, |e| match e {
         ClientEvent::Reconnected { id, rooms, .. } => {
@@ -343,6 +342,15 @@ async fn reconnects_to_a_restarted_hub_and_rejoins_rooms() -> Result<()> {
     })
     .await?;
     assert_eq!(rooms, ["lobby"]);
+    let reason = wait_for(&mut events, |e| match e {
+        ClientEvent::Resynced { reason, .. } => Some(*reason),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(reason, peermesh_client::ResumeRefusal::Expired);
+    // What waited on the old session failed once the hub said so.
+    let err = within(pending).await?.expect_err("fails with the session");
+    assert_eq!(err.code_name(), "connection_lost", "{err}");
 
     // Same id, same rooms, on the new hub.
     let carol = hub.client("carol").await?;

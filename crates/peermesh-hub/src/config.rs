@@ -124,6 +124,15 @@ pub struct HubConfig {
     pub max_subscriptions_per_client: usize,
     /// Most topics one service may have at once. Defaults to 1,024.
     pub max_topics_per_service: usize,
+    /// How long the hub keeps a client that can resume after its connection drops, in ms: its
+    /// id, rooms, subscriptions and what the hub would have delivered to it. 0 turns resume
+    /// off. Defaults to 30,000.
+    pub resume_grace_ms: u64,
+    /// Frames kept per resumable client until it confirms them (and while it is away), in
+    /// bytes; beyond it the oldest unconfirmed frames are dropped (a later resume that needs
+    /// them is rejected with `overflow`), and an away client that overflows it is gone.
+    /// Defaults to 1 MiB.
+    pub resume_buffer_bytes: usize,
     /// Provide the built-in `time` service (methods `now` and `echo`) from the hub.
     /// Defaults to `false`.
     pub builtin_time_service: bool,
@@ -172,6 +181,8 @@ impl Default for HubConfig {
             max_call_timeout_ms: 60_000,
             max_subscriptions_per_client: 1024,
             max_topics_per_service: 1024,
+            resume_grace_ms: 30_000,
+            resume_buffer_bytes: 1 << 20,
             builtin_time_service: false,
             ws_read_buffer_bytes: 1 << 10,
             ws_write_buffer_bytes: 16 << 10,
@@ -244,7 +255,7 @@ impl HubConfig {
         }
         // Deadlines are `Instant + duration`: keep every duration far from overflow.
         const DAY_MS: u64 = 86_400_000;
-        let durations: [(&'static str, u64); 10] = [
+        let durations: [(&'static str, u64); 11] = [
             ("default_call_timeout_ms", self.default_call_timeout_ms),
             ("max_call_timeout_ms", self.max_call_timeout_ms),
             ("stream_open_timeout_ms", self.stream_open_timeout_ms),
@@ -255,6 +266,7 @@ impl HubConfig {
             ("max_ack_timeout_ms", self.max_ack_timeout_ms),
             ("recent_target_ttl_ms", self.recent_target_ttl_ms),
             ("shutdown_grace_ms", self.shutdown_grace_ms),
+            ("resume_grace_ms", self.resume_grace_ms),
         ];
         for (key, v) in durations {
             if v > DAY_MS {
@@ -281,6 +293,16 @@ impl HubConfig {
             return bad(
                 "default_call_timeout_ms",
                 "must not exceed max_call_timeout_ms".into(),
+            );
+        }
+        if self.resume_grace_ms > 0 && self.resume_buffer_bytes < self.max_frame_bytes {
+            return bad(
+                "resume_buffer_bytes",
+                format!(
+                    "must be at least max_frame_bytes ({}) so one full frame can be kept for a \
+                     resume (or set resume_grace_ms = 0 to turn resume off)",
+                    self.max_frame_bytes
+                ),
             );
         }
         if self.outbound_queue_bytes < self.max_frame_bytes {
@@ -312,6 +334,9 @@ impl HubConfig {
     }
     pub(crate) fn hello_timeout(&self) -> Duration {
         Duration::from_millis(self.hello_timeout_ms)
+    }
+    pub(crate) fn resume_grace(&self) -> Duration {
+        Duration::from_millis(self.resume_grace_ms)
     }
     pub(crate) fn stream_open_timeout(&self) -> Duration {
         Duration::from_millis(self.stream_open_timeout_ms)

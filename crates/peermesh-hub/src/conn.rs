@@ -19,6 +19,7 @@ mod acks;
 mod calls;
 mod contacts;
 mod rate;
+mod resume;
 pub(crate) mod writer;
 
 use std::collections::{HashSet, VecDeque};
@@ -30,7 +31,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use peermesh_proto::{
     decode_client, Call, ClientFrame, ClientId, EncodedBody, Encoding, ErrorCode, ErrorFrame,
-    Hello, Invoke, Limits, Message as MessageFrame, RoomName, ServerFrame, Welcome,
+    Hello, Invoke, Limits, Message as MessageFrame, ResumeRefusal, RoomName, ServerFrame, Welcome,
 };
 use tracing::{debug, info, warn};
 
@@ -38,9 +39,12 @@ use self::acks::{conn_of, AckInsertError, AckTracker};
 use self::calls::{CallTracker, Ended, HUB_PROVIDER};
 use self::contacts::RecentTargets;
 use self::rate::TokenBucket;
+use self::resume::ResumeBuffer;
 use crate::auth::Grant;
 use crate::mailbox::{Outbound, Written};
-use crate::registry::{ConnInfo, ConnShared, Control, MailboxLimits, RegisterError};
+use crate::registry::{
+    constant_eq, ConnInfo, ConnShared, Control, MailboxLimits, RegisterError, Takeover,
+};
 use crate::router::RouteError;
 use crate::services::api::Invocation;
 use crate::services::{Route, Service, Services};
@@ -121,6 +125,14 @@ async fn handshake(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) -> Option<
     let (hello, grant) = pre.await_hello().await?;
     let session = pre.establish(hello, grant, accept).await?;
     Some(Box::pin(session.run()))
+}
+
+/// The next message of the socket; never ready without one.
+async fn next_message(ws: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
+    match ws {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Stream frames that belong to a stream already opened: exempt from the rate limit.
@@ -318,6 +330,39 @@ impl PreHello {
             }
         }
 
+        // A resume: hand the socket to the session's task, or learn why it cannot be.
+        let mut refusal = None;
+        if let (Some(secret), Some(last_seq)) = (hello.secret.as_deref(), hello.last_seq) {
+            match hub.registry().client(&id) {
+                Some(old) if old.resumable && constant_eq(secret, &old.secret) => {
+                    if old.encoding != self.enc {
+                        refusal = Some(ResumeRefusal::Encoding);
+                    } else if last_seq < old.lost_upto.load(std::sync::atomic::Ordering::Acquire) {
+                        refusal = Some(ResumeRefusal::Overflow);
+                    } else {
+                        let takeover = Takeover {
+                            ws: self.ws,
+                            last_seq,
+                            addr: accept.addr,
+                        };
+                        debug!(id = %id, last_seq, "resume: handing the socket to the session");
+                        if !old.control(Control::Resume(Box::new(takeover))) {
+                            // The session is ending: the client's next attempt learns why.
+                            debug!(id = %id, "resume notice refused: the session is ending");
+                        }
+                        return None;
+                    }
+                }
+                // Not resumable with this secret: the usual rules (replace, or `id_taken`).
+                Some(old) if constant_eq(secret, &old.secret) => {
+                    refusal = Some(ResumeRefusal::Expired);
+                }
+                Some(_) => {}
+                None => refusal = Some(hub.registry().why_not_resumable(&id, secret)),
+            }
+        }
+        let resumable = hello.resume && cfg.resume_grace_ms > 0;
+
         let conn_no = hub
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -346,32 +391,38 @@ impl PreHello {
                 bytes: cfg.outbound_queue_bytes,
                 notices: notice_capacity(&hub),
             },
+            resumable,
         ));
         // Welcome goes into the queue before the client is reachable, so it is always first.
-        let welcome = ServerFrame::Welcome(Welcome {
-            id: id.clone(),
-            secret,
-            version: peermesh_proto::PROTOCOL_VERSION.to_string(),
-            heartbeat_ms: cfg.heartbeat_interval_ms,
-            rooms: rooms.clone(),
-            limits: Limits {
-                max_frame_bytes: cfg.max_frame_bytes as u64,
-                max_rooms_per_client: cfg.max_rooms_per_client as u64,
-                rate_per_sec: u64::from(cfg.rate_per_sec),
-                rate_burst: u64::from(cfg.rate_burst),
-                max_pending_acks: cfg.max_pending_acks as u64,
-                max_ack_timeout_ms: cfg.max_ack_timeout_ms,
-                max_streams: cfg.max_streams_per_client as u64,
-                max_stream_window: cfg.max_stream_window_bytes,
-                stream_open_timeout_ms: cfg.stream_open_timeout_ms,
-                max_calls: cfg.max_calls_per_client as u64,
-                max_call_timeout_ms: cfg.max_call_timeout_ms,
-                max_subscriptions: cfg.max_subscriptions_per_client as u64,
-            },
-        });
+        let welcome = welcome_frame(&hub, &conn, rooms.clone(), None);
         if conn.send(EncodedBody::encode(self.enc, &welcome)).is_err() {
             hub.registry().free_slot(slot);
             return None;
+        }
+        if let Some(reason) = refusal {
+            let message = match reason {
+                ResumeRefusal::Overflow => {
+                    "the frames you missed outgrew the hub's resume \
+                     buffer (resume_buffer_bytes); this is a fresh session: resync your state"
+                }
+                ResumeRefusal::BadSecret => {
+                    "the secret does not match that session; this is \
+                     a fresh session"
+                }
+                ResumeRefusal::Encoding => {
+                    "the session used another encoding; this is a \
+                     fresh session: resume with the same encoding"
+                }
+                _ => {
+                    "the resume window ended (or the hub restarted); this is a fresh session: \
+                     resync your state"
+                }
+            };
+            let f = ServerFrame::ResumeRejected {
+                reason,
+                message: message.into(),
+            };
+            let _ = conn.send(EncodedBody::encode(self.enc, &f));
         }
         let replaced = match hub.registry().register(
             &conn,
@@ -430,7 +481,9 @@ impl PreHello {
             last_seen: now,
             rate_notice: None,
             grant,
-            ws: self.ws,
+            resume: resumable.then(|| ResumeBuffer::new(cfg.resume_buffer_bytes)),
+            takeover: None,
+            ws: Some(self.ws),
             framer: writer::Framer::new(self.seq),
             ping_every: cfg.heartbeat_interval(),
             conn,
@@ -443,12 +496,72 @@ impl PreHello {
     }
 }
 
+/// The `welcome` of a connection: a fresh one, or (with `received`) a resumed one.
+fn welcome_frame(
+    hub: &HubInner,
+    conn: &ConnShared,
+    rooms: Vec<RoomName>,
+    received: Option<u64>,
+) -> ServerFrame {
+    let cfg = &hub.config;
+    ServerFrame::Welcome(Welcome {
+        id: conn.client.clone(),
+        secret: conn.secret.clone(),
+        version: peermesh_proto::PROTOCOL_VERSION.to_string(),
+        heartbeat_ms: cfg.heartbeat_interval_ms,
+        rooms,
+        limits: Limits {
+            max_frame_bytes: cfg.max_frame_bytes as u64,
+            max_rooms_per_client: cfg.max_rooms_per_client as u64,
+            rate_per_sec: u64::from(cfg.rate_per_sec),
+            rate_burst: u64::from(cfg.rate_burst),
+            max_pending_acks: cfg.max_pending_acks as u64,
+            max_ack_timeout_ms: cfg.max_ack_timeout_ms,
+            max_streams: cfg.max_streams_per_client as u64,
+            max_stream_window: cfg.max_stream_window_bytes,
+            stream_open_timeout_ms: cfg.stream_open_timeout_ms,
+            max_calls: cfg.max_calls_per_client as u64,
+            max_call_timeout_ms: cfg.max_call_timeout_ms,
+            max_subscriptions: cfg.max_subscriptions_per_client as u64,
+        },
+        resumed: received.is_some(),
+        received: received.unwrap_or(0),
+        resume_grace_ms: if conn.resumable {
+            cfg.resume_grace_ms
+        } else {
+            0
+        },
+    })
+}
+
+/// How a connected phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The socket dropped: a resumable client is now away.
+    Dropped,
+    /// The client left, or the connection was closed for good.
+    Gone,
+}
+
+/// What became of a resume.
+enum Resumed {
+    /// The new socket carries the session.
+    Yes,
+    /// The frames it needs are gone: the session ends (the client learns why on its next try).
+    Refused,
+}
+
 /// A connection after its handshake.
 struct Session {
     hub: Arc<HubInner>,
     conn: Arc<ConnShared>,
     grant: Option<Grant>,
-    ws: WebSocket,
+    /// The socket; `None` while the client is away.
+    ws: Option<WebSocket>,
+    /// For a resumable client: the frames kept and the receipts owed.
+    resume: Option<ResumeBuffer>,
+    /// A socket waiting to resume this session.
+    takeover: Option<Box<Takeover>>,
     framer: writer::Framer,
     ping_every: Duration,
     acks: AckTracker,
@@ -467,12 +580,27 @@ struct Session {
 
 impl Session {
     async fn run(mut self) {
+        loop {
+            let end = self.connected().await;
+            if end == End::Gone || self.resume.is_none() || self.conn.cancel.is_cancelled() {
+                break;
+            }
+            if !self.away().await {
+                break;
+            }
+        }
+        Box::pin(self.cleanup()).await;
+    }
+
+    /// Serves the socket until it drops or the connection ends.
+    async fn connected(&mut self) -> End {
         let timeout = self.hub.config.heartbeat_timeout();
         let conn = self.conn.clone();
-        // One timer serves the pings, the heartbeat check and the earliest ack deadline: an
-        // idle connection's future stays small, and the timer is re-armed only when one of
-        // those deadlines moves, never per frame.
+        // One timer serves the pings, the heartbeat check, receipts and the earliest ack, call
+        // or stream deadline: an idle connection's future stays small, and the timer is
+        // re-armed only when one of those deadlines moves, never per frame.
         let now = Instant::now();
+        self.last_seen = now;
         let mut next_ping = now + self.ping_every;
         let mut hb_check = now + timeout;
         let mut armed = next_ping.min(hb_check);
@@ -481,6 +609,7 @@ impl Session {
         // `welcome` (and anything routed since registration) is already in the mailbox.
         let mut spare: VecDeque<Outbound> = VecDeque::new();
         let mut alive = Box::pin(self.drain(&mut spare)).await;
+        let mut end = End::Dropped;
         while alive {
             tokio::select! {
                 biased;
@@ -488,9 +617,27 @@ impl Session {
                 // allocation per batch keeps the writing state out of the resident future.
                 _ = conn.mailbox.ready() => {
                     alive = !conn.cancel.is_cancelled() && Box::pin(self.drain(&mut spare)).await;
+                    if alive {
+                        if let Some(t) = self.takeover.take() {
+                            match Box::pin(self.take_over(*t)).await {
+                                Resumed::Yes => {
+                                    // The new socket starts its own heartbeat.
+                                    let now = Instant::now();
+                                    self.last_seen = now;
+                                    hb_check = now + timeout;
+                                }
+                                Resumed::Refused => return End::Gone,
+                            }
+                        }
+                    }
                 }
-                msg = self.ws.next() => match msg {
-                    None | Some(Ok(Message::Close(_))) => break,
+                msg = next_message(&mut self.ws) => match msg {
+                    Some(Ok(Message::Close(_))) => {
+                        // A close frame: the client left on purpose, no resume.
+                        end = End::Gone;
+                        break;
+                    }
+                    None => break,
                     Some(Ok(m)) => {
                         self.last_seen = Instant::now();
                         self.handle_ws(m);
@@ -502,21 +649,16 @@ impl Session {
                 },
                 _ = &mut timer => {
                     let now = Instant::now();
-                    for req in self.acks.handle_timeout(now) {
-                        self.error(ErrorCode::AckTimeout, "the target did not answer in time", Some(req));
-                    }
-                    for frame in self.streams.handle_timeout(now, &self.conn.client) {
-                        self.send(&frame);
-                    }
-                    for e in self.calls.handle_timeout(now) {
-                        e.handle.release();
-                        self.error(ErrorCode::CallTimeout, "the provider did not answer in time", Some(e.req));
-                    }
+                    self.handle_timeouts(now);
                     if now >= hb_check {
                         hb_check = self.last_seen + timeout;
                         if now >= hb_check {
                             let m = format!("nothing received for {} s", timeout.as_secs_f64());
-                            self.conn.close(ErrorCode::HeartbeatTimeout, m);
+                            if self.resume.is_none() {
+                                self.conn.close(ErrorCode::HeartbeatTimeout, m);
+                            } else {
+                                debug!(id = %self.conn.client, "{m}: away");
+                            }
                             break;
                         }
                     }
@@ -527,29 +669,253 @@ impl Session {
                 }
             }
             let mut due = next_ping.min(hb_check);
-            if let Some(ack) = self.acks.poll_timeout() {
-                due = due.min(ack);
-            }
-            if let Some(open) = self.streams.poll_timeout() {
-                due = due.min(open);
-            }
-            if let Some(call) = self.calls.poll_timeout() {
-                due = due.min(call);
+            if let Some(t) = self.next_deadline() {
+                due = due.min(t);
             }
             if due != armed {
                 armed = due;
                 timer.as_mut().reset(tokio::time::Instant::from_std(due));
             }
         }
-        Box::pin(self.cleanup()).await;
+        if self.conn.cancel.is_cancelled() {
+            End::Gone
+        } else {
+            end
+        }
+    }
+
+    /// The earliest ack, call, stream-open or receipt deadline.
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.acks.poll_timeout(),
+            self.streams.poll_timeout(),
+            self.calls.poll_timeout(),
+            self.resume.as_ref().and_then(ResumeBuffer::poll_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        for req in self.acks.handle_timeout(now) {
+            self.error(
+                ErrorCode::AckTimeout,
+                "the target did not answer in time",
+                Some(req),
+            );
+        }
+        for frame in self.streams.handle_timeout(now, &self.conn.client) {
+            self.send(&frame);
+        }
+        for e in self.calls.handle_timeout(now) {
+            e.handle.release();
+            self.error(
+                ErrorCode::CallTimeout,
+                "the provider did not answer in time",
+                Some(e.req),
+            );
+        }
+        self.receipt(now);
+    }
+
+    /// Sends a `received` receipt if one is due.
+    fn receipt(&mut self, now: Instant) {
+        if let Some(count) = self.resume.as_mut().and_then(|r| r.receipt(now)) {
+            self.send(&ServerFrame::Received { seq: count });
+        }
+    }
+
+    /// The client is away: its socket is gone, its session stays for the resume window.
+    /// Frames meant for it are kept; its streams are reset. `true` when a new socket resumed
+    /// the session, `false` when the session is over.
+    async fn away(&mut self) -> bool {
+        let grace = self.hub.config.resume_grace();
+        let until = Instant::now() + grace;
+        self.ws = None;
+        self.framer.release();
+        self.conn
+            .away
+            .store(true, std::sync::atomic::Ordering::Release);
+        debug!(id = %self.conn.client, grace_ms = grace.as_millis() as u64, "away");
+        // Streams do not survive a drop: the other ends learn it now.
+        self.streams.close(&self.conn.client, std::iter::empty());
+        self.announce(true);
+        let conn = self.conn.clone();
+        loop {
+            if !self.keep_away() {
+                info!(id = %self.conn.client, "away too long: the resume buffer overflowed");
+                self.hub
+                    .registry()
+                    .bury(&self.conn, ResumeRefusal::Overflow);
+                return false;
+            }
+            if let Some(t) = self.takeover.take() {
+                return match Box::pin(self.take_over(*t)).await {
+                    Resumed::Yes => true,
+                    Resumed::Refused => false,
+                };
+            }
+            let due = self.next_deadline().map_or(until, |t| t.min(until));
+            tokio::select! {
+                biased;
+                _ = conn.cancel.cancelled() => return false,
+                _ = conn.mailbox.ready() => {}
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {
+                    let now = Instant::now();
+                    self.handle_timeouts(now);
+                    if now >= until {
+                        debug!(id = %self.conn.client, "the resume window ended");
+                        self.hub.registry().bury(&self.conn, ResumeRefusal::Expired);
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells rooms and recent contacts that this client is away, or back.
+    fn announce(&self, away: bool) {
+        let hub = &self.hub;
+        let id = self.conn.client.clone();
+        let rooms: Vec<RoomName> = self.conn.rooms.lock().iter().cloned().collect();
+        for room in rooms {
+            let f = if away {
+                ServerFrame::MemberAway {
+                    room: room.clone(),
+                    id: id.clone(),
+                }
+            } else {
+                ServerFrame::MemberBack {
+                    room: room.clone(),
+                    id: id.clone(),
+                }
+            };
+            hub.router.to_room(&room, &f, Some(self.conn.conn));
+        }
+        let watchers: Vec<u64> = self.conn.watchers.lock().iter().copied().collect();
+        for w in watchers {
+            let (id, conn) = (id.clone(), self.conn.conn);
+            let c = if away {
+                Control::PeerAway { id, conn }
+            } else {
+                Control::PeerBack { id, conn }
+            };
+            hub.router.control(w, c);
+        }
+    }
+
+    /// While away: handles notices and moves every queued frame into the resume buffer (with
+    /// its `seq`). `false` when the buffer overflowed.
+    fn keep_away(&mut self) -> bool {
+        let taken = self.conn.mailbox.take(VecDeque::new());
+        for n in taken.notices {
+            self.handle_control(n);
+        }
+        let mut done = Written::default();
+        let mut ok = true;
+        for out in taken.frames {
+            done.add(&out);
+            match out {
+                Outbound::Frame(body) => {
+                    let Some(msg) = self.framer.message(&body) else {
+                        continue;
+                    };
+                    if let Some(r) = self.resume.as_mut() {
+                        ok &= r.hold(self.framer.seq(), msg);
+                    }
+                }
+                // A stream offered to an away client is refused at once; other stream items
+                // belong to streams reset at the drop.
+                Outbound::Stream(StreamItem::Incoming(inc)) => {
+                    let _ = inc.opener.mailbox.push_stream(StreamItem::Reset {
+                        stream: inc.opener_stream,
+                        code: ErrorCode::PeerLeft,
+                        reason: format!("{} is away", self.conn.client).into(),
+                    });
+                }
+                Outbound::Stream(_) => {}
+            }
+        }
+        self.framer.release();
+        self.conn.mailbox.written(done);
+        ok
+    }
+
+    /// Moves the session to a new socket: the resumed `welcome` (outside the sequence: `seq`
+    /// 0), the kept frames the client missed, then whatever comes next.
+    async fn take_over(&mut self, t: Takeover) -> Resumed {
+        let lost = self
+            .conn
+            .lost_upto
+            .load(std::sync::atomic::Ordering::Acquire);
+        if t.last_seq < lost {
+            // Frames were dropped after the handshake checked: the client retries, and its
+            // next attempt is told `overflow`.
+            debug!(id = %self.conn.client, "resume refused: the frames it needs are gone");
+            self.hub
+                .registry()
+                .bury(&self.conn, ResumeRefusal::Overflow);
+            return Resumed::Refused;
+        }
+        if let Some(mut old) = self.ws.take() {
+            // A half-open connection the hub still believed alive.
+            let m = "the session resumed on a newer connection";
+            let _ = tokio::time::timeout(
+                CLOSE_WRITE_TIMEOUT,
+                old.send(writer::close_frame(ErrorCode::Replaced, m)),
+            )
+            .await;
+        }
+        let was_away = self
+            .conn
+            .away
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let Some(r) = self.resume.as_mut() else {
+            return Resumed::Refused;
+        };
+        r.confirm(t.last_seq);
+        let rooms: Vec<RoomName> = self.conn.rooms.lock().iter().cloned().collect();
+        let welcome = welcome_frame(&self.hub, &self.conn, rooms, Some(r.in_count));
+        let body = EncodedBody::encode(self.conn.encoding, &welcome).to_frame(0);
+        let mut ws = t.ws;
+        let first = match self.conn.encoding {
+            Encoding::Json => axum::extract::ws::Utf8Bytes::try_from(body)
+                .ok()
+                .map(Message::Text),
+            Encoding::MsgPack => Some(Message::Binary(body)),
+        };
+        let replay: Vec<Message> = first
+            .into_iter()
+            .chain(r.after(t.last_seq).cloned())
+            .collect();
+        let replayed = replay.len().saturating_sub(1);
+        let write = async {
+            for m in replay {
+                ws.feed(m).await?;
+            }
+            ws.flush().await
+        };
+        if let Err(e) = write.await {
+            debug!(id = %self.conn.client, error = %e, "resume: writing the replay failed");
+        }
+        self.ws = Some(ws);
+        info!(id = %self.conn.client, from = %t.addr, last_seq = t.last_seq, replayed, "resumed");
+        if was_away {
+            self.announce(false);
+        }
+        Resumed::Yes
     }
 
     async fn ping(&mut self) -> bool {
         let cancel = self.conn.cancel.clone();
+        let Some(ws) = self.ws.as_mut() else {
+            return false;
+        };
         tokio::select! {
             biased;
             _ = cancel.cancelled() => false,
-            r = self.ws.send(Message::Ping(bytes::Bytes::new())) => r.is_ok(),
+            r = ws.send(Message::Ping(bytes::Bytes::new())) => r.is_ok(),
         }
     }
 
@@ -585,8 +951,11 @@ impl Session {
         }
     }
 
+    /// Writes `frames` (all of them are numbered and, for a resumable client, kept, even
+    /// after the socket failed, so a resume replays them). `false` when the socket failed.
     async fn write_frames(&mut self, frames: &mut VecDeque<Outbound>) -> bool {
         let metrics = self.hub.router.metrics.clone();
+        let mut ok = self.ws.is_some();
         while !frames.is_empty() {
             let n = frames.len().min(BATCH);
             let mut done = Written::default();
@@ -596,14 +965,14 @@ impl Session {
                 done.add(&out);
                 // Stream items update this connection's end of the stream as they are
                 // written, so what the client sees follows the FIFO order.
-                let body = match out {
-                    Outbound::Frame(body) => body,
+                let (body, keep) = match out {
+                    Outbound::Frame(body) => (body, true),
                     Outbound::Stream(StreamItem::Data(body)) => match body.data_stream() {
-                        Some((stream, _)) if self.streams.deliverable(stream) => body,
+                        Some((stream, _)) if self.streams.deliverable(stream) => (body, false),
                         _ => continue,
                     },
                     Outbound::Stream(item) => match self.streams.on_item(item) {
-                        Some(frame) => EncodedBody::encode(self.conn.encoding, &frame),
+                        Some(frame) => (EncodedBody::encode(self.conn.encoding, &frame), false),
                         None => continue,
                     },
                 };
@@ -617,12 +986,25 @@ impl Session {
                     Message::Binary(b) => b.len() as u64,
                     _ => 0,
                 };
-                if self.ws.feed(msg).await.is_err() {
-                    return false;
+                if keep {
+                    if let Some(r) = self.resume.as_mut() {
+                        if let Some(lost) = r.keep(self.framer.seq(), msg.clone()) {
+                            self.conn
+                                .lost_upto
+                                .fetch_max(lost, std::sync::atomic::Ordering::AcqRel);
+                        }
+                    }
+                }
+                if ok {
+                    if let Some(ws) = self.ws.as_mut() {
+                        ok = ws.feed(msg).await.is_ok();
+                    }
                 }
             }
-            if self.ws.flush().await.is_err() {
-                return false;
+            if ok {
+                if let Some(ws) = self.ws.as_mut() {
+                    ok = ws.flush().await.is_ok();
+                }
             }
             self.conn.mailbox.written(done);
             metrics.inc_frames_out(written);
@@ -634,8 +1016,11 @@ impl Session {
             stats
                 .bytes_out
                 .fetch_add(wire_bytes, std::sync::atomic::Ordering::Relaxed);
+            if !ok && self.resume.is_none() {
+                return false;
+            }
         }
-        true
+        ok
     }
 
     fn read_failed(&mut self, e: axum::Error) {
@@ -691,11 +1076,16 @@ impl Session {
             return self.handle_data(bytes);
         }
         if bytes.len() > self.hub.config.max_frame_bytes {
+            self.count_in(now);
             let m = too_large_message(bytes.len(), self.hub.config.max_frame_bytes);
             self.error(ErrorCode::FrameTooLarge, m, None);
             return;
         }
-        match decode_client(enc, &bytes) {
+        let decoded = decode_client(enc, &bytes);
+        if decoded.as_ref().map_or(true, resume::counts) {
+            self.count_in(now);
+        }
+        match decoded {
             // A stream's frames after its open are never dropped by the rate limit: losing
             // one would break the stream, and flow control already bounds them.
             Ok(frame) if is_stream_followup(&frame) => self.handle_frame(frame, now),
@@ -711,6 +1101,16 @@ impl Session {
                 }
                 warn!(id = %self.conn.client, code = %e.code, "bad frame: {}", e.message);
                 self.error(e.code, e.message, e.req);
+            }
+        }
+    }
+
+    /// A counted client frame arrived (handled, or refused with an error).
+    fn count_in(&mut self, now: Instant) {
+        if let Some(r) = self.resume.as_mut() {
+            r.counted(now);
+            if let Some(count) = r.receipt(now) {
+                self.send(&ServerFrame::Received { seq: count });
             }
         }
     }
@@ -905,6 +1305,11 @@ impl Session {
                 self.send(&ServerFrame::Members { req, room, members });
             }
             ClientFrame::Ping { req } => self.send(&ServerFrame::Pong { req }),
+            ClientFrame::Received { seq } => {
+                if let Some(r) = self.resume.as_mut() {
+                    r.confirm(seq);
+                }
+            }
             ClientFrame::StreamOpen(open) => {
                 let target = self.hub.registry().client(&open.to);
                 let outcome = self.streams.open(&self.conn, target, open, now);
@@ -1226,6 +1631,20 @@ impl Session {
                     self.error(ErrorCode::ProviderLeft, m, Some(e.req));
                 }
             }
+            Control::PeerAway { id, conn } => {
+                if self.contacts.is_recent(&id, conn, Instant::now()) {
+                    self.send(&ServerFrame::PeerAway { id });
+                }
+            }
+            Control::PeerBack { id, conn } => {
+                if self.contacts.is_recent(&id, conn, Instant::now()) {
+                    self.send(&ServerFrame::PeerBack { id });
+                }
+            }
+            Control::Resume(t) => {
+                // A newer takeover wins; an older socket waiting here is dropped.
+                self.takeover = Some(t);
+            }
             Control::PeerGone { id, conn } => {
                 for req in self.acks.fail_target(&id) {
                     let m = format!("{:?} disconnected before answering", id.as_str());
@@ -1308,19 +1727,21 @@ impl Session {
         });
         self.streams.close(&self.conn.client, unread);
         // Write the close reason, if there is one, then the close frame.
+        let Some(mut ws) = self.ws.take() else {
+            return;
+        };
         let fut = async {
             if let Some(r) = &reason {
                 let frame = ServerFrame::Error(ErrorFrame::new(r.code, r.message.clone(), None));
                 let body = EncodedBody::encode(self.conn.encoding, &frame);
                 if let Some(msg) = self.framer.message(&body) {
-                    self.ws.send(msg).await.ok()?;
+                    ws.send(msg).await.ok()?;
                 }
-                self.ws
-                    .send(writer::close_frame(r.code, &r.message))
+                ws.send(writer::close_frame(r.code, &r.message))
                     .await
                     .ok()?;
             }
-            self.ws.close().await.ok()
+            ws.close().await.ok()
         };
         let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, fut).await;
     }

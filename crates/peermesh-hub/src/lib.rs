@@ -49,6 +49,7 @@ mod metrics;
 mod registry;
 mod router;
 mod services;
+mod sessions;
 mod streams;
 
 use std::net::SocketAddr;

@@ -14,15 +14,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use peermesh_proto::{
-    ClientId, EncodedBody, Encoding, ErrorCode, Payload, RoomName, ServiceName, TopicName,
+    ClientId, EncodedBody, Encoding, ErrorCode, Payload, ResumeRefusal, RoomName, ServiceName,
+    TopicName,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,29 @@ pub(crate) enum Control {
     },
     /// A provider this connection called has gone (its connection `conn` ended).
     ProviderGone { conn: u64 },
+    /// A client this connection sent to dropped and may resume.
+    PeerAway { id: ClientId, conn: u64 },
+    /// A client this connection sent to resumed.
+    PeerBack { id: ClientId, conn: u64 },
+    /// A new socket resumes this connection's session.
+    Resume(Box<Takeover>),
+}
+
+/// A socket that resumes a session: handed from the handshake to the session's task.
+pub(crate) struct Takeover {
+    pub(crate) ws: axum::extract::ws::WebSocket,
+    /// The `seq` of the last frame the client received.
+    pub(crate) last_seq: u64,
+    pub(crate) addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Takeover")
+            .field("last_seq", &self.last_seq)
+            .field("addr", &self.addr)
+            .finish()
+    }
 }
 
 /// Why a connection is being closed.
@@ -109,6 +133,13 @@ pub(crate) struct ConnShared {
     pub(crate) call_watchers: Mutex<HashSet<u64>>,
     /// Topics this connection subscribed to.
     pub(crate) subscriptions: Mutex<HashMap<(ServiceName, TopicName), Arc<crate::services::Topic>>>,
+    /// The client asked to resume after drops (`hello.resume`, and the hub allows it).
+    pub(crate) resumable: bool,
+    /// Dropped, inside its resume window.
+    pub(crate) away: AtomicBool,
+    /// The highest `seq` dropped from the resume buffer before the client confirmed it: a
+    /// resume from an earlier `seq` is impossible.
+    pub(crate) lost_upto: AtomicU64,
     close: OnceLock<CloseReason>,
 }
 
@@ -130,6 +161,7 @@ impl ConnShared {
         secret: String,
         info: ConnInfo,
         limits: MailboxLimits,
+        resumable: bool,
     ) -> Self {
         Self {
             conn,
@@ -147,6 +179,9 @@ impl ConnShared {
             calls_in_flight: AtomicU32::new(0),
             call_watchers: Mutex::new(HashSet::new()),
             subscriptions: Mutex::new(HashMap::new()),
+            resumable,
+            away: AtomicBool::new(false),
+            lost_upto: AtomicU64::new(0),
             close: OnceLock::new(),
         }
     }
@@ -220,7 +255,27 @@ pub(crate) struct Registry {
     slots: Mutex<SlotAllocator>,
     rooms: DashMap<RoomName, Arc<Room>>,
     count: AtomicUsize,
+    tombstones: Mutex<Tombstones>,
 }
+
+/// Sessions that ended while they could still have been resumed, so that a late resume learns
+/// why it is refused (`resume_rejected`).
+#[derive(Debug, Default)]
+struct Tombstones {
+    map: HashMap<ClientId, Tombstone>,
+}
+
+#[derive(Debug)]
+struct Tombstone {
+    secret: String,
+    reason: ResumeRefusal,
+    until: Instant,
+}
+
+/// How long a tombstone answers late resumes.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
+/// Most tombstones kept (the oldest go first).
+const MAX_TOMBSTONES: usize = 65_536;
 
 impl Registry {
     /// Registers a connection under its client id. Returns the connection it replaced, if the
@@ -272,6 +327,48 @@ impl Registry {
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
         owned
+    }
+
+    /// Remembers why a resumable session ended, for a late resume.
+    pub(crate) fn bury(&self, conn: &ConnShared, reason: ResumeRefusal) {
+        let now = Instant::now();
+        let mut t = self.tombstones.lock();
+        if t.map.len() >= MAX_TOMBSTONES {
+            t.map.retain(|_, v| v.until > now);
+            if t.map.len() >= MAX_TOMBSTONES {
+                let oldest = t
+                    .map
+                    .iter()
+                    .min_by_key(|(_, v)| v.until)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    t.map.remove(&k);
+                }
+            }
+        }
+        t.map.insert(
+            conn.client.clone(),
+            Tombstone {
+                secret: conn.secret.clone(),
+                reason,
+                until: now + TOMBSTONE_TTL,
+            },
+        );
+    }
+
+    /// Why a resume of `id` with `secret` cannot happen, when there is no live session.
+    pub(crate) fn why_not_resumable(&self, id: &ClientId, secret: &str) -> ResumeRefusal {
+        let t = self.tombstones.lock();
+        match t.map.get(id) {
+            Some(b) if b.until > Instant::now() => {
+                if constant_eq(secret, &b.secret) {
+                    b.reason
+                } else {
+                    ResumeRefusal::BadSecret
+                }
+            }
+            _ => ResumeRefusal::Expired,
+        }
     }
 
     /// Takes a free slot for a new connection; `None` when all [`MAX_SLOTS`] are in use.
@@ -395,7 +492,7 @@ impl SlotAllocator {
 }
 
 /// Compares secrets without an early exit on the first differing byte.
-fn constant_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

@@ -131,7 +131,7 @@ pub(crate) enum Outcome {
     /// Nothing to tell the client.
     Done,
     /// A frame for the client.
-    Reply(ServerFrame),
+    Reply(Box<ServerFrame>),
     /// The frame names an id this connection never had.
     Unknown,
 }
@@ -212,10 +212,10 @@ impl Streams {
             reason: format!("the other end broke the stream's rules: {why}").into(),
         });
         self.metrics.inc_error(code);
-        Outcome::Reply(match e.state {
+        Outcome::Reply(Box::new(match e.state {
             State::Opening { req, .. } => error_frame(code, why, req),
             _ => reset_frame(stream, code, why),
-        })
+        }))
     }
 
     /// Resets a stream because of one of its frames (e.g. too large).
@@ -240,18 +240,18 @@ impl Streams {
                 "this connection already has {} streams (max_streams_per_client)",
                 self.entries.len()
             );
-            return Outcome::Reply(error_frame(ErrorCode::TooManyStreams, m, req));
+            return Outcome::Reply(Box::new(error_frame(ErrorCode::TooManyStreams, m, req)));
         }
         if open.window > self.max_window {
             let m = format!(
                 "`window` is {} bytes; at most {} are allowed (max_stream_window_bytes)",
                 open.window, self.max_window
             );
-            return Outcome::Reply(error_frame(ErrorCode::InvalidField, m, req));
+            return Outcome::Reply(Box::new(error_frame(ErrorCode::InvalidField, m, req)));
         }
         let Some(target) = target else {
             let m = format!("no client with id {:?} is connected", open.to.as_str());
-            return Outcome::Reply(error_frame(ErrorCode::UnknownTarget, m, req));
+            return Outcome::Reply(Box::new(error_frame(ErrorCode::UnknownTarget, m, req)));
         };
         let ours = me.alloc_stream();
         let theirs = target.alloc_stream();
@@ -273,7 +273,7 @@ impl Streams {
             .is_err()
         {
             let m = format!("client {:?} is disconnecting", open.to.as_str());
-            return Outcome::Reply(error_frame(ErrorCode::UnknownTarget, m, req));
+            return Outcome::Reply(Box::new(error_frame(ErrorCode::UnknownTarget, m, req)));
         }
         self.metrics.inc_streams_opened();
         let deadline = now + self.open_timeout;
@@ -628,6 +628,7 @@ mod tests {
             String::new(),
             info,
             limits,
+            false,
         ))
     }
 
@@ -750,8 +751,11 @@ mod tests {
             ref other => panic!("{other:?}"),
         };
         let o = a.streams.data(&a.conn, sa, Bytes::from_static(b"1234"));
-        let Outcome::Reply(ServerFrame::StreamReset { code, .. }) = o else {
+        let Outcome::Reply(f) = o else {
             panic!("{o:?}")
+        };
+        let ServerFrame::StreamReset { code, .. } = *f else {
+            panic!("{f:?}")
         };
         assert_eq!(code, ErrorCode::FlowControl);
         let frames = b.pump();

@@ -184,6 +184,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "publish",
     "subscribe",
     "unsubscribe",
+    "received",
 ];
 
 /// Most methods one `provide` may list.
@@ -203,6 +204,12 @@ struct RawClient<'a> {
     token: Option<String>,
     #[serde(default)]
     secret: Option<String>,
+    #[serde(default)]
+    resume: Option<bool>,
+    #[serde(default)]
+    last_seq: Option<u64>,
+    #[serde(default)]
+    seq: Option<u64>,
     #[serde(default, borrow)]
     to: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -321,6 +328,8 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeE
                 rooms,
                 token: raw.token,
                 secret: raw.secret,
+                resume: raw.resume.unwrap_or(false),
+                last_seq: raw.last_seq,
             })
         }
         "emit" => {
@@ -462,6 +471,9 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeE
             service: f.name(raw.service, "service", ServiceName::new)?,
             topic: f.name(raw.topic, "topic", TopicName::new)?,
             req: raw.req,
+        },
+        "received" => ClientFrame::Received {
+            seq: f.need(raw.seq, "seq")?,
         },
         _ => ClientFrame::Ping { req: raw.req },
     })
@@ -632,6 +644,12 @@ pub const SERVER_TYPES: &[&str] = &[
     "member_joined",
     "member_left",
     "peer_left",
+    "member_away",
+    "member_back",
+    "peer_away",
+    "peer_back",
+    "received",
+    "resume_rejected",
     "pong",
     "stream_request",
     "stream_accepted",
@@ -662,6 +680,14 @@ struct RawServer<'a> {
     rooms: Option<Vec<Cow<'a, str>>>,
     #[serde(default)]
     limits: Option<Limits>,
+    #[serde(default)]
+    resumed: Option<bool>,
+    #[serde(default)]
+    received: Option<u64>,
+    #[serde(default)]
+    resume_grace_ms: Option<u64>,
+    #[serde(default)]
+    count: Option<u64>,
     #[serde(default, borrow)]
     from: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -732,6 +758,9 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<(u64, ServerFrame), 
             heartbeat_ms: f.need(raw.heartbeat_ms, "heartbeat_ms")?,
             rooms: rooms(raw.rooms)?,
             limits: f.need(raw.limits, "limits")?,
+            resumed: raw.resumed.unwrap_or(false),
+            received: raw.received.unwrap_or(0),
+            resume_grace_ms: raw.resume_grace_ms.unwrap_or(0),
         }),
         "message" => ServerFrame::Message(Message {
             from: f.name(raw.from, "from", ClientId::new)?,
@@ -785,6 +814,27 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<(u64, ServerFrame), 
         },
         "peer_left" => ServerFrame::PeerLeft {
             id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        "member_away" => ServerFrame::MemberAway {
+            room: f.name(raw.room, "room", RoomName::new)?,
+            id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        "member_back" => ServerFrame::MemberBack {
+            room: f.name(raw.room, "room", RoomName::new)?,
+            id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        "peer_away" => ServerFrame::PeerAway {
+            id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        "peer_back" => ServerFrame::PeerBack {
+            id: f.name(raw.id, "id", ClientId::new)?,
+        },
+        "received" => ServerFrame::Received {
+            seq: f.need(raw.count, "count")?,
+        },
+        "resume_rejected" => ServerFrame::ResumeRejected {
+            reason: ResumeRefusal::parse(&f.need(raw.reason, "reason")?),
+            message: raw.message.unwrap_or_default(),
         },
         "stream_request" => ServerFrame::StreamRequest(StreamRequest {
             stream: f.need(raw.stream, "stream")?,

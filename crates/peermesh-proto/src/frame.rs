@@ -121,6 +121,11 @@ pub enum ClientFrame {
         /// Correlation number, answered by `ok` or `error`.
         req: Option<u64>,
     },
+    /// The client has received every hub frame up to this `seq` (sessions that resume).
+    Received {
+        /// The `seq` of the last hub frame received.
+        seq: u64,
+    },
     /// Ends a subscription.
     Unsubscribe {
         /// The service.
@@ -282,8 +287,14 @@ pub struct Hello {
     pub rooms: Vec<RoomName>,
     /// A JWT, when the hub requires authentication.
     pub token: Option<String>,
-    /// The secret from an earlier `welcome`: replaces a connection of the same id.
+    /// The secret from an earlier `welcome`: with `last_seq`, resumes that session; without,
+    /// replaces a connection of the same id.
     pub secret: Option<String>,
+    /// The client can resume: the hub keeps its session through a drop for the resume window,
+    /// keeps the frames it sent until the client confirms them, and sends `received`.
+    pub resume: bool,
+    /// With `secret`: resume the session, whose last frame this client received had this `seq`.
+    pub last_seq: Option<u64>,
 }
 
 /// The `emit` frame.
@@ -377,6 +388,42 @@ pub enum ServerFrame {
         /// The client that disconnected.
         id: ClientId,
     },
+    /// A member of a room this client is in dropped and may resume: it is away, not gone.
+    MemberAway {
+        /// The room.
+        room: RoomName,
+        /// The client that dropped.
+        id: ClientId,
+    },
+    /// An away member of a room resumed.
+    MemberBack {
+        /// The room.
+        room: RoomName,
+        /// The client that resumed.
+        id: ClientId,
+    },
+    /// A client this one sent to recently dropped and may resume.
+    PeerAway {
+        /// The client that dropped.
+        id: ClientId,
+    },
+    /// A client that was away resumed.
+    PeerBack {
+        /// The client that resumed.
+        id: ClientId,
+    },
+    /// The hub has handled the client's counted frames up to this number.
+    Received {
+        /// Count of the client's counted frames handled in this session.
+        seq: u64,
+    },
+    /// The `hello` asked to resume, and the hub could not: this is a fresh session.
+    ResumeRejected {
+        /// Why.
+        reason: ResumeRefusal,
+        /// A sentence for people.
+        message: String,
+    },
     /// The answer to `ping`.
     Pong {
         /// The `req` of the ping.
@@ -451,6 +498,61 @@ pub struct Welcome {
     pub rooms: Vec<RoomName>,
     /// The limits this connection runs under.
     pub limits: Limits,
+    /// This connection resumed an earlier session: the frames the client missed follow (with
+    /// `seq` after the client's `last_seq`), and `received` says which client frames to resend.
+    pub resumed: bool,
+    /// On a resumed session: the number of the client's counted frames the hub has handled;
+    /// the client sends again the ones after it.
+    pub received: u64,
+    /// How long the hub keeps the session after a drop, in ms (0: no resume, the hello did not
+    /// ask for it).
+    pub resume_grace_ms: u64,
+}
+
+/// Why a resume was refused (`resume_rejected`); the connection is a fresh session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResumeRefusal {
+    /// The resume window ended (or the hub never knew the session, or restarted).
+    Expired,
+    /// The frames the client missed did not fit the hub's resume buffer.
+    Overflow,
+    /// The secret does not match the session.
+    BadSecret,
+    /// The session used another encoding.
+    Encoding,
+    /// A newer reason this build does not know.
+    Unknown,
+}
+
+impl ResumeRefusal {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeRefusal::Expired => "expired",
+            ResumeRefusal::Overflow => "overflow",
+            ResumeRefusal::BadSecret => "bad_secret",
+            ResumeRefusal::Encoding => "encoding",
+            ResumeRefusal::Unknown => "unknown",
+        }
+    }
+
+    /// Parses the wire spelling; unknown spellings give [`ResumeRefusal::Unknown`].
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "expired" => ResumeRefusal::Expired,
+            "overflow" => ResumeRefusal::Overflow,
+            "bad_secret" => ResumeRefusal::BadSecret,
+            "encoding" => ResumeRefusal::Encoding,
+            _ => ResumeRefusal::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for ResumeRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Limits announced in `welcome`.
@@ -539,6 +641,12 @@ impl ServerFrame {
             ServerFrame::MemberJoined { .. } => "member_joined",
             ServerFrame::MemberLeft { .. } => "member_left",
             ServerFrame::PeerLeft { .. } => "peer_left",
+            ServerFrame::MemberAway { .. } => "member_away",
+            ServerFrame::MemberBack { .. } => "member_back",
+            ServerFrame::PeerAway { .. } => "peer_away",
+            ServerFrame::PeerBack { .. } => "peer_back",
+            ServerFrame::Received { .. } => "received",
+            ServerFrame::ResumeRejected { .. } => "resume_rejected",
             ServerFrame::Pong { .. } => "pong",
             ServerFrame::StreamRequest(_) => "stream_request",
             ServerFrame::StreamAccepted { .. } => "stream_accepted",
@@ -580,6 +688,7 @@ impl ClientFrame {
             ClientFrame::Publish(_) => "publish",
             ClientFrame::Subscribe { .. } => "subscribe",
             ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::Received { .. } => "received",
         }
     }
 
@@ -593,6 +702,7 @@ impl ClientFrame {
             | ClientFrame::StreamCredit { .. }
             | ClientFrame::StreamEnd { .. }
             | ClientFrame::StreamReset { .. }
+            | ClientFrame::Received { .. }
             | ClientFrame::Respond(_) => None,
             ClientFrame::StreamOpen(o) => Some(o.req),
             ClientFrame::Call(c) => Some(c.req),
@@ -633,7 +743,10 @@ impl Serialize for ServerFrame {
         let ty = self.type_name();
         match self {
             ServerFrame::Welcome(w) => {
-                let mut m = s.serialize_map(Some(7))?;
+                // The resume fields are written only when they say something, so a hub
+                // without resume writes the same welcome as before them.
+                let n = 7 + 2 * usize::from(w.resumed) + usize::from(w.resume_grace_ms > 0);
+                let mut m = s.serialize_map(Some(n))?;
                 m.serialize_entry("type", ty)?;
                 m.serialize_entry("id", &w.id)?;
                 m.serialize_entry("secret", &w.secret)?;
@@ -641,6 +754,13 @@ impl Serialize for ServerFrame {
                 m.serialize_entry("heartbeat_ms", &w.heartbeat_ms)?;
                 m.serialize_entry("rooms", &w.rooms)?;
                 m.serialize_entry("limits", &w.limits)?;
+                if w.resumed {
+                    m.serialize_entry("resumed", &true)?;
+                    m.serialize_entry("received", &w.received)?;
+                }
+                if w.resume_grace_ms > 0 {
+                    m.serialize_entry("resume_grace_ms", &w.resume_grace_ms)?;
+                }
                 m.end()
             }
             ServerFrame::Message(msg) => {
@@ -683,17 +803,36 @@ impl Serialize for ServerFrame {
                 put_opt(&mut m, "req", &e.req)?;
                 m.end()
             }
-            ServerFrame::MemberJoined { room, id } | ServerFrame::MemberLeft { room, id } => {
+            ServerFrame::MemberJoined { room, id }
+            | ServerFrame::MemberLeft { room, id }
+            | ServerFrame::MemberAway { room, id }
+            | ServerFrame::MemberBack { room, id } => {
                 let mut m = s.serialize_map(Some(3))?;
                 m.serialize_entry("type", ty)?;
                 m.serialize_entry("room", room)?;
                 m.serialize_entry("id", id)?;
                 m.end()
             }
-            ServerFrame::PeerLeft { id } => {
+            ServerFrame::PeerLeft { id }
+            | ServerFrame::PeerAway { id }
+            | ServerFrame::PeerBack { id } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("type", ty)?;
                 m.serialize_entry("id", id)?;
+                m.end()
+            }
+            ServerFrame::Received { seq } => {
+                // `seq` is the frame's own sequence number: the count goes in `count`.
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("count", seq)?;
+                m.end()
+            }
+            ServerFrame::ResumeRejected { reason, message } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("reason", reason.as_str())?;
+                m.serialize_entry("message", message)?;
                 m.end()
             }
             ServerFrame::Pong { req } => {
@@ -798,7 +937,9 @@ impl Serialize for ClientFrame {
                     + opt(&h.id)
                     + usize::from(!h.rooms.is_empty())
                     + opt(&h.token)
-                    + opt(&h.secret);
+                    + opt(&h.secret)
+                    + usize::from(h.resume)
+                    + opt(&h.last_seq);
                 let mut m = s.serialize_map(Some(n))?;
                 m.serialize_entry("type", ty)?;
                 put_opt(&mut m, "id", &h.id)?;
@@ -808,6 +949,10 @@ impl Serialize for ClientFrame {
                 }
                 put_opt(&mut m, "token", &h.token)?;
                 put_opt(&mut m, "secret", &h.secret)?;
+                if h.resume {
+                    m.serialize_entry("resume", &true)?;
+                }
+                put_opt(&mut m, "last_seq", &h.last_seq)?;
                 m.end()
             }
             ClientFrame::Emit(e) => {
@@ -968,6 +1113,12 @@ impl Serialize for ClientFrame {
                 m.serialize_entry("service", service)?;
                 m.serialize_entry("topic", topic)?;
                 put_opt(&mut m, "req", req)?;
+                m.end()
+            }
+            ClientFrame::Received { seq } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("seq", seq)?;
                 m.end()
             }
         }

@@ -55,8 +55,8 @@ pub use codec::{
 pub use error::ErrorCode;
 pub use frame::{
     Call, ClientFrame, Emit, EmitRoom, ErrorFrame, Hello, Invoke, Limits, Message, Provide,
-    Publication, Publish, Reply, Respond, ServerFrame, StreamOpen, StreamRequest, TopicEnd,
-    Welcome, MAX_SERVICE_ERROR_LEN,
+    Publication, Publish, Reply, Respond, ResumeRefusal, ServerFrame, StreamOpen, StreamRequest,
+    TopicEnd, Welcome, MAX_SERVICE_ERROR_LEN,
 };
 pub use id::{ClientId, EventName, MethodName, NameError, RoomName, ServiceName, TopicName};
 pub use payload::Payload;

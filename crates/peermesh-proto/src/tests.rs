@@ -211,15 +211,22 @@ fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
         (
             proptest::option::of(id.clone()),
             prop::collection::vec(room.clone(), 0..3),
-            proptest::option::of("[a-z]{1,8}")
+            proptest::option::of("[a-z]{1,8}"),
+            any::<bool>(),
+            proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(id, rooms, token)| ClientFrame::Hello(Hello {
-                id,
-                version: "1.0.0".into(),
-                rooms,
-                token,
-                secret: None,
-            })),
+            .prop_map(
+                |(id, rooms, token, resume, last_seq)| ClientFrame::Hello(Hello {
+                    id,
+                    version: "1.0.0".into(),
+                    rooms,
+                    token,
+                    secret: last_seq.map(|s| format!("{s:032x}")),
+                    resume,
+                    last_seq,
+                })
+            ),
+        any::<u64>().prop_map(|seq| ClientFrame::Received { seq }),
         (
             id,
             event.clone(),
@@ -420,6 +427,32 @@ proptest! {
                 topic: TopicName::new("t").unwrap(),
                 reason: if n_members % 2 == 0 { TopicEnd::Destroyed } else { TopicEnd::ServiceGone },
             },
+            ServerFrame::MemberAway { room: RoomName::new("r").unwrap(), id: ClientId::new(&from).unwrap() },
+            ServerFrame::MemberBack { room: RoomName::new("r").unwrap(), id: ClientId::new(&from).unwrap() },
+            ServerFrame::PeerAway { id: ClientId::new(&from).unwrap() },
+            ServerFrame::PeerBack { id: ClientId::new(&from).unwrap() },
+            ServerFrame::Received { seq: seq ^ 7 },
+            ServerFrame::ResumeRejected {
+                reason: [ResumeRefusal::Expired, ResumeRefusal::Overflow, ResumeRefusal::BadSecret,
+                    ResumeRefusal::Encoding][n_members % 4],
+                message: from.clone(),
+            },
+            ServerFrame::Welcome(Welcome {
+                id: ClientId::new(&from).unwrap(),
+                secret: from.clone(),
+                version: "1.0.0".into(),
+                heartbeat_ms: 5,
+                rooms: vec![RoomName::new("r").unwrap()],
+                limits: Limits {
+                    max_frame_bytes: 1, max_rooms_per_client: 2, rate_per_sec: 3, rate_burst: 4,
+                    max_pending_acks: 5, max_ack_timeout_ms: 6, max_streams: 7,
+                    max_stream_window: 8, stream_open_timeout_ms: 9, max_calls: 10,
+                    max_call_timeout_ms: 11, max_subscriptions: 12,
+                },
+                resumed: n_members % 2 == 1,
+                received: if n_members % 2 == 1 { seq } else { 0 },
+                resume_grace_ms: ack_id.unwrap_or(0),
+            }),
         ];
         for frame in frames {
             for enc in ENCS {

@@ -170,6 +170,36 @@ pub(crate) fn event(e: ClientEvent) -> Option<String> {
             ty: "lost",
             reason: &reason,
         }),
+        ClientEvent::MemberAway { room, id } => frame_line(&ServerFrame::MemberAway { room, id }),
+        ClientEvent::MemberBack { room, id } => frame_line(&ServerFrame::MemberBack { room, id }),
+        ClientEvent::PeerAway { id } => frame_line(&ServerFrame::PeerAway { id }),
+        ClientEvent::PeerBack { id } => frame_line(&ServerFrame::PeerBack { id }),
+        ClientEvent::Resumed { resent } => {
+            #[derive(Serialize)]
+            struct Resumed {
+                #[serde(rename = "type")]
+                ty: &'static str,
+                resent: u64,
+            }
+            line(&Resumed {
+                ty: "resumed",
+                resent,
+            })
+        }
+        ClientEvent::Resynced { reason, message } => {
+            #[derive(Serialize)]
+            struct Resynced<'a> {
+                #[serde(rename = "type")]
+                ty: &'static str,
+                reason: &'a str,
+                message: &'a str,
+            }
+            line(&Resynced {
+                ty: "resynced",
+                reason: reason.as_str(),
+                message: &message,
+            })
+        }
         other => {
             tracing::debug!(?other, "event without a line");
             return None;

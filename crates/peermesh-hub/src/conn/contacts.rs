@@ -125,6 +125,14 @@ impl RecentTargets {
         }
     }
 
+    /// Whether the target's connection `conn` was contacted within the TTL (it stays
+    /// remembered): a `peer_away` or `peer_back` about it is due.
+    pub(crate) fn is_recent(&self, target: &ClientId, conn: u64, now: Instant) -> bool {
+        self.entries
+            .get(target)
+            .is_some_and(|e| e.conn <= conn && now.saturating_duration_since(e.last) <= self.ttl)
+    }
+
     /// Every remembered target and its connection (to stop watching them all at the end).
     pub(crate) fn drain(&mut self) -> Vec<(ClientId, u64)> {
         self.order.clear();

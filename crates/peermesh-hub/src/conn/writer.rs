@@ -69,6 +69,11 @@ impl Framer {
         }
     }
 
+    /// The `seq` of the last frame numbered.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Gives the current chunk back (an idle connection holds no buffer).
     pub(crate) fn release(&mut self) {
         self.buf = BytesMut::new();
