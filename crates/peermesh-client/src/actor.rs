@@ -48,6 +48,7 @@ use crate::options::ClientOptions;
 use crate::request::{Answer, Command, Op};
 use crate::resend::{self, SentLog, SENT_CAP};
 use crate::services::{self, Delivered, FeedEnd, Feeds, Invocation, InvocationSink};
+use crate::session::{Assembled, SessionEnd, Sessions};
 use crate::stream::{IncomingStream, Out, Streams, MAX_CHUNK};
 use crate::tracker::RequestTracker;
 
@@ -112,6 +113,10 @@ enum PendingKind {
     Subscribe(ServiceName, TopicName),
     /// An unsubscribe: on `ok` the feed ends.
     Unsubscribe(ServiceName, TopicName),
+    /// A session join: answered by the last `session_state` chunk.
+    SessionJoin,
+    /// A session leave: on `ok` the session ends.
+    SessionLeave(peermesh_proto::SessionName),
     /// Anything else.
     Plain,
 }
@@ -170,6 +175,7 @@ pub(crate) struct ClientActor {
     resumable: bool,
     /// Counted frames sent and not confirmed; receipts owed.
     sent: SentLog,
+    sessions: Sessions,
 }
 
 /// Frames waiting for the socket.
@@ -258,6 +264,7 @@ impl ClientActor {
             parts.shared.incoming.clone(),
         );
         let feeds = Feeds::new(parts.opts.topic_capacity);
+        let sessions = Sessions::new(parts.opts.session_capacity);
         let mut actor = Self {
             opts: parts.opts,
             url: parts.url,
@@ -280,6 +287,7 @@ impl ClientActor {
             feeds,
             resumable: false,
             sent: SentLog::default(),
+            sessions,
         };
         actor.on_welcome(welcome);
         actor
@@ -323,6 +331,7 @@ impl ClientActor {
         }
         self.fail_pending(|| ClientError::Closed);
         self.feeds.end_all(FeedEnd::Closed);
+        self.sessions.end_all(SessionEnd::Closed);
         *self.shared.invocations.lock() = None;
         self.shared.registry.lock().close();
         // Refuse what is still queued rather than leave callers waiting for `send`.
@@ -511,6 +520,9 @@ impl ClientActor {
                             self.provided = Some((service.clone(), methods.clone()));
                         }
                         PendingKind::Unprovide => self.provided = None,
+                        PendingKind::SessionLeave(name) => {
+                            self.sessions.end(name, SessionEnd::Left);
+                        }
                         PendingKind::Subscribe(service, topic) => {
                             let feed = self.feeds.open(service.clone(), topic.clone());
                             // If the caller is gone, the feed is dropped and unsubscribes.
@@ -521,6 +533,7 @@ impl ClientActor {
                             self.feeds.end(service, topic, FeedEnd::Unsubscribed);
                         }
                         PendingKind::Ack
+                        | PendingKind::SessionJoin
                         | PendingKind::Plain
                         | PendingKind::Call
                         | PendingKind::OpenStream(_) => {}
@@ -554,6 +567,25 @@ impl ClientActor {
             ServerFrame::PeerAway { id } => self.emit(ClientEvent::PeerAway { id }),
             ServerFrame::PeerBack { id } => self.emit(ClientEvent::PeerBack { id }),
             ServerFrame::Received { seq } => self.sent.confirmed(seq),
+            ServerFrame::SessionState(st) => {
+                let req = st.req;
+                if let Assembled::Joined(name, view) = self.sessions.chunk(st, req.is_some()) {
+                    let entry = req.and_then(|r| self.requests.complete(r));
+                    match (entry, self.weak_tx.upgrade()) {
+                        (Some(entry), Some(tx)) => {
+                            let s = self.sessions.open(name, self.id.clone(), *view, tx);
+                            entry.answer(Ok(Answer::Session(Box::new(s))));
+                        }
+                        _ => tracing::debug!(session = %name, "a snapshot nobody waits for"),
+                    }
+                }
+            }
+            ServerFrame::SessionEvent {
+                session,
+                rev,
+                by,
+                change,
+            } => self.sessions.event(&session, rev, by, change),
             ServerFrame::ResumeRejected { reason, message } => {
                 tracing::info!(%reason, "the hub could not resume the session: {message}");
                 self.emit(ClientEvent::Resynced { reason, message });
@@ -755,6 +787,8 @@ impl ClientActor {
                 request_timeout,
             ),
             Op::Unprovide => (PendingKind::Unprovide, request_timeout),
+            Op::SessionJoin { .. } => (PendingKind::SessionJoin, request_timeout),
+            Op::SessionLeave(name) => (PendingKind::SessionLeave(name.clone()), request_timeout),
             Op::Subscribe { service, topic } => (
                 PendingKind::Subscribe(service.clone(), topic.clone()),
                 request_timeout,
@@ -896,6 +930,8 @@ impl ClientActor {
             secret: Some(self.secret.clone()),
             resume: self.opts.resume,
             last_seq: self.resumable.then(|| self.last_seq.unwrap_or(0)),
+            // A resume ignores them; a fresh session joins them again (a resync).
+            sessions: self.sessions.names(),
         }
     }
 
@@ -977,8 +1013,8 @@ impl ClientActor {
         }
     }
 
-    /// Drives `fut` while answering commands with `NotConnected`; `None` when the client
-    /// stops meanwhile.
+    /// Drives `fut` while answering commands with `NotConnected` (or, for a resumable session,
+    /// leaving them queued); `None` when the client stops meanwhile.
     async fn while_disconnected<F: std::future::Future>(&mut self, fut: F) -> Option<F::Output> {
         tokio::pin!(fut);
         loop {
@@ -986,7 +1022,9 @@ impl ClientActor {
                 biased;
                 _ = self.shared.cancel.cancelled() => return None,
                 out = &mut fut => return Some(out),
-                cmd = self.inbox.recv() => match cmd {
+                // A resumable session waits: commands stay queued (their senders wait when
+                // the queue is full) and go out once the session is back.
+                cmd = self.inbox.recv(), if !self.resumable => match cmd {
                     Some(cmd) => refuse(cmd, ClientError::NotConnected, self.requests.len()),
                     None => return None,
                 },
@@ -1061,6 +1099,20 @@ fn build_frame(op: Op, req: u64) -> ClientFrame {
             req: Some(req),
         }),
         Op::Unprovide => ClientFrame::Unprovide { req: Some(req) },
+        Op::SessionJoin { session, mode } => ClientFrame::SessionJoin {
+            session,
+            mode,
+            req: Some(req),
+        },
+        Op::SessionLeave(session) => ClientFrame::SessionLeave {
+            session,
+            req: Some(req),
+        },
+        Op::SessionChange { session, op } => ClientFrame::SessionOp {
+            session,
+            op,
+            req: Some(req),
+        },
         Op::Call {
             service,
             method,

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::session::Session;
 use peermesh_proto::{
-    ClientId, EventName, Hello, MethodName, Payload, RoomName, ServiceName, TopicName,
+    ClientId, EventName, Hello, MethodName, Payload, RoomName, ServiceName, SessionMode,
+    SessionName, SessionOp, TopicName,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
@@ -68,6 +70,7 @@ impl Client {
             secret: None,
             resume: opts.resume,
             last_seq: None,
+            sessions: Vec::new(),
         };
         let (ws, welcome) = connection::open(
             connector.clone(),
@@ -355,6 +358,37 @@ impl Client {
             outcome,
             generation: None,
         });
+        self.request(op, request::unit)
+    }
+
+    /// Joins a session (a new one with a generated id when `session` is `None`; `mode` applies
+    /// when the join creates it). Resolves with the [`Session`](crate::Session) once the hub's
+    /// snapshot arrived whole. Fails with `too_many_sessions` or `too_many_members`.
+    pub fn join_session(&self, session: Option<&str>, mode: SessionMode) -> Request<Session> {
+        let op = session
+            .map(SessionName::new)
+            .transpose()
+            .map(|session| Op::SessionJoin {
+                session,
+                mode: Some(mode),
+            })
+            .map_err(Into::into);
+        self.request(op, request::session)
+    }
+
+    /// Applies an operation to a session's objects; resolves once the hub accepted it.
+    pub fn session_op(&self, session: impl AsRef<str>, op: SessionOp) -> Request<()> {
+        let op = SessionName::new(session.as_ref())
+            .map(|session| Op::SessionChange { session, op })
+            .map_err(Into::into);
+        self.request(op, request::unit)
+    }
+
+    /// Leaves a session (its [`Session`](crate::Session) ends).
+    pub fn leave_session(&self, session: impl AsRef<str>) -> Request<()> {
+        let op = SessionName::new(session.as_ref())
+            .map(Op::SessionLeave)
+            .map_err(Into::into);
         self.request(op, request::unit)
     }
 

@@ -111,6 +111,7 @@ mod options;
 mod request;
 mod resend;
 pub mod services;
+pub mod session;
 pub mod stream;
 mod tracker;
 
@@ -121,11 +122,13 @@ pub use event::ClientEvent;
 pub use listeners::{EventStream, Feed, ListenerId, Message, Once, Subscription};
 pub use options::ClientOptions;
 pub use peermesh_proto::{
-    ClientId, Encoding, ErrorCode, EventName, MethodName, Payload, Publication, ResumeRefusal,
-    RoomName, ServiceName, TopicEnd, TopicName, PROTOCOL_VERSION,
+    ClientId, Encoding, ErrorCode, EventName, MethodName, ObjectName, OwnerLeave, Payload,
+    Publication, ResumeRefusal, RoomName, ServiceName, SessionChange, SessionMember, SessionMode,
+    SessionName, SessionOp, TopicEnd, TopicName, PROTOCOL_VERSION,
 };
 pub use request::{Pending, Request};
 pub use services::{FeedEnd, Invocation, Invocations, TopicFeed};
+pub use session::{ObjectState, Session, SessionEnd, SessionUpdate, SessionView};
 pub use stream::{IncomingStream, IncomingStreams, Stream, StreamReset};
 
 #[cfg(test)]

@@ -101,6 +101,9 @@ pub struct ClientOptions {
     /// not confirmed. Pending requests, rooms, subscriptions and acknowledgements survive;
     /// streams do not. Defaults to `true`.
     pub resume: bool,
+    /// Updates each [`Session`](crate::Session) holds that the application has not taken;
+    /// beyond it the session ends as lagging. Defaults to 4,096.
+    pub session_capacity: usize,
 }
 
 impl Default for ClientOptions {
@@ -130,6 +133,7 @@ impl Default for ClientOptions {
             topic_capacity: 256,
             call_timeout: Duration::from_secs(5),
             resume: true,
+            session_capacity: 4096,
         }
     }
 }

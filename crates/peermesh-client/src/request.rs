@@ -91,6 +91,15 @@ pub(crate) enum Op {
         service: ServiceName,
         topic: TopicName,
     },
+    SessionJoin {
+        session: Option<peermesh_proto::SessionName>,
+        mode: Option<peermesh_proto::SessionMode>,
+    },
+    SessionLeave(peermesh_proto::SessionName),
+    SessionChange {
+        session: peermesh_proto::SessionName,
+        op: peermesh_proto::SessionOp,
+    },
 }
 
 /// A successful answer.
@@ -108,6 +117,8 @@ pub(crate) enum Answer {
     Result(Payload),
     /// `ok` to a `subscribe`: the feed of the topic.
     Feed(crate::services::TopicFeed),
+    /// The last `session_state` chunk of a join: the session.
+    Session(Box<crate::session::Session>),
 }
 
 pub(crate) type MapAnswer<T> = fn(Answer) -> Result<T, ClientError>;
@@ -139,6 +150,15 @@ pub(crate) fn feed(a: Answer) -> Result<crate::services::TopicFeed, ClientError>
         Answer::Feed(f) => Ok(f),
         other => Err(ClientError::Protocol(format!(
             "expected `ok` for a subscribe, got {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn session(a: Answer) -> Result<crate::session::Session, ClientError> {
+    match a {
+        Answer::Session(s) => Ok(*s),
+        other => Err(ClientError::Protocol(format!(
+            "expected `session_state` for a join, got {other:?}"
         ))),
     }
 }

@@ -124,6 +124,14 @@ pub struct HubConfig {
     pub max_subscriptions_per_client: usize,
     /// Most topics one service may have at once. Defaults to 1,024.
     pub max_topics_per_service: usize,
+    /// Most sessions one client may be in at once (`too_many_sessions`). Defaults to 16.
+    pub max_sessions_per_client: usize,
+    /// Most members of one session (`too_many_members`). Defaults to 1,024.
+    pub max_session_members: usize,
+    /// Most objects of one session (`too_many_objects`). Defaults to 1,000,000.
+    pub max_session_objects: usize,
+    /// Largest value of one session object, in bytes (`object_too_large`). Defaults to 256 KiB.
+    pub max_object_bytes: usize,
     /// How long the hub keeps a client that can resume after its connection drops, in ms: its
     /// id, rooms, subscriptions and what the hub would have delivered to it. 0 turns resume
     /// off. Defaults to 30,000.
@@ -181,6 +189,10 @@ impl Default for HubConfig {
             max_call_timeout_ms: 60_000,
             max_subscriptions_per_client: 1024,
             max_topics_per_service: 1024,
+            max_sessions_per_client: 16,
+            max_session_members: 1024,
+            max_session_objects: 1_000_000,
+            max_object_bytes: 256 << 10,
             resume_grace_ms: 30_000,
             resume_buffer_bytes: 1 << 20,
             builtin_time_service: false,
@@ -210,7 +222,14 @@ impl HubConfig {
                 ),
             );
         }
-        let positive: [(&'static str, u64); 21] = [
+        let positive: [(&'static str, u64); 25] = [
+            (
+                "max_sessions_per_client",
+                self.max_sessions_per_client as u64,
+            ),
+            ("max_session_members", self.max_session_members as u64),
+            ("max_session_objects", self.max_session_objects as u64),
+            ("max_object_bytes", self.max_object_bytes as u64),
             ("max_calls_per_client", self.max_calls_per_client as u64),
             (
                 "max_calls_per_provider",

@@ -31,7 +31,8 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use peermesh_proto::{
     decode_client, Call, ClientFrame, ClientId, EncodedBody, Encoding, ErrorCode, ErrorFrame,
-    Hello, Invoke, Limits, Message as MessageFrame, ResumeRefusal, RoomName, ServerFrame, Welcome,
+    Hello, Invoke, Limits, Message as MessageFrame, ResumeRefusal, RoomName, ServerFrame,
+    SessionMode, SessionName, Welcome,
 };
 use tracing::{debug, info, warn};
 
@@ -59,6 +60,8 @@ pub(crate) struct Accept {
     pub(crate) meta: Vec<(String, String)>,
     pub(crate) encoding: Encoding,
     pub(crate) bearer: Option<String>,
+    /// Sessions named by the `session` query parameter or the `x-peermesh-session` header.
+    pub(crate) sessions: Vec<String>,
 }
 
 /// Capacity of a connection's notice queue: enough for every pending ack and every watched
@@ -330,6 +333,31 @@ impl PreHello {
             }
         }
 
+        let mut sessions: Vec<SessionName> = Vec::new();
+        for s in &accept.sessions {
+            match SessionName::new(s) {
+                Ok(name) => sessions.push(name),
+                Err(e) => {
+                    self.refuse(ErrorCode::InvalidField, format!("`session`: {e}"))
+                        .await;
+                    return None;
+                }
+            }
+        }
+        sessions.extend(hello.sessions.iter().cloned());
+        sessions.dedup();
+        let mut seen = HashSet::new();
+        sessions.retain(|s| seen.insert(s.clone()));
+        if sessions.len() > cfg.max_sessions_per_client {
+            let m = format!(
+                "the handshake asks for {} sessions; a client may be in at most {} \
+                 (max_sessions_per_client)",
+                sessions.len(),
+                cfg.max_sessions_per_client
+            );
+            self.refuse(ErrorCode::TooManySessions, m).await;
+            return None;
+        }
         // A resume: hand the socket to the session's task, or learn why it cannot be.
         let mut refusal = None;
         if let (Some(secret), Some(last_seq)) = (hello.secret.as_deref(), hello.last_seq) {
@@ -483,6 +511,8 @@ impl PreHello {
             grant,
             resume: resumable.then(|| ResumeBuffer::new(cfg.resume_buffer_bytes)),
             takeover: None,
+            rtt: RttProbe::default(),
+            pending_joins: sessions,
             ws: Some(self.ws),
             framer: writer::Framer::new(self.seq),
             ping_every: cfg.heartbeat_interval(),
@@ -534,6 +564,22 @@ fn welcome_frame(
     })
 }
 
+/// Pings sent at connect (then on every heartbeat) to measure the round-trip time.
+#[derive(Debug, Default)]
+struct RttProbe {
+    /// When the ping in flight was sent.
+    sent: Option<Instant>,
+    /// Samples taken so far.
+    samples: u32,
+    /// A quick ping is due (the handshake's first few).
+    due: bool,
+}
+
+/// Pings of the join handshake before the RTT counts as measured.
+const RTT_SAMPLES: u32 = 3;
+/// Longest wait for those pings before handshake sessions are joined anyway.
+const RTT_WAIT: Duration = Duration::from_secs(1);
+
 /// How a connected phase ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -562,6 +608,10 @@ struct Session {
     resume: Option<ResumeBuffer>,
     /// A socket waiting to resume this session.
     takeover: Option<Box<Takeover>>,
+    /// Round-trip measurement by WebSocket pings.
+    rtt: RttProbe,
+    /// Sessions of the handshake, joined once the round-trip time is measured.
+    pending_joins: Vec<SessionName>,
     framer: writer::Framer,
     ping_every: Duration,
     acks: AckTracker,
@@ -610,6 +660,11 @@ impl Session {
         let mut spare: VecDeque<Outbound> = VecDeque::new();
         let mut alive = Box::pin(self.drain(&mut spare)).await;
         let mut end = End::Dropped;
+        // Measure the round trip now: a few quick pings, then one per heartbeat.
+        let joins_by = now + RTT_WAIT;
+        if alive {
+            alive = Box::pin(self.ping()).await;
+        }
         while alive {
             tokio::select! {
                 biased;
@@ -641,6 +696,13 @@ impl Session {
                     Some(Ok(m)) => {
                         self.last_seen = Instant::now();
                         self.handle_ws(m);
+                        if self.rtt.due {
+                            self.rtt.due = false;
+                            alive = Box::pin(self.ping()).await;
+                        }
+                        if !alive {
+                            break;
+                        }
                     }
                     Some(Err(e)) => {
                         self.read_failed(e);
@@ -650,6 +712,9 @@ impl Session {
                 _ = &mut timer => {
                     let now = Instant::now();
                     self.handle_timeouts(now);
+                    if now >= joins_by {
+                        self.join_pending();
+                    }
                     if now >= hb_check {
                         hb_check = self.last_seen + timeout;
                         if now >= hb_check {
@@ -671,6 +736,9 @@ impl Session {
             let mut due = next_ping.min(hb_check);
             if let Some(t) = self.next_deadline() {
                 due = due.min(t);
+            }
+            if !self.pending_joins.is_empty() {
+                due = due.min(joins_by);
             }
             if due != armed {
                 armed = due;
@@ -741,6 +809,7 @@ impl Session {
         // Streams do not survive a drop: the other ends learn it now.
         self.streams.close(&self.conn.client, std::iter::empty());
         self.announce(true);
+        self.hub.router.sessions.set_away(&self.conn, true);
         let conn = self.conn.clone();
         loop {
             if !self.keep_away() {
@@ -903,6 +972,7 @@ impl Session {
         info!(id = %self.conn.client, from = %t.addr, last_seq = t.last_seq, replayed, "resumed");
         if was_away {
             self.announce(false);
+            self.hub.router.sessions.set_away(&self.conn, false);
         }
         Resumed::Yes
     }
@@ -912,6 +982,7 @@ impl Session {
         let Some(ws) = self.ws.as_mut() else {
             return false;
         };
+        self.rtt.sent = Some(Instant::now());
         tokio::select! {
             biased;
             _ = cancel.cancelled() => false,
@@ -1059,6 +1130,7 @@ impl Session {
         let (enc, bytes): (Encoding, bytes::Bytes) = match msg {
             Message::Text(t) => (Encoding::Json, t.into()),
             Message::Binary(b) => (Encoding::MsgPack, b),
+            Message::Pong(_) => return self.on_pong(),
             _ => return,
         };
         let metrics = &self.hub.router.metrics;
@@ -1102,6 +1174,62 @@ impl Session {
                 warn!(id = %self.conn.client, code = %e.code, "bad frame: {}", e.message);
                 self.error(e.code, e.message, e.req);
             }
+        }
+    }
+
+    /// A pong: one round-trip sample. The first few are taken back to back (the join
+    /// handshake), then one per heartbeat, smoothed.
+    fn on_pong(&mut self) {
+        let Some(sent) = self.rtt.sent.take() else {
+            return;
+        };
+        let sample = sent.elapsed().as_micros().max(1) as u64;
+        let rtt = &self.conn.rtt_us;
+        let old = rtt.load(std::sync::atomic::Ordering::Relaxed);
+        let new = match self.rtt.samples {
+            0 => sample,
+            n if n < RTT_SAMPLES => old.min(sample),
+            _ => (old * 7 + sample) / 8,
+        };
+        rtt.store(new, std::sync::atomic::Ordering::Relaxed);
+        self.rtt.samples += 1;
+        if self.rtt.samples < RTT_SAMPLES {
+            self.rtt.due = true;
+        } else {
+            self.join_pending();
+        }
+    }
+
+    /// The round-trip time, once measured.
+    fn rtt(&self) -> Option<Duration> {
+        match self.conn.rtt_us.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Joins the sessions named at the handshake.
+    fn join_pending(&mut self) {
+        for name in std::mem::take(&mut self.pending_joins) {
+            self.join_session(name, SessionMode::default(), None);
+        }
+    }
+
+    fn join_session(&mut self, name: SessionName, mode: SessionMode, req: Option<u64>) {
+        let held = self.conn.sessions.lock().len();
+        let max = self.hub.config.max_sessions_per_client;
+        if held >= max && !self.conn.sessions.lock().contains(&name) {
+            let m = format!("already in {held} sessions (max_sessions_per_client is {max})");
+            return self.error(ErrorCode::TooManySessions, m, req);
+        }
+        let rtt = self.rtt();
+        if let Err((code, m)) = self
+            .hub
+            .router
+            .sessions
+            .join(&name, mode, &self.conn, rtt, req)
+        {
+            self.error(code, m, req);
         }
     }
 
@@ -1308,6 +1436,28 @@ impl Session {
             ClientFrame::Received { seq } => {
                 if let Some(r) = self.resume.as_mut() {
                     r.confirm(seq);
+                }
+            }
+            ClientFrame::SessionJoin { session, mode, req } => {
+                let name = match session {
+                    Some(n) => n,
+                    None => match SessionName::new(&uuid::Uuid::new_v4().to_string()) {
+                        Ok(n) => n,
+                        Err(e) => return self.error(ErrorCode::Internal, e.to_string(), req),
+                    },
+                };
+                self.join_session(name, mode.unwrap_or_default(), req);
+            }
+            ClientFrame::SessionLeave { session, req } => {
+                match self.hub.router.sessions.leave(&session, &self.conn) {
+                    Ok(()) => self.ok(req),
+                    Err((code, m)) => self.error(code, m, req),
+                }
+            }
+            ClientFrame::SessionOp { session, op, req } => {
+                match self.hub.router.sessions.apply(&session, &self.conn, op) {
+                    Ok(_) => self.ok(req),
+                    Err((code, m)) => self.error(code, m, req),
                 }
             }
             ClientFrame::StreamOpen(open) => {
@@ -1665,6 +1815,7 @@ impl Session {
             let closed = hub.router.services.unprovide(&svc, self.conn.conn);
             hub.router.topics_ended(closed);
         }
+        hub.router.sessions.leave_all(&self.conn);
         let owned = registry.unregister(&self.conn);
         self.conn.cancel.cancel();
         let rooms: Vec<RoomName> = self.conn.rooms.lock().drain().collect();

@@ -48,6 +48,13 @@ async fn upgrade(
     let mut encoding = Encoding::Json;
     let mut bearer = bearer_token(&headers);
     let mut meta = Vec::new();
+    let mut sessions = Vec::new();
+    if let Some(v) = headers
+        .get("x-peermesh-session")
+        .and_then(|v| v.to_str().ok())
+    {
+        sessions.push(v.to_owned());
+    }
     for (k, v) in params {
         match k.as_str() {
             "enc" => match Encoding::from_param(&v) {
@@ -59,6 +66,8 @@ async fn upgrade(
             },
             // Browsers cannot set headers on a WebSocket: accept the token as a parameter.
             "token" => bearer = Some(v),
+            // A session to join at the handshake (also `x-peermesh-session`).
+            "session" => sessions.push(v),
             _ if meta.len() < 64 => meta.push((k, v)),
             _ => {}
         }
@@ -74,6 +83,7 @@ async fn upgrade(
         meta,
         encoding,
         bearer,
+        sessions,
     };
     let cfg = &hub.config;
     let cap = cfg.hard_frame_cap();
@@ -139,6 +149,11 @@ fn esc(s: &str) -> String {
 
 const LIST_LIMIT: usize = 100;
 
+/// A connection's round-trip time in ms (with µs precision), 0 until measured.
+fn rtt_ms(c: &crate::registry::ConnShared) -> f64 {
+    c.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0
+}
+
 async fn status_page(State(hub): State<Arc<HubInner>>) -> Html<String> {
     let reg = hub.registry();
     let r = hub.router.metrics.rates();
@@ -170,24 +185,31 @@ async fn status_page(State(hub): State<Arc<HubInner>>) -> Html<String> {
     let _ = write!(
         s,
         "<h2>Clients (first {LIST_LIMIT})</h2><table><tr><th>id</th><th>ip</th><th>enc</th>\
-         <th>rooms</th><th>frames in</th><th>frames out</th><th>bytes in</th><th>bytes out</th>\
-         <th>queued bytes</th></tr>"
+         <th>rooms</th><th>sessions</th><th>frames in</th><th>frames out</th><th>bytes in</th>\
+         <th>bytes out</th><th>rtt ms</th><th>queued bytes</th><th>state</th></tr>"
     );
     for c in conns.iter().take(LIST_LIMIT) {
         let st = &c.stats;
         let _ = write!(
             s,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(c.client.as_str()),
             esc(&c.info.ip),
             c.encoding.as_str(),
             c.rooms.lock().len(),
+            c.sessions.lock().len(),
             st.frames_in.load(Ordering::Relaxed),
             st.frames_out.load(Ordering::Relaxed),
             st.bytes_in.load(Ordering::Relaxed),
             st.bytes_out.load(Ordering::Relaxed),
+            rtt_ms(c),
             c.queued_bytes(),
+            if c.away.load(Ordering::Relaxed) {
+                "away"
+            } else {
+                "connected"
+            },
         );
     }
     let _ = write!(
@@ -196,6 +218,18 @@ async fn status_page(State(hub): State<Arc<HubInner>>) -> Html<String> {
     );
     for (room, n) in reg.room_sizes(LIST_LIMIT) {
         let _ = write!(s, "<tr><td>{}</td><td>{n}</td></tr>", esc(room.as_str()));
+    }
+    let _ = write!(
+        s,
+        "</table><h2>Sessions (largest {LIST_LIMIT})</h2><table><tr><th>session</th>\
+         <th>members</th><th>objects</th><th>revision</th></tr>"
+    );
+    for (name, members, objects, rev) in hub.router.sessions.rows(LIST_LIMIT) {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{members}</td><td>{objects}</td><td>{rev}</td></tr>",
+            esc(name.as_str())
+        );
     }
     let _ = write!(
         s,
@@ -244,6 +278,9 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
                 "bytes_out": st.bytes_out.load(Ordering::Relaxed),
                 "queued_bytes": c.queued_bytes(),
                 "queued_stream_bytes": c.mailbox.stream_held().1,
+                "sessions": c.sessions.lock().len(),
+                "rtt_ms": rtt_ms(c),
+                "away": c.away.load(Ordering::Relaxed),
             })
         })
         .collect();
@@ -263,6 +300,11 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
         "client_list": clients,
         "room_list": rooms,
         "service_list": hub.router.services.rows(LIST_LIMIT),
+        "session_list": hub.router.sessions.rows(LIST_LIMIT).into_iter()
+            .map(|(name, members, objects, rev)| serde_json::json!({
+                "session": name, "members": members, "objects": objects, "rev": rev,
+            }))
+            .collect::<Vec<_>>(),
     });
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -273,11 +315,68 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
 
 async fn metrics(State(hub): State<Arc<HubInner>>) -> Response {
     let reg = hub.registry();
-    let text = hub.router.metrics.render(
+    let mut text = hub.router.metrics.render(
         reg.client_count(),
         reg.room_count(),
         hub.router.services.stats(),
     );
+    let st = hub.router.sessions.stats();
+    for (name, help, v) in [
+        ("sessions", "Sessions that exist now.", st.sessions),
+        (
+            "session_members",
+            "Members of all sessions now.",
+            st.members,
+        ),
+        (
+            "session_objects",
+            "Shared objects of all sessions now.",
+            st.objects,
+        ),
+    ] {
+        let _ = writeln!(text, "# HELP peermesh_{name} {help}");
+        let _ = writeln!(text, "# TYPE peermesh_{name} gauge");
+        let _ = writeln!(text, "peermesh_{name} {v}");
+    }
+    // Per-connection figures, for the first LIST_LIMIT clients by id (bounded cardinality).
+    let mut conns = reg.all_conns();
+    conns.sort_by(|a, b| a.client.cmp(&b.client));
+    conns.truncate(LIST_LIMIT);
+    type Figure = fn(&crate::registry::ConnShared) -> f64;
+    let per_conn: [(&str, &str, Figure); 5] = [
+        (
+            "connection_frames_in",
+            "Frames received from the client.",
+            |c| c.stats.frames_in.load(Ordering::Relaxed) as f64,
+        ),
+        ("connection_frames_out", "Frames sent to the client.", |c| {
+            c.stats.frames_out.load(Ordering::Relaxed) as f64
+        }),
+        (
+            "connection_bytes_in",
+            "Bytes received from the client.",
+            |c| c.stats.bytes_in.load(Ordering::Relaxed) as f64,
+        ),
+        ("connection_bytes_out", "Bytes sent to the client.", |c| {
+            c.stats.bytes_out.load(Ordering::Relaxed) as f64
+        }),
+        (
+            "connection_rtt_ms",
+            "Round-trip time to the client (0 until measured).",
+            rtt_ms,
+        ),
+    ];
+    for (name, help, get) in per_conn {
+        let _ = writeln!(
+            text,
+            "# HELP peermesh_{name} {help} First {LIST_LIMIT} clients by id."
+        );
+        let _ = writeln!(text, "# TYPE peermesh_{name} gauge");
+        for c in &conns {
+            let id = c.client.as_str().replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(text, "peermesh_{name}{{id=\"{id}\"}} {}", get(c));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

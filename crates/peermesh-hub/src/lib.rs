@@ -67,6 +67,7 @@ pub use error::{ConfigError, HubError};
 pub use metrics::{Metrics, Rates};
 pub use services::api::{Invocation, ServiceApiError, ServiceError, ServiceHandle, ServiceSpec};
 pub use services::ServiceStats;
+pub use sessions::SessionStats;
 
 use registry::Registry;
 use router::Router;
@@ -129,6 +130,11 @@ impl Hub {
                 registry: Arc::new(Registry::default()),
                 metrics: Arc::new(metrics::Metrics::default()),
                 services: Arc::new(services::Services::default()),
+                sessions: Arc::new(sessions::Sessions::new(
+                    config.max_session_members,
+                    config.max_session_objects,
+                    config.max_object_bytes,
+                )),
             },
             auth,
             version_req,
@@ -272,6 +278,11 @@ impl HubHandle {
     /// name.
     pub fn provide(&self, spec: ServiceSpec) -> Result<ServiceHandle, ServiceApiError> {
         ServiceHandle::provide(self.inner.clone(), spec)
+    }
+
+    /// Sessions, their members and objects now.
+    pub fn session_stats(&self) -> SessionStats {
+        self.inner.router.sessions.stats()
     }
 
     /// Services, providers, topics, subscriptions and calls in flight now (all 0 on a hub

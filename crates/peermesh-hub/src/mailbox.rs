@@ -142,6 +142,28 @@ impl<N> Mailbox<N> {
         Ok(())
     }
 
+    /// Queues a frame beyond the frame and byte limits (still counted): for a session
+    /// snapshot, whose size the session's own limits bound and which must reach the joiner
+    /// whole, in order with what follows it. Refused only when closed.
+    pub(crate) fn push_frame_unbounded(&self, body: EncodedBody) -> Result<(), PushError> {
+        let len = body.encoded_len();
+        let wake = {
+            let mut g = self.inner.lock();
+            if g.closed {
+                return Err(PushError::Closed);
+            }
+            let was_empty = g.frames.is_empty() && g.notices.is_empty();
+            g.frames.push_back(Outbound::Frame(body));
+            g.frames_held += 1;
+            g.bytes_held += len;
+            was_empty
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Queues a stream item; refused only when the mailbox is closed (the item comes back).
     pub(crate) fn push_stream(&self, item: StreamItem) -> Result<(), StreamItem> {
         let len = item.len();

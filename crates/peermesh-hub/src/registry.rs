@@ -23,7 +23,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use peermesh_proto::{
     ClientId, EncodedBody, Encoding, ErrorCode, Payload, ResumeRefusal, RoomName, ServiceName,
-    TopicName,
+    SessionName, TopicName,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +133,10 @@ pub(crate) struct ConnShared {
     pub(crate) call_watchers: Mutex<HashSet<u64>>,
     /// Topics this connection subscribed to.
     pub(crate) subscriptions: Mutex<HashMap<(ServiceName, TopicName), Arc<crate::services::Topic>>>,
+    /// Sessions this connection is in.
+    pub(crate) sessions: Mutex<HashSet<SessionName>>,
+    /// Round-trip time to the client in µs, from WebSocket pings (0 until measured).
+    pub(crate) rtt_us: AtomicU64,
     /// The client asked to resume after drops (`hello.resume`, and the hub allows it).
     pub(crate) resumable: bool,
     /// Dropped, inside its resume window.
@@ -179,6 +183,8 @@ impl ConnShared {
             calls_in_flight: AtomicU32::new(0),
             call_watchers: Mutex::new(HashSet::new()),
             subscriptions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashSet::new()),
+            rtt_us: AtomicU64::new(0),
             resumable,
             away: AtomicBool::new(false),
             lost_upto: AtomicU64::new(0),

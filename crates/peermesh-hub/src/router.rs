@@ -58,6 +58,7 @@ pub(crate) struct Router {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) services: Arc<Services>,
+    pub(crate) sessions: Arc<crate::sessions::Sessions>,
 }
 
 impl Router {

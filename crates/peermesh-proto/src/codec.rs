@@ -16,8 +16,14 @@ use serde_json::Value;
 
 use crate::error::ErrorCode;
 use crate::frame::*;
-use crate::id::{ClientId, EventName, MethodName, NameError, RoomName, ServiceName, TopicName};
+use crate::id::{
+    ClientId, EventName, MethodName, NameError, ObjectName, RoomName, ServiceName, SessionName,
+    TopicName,
+};
 use crate::payload::{BinField, Payload};
+use crate::session::{
+    OwnerLeave, RawObject, SessionChange, SessionMember, SessionMode, SessionOp, SessionState,
+};
 
 /// The encoding of a connection or frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -185,6 +191,9 @@ pub const CLIENT_TYPES: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "received",
+    "session_join",
+    "session_leave",
+    "session_op",
 ];
 
 /// Most methods one `provide` may list.
@@ -210,6 +219,20 @@ struct RawClient<'a> {
     last_seq: Option<u64>,
     #[serde(default)]
     seq: Option<u64>,
+    #[serde(default, borrow)]
+    sessions: Option<Vec<Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    session: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    mode: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    object: Option<Cow<'a, str>>,
+    #[serde(default)]
+    owned: Option<bool>,
+    #[serde(default, borrow)]
+    on_owner_leave: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     to: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -330,6 +353,12 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeE
                 secret: raw.secret,
                 resume: raw.resume.unwrap_or(false),
                 last_seq: raw.last_seq,
+                sessions: raw
+                    .sessions
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| SessionName::new(s).map_err(|e| f.err(format!("`sessions`: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?,
             })
         }
         "emit" => {
@@ -475,6 +504,75 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeE
         "received" => ClientFrame::Received {
             seq: f.need(raw.seq, "seq")?,
         },
+        "session_join" => ClientFrame::SessionJoin {
+            session: match raw.session {
+                Some(s) => {
+                    Some(SessionName::new(&s).map_err(|e| f.err(format!("`session`: {e}")))?)
+                }
+                None => None,
+            },
+            mode: match raw.mode {
+                Some(m) => Some(SessionMode::parse(&m).ok_or_else(|| {
+                    f.err(format!(
+                        "`mode` must be \"authoritative\" or \"relay\", not {m:?}"
+                    ))
+                })?),
+                None => None,
+            },
+            req: raw.req,
+        },
+        "session_leave" => ClientFrame::SessionLeave {
+            session: f.name(raw.session, "session", SessionName::new)?,
+            req: raw.req,
+        },
+        "session_op" => {
+            let session = f.name(raw.session, "session", SessionName::new)?;
+            let object = f.name(raw.object, "object", ObjectName::new)?;
+            let op = f.need(raw.op, "op")?;
+            let op = match op.as_ref() {
+                "create" => SessionOp::Create {
+                    object,
+                    payload: f.payload(raw.data, raw.bin)?,
+                    owned: raw.owned.unwrap_or(true),
+                    on_owner_leave: match raw.on_owner_leave {
+                        None => OwnerLeave::Authority,
+                        Some(p) => OwnerLeave::parse(&p).ok_or_else(|| {
+                            f.err(format!(
+                                "`on_owner_leave` must be \"authority\" or \"delete\", not {p:?}"
+                            ))
+                        })?,
+                    },
+                },
+                "update" => SessionOp::Update {
+                    object,
+                    payload: f.payload(raw.data, raw.bin)?,
+                },
+                "patch" => SessionOp::Patch {
+                    object,
+                    patch: f.need(raw.data, "data")?,
+                },
+                "delete" => SessionOp::Delete { object },
+                "transfer" => SessionOp::Transfer {
+                    object,
+                    to: match raw.to {
+                        Some(t) => {
+                            Some(ClientId::new(&t).map_err(|e| f.err(format!("`to`: {e}")))?)
+                        }
+                        None => None,
+                    },
+                },
+                other => {
+                    return Err(f.err(format!(
+                        "`op` must be create, update, patch, delete or transfer, not {other:?}"
+                    )))
+                }
+            };
+            ClientFrame::SessionOp {
+                session,
+                op,
+                req: raw.req,
+            }
+        }
         _ => ClientFrame::Ping { req: raw.req },
     })
 }
@@ -650,6 +748,8 @@ pub const SERVER_TYPES: &[&str] = &[
     "peer_back",
     "received",
     "resume_rejected",
+    "session_state",
+    "session_event",
     "pong",
     "stream_request",
     "stream_accepted",
@@ -689,6 +789,36 @@ struct RawServer<'a> {
     #[serde(default)]
     count: Option<u64>,
     #[serde(default, borrow)]
+    session: Option<Cow<'a, str>>,
+    #[serde(default)]
+    rev: Option<u64>,
+    #[serde(default, borrow)]
+    mode: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    authority: Option<Cow<'a, str>>,
+    #[serde(default)]
+    epoch: Option<u64>,
+    #[serde(default)]
+    roster: Option<Vec<SessionMember>>,
+    #[serde(default)]
+    objects: Option<Vec<RawObject>>,
+    #[serde(default)]
+    more: Option<bool>,
+    #[serde(default, borrow)]
+    by: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    member: Option<Cow<'a, str>>,
+    #[serde(default)]
+    order: Option<u64>,
+    #[serde(default)]
+    rtt_ms: Option<u64>,
+    #[serde(default, borrow)]
+    object: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    owner: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    on_owner_leave: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
     from: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     event: Option<Cow<'a, str>>,
@@ -726,6 +856,16 @@ struct RawServer<'a> {
     topic: Option<Cow<'a, str>>,
     #[serde(default)]
     call: Option<u64>,
+}
+
+/// An optional client id field.
+fn opt_id(
+    f: &Fields<'_>,
+    v: Option<Cow<'_, str>>,
+    name: &str,
+) -> Result<Option<ClientId>, DecodeError> {
+    v.map(|s| ClientId::new(&s).map_err(|e| f.err(format!("`{name}`: {e}"))))
+        .transpose()
 }
 
 /// Decodes one hub → client frame, returning its `seq` and the frame.
@@ -832,6 +972,76 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<(u64, ServerFrame), 
         "received" => ServerFrame::Received {
             seq: f.need(raw.count, "count")?,
         },
+        "session_state" => ServerFrame::SessionState(SessionState {
+            session: f.name(raw.session, "session", SessionName::new)?,
+            req: raw.req,
+            rev: f.need(raw.rev, "rev")?,
+            mode: SessionMode::parse(&f.need(raw.mode, "mode")?)
+                .ok_or_else(|| f.err("unknown `mode`"))?,
+            authority: opt_id(&f, raw.authority, "authority")?,
+            epoch: raw.epoch.unwrap_or(0),
+            members: raw.roster.unwrap_or_default(),
+            objects: raw
+                .objects
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.parse().map_err(|m| f.err(format!("`objects`: {m}"))))
+                .collect::<Result<Vec<_>, _>>()?,
+            more: raw.more.unwrap_or(false),
+        }),
+        "session_event" => {
+            let object = |v: Option<Cow<'_, str>>| f.name(v, "object", ObjectName::new);
+            let member = |v: Option<Cow<'_, str>>| f.name(v, "member", ClientId::new);
+            let event = f.need(raw.event, "event")?;
+            let change = match event.as_ref() {
+                "member_joined" => SessionChange::MemberJoined {
+                    member: member(raw.member)?,
+                    order: raw.order.unwrap_or(0),
+                    rtt_ms: raw.rtt_ms,
+                },
+                "member_left" => SessionChange::MemberLeft {
+                    member: member(raw.member)?,
+                },
+                "member_away" => SessionChange::MemberAway {
+                    member: member(raw.member)?,
+                },
+                "member_back" => SessionChange::MemberBack {
+                    member: member(raw.member)?,
+                },
+                "authority" => SessionChange::Authority {
+                    member: opt_id(&f, raw.member, "member")?,
+                    epoch: f.need(raw.epoch, "epoch")?,
+                },
+                "created" => SessionChange::Created {
+                    object: object(raw.object)?,
+                    payload: f.payload(raw.data, raw.bin)?,
+                    owner: opt_id(&f, raw.owner, "owner")?,
+                    on_owner_leave: match raw.on_owner_leave {
+                        None => OwnerLeave::Authority,
+                        Some(p) => OwnerLeave::parse(&p)
+                            .ok_or_else(|| f.err("unknown `on_owner_leave`"))?,
+                    },
+                },
+                "updated" => SessionChange::Updated {
+                    object: object(raw.object)?,
+                    payload: f.payload(raw.data, raw.bin)?,
+                },
+                "deleted" => SessionChange::Deleted {
+                    object: object(raw.object)?,
+                },
+                "transferred" => SessionChange::Transferred {
+                    object: object(raw.object)?,
+                    owner: opt_id(&f, raw.owner, "owner")?,
+                },
+                other => return Err(f.err(format!("unknown session `event` {other:?}"))),
+            };
+            ServerFrame::SessionEvent {
+                session: f.name(raw.session, "session", SessionName::new)?,
+                rev: f.need(raw.rev, "rev")?,
+                by: f.name(raw.by, "by", ClientId::new)?,
+                change,
+            }
+        }
         "resume_rejected" => ServerFrame::ResumeRejected {
             reason: ResumeRefusal::parse(&f.need(raw.reason, "reason")?),
             message: raw.message.unwrap_or_default(),

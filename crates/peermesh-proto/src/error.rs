@@ -150,6 +150,26 @@ error_codes! {
     TooManySubscriptions => "too_many_subscriptions", false, "the client already has as many subscriptions as allowed";
     /// Creating the topic would exceed `max_topics_per_service`.
     TooManyTopics => "too_many_topics", false, "the service already has as many topics as allowed";
+    /// The client is not a member of that session (or no such session exists).
+    UnknownSession => "unknown_session", false, "the client is not a member of that session";
+    /// Joining would exceed `max_sessions_per_client`.
+    TooManySessions => "too_many_sessions", false, "the client is already in as many sessions as allowed";
+    /// The session already has `max_session_members` members.
+    TooManyMembers => "too_many_members", false, "the session already has as many members as allowed";
+    /// Only the object's owner (or the authority, for objects without owner) may do that.
+    NotOwner => "not_owner", false, "only the object's owner, or the authority for an object without owner, may change it";
+    /// The session has no object with that id.
+    UnknownObject => "unknown_object", false, "the session has no object with that id";
+    /// An object with that id already exists in the session.
+    ObjectExists => "object_exists", false, "an object with that id already exists";
+    /// The session already has `max_session_objects` objects.
+    TooManyObjects => "too_many_objects", false, "the session already has as many objects as allowed";
+    /// The object's value is larger than `max_object_bytes`.
+    ObjectTooLarge => "object_too_large", false, "the object's value is larger than allowed";
+    /// A merge patch that cannot apply (the value is bytes, or the patch is not JSON).
+    InvalidPatch => "invalid_patch", false, "the merge patch cannot be applied to that value";
+    /// The new owner of a transfer is not a member of the session.
+    NotMember => "not_member", false, "the named client is not a member of the session";
     /// An internal error; the hub logs the details.
     Internal => "internal", false, "an internal error occurred in the hub";
 }

@@ -7,8 +7,9 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 
 use crate::error::ErrorCode;
-use crate::id::{ClientId, EventName, MethodName, RoomName, ServiceName, TopicName};
+use crate::id::{ClientId, EventName, MethodName, RoomName, ServiceName, SessionName, TopicName};
 use crate::payload::Payload;
+use crate::session::{SessionChange, SessionMode, SessionOp, SessionState};
 
 /// A frame sent by a client to the hub.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +120,31 @@ pub enum ClientFrame {
         /// The topic.
         topic: TopicName,
         /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
+    /// Joins a session (a new one with a generated id when `session` is absent).
+    SessionJoin {
+        /// The session.
+        session: Option<SessionName>,
+        /// The mode, when this join creates the session (default authoritative).
+        mode: Option<SessionMode>,
+        /// Correlation number, carried by the `session_state` chunks.
+        req: Option<u64>,
+    },
+    /// Leaves a session.
+    SessionLeave {
+        /// The session.
+        session: SessionName,
+        /// Correlation number, answered by `ok` or `error`.
+        req: Option<u64>,
+    },
+    /// An operation on a session's objects.
+    SessionOp {
+        /// The session.
+        session: SessionName,
+        /// The operation.
+        op: SessionOp,
+        /// Correlation number, answered by `ok` (after the event) or `error`.
         req: Option<u64>,
     },
     /// The client has received every hub frame up to this `seq` (sessions that resume).
@@ -295,6 +321,8 @@ pub struct Hello {
     pub resume: bool,
     /// With `secret`: resume the session, whose last frame this client received had this `seq`.
     pub last_seq: Option<u64>,
+    /// Sessions to join as part of the handshake (each answered with its `session_state`).
+    pub sessions: Vec<SessionName>,
 }
 
 /// The `emit` frame.
@@ -411,6 +439,19 @@ pub enum ServerFrame {
     PeerBack {
         /// The client that resumed.
         id: ClientId,
+    },
+    /// One chunk of a session's snapshot, after a join.
+    SessionState(SessionState),
+    /// A change in a session this client is in.
+    SessionEvent {
+        /// The session.
+        session: SessionName,
+        /// The session's revision of this change (one more than the previous).
+        rev: u64,
+        /// The member whose action caused it.
+        by: ClientId,
+        /// What changed.
+        change: SessionChange,
     },
     /// The hub has handled the client's counted frames up to this number.
     Received {
@@ -646,6 +687,8 @@ impl ServerFrame {
             ServerFrame::PeerAway { .. } => "peer_away",
             ServerFrame::PeerBack { .. } => "peer_back",
             ServerFrame::Received { .. } => "received",
+            ServerFrame::SessionState(_) => "session_state",
+            ServerFrame::SessionEvent { .. } => "session_event",
             ServerFrame::ResumeRejected { .. } => "resume_rejected",
             ServerFrame::Pong { .. } => "pong",
             ServerFrame::StreamRequest(_) => "stream_request",
@@ -689,6 +732,9 @@ impl ClientFrame {
             ClientFrame::Subscribe { .. } => "subscribe",
             ClientFrame::Unsubscribe { .. } => "unsubscribe",
             ClientFrame::Received { .. } => "received",
+            ClientFrame::SessionJoin { .. } => "session_join",
+            ClientFrame::SessionLeave { .. } => "session_leave",
+            ClientFrame::SessionOp { .. } => "session_op",
         }
     }
 
@@ -718,6 +764,9 @@ impl ClientFrame {
             | ClientFrame::Leave { req, .. }
             | ClientFrame::Members { req, .. }
             | ClientFrame::Unprovide { req }
+            | ClientFrame::SessionJoin { req, .. }
+            | ClientFrame::SessionLeave { req, .. }
+            | ClientFrame::SessionOp { req, .. }
             | ClientFrame::Ping { req } => *req,
         }
     }
@@ -826,6 +875,35 @@ impl Serialize for ServerFrame {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("type", ty)?;
                 m.serialize_entry("count", seq)?;
+                m.end()
+            }
+            ServerFrame::SessionState(st) => {
+                let n = 8 + opt(&st.req) + opt(&st.authority);
+                let mut m = s.serialize_map(Some(n))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("session", &st.session)?;
+                put_opt(&mut m, "req", &st.req)?;
+                m.serialize_entry("rev", &st.rev)?;
+                m.serialize_entry("mode", st.mode.as_str())?;
+                put_opt(&mut m, "authority", &st.authority)?;
+                m.serialize_entry("epoch", &st.epoch)?;
+                m.serialize_entry("roster", &st.members)?;
+                m.serialize_entry("objects", &st.objects)?;
+                m.serialize_entry("more", &st.more)?;
+                m.end()
+            }
+            ServerFrame::SessionEvent {
+                session,
+                rev,
+                by,
+                change,
+            } => {
+                let mut m = s.serialize_map(Some(4 + change.entries()))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("session", session)?;
+                m.serialize_entry("rev", rev)?;
+                m.serialize_entry("by", by)?;
+                change.serialize_fields(&mut m)?;
                 m.end()
             }
             ServerFrame::ResumeRejected { reason, message } => {
@@ -939,7 +1017,8 @@ impl Serialize for ClientFrame {
                     + opt(&h.token)
                     + opt(&h.secret)
                     + usize::from(h.resume)
-                    + opt(&h.last_seq);
+                    + opt(&h.last_seq)
+                    + usize::from(!h.sessions.is_empty());
                 let mut m = s.serialize_map(Some(n))?;
                 m.serialize_entry("type", ty)?;
                 put_opt(&mut m, "id", &h.id)?;
@@ -953,6 +1032,9 @@ impl Serialize for ClientFrame {
                     m.serialize_entry("resume", &true)?;
                 }
                 put_opt(&mut m, "last_seq", &h.last_seq)?;
+                if !h.sessions.is_empty() {
+                    m.serialize_entry("sessions", &h.sessions)?;
+                }
                 m.end()
             }
             ClientFrame::Emit(e) => {
@@ -1119,6 +1201,31 @@ impl Serialize for ClientFrame {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("type", ty)?;
                 m.serialize_entry("seq", seq)?;
+                m.end()
+            }
+            ClientFrame::SessionJoin { session, mode, req } => {
+                let mut m = s.serialize_map(Some(1 + opt(session) + opt(mode) + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                put_opt(&mut m, "session", session)?;
+                if let Some(mode) = mode {
+                    m.serialize_entry("mode", mode.as_str())?;
+                }
+                put_opt(&mut m, "req", req)?;
+                m.end()
+            }
+            ClientFrame::SessionLeave { session, req } => {
+                let mut m = s.serialize_map(Some(2 + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("session", session)?;
+                put_opt(&mut m, "req", req)?;
+                m.end()
+            }
+            ClientFrame::SessionOp { session, op, req } => {
+                let mut m = s.serialize_map(Some(4 + op.entries() + opt(req)))?;
+                m.serialize_entry("type", ty)?;
+                m.serialize_entry("session", session)?;
+                op.serialize_fields(&mut m)?;
+                put_opt(&mut m, "req", req)?;
                 m.end()
             }
         }

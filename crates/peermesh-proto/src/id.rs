@@ -146,6 +146,17 @@ name_type!(
     TopicName, "topic name", 256, text_char, "control characters are not allowed"
 );
 
+name_type!(
+    /// A session id: 1 to 128 bytes of ASCII letters, digits and `-_.:@+=` (like a client id).
+    SessionName, "session id", 128, id_char,
+    "only ASCII letters, digits and - _ . : @ + = are allowed"
+);
+name_type!(
+    /// The id of a shared object in a session: 1 to 128 bytes of any text without control
+    /// characters.
+    ObjectName, "object id", 128, text_char, "control characters are not allowed"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

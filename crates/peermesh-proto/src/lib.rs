@@ -46,6 +46,7 @@ pub mod error;
 pub mod frame;
 pub mod id;
 pub mod payload;
+pub mod session;
 pub mod stream;
 
 pub use codec::{
@@ -58,8 +59,14 @@ pub use frame::{
     Publication, Publish, Reply, Respond, ResumeRefusal, ServerFrame, StreamOpen, StreamRequest,
     TopicEnd, Welcome, MAX_SERVICE_ERROR_LEN,
 };
-pub use id::{ClientId, EventName, MethodName, NameError, RoomName, ServiceName, TopicName};
+pub use id::{
+    ClientId, EventName, MethodName, NameError, ObjectName, RoomName, ServiceName, SessionName,
+    TopicName,
+};
 pub use payload::Payload;
+pub use session::{
+    OwnerLeave, SessionChange, SessionMember, SessionMode, SessionObject, SessionOp, SessionState,
+};
 
 /// The protocol version this build speaks (sent in `hello` and `welcome`).
 pub const PROTOCOL_VERSION: &str = "1.0.0";

@@ -224,9 +224,47 @@ fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
                     secret: last_seq.map(|s| format!("{s:032x}")),
                     resume,
                     last_seq,
+                    sessions: Vec::new(),
                 })
             ),
         any::<u64>().prop_map(|seq| ClientFrame::Received { seq }),
+        (arb_payload(), any::<bool>(), any::<Option<u64>>(), 0u8..5).prop_map(
+            |(payload, owned, req, k)| {
+                let object = ObjectName::new("ball · 1").unwrap();
+                let op = match k {
+                    0 => SessionOp::Create {
+                        object,
+                        payload,
+                        owned,
+                        on_owner_leave: if owned {
+                            OwnerLeave::Authority
+                        } else {
+                            OwnerLeave::Delete
+                        },
+                    },
+                    1 => SessionOp::Update { object, payload },
+                    2 => SessionOp::Patch {
+                        object,
+                        patch: json!({"x": null, "y": [1, 2]}),
+                    },
+                    3 => SessionOp::Delete { object },
+                    _ => SessionOp::Transfer {
+                        object,
+                        to: owned.then(|| ClientId::new("bob").unwrap()),
+                    },
+                };
+                ClientFrame::SessionOp {
+                    session: SessionName::new("g-1").unwrap(),
+                    op,
+                    req,
+                }
+            }
+        ),
+        (any::<bool>(), any::<Option<u64>>()).prop_map(|(named, req)| ClientFrame::SessionJoin {
+            session: named.then(|| SessionName::new("g").unwrap()),
+            mode: named.then_some(SessionMode::Relay),
+            req,
+        }),
         (
             id,
             event.clone(),
@@ -437,6 +475,29 @@ proptest! {
                     ResumeRefusal::Encoding][n_members % 4],
                 message: from.clone(),
             },
+            ServerFrame::SessionEvent {
+                session: SessionName::new("g").unwrap(),
+                rev: seq,
+                by: ClientId::new(&from).unwrap(),
+                change: match n_members % 5 {
+                    0 => SessionChange::MemberJoined { member: ClientId::new(&from).unwrap(), order: 3, rtt_ms: ack_id },
+                    1 => SessionChange::Authority { member: ack_id.map(|_| ClientId::new(&from).unwrap()), epoch: 4 },
+                    2 => SessionChange::Created { object: ObjectName::new("o").unwrap(), payload: payload.clone(), owner: None, on_owner_leave: OwnerLeave::Delete },
+                    3 => SessionChange::Updated { object: ObjectName::new("o").unwrap(), payload: payload.clone() },
+                    _ => SessionChange::Transferred { object: ObjectName::new("o").unwrap(), owner: Some(ClientId::new(&from).unwrap()) },
+                },
+            },
+            ServerFrame::SessionState(SessionState {
+                session: SessionName::new("g").unwrap(),
+                req: ack_id,
+                rev: seq,
+                mode: SessionMode::Authoritative,
+                authority: Some(ClientId::new(&from).unwrap()),
+                epoch: 2,
+                members: (0..n_members).map(|i| SessionMember { id: ClientId::new(&format!("c{i}")).unwrap(), order: i as u64 + 1, rtt_ms: Some(i as u64), away: i % 3 == 0 }).collect(),
+                objects: vec![SessionObject { id: ObjectName::new("o").unwrap(), payload: payload.clone(), owner: None, on_owner_leave: OwnerLeave::Authority, version: 9 }],
+                more: n_members % 2 == 0,
+            }),
             ServerFrame::Welcome(Welcome {
                 id: ClientId::new(&from).unwrap(),
                 secret: from.clone(),

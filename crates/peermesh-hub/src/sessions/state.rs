@@ -989,11 +989,6 @@ impl SessionState {
         self.replica.snapshot()
     }
 
-    /// The session's limits.
-    pub(crate) fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// The `seq` of the last event (0 before the first join).
     pub(crate) fn seq(&self) -> u64 {
         self.replica.seq
