@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use peermesh_client::{
-    Client, ClientError, ClientOptions, Encoding, FeedEnd, ReconnectPolicy, RoomName,
+    Client, ClientError, ClientOptions, Encoding, FeedEnd, ReconnectPolicy, RoomName, SessionUpdate,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -70,6 +70,15 @@ Commands (stdin):
   {"op":"create_topic","topic":"sums","req":8}      (a provider's own service)
   {"op":"publish","topic":"sums","data":3}
   {"op":"destroy_topic","topic":"sums","req":9}
+  {"op":"session_join","session":"game","req":10}    (no "session": a new id; "mode":"relay")
+      prints a session_state line, then session_event lines
+  {"op":"session_create","session":"game","object":"ball","data":{"x":1},"req":11}
+      optional "owned" (default true), "on_owner_leave": "authority" | "delete"
+  {"op":"session_update","session":"game","object":"ball","data":{"x":2}}
+  {"op":"session_patch","session":"game","object":"ball","data":{"y":null}}  (JSON merge patch)
+  {"op":"session_delete","session":"game","object":"ball"}
+  {"op":"session_transfer","session":"game","object":"ball","to":"bob"}    (no "to": no owner)
+  {"op":"session_leave","session":"game","req":12}
   Payloads: "data" holds any JSON value, "bin" bytes in base64; neither means null.
 
 Events (stdout):
@@ -385,6 +394,27 @@ async fn execute(client: &Client, out: &Output, answers: &mut JoinSet<()>, line:
                 }
             }
         }
+        Op::SessionJoin { session, mode } => {
+            let request = client.join_session(session.as_deref(), mode);
+            match request.send().await {
+                Err(e) => out.line(output::client_error(&e, req)).await,
+                Ok(pending) => {
+                    let out = out.clone();
+                    answers.spawn(async move {
+                        match pending.await {
+                            Err(e) => out.line(output::client_error(&e, req)).await,
+                            Ok(session) => follow_session(session, req, out),
+                        }
+                    });
+                }
+            }
+        }
+        Op::SessionLeave { session } => {
+            submit(answers, out, req, client.leave_session(session), ok_line).await;
+        }
+        Op::SessionChange { session, op } => {
+            submit(answers, out, req, client.session_op(session, op), ok_line).await;
+        }
         Op::Unsubscribe { service, topic } => {
             submit(
                 answers,
@@ -419,6 +449,25 @@ async fn execute(client: &Client, out: &Output, answers: &mut JoinSet<()>, line:
 }
 
 /// Queues `request` now (in line order) and prints its answer when it comes.
+/// Prints a joined session's state, then each of its events, as lines.
+fn follow_session(mut session: peermesh_client::Session, req: Option<u64>, out: Output) {
+    tokio::spawn(async move {
+        out.line(output::session_state(&session, req)).await;
+        while let Some(update) = session.next().await {
+            let line = match update {
+                SessionUpdate::Event { rev, by, change } => {
+                    output::session_event(session.name().clone(), rev, by, change)
+                }
+                _ => output::session_state(&session, None),
+            };
+            out.line(line).await;
+        }
+        if let Some(end) = session.end() {
+            out.line(output::session_ended(session.name(), end)).await;
+        }
+    });
+}
+
 async fn submit<T: Send + 'static>(
     answers: &mut JoinSet<()>,
     out: &Output,

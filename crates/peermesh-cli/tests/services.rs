@@ -1,6 +1,7 @@
-//! `peermesh connect` service ops with real processes: `provide`, `call`, `respond`,
-//! `subscribe`, `unsubscribe`, `create_topic`, `publish`, `destroy_topic`, against a real
-//! `peermesh serve` (with the built-in `time` service switched on by its config file).
+//! `peermesh connect` service and session ops with real processes: `provide`, `call`,
+//! `respond`, `subscribe`, `unsubscribe`, `create_topic`, `publish`, `destroy_topic`, and the
+//! `session_*` ops, against a real `peermesh serve` (with the built-in `time` service switched
+//! on by its config file).
 //!
 //! Every read waits for a specific line with a deadline (`LIMIT`).
 
@@ -321,4 +322,75 @@ fn subscribe_publish_unsubscribe_and_topic_ends() {
     assert_eq!(alice.line()["code"], "not_provider");
     let (rest, status) = alice.finish();
     assert!(status.success(), "{rest:?}");
+}
+
+#[test]
+fn session_ops_state_events_and_errors_as_lines() {
+    let (_hub, url) = serve_with(&[]);
+    let mut alice = connect(&url, "alice", &[]);
+    let mut bob = connect(&url, "bob", &["--enc", "msgpack"]);
+    alice.send(r#"{"op":"session_join","session":"game","req":1}"#);
+    let st = alice.expect_type("session_state");
+    assert_eq!(
+        (&st["session"], &st["req"], &st["authority"], &st["epoch"]),
+        (&json!("game"), &json!(1), &json!("alice"), &json!(1)),
+        "{st}"
+    );
+    alice
+        .send(r#"{"op":"session_create","session":"game","object":"ball","data":{"x":1},"req":2}"#);
+    // The event (printed by the session's reader) and the `ok` may come in either order.
+    let mut two = [alice.line(), alice.line()];
+    two.sort_by_key(|v| v["type"].to_string());
+    let [ok, ev] = two;
+    assert_eq!(ok, json!({"type": "ok", "req": 2}));
+    assert_eq!(
+        (&ev["event"], &ev["object"], &ev["owner"], &ev["data"]),
+        (
+            &json!("created"),
+            &json!("ball"),
+            &json!("alice"),
+            &json!({"x": 1})
+        ),
+        "{ev}"
+    );
+    bob.send(r#"{"op":"session_join","session":"game","req":1}"#);
+    let st = bob.expect_type("session_state");
+    assert_eq!(st["objects"][0]["id"], "ball", "{st}");
+    assert_eq!(st["roster"].as_array().map(Vec::len), Some(2));
+    bob.send(r#"{"op":"session_update","session":"game","object":"ball","data":2,"req":2}"#);
+    let e = bob.expect_type("error");
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("not_owner"), &json!(2)),
+        "{e}"
+    );
+    alice.send(r#"{"op":"session_patch","session":"game","object":"ball","data":{"y":2},"req":3}"#);
+    let ev = bob.expect_type("session_event");
+    assert_eq!(ev["data"], json!({"x": 1, "y": 2}), "{ev}");
+    alice.send(r#"{"op":"session_transfer","session":"game","object":"ball","to":"bob","req":4}"#);
+    let ev = bob.expect_type("session_event");
+    assert_eq!(
+        (&ev["event"], &ev["owner"]),
+        (&json!("transferred"), &json!("bob"))
+    );
+    bob.send(r#"{"op":"session_delete","session":"game","object":"ball","req":3}"#);
+    assert_eq!(bob.expect_type("ok")["req"], 3);
+    alice.send(r#"{"op":"session_create","session":"game","object":"x","on_owner_leave":"maybe"}"#);
+    assert_eq!(alice.expect_type("error")["code"], "bad_command");
+    alice.send(r#"{"op":"session_leave","session":"game","req":5}"#);
+    assert_eq!(alice.expect_type("ok")["req"], 5);
+    let ended = alice.expect_type("session_ended");
+    assert_eq!(ended["reason"], "left");
+    // bob sees alice leave and becomes the authority.
+    let ev = loop {
+        let ev = bob.expect_type("session_event");
+        if ev["event"] == "authority" {
+            break ev;
+        }
+    };
+    assert_eq!(
+        (&ev["event"], &ev["member"]),
+        (&json!("authority"), &json!("bob")),
+        "{ev}"
+    );
 }

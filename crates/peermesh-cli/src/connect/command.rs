@@ -1,7 +1,7 @@
 //! Parsing one stdin line into a command (`op`), or the `bad_command` error it earns.
 
 use base64::Engine as _;
-use peermesh_proto::Payload;
+use peermesh_proto::{ClientId, ObjectName, OwnerLeave, Payload, SessionMode, SessionOp};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -76,6 +76,17 @@ pub(crate) enum Op {
         topic: String,
         payload: Payload,
     },
+    SessionJoin {
+        session: Option<String>,
+        mode: SessionMode,
+    },
+    SessionLeave {
+        session: String,
+    },
+    SessionChange {
+        session: String,
+        op: SessionOp,
+    },
 }
 
 /// Why a line is not a command, with its `req` when it could be read.
@@ -102,6 +113,13 @@ pub(crate) const OPS: &[&str] = &[
     "create_topic",
     "destroy_topic",
     "publish",
+    "session_join",
+    "session_leave",
+    "session_create",
+    "session_update",
+    "session_patch",
+    "session_delete",
+    "session_transfer",
 ];
 
 #[derive(Deserialize)]
@@ -191,6 +209,52 @@ enum Raw {
         bin: Option<String>,
         req: Option<u64>,
     },
+    SessionJoin {
+        session: Option<String>,
+        mode: Option<String>,
+        req: Option<u64>,
+    },
+    SessionLeave {
+        session: String,
+        req: Option<u64>,
+    },
+    SessionCreate {
+        session: String,
+        object: String,
+        data: Option<Value>,
+        bin: Option<String>,
+        owned: Option<bool>,
+        on_owner_leave: Option<String>,
+        req: Option<u64>,
+    },
+    SessionUpdate {
+        session: String,
+        object: String,
+        data: Option<Value>,
+        bin: Option<String>,
+        req: Option<u64>,
+    },
+    SessionPatch {
+        session: String,
+        object: String,
+        data: Value,
+        req: Option<u64>,
+    },
+    SessionDelete {
+        session: String,
+        object: String,
+        req: Option<u64>,
+    },
+    SessionTransfer {
+        session: String,
+        object: String,
+        to: Option<String>,
+        req: Option<u64>,
+    },
+}
+
+fn object(name: &str) -> Result<ObjectName, String> {
+    ObjectName::new(name).map_err(|e| format!("`object`: {e}"))
 }
 
 fn payload(data: Option<Value>, bin: Option<String>) -> Result<Payload, String> {
@@ -356,6 +420,93 @@ pub(crate) fn parse(line: &str) -> Result<Command, BadCommand> {
         } => {
             let payload = payload(data, bin).map_err(bad)?;
             (Op::Publish { topic, payload }, req)
+        }
+        Raw::SessionJoin { session, mode, req } => {
+            let mode = match mode.as_deref() {
+                None => SessionMode::Authoritative,
+                Some(m) => SessionMode::parse(m).ok_or_else(|| {
+                    bad(format!(
+                        "`mode` must be \"authoritative\" or \"relay\", not {m:?}"
+                    ))
+                })?,
+            };
+            (Op::SessionJoin { session, mode }, req)
+        }
+        Raw::SessionLeave { session, req } => (Op::SessionLeave { session }, req),
+        Raw::SessionCreate {
+            session,
+            object: name,
+            data,
+            bin,
+            owned,
+            on_owner_leave,
+            req,
+        } => {
+            let on_owner_leave = match on_owner_leave.as_deref() {
+                None => OwnerLeave::Authority,
+                Some(p) => OwnerLeave::parse(p).ok_or_else(|| {
+                    bad(format!(
+                        "`on_owner_leave` must be \"authority\" or \"delete\", not {p:?}"
+                    ))
+                })?,
+            };
+            let op = SessionOp::Create {
+                object: object(&name).map_err(bad)?,
+                payload: payload(data, bin).map_err(bad)?,
+                owned: owned.unwrap_or(true),
+                on_owner_leave,
+            };
+            (Op::SessionChange { session, op }, req)
+        }
+        Raw::SessionUpdate {
+            session,
+            object: name,
+            data,
+            bin,
+            req,
+        } => {
+            let op = SessionOp::Update {
+                object: object(&name).map_err(bad)?,
+                payload: payload(data, bin).map_err(bad)?,
+            };
+            (Op::SessionChange { session, op }, req)
+        }
+        Raw::SessionPatch {
+            session,
+            object: name,
+            data,
+            req,
+        } => {
+            let op = SessionOp::Patch {
+                object: object(&name).map_err(bad)?,
+                patch: data,
+            };
+            (Op::SessionChange { session, op }, req)
+        }
+        Raw::SessionDelete {
+            session,
+            object: name,
+            req,
+        } => {
+            let op = SessionOp::Delete {
+                object: object(&name).map_err(bad)?,
+            };
+            (Op::SessionChange { session, op }, req)
+        }
+        Raw::SessionTransfer {
+            session,
+            object: name,
+            to,
+            req,
+        } => {
+            let to = to
+                .map(|t| ClientId::new(&t).map_err(|e| bad(format!("`to`: {e}"))))
+                .transpose()?;
+            let op = SessionOp::Transfer {
+                object: object(&name).map_err(bad)?,
+                to,
+            };
+            (Op::SessionChange { session, op }, req)
         }
     };
     Ok(Command { op, req })

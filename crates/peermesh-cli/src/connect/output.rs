@@ -71,6 +71,63 @@ pub(crate) fn publication(p: peermesh_client::Publication) -> String {
     frame_line(&ServerFrame::Publication(p))
 }
 
+/// The state of a session as one `session_state` line (all its objects at once).
+pub(crate) fn session_state(s: &peermesh_client::Session, req: Option<u64>) -> String {
+    let v = s.view();
+    let objects = v
+        .objects
+        .iter()
+        .map(|(id, o)| peermesh_proto::SessionObject {
+            id: id.clone(),
+            payload: o.payload.clone(),
+            owner: o.owner.clone(),
+            on_owner_leave: o.on_owner_leave,
+            version: o.version,
+        })
+        .collect();
+    frame_line(&ServerFrame::SessionState(peermesh_proto::SessionState {
+        session: s.name().clone(),
+        req,
+        rev: v.rev,
+        mode: v.mode,
+        authority: v.authority.clone(),
+        epoch: v.epoch,
+        members: v.members.clone(),
+        objects,
+        more: false,
+    }))
+}
+
+/// A session event line, as the hub sent it.
+pub(crate) fn session_event(
+    session: peermesh_client::SessionName,
+    rev: u64,
+    by: ClientId,
+    change: peermesh_client::SessionChange,
+) -> String {
+    frame_line(&ServerFrame::SessionEvent {
+        session,
+        rev,
+        by,
+        change,
+    })
+}
+
+/// `{"type":"session_ended","session":…,"reason":"left|lagged|out_of_order|closed"}`
+pub(crate) fn session_ended(
+    session: &peermesh_client::SessionName,
+    end: peermesh_client::SessionEnd,
+) -> String {
+    use peermesh_client::SessionEnd;
+    let reason = match end {
+        SessionEnd::Left => "left",
+        SessionEnd::Lagged => "lagged",
+        SessionEnd::OutOfOrder => "out_of_order",
+        _ => "closed",
+    };
+    serde_json::json!({"type": "session_ended", "session": session, "reason": reason}).to_string()
+}
+
 /// `{"type":"topic_ended","service":…,"topic":…,"reason":…}`
 pub(crate) fn topic_ended(
     service: peermesh_client::ServiceName,
