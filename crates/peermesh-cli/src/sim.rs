@@ -80,6 +80,11 @@ pub(crate) struct SimArgs {
     /// Time between two messages, ms.
     #[arg(long, default_value_t = 5)]
     send_interval_ms: u64,
+    /// Message ids each node remembers to drop duplicates (a node's default: 65,536). Lower
+    /// it for very large simulations, whose memory is mostly these caches; duplicates arrive
+    /// within a few round trips, long before a few thousand newer ids push them out.
+    #[arg(long, default_value_t = 65_536)]
+    seen_capacity: usize,
     /// Nodes joining after the network formed whose reachability is measured.
     #[arg(long, default_value_t = 5)]
     join_probes: usize,
@@ -123,6 +128,7 @@ fn config(args: &SimArgs, rule: ConnectionRule) -> anyhow::Result<SimConfig> {
                 args.relay_fanout
             },
             reserve_inbound: (args.max_peers / 5).min(args.max_peers.saturating_sub(1)),
+            seen_capacity: args.seen_capacity.max(1),
             ..NodeConfig::default()
         },
         latency: (
