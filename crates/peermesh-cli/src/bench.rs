@@ -32,6 +32,7 @@ mod fanout;
 mod idle;
 mod progress;
 mod report;
+mod session;
 mod stats;
 mod stream;
 mod target;
@@ -128,6 +129,18 @@ pub(crate) struct BenchArgs {
     /// the median of each is reported.
     #[arg(long, default_value_t = 3, value_name = "N")]
     stream_rounds: usize,
+
+    /// Session scenario: members besides the writer.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    session_members: usize,
+
+    /// Session scenario: operations (and, for the reference, room messages) the writer sends.
+    #[arg(long, default_value_t = 50_000, value_name = "N")]
+    session_ops: usize,
+
+    /// Session scenario: objects in the late-join session.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    session_objects: usize,
 
     /// Skip the Socket.IO reference server.
     #[arg(long)]
@@ -255,6 +268,8 @@ enum Scenario {
     Stream,
     /// RPC calls through the hub against Socket.IO emitWithAck.
     Rpc,
+    /// Operations through one busy session and a late join (against the hub's room relay).
+    Session,
 }
 
 impl Scenario {
@@ -265,6 +280,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Stream => "stream",
             Scenario::Rpc => "rpc",
+            Scenario::Session => "session",
         }
     }
 }
@@ -310,6 +326,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Idle,
         Scenario::Stream,
         Scenario::Rpc,
+        Scenario::Session,
     ]
     .into_iter()
     .filter(|s| args.scenarios.contains(s))
@@ -402,11 +419,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Direct => args.rates.len() as u64,
             Scenario::Rpc => args.rpc_rates.len() as u64,
             Scenario::Fanout | Scenario::Idle => 1,
-            // Measured on the hub only (the relay is its reference).
-            Scenario::Stream => 0,
+            // Measured on the hub only (the relay, or its own rooms, is the reference).
+            Scenario::Stream | Scenario::Session => 0,
         })
         .sum::<u64>()
-        + u64::from(scenarios.contains(&Scenario::Stream));
+        + u64::from(scenarios.contains(&Scenario::Stream))
+        + u64::from(scenarios.contains(&Scenario::Session));
     let progress = Progress::new(steps_per_side * sides, args.quiet);
     let clock = Clock::new();
 
@@ -428,6 +446,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         fanout: None,
         idle: None,
         stream: None,
+        session: None,
         rpc: None,
         ratios: Default::default(),
         targets: Vec::new(),
@@ -441,7 +460,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for scenario in scenarios {
         let mut outcomes = Vec::new();
         // The stream scenario's reference is a TCP relay, not Socket.IO.
-        let runs = if scenario == Scenario::Stream {
+        let runs = if matches!(scenario, Scenario::Stream | Scenario::Session) {
             1
         } else {
             servers.len()
@@ -501,6 +520,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     _ => Err(anyhow::anyhow!("internal: scenario returned another kind")),
                 })))
             }
+            Scenario::Session => {
+                report.session = Some(Outcome::from_result(ours.and_then(|r| match r {
+                    ScenarioResult::Session(v) => Ok(v),
+                    _ => Err(anyhow::anyhow!("internal: scenario returned another kind")),
+                })))
+            }
         }
     }
     progress.finish();
@@ -520,6 +545,7 @@ enum ScenarioResult {
     Fanout(fanout::FanoutResult),
     Idle(idle::IdleResult),
     Stream(stream::StreamResult),
+    Session(session::SessionResult),
 }
 
 fn side<T>(
@@ -609,6 +635,23 @@ async fn run_scenario(
             let r = stream::run(server, &cfg).await?;
             progress.step_done();
             ScenarioResult::Stream(r)
+        }
+        Scenario::Session => {
+            progress.set_step("peermesh session: ops through one session, late join");
+            let cfg = session::SessionConfig {
+                members: args.session_members.max(1),
+                ops: args.session_ops.max(1),
+                window: usize::try_from(args.window.max(1)).unwrap_or(256),
+                objects: args.session_objects.max(1),
+                encoding: match server.endpoint.dialect {
+                    Dialect::Peermesh(e) => e,
+                    Dialect::SocketIo => Encoding::Json,
+                },
+                connect_timeout: args.connect_timeout,
+            };
+            let r = session::run(server, &cfg).await?;
+            progress.step_done();
+            ScenarioResult::Session(r)
         }
     })
 }

@@ -1,7 +1,7 @@
 //! Wire types of sessions: a room with shared state (objects with owners), an authority, and
 //! a per-session revision number that orders every change ([protocol §25]).
 //!
-//! [protocol §25]: https://example.invalid/peermesh/docs/protocol.md#25-sessions
+//! [protocol §25]: ../../../docs/protocol.md
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::direct::DirectStep;
 use super::fanout::FanoutResult;
 use super::idle::IdleResult;
+use super::session::SessionResult;
 use super::stats::Rates;
 use super::stream::StreamResult;
 
@@ -132,6 +133,8 @@ pub(crate) struct Report {
     pub(crate) idle: Option<Side<IdleResult>>,
     /// Scenario (d): the hub against a TCP relay.
     pub(crate) stream: Option<Outcome<StreamResult>>,
+    /// Sessions: operations through one session and a late join.
+    pub(crate) session: Option<Outcome<SessionResult>>,
     /// Scenario (f): RPC calls (rates and throughput count calls, not messages).
     pub(crate) rpc: Option<Side<Vec<DirectStep>>>,
     /// Ratios.
@@ -430,6 +433,47 @@ impl Report {
                 }
                 Outcome::Failed { error } => {
                     out.push_str(&format!("\n(d) stream: failed: {error}\n"));
+                }
+            }
+        }
+        if let Some(outcome) = &self.session {
+            match outcome {
+                Outcome::Ok(x) => {
+                    out.push_str(&format!(
+                        "\n(h) sessions: 1 writer, {} members, {} operations; late join of {} objects\n",
+                        x.members, x.ops, x.objects
+                    ));
+                    let head = ["measure", "value"];
+                    let rows = vec![
+                        vec![
+                            "session operations/s (until every member applied the last)".to_owned(),
+                            format!("{:.0}", x.session_ops_per_s),
+                        ],
+                        vec![
+                            "session deliveries/s".to_owned(),
+                            format!("{:.0}", x.session_deliveries_per_s),
+                        ],
+                        vec![
+                            "reference: room messages/s, same writer and members".to_owned(),
+                            format!("{:.0}", x.room_msgs_per_s),
+                        ],
+                        vec![
+                            format!("fill {} objects (pipelined creates)", x.objects),
+                            format!("{:.2} s", x.fill_s),
+                        ],
+                        vec![
+                            "late join: session_join → complete view".to_owned(),
+                            format!("{:.1} ms", x.late_join_ms),
+                        ],
+                        vec![
+                            "late join: snapshot bytes on the wire".to_owned(),
+                            x.late_join_bytes.map_or("?".to_owned(), bytes),
+                        ],
+                    ];
+                    out.push_str(&grid(&head, &rows, &[0]));
+                }
+                Outcome::Failed { error } => {
+                    out.push_str(&format!("\n(h) sessions: failed: {error}\n"));
                 }
             }
         }
