@@ -351,14 +351,19 @@ pub struct SessionObject {
 
 impl Serialize for SessionObject {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let n = 3 + self.payload.entries() + usize::from(self.owner.is_some());
+        // `on_owner_leave` is written only when it is not the default (`authority`).
+        let delete = self.on_owner_leave == OwnerLeave::Delete;
+        let n =
+            2 + self.payload.entries() + usize::from(self.owner.is_some()) + usize::from(delete);
         let mut m = s.serialize_map(Some(n))?;
         m.serialize_entry("id", &self.id)?;
         self.payload.serialize_entry(&mut m)?;
         if let Some(o) = &self.owner {
             m.serialize_entry("owner", o)?;
         }
-        m.serialize_entry("on_owner_leave", self.on_owner_leave.as_str())?;
+        if delete {
+            m.serialize_entry("on_owner_leave", self.on_owner_leave.as_str())?;
+        }
         m.serialize_entry("version", &self.version)?;
         m.end()
     }
