@@ -456,3 +456,45 @@ fn help_explains_the_contract() {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
 }
+
+#[test]
+fn resumes_through_a_reset_connection_and_says_so() {
+    let (_hub, url) = serve();
+    let hub_addr: std::net::SocketAddr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .expect("hub address");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let proxy = rt
+        .block_on(peermesh_testkit::FaultProxy::start(hub_addr, None))
+        .expect("fault proxy");
+    let via = format!("ws://{}/ws", proxy.addr());
+    let alice = connect(&via, "alice", &["--room", "r"]);
+    let mut bob = connect(&url, "bob", &[]);
+    bob.send(r#"{"op":"emit","to":"alice","event":"m","data":1,"req":1}"#);
+    assert_eq!(bob.line(), json!({"type": "ok", "req": 1}));
+    assert_eq!(alice.expect_type("message")["data"], 1);
+
+    // alice's TCP connection is reset and refused for a moment; bob writes meanwhile.
+    assert_eq!(proxy.cut(std::time::Duration::from_millis(300)), 1);
+    alice.expect_type("connection_lost");
+    for n in 2..5 {
+        bob.send(&format!(
+            r#"{{"op":"emit","to":"alice","event":"m","data":{n},"req":{n}}}"#
+        ));
+        assert_eq!(bob.expect_type("ok")["req"], n, "alice is away, not gone");
+    }
+    let back = alice.expect_type("reconnected");
+    assert_eq!(back["rooms"], json!(["r"]));
+    let resumed = alice.line();
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    for n in 2..5 {
+        let m = alice.expect_type("message");
+        assert_eq!(m["data"], n, "each missed message once, in order: {m}");
+    }
+    bob.send(r#"{"op":"emit","to":"alice","event":"m","data":"after","req":9}"#);
+    let m = alice.expect_type("message");
+    assert_eq!(m["data"], "after", "no duplicate before it: {m}");
+    drop(proxy);
+}
