@@ -5,8 +5,9 @@
 //! maximum, with round-trip percentiles; (b) room fan-out from one sender to N members; (c) the
 //! server's memory per idle connection; (d) stream throughput between two clients through the
 //! hub against a plain TCP relay; (f) RPC calls through the hub against Socket.IO's
-//! `emitWithAck` answered by a second client. `docs/benchmarks.md` explains the method and holds measured
-//! figures.
+//! `emitWithAck` answered by a second client; (g) delivery under drops: clients behind fault
+//! proxies that reset them periodically, against Socket.IO with and without connection state
+//! recovery. `docs/benchmarks.md` explains the method and holds measured figures.
 //!
 //! ```text
 //!  run ──► for each scenario ──► for each server (peermesh, socket.io)
@@ -21,13 +22,14 @@
 //! - `client`: opening clients from several loopback source addresses.
 //! - `target`: spawning/attaching servers; RSS and CPU time from `/proc`.
 //! - `stats`: clock, measurement windows, histograms, error logs.
-//! - `direct`, `fanout`, `idle`, `stream`: the scenarios.
+//! - `direct`, `fanout`, `idle`, `stream`, `session`, `drops`: the scenarios.
 //! - `report`: JSON and the summary table.
 //! - `progress`: indicatif bars.
 
 mod client;
 mod dialect;
 mod direct;
+mod drops;
 mod fanout;
 mod idle;
 mod progress;
@@ -47,10 +49,11 @@ use peermesh_proto::Encoding;
 use client::ConnectOpts;
 use dialect::Dialect;
 use direct::{DirectConfig, Flavor, Rate};
+use drops::DropsConfig;
 use fanout::FanoutConfig;
 use idle::IdleConfig;
 use progress::Progress;
-use report::{Machine, Outcome, Report, ServerInfo, Settings, Side};
+use report::{DropsSides, Machine, Outcome, Report, ServerInfo, Settings, Side};
 use stats::Clock;
 use target::{Launch, Server};
 
@@ -64,7 +67,18 @@ use target::{Launch, Server};
 #[command(after_help = "Examples:\n  \
     peermesh bench --spawn\n  \
     peermesh bench --spawn --no-reference --scenarios fanout --members 2000\n  \
-    peermesh bench ws://127.0.0.1:7070/ws --hub-pid 1234 --json")]
+    peermesh bench --spawn --scenario drops --clients 2000 --duration 60s\n  \
+    peermesh bench ws://127.0.0.1:7070/ws --hub-pid 1234 --json\n\n\
+The drops scenario (not in the default list): every client reaches the server through a TCP \
+fault proxy of its own that resets the connection every --cut-every (each client at its own \
+phase) and refuses it for --down after each cut; one publisher on a direct connection sends \
+--rate messages per second to each client by id for --duration. peermesh clients resume \
+(hello with resume, secret and last_seq; receipts; frames deduplicated by seq); the Socket.IO \
+clients run twice, against the default server (a reconnection is a new session) and against \
+one with connection state recovery (reconnect with pid and offset). Reported per server: \
+messages sent, delivered exactly once, lost, duplicated, out of order, cuts, reconnects, \
+resumed or not, latency of ordinary deliveries and of replays (messages sent while their \
+client was away), server RSS and CPU.")]
 pub(crate) struct BenchArgs {
     /// WebSocket URL of a running hub, e.g. ws://127.0.0.1:7070/ws (or use --spawn).
     #[arg(required_unless_present = "spawn", conflicts_with = "spawn")]
@@ -97,9 +111,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
 
-    /// Scenarios to run, comma-separated: direct, fanout, idle, stream, rpc.
+    /// Scenarios to run, comma-separated: direct, fanout, idle, stream, rpc, session, drops.
     #[arg(
         long,
+        alias = "scenario",
         value_enum,
         value_delimiter = ',',
         default_value = "direct,fanout,idle,stream,rpc"
@@ -205,15 +220,34 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 32, value_name = "BYTES")]
     payload_bytes: usize,
 
-    /// Measurement time per step (direct rate, fan-out).
-    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
-    duration: Duration,
+    /// Measurement time per step (direct rate, fan-out); in the drops scenario, how long the
+    /// publisher sends and the proxies cut [default: 5s; drops: 60s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    duration: Option<Duration>,
+
+    /// Drops scenario: clients, each behind a fault proxy of its own.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    clients: usize,
+
+    /// Drops scenario: time between two resets of one client's connection (each client has
+    /// its own phase, spread over this period).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    cut_every: Duration,
+
+    /// Drops scenario: how long a client's proxy refuses connections after each reset.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    down: Duration,
+
+    /// Drops scenario: messages per second the publisher sends to each client.
+    #[arg(long, default_value_t = 2.0, value_name = "PER_SEC")]
+    rate: f64,
 
     /// Warm-up before each measurement (sent, not counted).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     warmup: Duration,
 
-    /// After a step, how long to wait for messages still in flight before counting them lost.
+    /// After a step, how long to wait for messages still in flight before counting them lost
+    /// (drops scenario: the final wait for every client is at most --down + --drain + 10s).
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     drain: Duration,
 
@@ -270,6 +304,10 @@ enum Scenario {
     Rpc,
     /// Operations through one busy session and a late join (against the hub's room relay).
     Session,
+    /// Delivery under drops: clients behind fault proxies that reset their connections
+    /// periodically, one publisher sending to each by id; against Socket.IO without and with
+    /// connection state recovery.
+    Drops,
 }
 
 impl Scenario {
@@ -281,7 +319,15 @@ impl Scenario {
             Scenario::Stream => "stream",
             Scenario::Rpc => "rpc",
             Scenario::Session => "session",
+            Scenario::Drops => "drops",
         }
+    }
+}
+
+impl BenchArgs {
+    /// The measurement time of a direct or fan-out step.
+    fn step_duration(&self) -> Duration {
+        self.duration.unwrap_or(Duration::from_secs(5))
     }
 }
 
@@ -327,13 +373,28 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Stream,
         Scenario::Rpc,
         Scenario::Session,
+        Scenario::Drops,
     ]
     .into_iter()
     .filter(|s| args.scenarios.contains(s))
     .collect();
 
-    // Every connection is a file descriptor here, and in a spawned server (which inherits it).
-    let wanted_fds = (args.idle_conns.max(args.members) + 2 * args.pairs + 1024) as u64;
+    let drops = scenarios.contains(&Scenario::Drops);
+    if drops && args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if drops && !(args.rate > 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a positive number of messages per second");
+    }
+    if drops && args.cut_every.is_zero() {
+        bail!("--cut-every must be longer than 0");
+    }
+    // The most clients any selected scenario connects at once.
+    let most_clients = args.idle_conns.max(args.members) + 2 * args.pairs;
+    // Every connection is a file descriptor here, and in a spawned server (which inherits it);
+    // a drops client also holds its proxy's listener and the proxy's two sockets.
+    let drops_fds = if drops { 4 * args.clients } else { 0 };
+    let wanted_fds = (most_clients.max(drops_fds) + 1024) as u64;
     match rlimit::increase_nofile_limit(wanted_fds) {
         Ok(n) if n < wanted_fds => eprintln!(
             "warning: the open-files limit is {n} (hard limit), below the {wanted_fds} this run \
@@ -357,7 +418,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             if !args.no_hub_limits {
                 // Twice the clients: hubs of this version count the reader and writer tasks of
                 // a connection against the limit while accepting new ones.
-                let clients = 2 * (args.idle_conns.max(args.members) + 2 * args.pairs) + 2048;
+                let clients = 2 * most_clients.max(if drops { args.clients } else { 0 }) + 2048;
                 hub_args.extend([
                     format!("--max-clients={clients}"),
                     "--rate-per-sec=100000000".to_owned(),
@@ -383,6 +444,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Launch::SocketIo {
             node: args.node.clone(),
             dir: sio_dir.clone(),
+            recovery: false,
         })
     };
 
@@ -421,11 +483,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Fanout | Scenario::Idle => 1,
             // Measured on the hub only (the relay, or its own rooms, is the reference).
             Scenario::Stream | Scenario::Session => 0,
+            Scenario::Drops => 1,
         })
         .sum::<u64>()
         + u64::from(scenarios.contains(&Scenario::Stream))
         + u64::from(scenarios.contains(&Scenario::Session));
-    let progress = Progress::new(steps_per_side * sides, args.quiet);
+    // The drops scenario runs Socket.IO twice (without and with connection state recovery).
+    let extra_steps = u64::from(drops && sio_launch.is_some());
+    let progress = Progress::new(steps_per_side * sides + extra_steps, args.quiet);
     let clock = Clock::new();
 
     let mut report = Report {
@@ -438,7 +503,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             idle_conns: args.idle_conns,
             payload_bytes: args.payload_bytes.max(dialect::STAMP_DIGITS),
             warmup_s: args.warmup.as_secs_f64(),
-            duration_s: args.duration.as_secs_f64(),
+            duration_s: args.step_duration().as_secs_f64(),
         },
         peermesh: peermesh_info,
         socketio: socketio_info,
@@ -448,6 +513,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         stream: None,
         session: None,
         rpc: None,
+        drops: None,
         ratios: Default::default(),
         targets: Vec::new(),
     };
@@ -458,6 +524,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .collect();
     let mut run_no = 0u32;
     for scenario in scenarios {
+        if scenario == Scenario::Drops {
+            report.drops = Some(run_drops(&servers, &args, clock, &progress, &mut run_no).await);
+            continue;
+        }
         let mut outcomes = Vec::new();
         // The stream scenario's reference is a TCP relay, not Socket.IO.
         let runs = if matches!(scenario, Scenario::Stream | Scenario::Session) {
@@ -526,6 +596,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     _ => Err(anyhow::anyhow!("internal: scenario returned another kind")),
                 })))
             }
+            // Run above.
+            Scenario::Drops => {}
         }
     }
     progress.finish();
@@ -538,6 +610,82 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         print!("{table}");
     }
     Ok(())
+}
+
+/// The drops scenario on the hub, then on Socket.IO without and with connection state
+/// recovery.
+async fn run_drops(
+    servers: &[(Launch, Dialect)],
+    args: &BenchArgs,
+    clock: Clock,
+    progress: &Progress,
+    run_no: &mut u32,
+) -> DropsSides {
+    let cfg = DropsConfig {
+        clients: args.clients,
+        duration: args.duration.unwrap_or(Duration::from_secs(60)),
+        cut_every: args.cut_every,
+        down: args.down,
+        rate: args.rate,
+        payload: args.payload_bytes.max(drops::MIN_PAYLOAD),
+        drain: args.drain,
+        max_messages: args.max_messages,
+        concurrency: args.connect_concurrency,
+        connect_timeout: args.connect_timeout,
+        seed: 0x5eed_d809,
+    };
+    // (launch or why it cannot run, dialect, label)
+    let mut runs: Vec<(Result<Launch, String>, Dialect, &str)> = Vec::new();
+    for (launch, dialect) in servers {
+        match dialect {
+            Dialect::Peermesh(_) => runs.push((Ok(launch.clone()), *dialect, "peermesh")),
+            Dialect::SocketIo => {
+                runs.push((Ok(launch.clone()), *dialect, "socket.io"));
+                let recovering = match launch {
+                    Launch::SocketIo { node, dir, .. } => Ok(Launch::SocketIo {
+                        node: node.clone(),
+                        dir: dir.clone(),
+                        recovery: true,
+                    }),
+                    _ => Err(
+                        "not run: the server at --socketio-url runs one configuration; \
+                              the connection state recovery run needs a spawned server"
+                            .to_owned(),
+                    ),
+                };
+                runs.push((recovering, *dialect, "socket.io+CSR"));
+            }
+        }
+    }
+    let mut outcomes = Vec::new();
+    for (launch, dialect, label) in runs {
+        *run_no += 1;
+        let tag = format!("r{}x{run_no}-", std::process::id());
+        progress.set_step(&format!("{label}: starting"));
+        let outcome = match launch {
+            Err(why) => Err(anyhow::anyhow!(why)),
+            Ok(launch) => match Server::start(&launch, dialect, args.connect_timeout).await {
+                Err(e) => Err(e),
+                Ok(server) => {
+                    let r = drops::run(&server, &cfg, clock, progress, &tag, label).await;
+                    server.stop().await;
+                    r
+                }
+            },
+        };
+        if let Err(e) = &outcome {
+            progress.println(&format!("{label} drops failed: {e:#}"));
+        }
+        outcomes.push(Outcome::from_result(outcome));
+    }
+    let mut it = outcomes.into_iter();
+    DropsSides {
+        peermesh: it.next().unwrap_or_else(|| Outcome::Failed {
+            error: "not run".into(),
+        }),
+        socketio: it.next(),
+        socketio_recovery: it.next(),
+    }
 }
 
 enum ScenarioResult {
@@ -587,7 +735,7 @@ async fn run_scenario(
                 window: args.window,
                 payload,
                 warmup: args.warmup,
-                duration: args.duration,
+                duration: args.step_duration(),
                 drain: args.drain,
                 max_messages: args.max_messages,
                 tasks: args.tasks,
@@ -601,7 +749,7 @@ async fn run_scenario(
                 window: args.fanout_window,
                 payload,
                 warmup: args.warmup,
-                duration: args.duration,
+                duration: args.step_duration(),
                 drain: args.drain,
                 max_messages: args.max_messages,
                 tasks: args.tasks,
@@ -653,6 +801,7 @@ async fn run_scenario(
             progress.step_done();
             ScenarioResult::Session(r)
         }
+        Scenario::Drops => bail!("internal: the drops scenario runs through run_drops"),
     })
 }
 

@@ -128,3 +128,84 @@ fn bench_spawn_tiny_run_reports_sane_figures() {
         "{report}"
     );
 }
+
+/// The drops scenario in miniature against a spawned hub: 10 clients behind fault proxies that
+/// reset each connection every second (refusing it for 200 ms), a publisher sending 10
+/// messages/s to each for 3 s. Every message must arrive exactly once, in order, through
+/// resumed sessions.
+#[test]
+fn bench_drops_tiny_run_delivers_every_message_once_in_order() {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_peermesh"))
+        .args([
+            "bench",
+            "--spawn",
+            "--no-reference",
+            "--json",
+            "--quiet",
+            // `--scenario` is an alias of `--scenarios`.
+            "--scenario",
+            "drops",
+            "--clients",
+            "10",
+            "--duration",
+            "3s",
+            "--cut-every",
+            "1s",
+            "--down",
+            "200ms",
+            "--rate",
+            "10",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run peermesh bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "the tiny drops run took {:?}",
+        start.elapsed()
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stderr}"));
+    let d = &report["drops"]["peermesh"];
+    assert_eq!(d["clients"], 10, "{report}");
+    let sent = d["sent"].as_u64().unwrap_or(0);
+    // 10 clients x 10/s x 3 s, give or take the schedule's first and last tick.
+    assert!((250..=310).contains(&sent), "{d}");
+    assert_eq!(d["delivered"], sent, "{d}");
+    assert_eq!(d["exactly_once"], sent, "{d}");
+    assert_eq!(d["lost"], 0, "{d}");
+    assert_eq!(d["duplicated"], 0, "{d}");
+    assert_eq!(d["out_of_order"], 0, "{d}");
+    assert_eq!(d["errors"], 0, "{d}");
+    assert_eq!(d["unsettled"], 0, "{d}");
+    assert_eq!(d["seq_gaps"], 0, "{d}");
+    assert_eq!(d["seq_repeats"], 0, "{d}");
+    // Every client was cut about three times, and came back through a resumed session.
+    let cuts = d["cuts"].as_u64().unwrap_or(0);
+    assert!(cuts >= 20, "{d}");
+    let reconnects = d["reconnects"].as_u64().unwrap_or(0);
+    assert!(reconnects >= 20, "{d}");
+    assert_eq!(d["resumed"], reconnects, "{d}");
+    assert_eq!(d["not_resumed"], 0, "{d}");
+    assert!(
+        d["resume_rejected"]
+            .as_object()
+            .is_some_and(|m| m.is_empty()),
+        "{d}"
+    );
+    // Messages sent while a client was away were replayed on its next connection.
+    assert!(d["replay"]["samples"].as_u64().unwrap_or(0) > 0, "{d}");
+    assert!(d["latency"]["samples"].as_u64().unwrap_or(0) > 0, "{d}");
+    assert!(report["drops"]["socketio"].is_null(), "{report}");
+    let met = report["targets"]
+        .as_array()
+        .and_then(|t| {
+            t.iter()
+                .find(|c| c["target"].as_str().is_some_and(|s| s.contains("drops")))
+        })
+        .map(|c| c["met"].clone());
+    assert_eq!(met, Some(Value::Bool(true)), "{report}");
+}

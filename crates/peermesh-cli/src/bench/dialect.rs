@@ -31,6 +31,10 @@ use super::ws::{find, Opcode, WsConn, WsError};
 /// Digits of the timestamp at the start of every payload string.
 pub(crate) const STAMP_DIGITS: usize = 20;
 
+/// Digits of the message number that follows the timestamp in numbered payloads
+/// ([`Template::queue_numbered`]).
+pub(crate) const NUMBER_DIGITS: usize = 10;
+
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -94,6 +98,28 @@ impl Template {
         conn.queue(self.op, &[&self.prefix, &digits, &self.suffix]);
     }
 
+    /// Queues the frame with `stamp` as its timestamp followed by `number` as 10 digits (its
+    /// low 10 digits), in place of the first 10 padding bytes. The template's payload must be
+    /// at least `STAMP_DIGITS + NUMBER_DIGITS` bytes long.
+    pub(crate) fn queue_numbered(&self, conn: &mut WsConn, stamp: u64, number: u64) {
+        debug_assert!(
+            self.suffix.len() >= NUMBER_DIGITS,
+            "payload too short for a number"
+        );
+        let digits = stamp_digits(stamp);
+        let number = stamp_digits(number);
+        let rest = self.suffix.get(NUMBER_DIGITS..).unwrap_or_default();
+        conn.queue(
+            self.op,
+            &[
+                &self.prefix,
+                &digits,
+                &number[STAMP_DIGITS - NUMBER_DIGITS..],
+                rest,
+            ],
+        );
+    }
+
     /// Length of the complete frame payload.
     #[cfg(test)]
     fn payload_len(&self) -> usize {
@@ -122,7 +148,22 @@ fn parse_stamp(b: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-fn json_str(s: &str) -> String {
+/// The timestamp and the message number at the start of a numbered payload string.
+pub(crate) fn parse_numbered(b: &[u8]) -> Option<(u64, u64)> {
+    let stamp = parse_stamp(b)?;
+    let digits = b.get(STAMP_DIGITS..STAMP_DIGITS + NUMBER_DIGITS)?;
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(d - b'0');
+    }
+    Some((stamp, n))
+}
+
+/// A string as a JSON string literal (quoted and escaped).
+pub(crate) fn json_str(s: &str) -> String {
     // serde_json's escaping of a plain string cannot fail.
     serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""))
 }
@@ -791,6 +832,33 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn numbered_payloads_roundtrip() {
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            let t = Dialect::Peermesh(enc).direct_template("c1", 32);
+            let payload = [
+                &t.prefix[..],
+                &stamp_digits(123),
+                &stamp_digits(45)[STAMP_DIGITS - NUMBER_DIGITS..],
+                &t.suffix[NUMBER_DIGITS..],
+            ]
+            .concat();
+            let frame = peermesh_proto::decode_client(enc, &payload).expect("decodes");
+            let ClientFrame::Emit(e) = frame else {
+                panic!("not an emit: {frame:?}");
+            };
+            let s = e
+                .payload
+                .as_json()
+                .and_then(|v| v.as_str())
+                .expect("a string");
+            assert_eq!(s.len(), 32);
+            assert_eq!(parse_numbered(s.as_bytes()), Some((123, 45)));
+        }
+        assert_eq!(parse_numbered(&stamp_digits(1)), None);
+        assert_eq!(parse_numbered(b"000000000000000000010000000x07"), None);
     }
 
     #[test]

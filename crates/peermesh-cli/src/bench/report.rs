@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::direct::DirectStep;
+use super::drops::DropsResult;
 use super::fanout::FanoutResult;
 use super::idle::IdleResult;
 use super::session::SessionResult;
@@ -49,6 +50,17 @@ pub(crate) struct Side<T> {
     pub(crate) peermesh: Outcome<T>,
     /// The Socket.IO reference (absent with `--no-reference`).
     pub(crate) socketio: Option<Outcome<T>>,
+}
+
+/// The drops scenario on the hub and on Socket.IO without and with connection state recovery.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct DropsSides {
+    /// The peermesh hub (clients resume).
+    pub(crate) peermesh: Outcome<DropsResult>,
+    /// Socket.IO as configured by default: a reconnection is a new session.
+    pub(crate) socketio: Option<Outcome<DropsResult>>,
+    /// Socket.IO with connection state recovery (`server.js --recovery`).
+    pub(crate) socketio_recovery: Option<Outcome<DropsResult>>,
 }
 
 /// A server's identity in the report.
@@ -137,6 +149,8 @@ pub(crate) struct Report {
     pub(crate) session: Option<Outcome<SessionResult>>,
     /// Scenario (f): RPC calls (rates and throughput count calls, not messages).
     pub(crate) rpc: Option<Side<Vec<DirectStep>>>,
+    /// Scenario (g): delivery under drops.
+    pub(crate) drops: Option<DropsSides>,
     /// Ratios.
     pub(crate) ratios: Ratios,
     /// The issue's targets.
@@ -256,6 +270,31 @@ impl Report {
                     )
                 }),
                 met: ours.map(|a| a.ratio >= 0.5),
+            });
+        }
+        if let Some(sides) = &self.drops {
+            let ours = sides.peermesh.ok();
+            checks.push(Check {
+                target: "under drops every message delivered exactly once, in order".into(),
+                measured: ours.map_or("not measured".into(), |a| {
+                    format!(
+                        "{} of {} sent delivered once; {} lost, {} duplicated, {} out of order; \
+                         {} cuts",
+                        thousands(a.exactly_once as f64),
+                        thousands(a.sent as f64),
+                        a.lost,
+                        a.duplicated,
+                        a.out_of_order,
+                        thousands(a.cuts as f64)
+                    )
+                }),
+                met: ours.map(|a| {
+                    a.sent > 0
+                        && a.exactly_once == a.sent
+                        && a.lost == 0
+                        && a.duplicated == 0
+                        && a.out_of_order == 0
+                }),
             });
         }
         self.ratios = r;
@@ -477,6 +516,9 @@ impl Report {
                 }
             }
         }
+        if let Some(sides) = &self.drops {
+            drops_table(&mut out, sides);
+        }
         if !self.targets.is_empty() {
             out.push_str("\ntargets\n");
             for c in &self.targets {
@@ -555,6 +597,140 @@ fn steps_table(
                     st.rate, st.errors
                 ));
             }
+        }
+    }
+}
+
+/// The table of the drops scenario: one row per server, delivery then latency and resources.
+fn drops_table(out: &mut String, sides: &DropsSides) {
+    let servers = [
+        ("peermesh (resume)", Some(&sides.peermesh)),
+        ("socket.io", sides.socketio.as_ref()),
+        ("socket.io + CSR", sides.socketio_recovery.as_ref()),
+    ];
+    let Some(s) = servers.iter().find_map(|(_, o)| o.and_then(Outcome::ok)) else {
+        out.push_str("\n(g) delivery under drops\n");
+        push_drops_failures(out, &servers);
+        return;
+    };
+    out.push_str(&format!(
+        "\n(g) delivery under drops: {} clients, each behind a fault proxy that resets its \
+         connection every {} s (phases spread) and refuses it for {} s; 1 publisher on an uncut \
+         connection sends {}/s to each for {} s; replay = a message sent before the connection \
+         that delivered it was opened (send to delivery); CSR = connection state recovery\n",
+        thousands(s.clients as f64),
+        s.cut_every_s,
+        s.down_s,
+        s.rate_per_client,
+        s.duration_s
+    ));
+    let head = [
+        "server",
+        "sent",
+        "once",
+        "lost",
+        "dup",
+        "order",
+        "cuts",
+        "reconnects",
+        "resumed",
+        "not resumed",
+        "unsettled",
+    ];
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .filter_map(|(name, o)| o.and_then(Outcome::ok).map(|x| (name, x)))
+        .map(|(name, x)| {
+            vec![
+                (*name).to_owned(),
+                thousands(x.sent as f64),
+                thousands(x.exactly_once as f64),
+                thousands(x.lost as f64),
+                thousands(x.duplicated as f64),
+                thousands(x.out_of_order as f64),
+                thousands(x.cuts as f64),
+                thousands(x.reconnects as f64),
+                thousands(x.resumed as f64),
+                thousands(x.not_resumed as f64),
+                x.unsettled.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&grid(&head, &rows, &[0]));
+    let head = [
+        "server",
+        "p50",
+        "p99",
+        "replays",
+        "replay p50",
+        "replay p99",
+        "replay max",
+        "RSS before",
+        "RSS peak",
+        "cpu%",
+        "gen%",
+        "others%",
+    ];
+    let kib = |v: Option<u64>| v.map_or("?".to_owned(), |k| bytes(k * 1024));
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .filter_map(|(name, o)| o.and_then(Outcome::ok).map(|x| (name, x)))
+        .map(|(name, x)| {
+            vec![
+                (*name).to_owned(),
+                fmt_us(x.latency.p50_us),
+                fmt_us(x.latency.p99_us),
+                thousands(x.replay.samples as f64),
+                fmt_us(x.replay.p50_us),
+                fmt_us(x.replay.p99_us),
+                fmt_us(x.replay.max_us),
+                kib(x.rss_before_kib),
+                kib(x.rss_peak_kib),
+                pct(x.window.server_cpu_pct),
+                pct(x.window.generator_cpu_pct),
+                others([Some(&x.window)]),
+            ]
+        })
+        .collect();
+    out.push_str(&grid(&head, &rows, &[0]));
+    for (name, o) in &servers {
+        if let Some(x) = o.and_then(Outcome::ok) {
+            if !x.resume_rejected.is_empty() {
+                let reasons: Vec<String> = x
+                    .resume_rejected
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                out.push_str(&format!(
+                    "  {name}: resume_rejected: {}\n",
+                    reasons.join(", ")
+                ));
+            }
+            if x.reconnects_without_offset > 0 {
+                out.push_str(&format!(
+                    "  {name}: {} reconnections had no offset to recover from (no event received \
+                     since the session began)\n",
+                    x.reconnects_without_offset
+                ));
+            }
+            if x.seq_gaps > 0 || x.seq_repeats > 0 {
+                out.push_str(&format!(
+                    "  {name}: {} seq gaps, {} repeated seqs dropped\n",
+                    x.seq_gaps, x.seq_repeats
+                ));
+            }
+            if let Some(e) = &x.first_error {
+                out.push_str(&format!("  {name}: {} errors, first: {e}\n", x.errors));
+            }
+        }
+    }
+    push_drops_failures(out, &servers);
+}
+
+fn push_drops_failures(out: &mut String, servers: &[(&str, Option<&Outcome<DropsResult>>)]) {
+    for (name, o) in servers {
+        if let Some(Outcome::Failed { error }) = o {
+            out.push_str(&format!("  {name} FAILED: {error}\n"));
         }
     }
 }

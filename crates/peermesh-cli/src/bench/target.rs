@@ -30,6 +30,8 @@ pub(crate) enum Launch {
         node: String,
         /// The directory holding `server.js` and `node_modules`.
         dir: PathBuf,
+        /// Start it with `--recovery` (Socket.IO connection state recovery).
+        recovery: bool,
     },
     /// A server that is already running.
     Running {
@@ -74,7 +76,11 @@ impl Server {
                     .with_context(|| format!("starting the hub `{} serve`", bin.display()))?;
                 (ws, Some(pid), Some(child))
             }
-            Launch::SocketIo { node, dir } => {
+            Launch::SocketIo {
+                node,
+                dir,
+                recovery,
+            } => {
                 if !dir.join("node_modules").join("socket.io").is_dir() {
                     bail!(
                         "{} has no node_modules/socket.io: run `npm ci` there first \
@@ -88,6 +94,9 @@ impl Server {
                     .arg("0")
                     .arg("--exit-on-stdin-close")
                     .current_dir(dir);
+                if *recovery {
+                    cmd.arg("--recovery");
+                }
                 let (ws, pid, child) = spawn_and_read_line(cmd, timeout)
                     .await
                     .with_context(|| format!("starting `{node} server.js` in {}", dir.display()))?;
