@@ -46,12 +46,15 @@ cargo nextest run --workspace --locked -E "$timing" --test-threads 1
 step "cargo test --doc"
 cargo test --doc --workspace --locked
 
+# The binary the JavaScript tests drive (honours CARGO_TARGET_DIR).
+bin="$(realpath -m "${CARGO_TARGET_DIR:-$PWD/target}")/debug/peermesh"
+
 if [ -d tests/browser ] && ls tests/browser/*.test.mjs >/dev/null 2>&1; then
   step "browser test (headless Chromium)"
-  PEERMESH_BIN="$PWD/target/debug/peermesh" node --test tests/browser/
+  PEERMESH_BIN="$bin" node --test tests/browser/
 fi
 
 if ls tests/interop/*.test.mjs >/dev/null 2>&1; then
   step "interop tests (real npm packages)"
-  PEERMESH_BIN="$PWD/target/debug/peermesh" node --test --test-concurrency=1 tests/interop/
+  PEERMESH_BIN="$bin" node --test --test-concurrency=1 tests/interop/
 fi
