@@ -167,13 +167,42 @@ struct Probe {
 /// Progress of a run: (phase, done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(&'static str, u64, u64);
 
+/// An event in the queue, ordered by time, then by scheduling order (which keeps a run a pure
+/// function of its configuration).
+struct Queued {
+    when: Instant,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.when, self.seq) == (other.when, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.when, self.seq).cmp(&(other.when, other.seq))
+    }
+}
+
 /// The simulator. Build it with [`Sim::new`] and [`Sim::run`] it.
 pub struct Sim {
     cfg: SimConfig,
     t0: Instant,
     now: Instant,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    evs: HashMap<usize, Ev>,
+    /// Pending events, earliest first (ties in scheduling order); each holds its event, so
+    /// no side table is looked up per event.
+    queue: BinaryHeap<Reverse<Queued>>,
     seq: u64,
     slots: Vec<Slot>,
     pairs: HashMap<(usize, LinkId), (usize, LinkId)>,
@@ -197,7 +226,6 @@ impl Sim {
             t0,
             now: t0,
             queue: BinaryHeap::new(),
-            evs: HashMap::new(),
             seq: 0,
             slots: Vec::new(),
             pairs: HashMap::new(),
@@ -210,9 +238,11 @@ impl Sim {
 
     fn at(&mut self, when: Instant, ev: Ev) {
         self.seq += 1;
-        let key = self.seq as usize;
-        self.evs.insert(key, ev);
-        self.queue.push(Reverse((when, self.seq, key)));
+        self.queue.push(Reverse(Queued {
+            when,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn latency(&self, a: usize, b: usize) -> Duration {
@@ -553,15 +583,13 @@ impl Sim {
         let start = self.now;
         let total = until.saturating_duration_since(start).as_millis() as u64;
         let mut last = 0u64;
-        while let Some(Reverse((t, _, key))) = self.queue.peek().copied() {
-            if t > until {
+        while self.queue.peek().is_some_and(|Reverse(q)| q.when <= until) {
+            let Some(Reverse(q)) = self.queue.pop() else {
                 break;
-            }
-            self.queue.pop();
+            };
+            let t = q.when;
             self.now = t;
-            if let Some(ev) = self.evs.remove(&key) {
-                self.step(ev);
-            }
+            self.step(q.ev);
             let done = t.saturating_duration_since(start).as_millis() as u64;
             if done >= last + 250 {
                 last = done;
