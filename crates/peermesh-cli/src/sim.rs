@@ -167,7 +167,7 @@ fn run_one(cfg: SimConfig, quiet: bool, label: &str) -> anyhow::Result<SimReport
 }
 
 fn row(name: &str, f: impl Fn(&SimReport) -> String, reports: &[SimReport]) -> String {
-    let mut s = format!("{name:<34}");
+    let mut s = format!("{name:<38}");
     for r in reports {
         s.push_str(&format!("{:>16}", f(r)));
     }
@@ -226,6 +226,16 @@ fn table(reports: &[SimReport]) -> String {
         reports,
     ));
     out.push(row(
+        "join: median sender (RTTs)",
+        |r| format!("{:.1}", r.join_round_trips_p50),
+        reports,
+    ));
+    out.push(row(
+        "join: 90th percentile sender (RTTs)",
+        |r| format!("{:.1}", r.join_round_trips_p90),
+        reports,
+    ));
+    out.push(row(
         "join: slowest sender (RTTs)",
         |r| format!("{:.1}", r.join_round_trips_max),
         reports,
@@ -235,6 +245,19 @@ fn table(reports: &[SimReport]) -> String {
         |r| format!("{:.1}", r.join_round_trips_bound),
         reports,
     ));
+    for (k, phase) in ["join", "settle", "send"].into_iter().enumerate() {
+        let pick = move |r: &SimReport| r.phases.get(k).cloned().unwrap_or_default();
+        out.push(row(
+            &format!("{phase}: frames per node per s"),
+            |r| format!("{:.2}", pick(r).frames),
+            reports,
+        ));
+        out.push(row(
+            &format!("{phase}: links opened per node per s"),
+            |r| format!("{:.3}", pick(r).links_opened),
+            reports,
+        ));
+    }
     out.push(row("events simulated", |r| r.events.to_string(), reports));
     out.push(row(
         "virtual time (s)",

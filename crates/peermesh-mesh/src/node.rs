@@ -161,6 +161,9 @@ struct Handshake {
     attempts: u32,
     next: Instant,
     dialing: bool,
+    /// The answerer said it dials us; if its link has not come when the offer is due again,
+    /// we dial this URL of its answer instead of offering again.
+    fallback: Option<String>,
 }
 
 /// A message being sent on.
@@ -641,7 +644,9 @@ impl Node {
             Ok(Message::FindPeers(target)) => self.on_find_peers(env.from, target, now),
             Ok(Message::FoundPeers(ids)) => self.on_found_peers(env.from, ids, now),
             Ok(Message::HandshakeOffer { ws }) => self.on_offer(env.from, ws, now),
-            Ok(Message::HandshakeAnswer { ws, .. }) => self.on_answer(env.from, ws, now),
+            Ok(Message::HandshakeAnswer { ws, dialing, .. }) => {
+                self.on_answer(env.from, ws, dialing, now)
+            }
             Err(e) => self.malformed(Some(peer), &e),
         }
     }
@@ -750,11 +755,19 @@ impl Node {
             debug!(node = %self.id.short(), peer = %from.short(), "offer ignored: no room");
             return;
         }
+        // Only peermesh nodes put their URL in an offer: dial it at once, which saves the
+        // answer's trip back before the link exists, and say so in the answer.
+        let dialing = ws.is_some();
         let answer = Message::HandshakeAnswer {
             ws: self.url.clone(),
             wrtc: false,
+            dialing,
         };
         self.originate(from, &answer, now);
+        if let Some(url) = ws {
+            self.dial_url(url, Some(from), now);
+            return;
+        }
         if self.url.is_some() {
             if self.expecting.len() >= EXPECTING {
                 self.expecting.retain(|_, until| *until > now);
@@ -763,15 +776,9 @@ impl Node {
                 self.expecting.insert(from, now + self.cfg.greeting_timeout);
             }
         }
-        if self.url.is_none() {
-            if let Some(url) = ws {
-                // We cannot be dialled: dial the offerer (a peermesh extension of the offer).
-                self.dial_url(url, Some(from), now);
-            }
-        }
     }
 
-    fn on_answer(&mut self, from: NodeId, ws: Option<String>, now: Instant) {
+    fn on_answer(&mut self, from: NodeId, ws: Option<String>, dialing: bool, now: Instant) {
         if self.by_peer.contains_key(&from) {
             return;
         }
@@ -779,6 +786,11 @@ impl Node {
             return;
         };
         if h.dialing {
+            return;
+        }
+        if dialing {
+            // The answerer is dialling us; keep its URL in case that link does not come.
+            h.fallback = ws;
             return;
         }
         if let Some(url) = ws {
@@ -941,7 +953,14 @@ impl Node {
                 .and_then(|hop| self.by_peer.get(&hop).map(|l| (hop, *l)))
                 .filter(|(hop, _)| !path.contains(hop) && !best.iter().any(|b| b.1 == *hop));
             let user = data.get().starts_with(r#"{"type":"user""#);
+            let relaying = path.len() > 1;
             match back {
+                // A relay sends a control message only the way back: one copy more per
+                // hop would spread it over the region around a newcomer.
+                Some(hop) if !user && relaying => {
+                    next.push(hop);
+                    best.clear();
+                }
                 Some(hop) if !user || best.is_empty() => next.push(hop),
                 _ => {}
             }
@@ -1131,6 +1150,7 @@ impl Node {
                     attempts: self.cfg.handshake_attempts,
                     next: now,
                     dialing: true,
+                    fallback: None,
                 },
             );
             return;
@@ -1141,6 +1161,7 @@ impl Node {
                 attempts: 1,
                 next: now + self.cfg.handshake_timeout,
                 dialing: false,
+                fallback: None,
             },
         );
         self.stats.offers += 1;
@@ -1197,9 +1218,16 @@ impl Node {
             .map(|(k, _)| *k)
             .collect();
         for id in resend {
+            let mut fallback = None;
             if let Some(h) = self.handshakes.get_mut(&id) {
                 h.attempts += 1;
                 h.next = now + self.cfg.handshake_timeout;
+                fallback = h.fallback.take();
+                h.dialing = fallback.is_some();
+            }
+            if let Some(url) = fallback {
+                self.dial_url(url, Some(id), now);
+                continue;
             }
             self.stats.offers += 1;
             let offer = Message::HandshakeOffer {

@@ -103,6 +103,10 @@ pub struct SimReport {
     pub join_heard: usize,
     /// The slowest sender heard by a joining node, in round trips after its first link.
     pub join_round_trips_max: f64,
+    /// The median sender, in round trips after the first link (over all probes).
+    pub join_round_trips_p50: f64,
+    /// The 90th percentile sender, in round trips after the first link (over all probes).
+    pub join_round_trips_p90: f64,
     /// The bound `2 + 2 × mean_hops` the issue sets for it.
     pub join_round_trips_bound: f64,
     /// Mean one-way latency, ms.
@@ -111,6 +115,33 @@ pub struct SimReport {
     pub virtual_secs: f64,
     /// Events processed.
     pub events: u64,
+    /// Traffic per phase of the run (join, settle, send): what the network spends on itself.
+    pub phases: Vec<PhaseTraffic>,
+}
+
+/// What the network did during one phase of a run, per live node and second of virtual time.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseTraffic {
+    /// `join`, `settle` or `send`.
+    pub phase: &'static str,
+    /// Virtual seconds the phase lasted.
+    pub secs: f64,
+    /// Frames delivered over links, per node per second.
+    pub frames: f64,
+    /// Links opened (inbound connections accepted), per node per second.
+    pub links_opened: f64,
+    /// Link ends closed, per node per second.
+    pub links_closed: f64,
+    /// Handshake offers sent, per node per second.
+    pub offers: f64,
+}
+
+/// Running counts of what the simulator carried.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    frames: u64,
+    accepts: u64,
+    closes: u64,
 }
 
 #[derive(Debug)]
@@ -145,7 +176,13 @@ enum Ev {
 
 struct Slot {
     node: Option<Node>,
+    /// When the node wants to be woken (its `poll_timeout` after its last pump).
     timer: Option<Instant>,
+    /// The earliest wake-up event queued for it that has not fired yet. A wake-up is queued
+    /// only when the wanted time is earlier than this one; a later wanted time is queued when
+    /// the earlier event fires. Re-arming a timer to a later time (the common case) thus adds
+    /// nothing to the queue.
+    armed: Option<Instant>,
     born: Instant,
     died: Option<Instant>,
     joined: bool,
@@ -212,6 +249,8 @@ pub struct Sim {
     probes: Vec<Probe>,
     events: u64,
     latency_seed: u64,
+    tally: Tally,
+    phases: Vec<PhaseTraffic>,
 }
 
 impl Sim {
@@ -233,6 +272,8 @@ impl Sim {
             by_id: HashMap::new(),
             probes: Vec::new(),
             events: 0,
+            tally: Tally::default(),
+            phases: Vec::new(),
         })
     }
 
@@ -296,6 +337,7 @@ impl Sim {
         self.slots.push(Slot {
             node: Some(node),
             timer: None,
+            armed: None,
             born: self.now,
             died: None,
             joined: false,
@@ -389,10 +431,11 @@ impl Sim {
             }
         }
         let next = self.slots[i].node.as_ref().and_then(|n| n.poll_timeout());
+        let next = next.map(|t| t.max(now));
+        self.slots[i].timer = next;
         if let Some(t) = next {
-            let t = t.max(now);
-            if self.slots[i].timer != Some(t) {
-                self.slots[i].timer = Some(t);
+            if self.slots[i].armed.is_none_or(|a| t < a) {
+                self.slots[i].armed = Some(t);
                 self.at(t, Ev::Timer(i));
             }
         }
@@ -525,8 +568,21 @@ impl Sim {
                 self.at(again, Ev::ProbeSend { probe, sender });
             }
             Ev::Timer(i) => {
-                if self.slots[i].timer != Some(now) {
-                    return;
+                if self.slots[i].armed == Some(now) {
+                    self.slots[i].armed = None;
+                }
+                match self.slots[i].timer {
+                    Some(t) if t <= now => {}
+                    Some(t) => {
+                        // Wanted later than this event: queue that time unless an earlier
+                        // wake-up is still queued.
+                        if self.slots[i].armed.is_none_or(|a| t < a) {
+                            self.slots[i].armed = Some(t);
+                            self.at(t, Ev::Timer(i));
+                        }
+                        return;
+                    }
+                    None => return,
                 }
                 self.slots[i].timer = None;
                 if let Some(node) = self.slots[i].node.as_mut() {
@@ -543,6 +599,7 @@ impl Sim {
                     self.at(when, Ev::Closed { node: from, link });
                     return;
                 };
+                self.tally.accepts += 1;
                 let inbound = node.handle_inbound(now);
                 self.pairs.insert((to, inbound), (from, link));
                 self.pairs.insert((from, link), (to, inbound));
@@ -564,12 +621,14 @@ impl Sim {
                 link,
                 frame,
             } => {
+                self.tally.frames += 1;
                 if let Some(node) = self.slots[i].node.as_mut() {
                     node.handle_frame(link, &frame, now);
                 }
                 self.pump(i);
             }
             Ev::Closed { node: i, link } => {
+                self.tally.closes += 1;
                 if let Some(node) = self.slots[i].node.as_mut() {
                     node.handle_link_closed(link, now);
                 }
@@ -581,6 +640,8 @@ impl Sim {
     /// Runs events until `until`.
     fn run_until(&mut self, until: Instant, progress: Progress<'_>, phase: &'static str) {
         let start = self.now;
+        let tally0 = self.tally;
+        let offers0 = self.offers_sum();
         let total = until.saturating_duration_since(start).as_millis() as u64;
         let mut last = 0u64;
         while self.queue.peek().is_some_and(|Reverse(q)| q.when <= until) {
@@ -598,6 +659,26 @@ impl Sim {
         }
         self.now = until.max(self.now);
         progress(phase, total, total);
+        let secs = self.now.saturating_duration_since(start).as_secs_f64();
+        let live = self.slots.iter().filter(|s| s.node.is_some()).count();
+        let per = |x: u64| x as f64 / (secs.max(1e-9) * live.max(1) as f64);
+        self.phases.push(PhaseTraffic {
+            phase,
+            secs,
+            frames: per(self.tally.frames - tally0.frames),
+            links_opened: per(self.tally.accepts - tally0.accepts),
+            links_closed: per(self.tally.closes - tally0.closes),
+            offers: per(self.offers_sum().saturating_sub(offers0)),
+        });
+    }
+
+    /// Handshake offers sent by the live nodes so far.
+    fn offers_sum(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter_map(|s| s.node.as_ref())
+            .map(|n| n.stats().offers)
+            .sum()
     }
 
     fn stats_sum(&self) -> (u64, u64, HashMap<usize, u64>) {
@@ -763,16 +844,24 @@ impl Sim {
         let rtt = self.rtt().as_secs_f64();
         let mut heard = 0;
         let mut senders = 0;
-        let mut worst: f64 = 0.0;
+        let mut times: Vec<f64> = Vec::new();
         for p in &self.probes {
             heard += p.heard.len();
             senders += p.senders.len();
             if let Some(first) = p.first_link {
                 for t in p.heard.values() {
-                    worst = worst.max(t.saturating_duration_since(first).as_secs_f64() / rtt);
+                    times.push(t.saturating_duration_since(first).as_secs_f64() / rtt);
                 }
             }
         }
+        times.sort_by(f64::total_cmp);
+        let worst = times.last().copied().unwrap_or(0.0);
+        let quantile = |q: f64| {
+            times
+                .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
         let alive_end = per1.len().max(1);
         SimReport {
             nodes: n,
@@ -807,10 +896,13 @@ impl Sim {
             join_senders: senders,
             join_heard: heard,
             join_round_trips_max: worst,
+            join_round_trips_p50: quantile(0.5),
+            join_round_trips_p90: quantile(0.9),
             join_round_trips_bound: 2.0 + 2.0 * mean_hops,
             mean_latency_ms: rtt * 1000.0 / 2.0,
             virtual_secs: self.now.saturating_duration_since(self.t0).as_secs_f64(),
             events: self.events,
+            phases: std::mem::take(&mut self.phases),
         }
     }
 }

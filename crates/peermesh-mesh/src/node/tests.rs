@@ -311,3 +311,82 @@ fn a_second_link_to_a_peer_is_a_spare_not_a_loss() {
     assert!(events(&mut n).contains(&NodeEvent::PeerGone(peer)));
     assert!(n.peers().is_empty());
 }
+
+/// A routed frame from `from` to `to` carrying `data`, as a relay would hand it on.
+fn routed(to: NodeId, from: NodeId, nonce: &str, data: &str) -> Vec<u8> {
+    format!(r#"{{"to":"{to}","from":"{from}","path":["{from}"],"nonce":"{nonce}","data":{data}}}"#)
+        .into_bytes()
+}
+
+#[test]
+fn a_peermesh_offer_is_dialled_at_once_and_the_offerer_waits_for_that_link() {
+    let t0 = Instant::now();
+    // The answerer: an offer with a URL comes only from a peermesh node; it dials that URL
+    // right away and says so in its answer.
+    let mut b = node(21);
+    let relay = NodeId([1; 20]);
+    let link = link_from(&mut b, relay, t0);
+    outputs(&mut b);
+    let offerer = NodeId([0x42; 20]);
+    let offer = r#"{"type":"handshake-offer","data":{"ws":"ws://127.0.0.1:7001"}}"#;
+    b.handle_frame(link, &routed(b.id(), offerer, "o1", offer), t0);
+    let out = outputs(&mut b);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Dial { url, .. } if url == "ws://127.0.0.1:7001")),
+        "{out:?}"
+    );
+    let answer = out.iter().find_map(|o| match o {
+        Output::Transmit { frame, .. } if frame.windows(16).any(|w| w == b"handshake-answer") => {
+            Some(String::from_utf8_lossy(frame).into_owned())
+        }
+        _ => None,
+    });
+    let answer = answer.expect("an answer is sent back");
+    assert!(answer.contains(r#""dialing":true"#), "{answer}");
+
+    // An offer without a URL (peer-relay's): answered with our URL, no dial, no extension.
+    let pr = NodeId([0x43; 20]);
+    b.handle_frame(
+        link,
+        &routed(b.id(), pr, "o2", r#"{"type":"handshake-offer"}"#),
+        t0,
+    );
+    let out = outputs(&mut b);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Dial { .. })),
+        "{out:?}"
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Transmit { frame, .. }
+        if frame.windows(16).any(|w| w == b"handshake-answer")
+            && !frame.windows(9).any(|w| w == b"\"dialing\""))));
+
+    // The offerer: an answer that says "dialing" does not make it dial; when the link has not
+    // come by the time the offer is due again, it dials the answer's URL instead.
+    let mut a = node(22);
+    let alink = link_from(&mut a, relay, t0);
+    outputs(&mut a);
+    let target = NodeId([0x77; 20]);
+    a.connect(target, t0);
+    outputs(&mut a);
+    let ans = r#"{"type":"handshake-answer","data":{"ws":"ws://127.0.0.1:7002","wrtc":false,"dialing":true}}"#;
+    a.handle_frame(alink, &routed(a.id(), target, "a1", ans), t0);
+    assert!(!outputs(&mut a)
+        .iter()
+        .any(|o| matches!(o, Output::Dial { .. })));
+    let offers = a.stats().offers;
+    a.handle_timeout(t0 + Duration::from_secs(3));
+    let out = outputs(&mut a);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Dial { url, .. } if url == "ws://127.0.0.1:7002")),
+        "{out:?}"
+    );
+    assert_eq!(
+        a.stats().offers,
+        offers,
+        "dialled instead of offering again"
+    );
+}

@@ -386,6 +386,9 @@ pub enum Message {
         ws: Option<String>,
         /// Whether it speaks WebRTC (peermesh never does).
         wrtc: bool,
+        /// A peermesh extension: the answerer is dialling the URL of the offer itself, so the
+        /// offerer waits for that link and dials `ws` only if it does not come.
+        dialing: bool,
     },
 }
 
@@ -403,6 +406,8 @@ struct RawHandshake {
     ws: Option<String>,
     #[serde(default)]
     wrtc: Option<bool>,
+    #[serde(default)]
+    dialing: Option<bool>,
 }
 
 fn url_field(ws: Option<String>) -> Result<Option<String>, WireError> {
@@ -468,6 +473,7 @@ impl Message {
                 Ok(Message::HandshakeAnswer {
                     ws: url_field(h.ws)?,
                     wrtc: h.wrtc.unwrap_or(false),
+                    dialing: h.dialing.unwrap_or(false),
                 })
             }
             other => Err(WireError::UnknownType(other.chars().take(40).collect())),
@@ -509,11 +515,14 @@ impl Message {
                 }
                 out.push(b'}');
             }
-            Message::HandshakeAnswer { ws, wrtc } => {
+            Message::HandshakeAnswer { ws, wrtc, dialing } => {
                 out.extend_from_slice(br#"{"type":"handshake-answer","data":{"ws":"#);
                 let _ = serde_json::to_writer(&mut out, ws);
                 out.extend_from_slice(br#","wrtc":"#);
                 out.extend_from_slice(if *wrtc { b"true" } else { b"false" });
+                if *dialing {
+                    out.extend_from_slice(br#","dialing":true"#);
+                }
                 out.extend_from_slice(b"}}");
             }
         }

@@ -68,6 +68,7 @@ fn handshake_messages_match_the_js_shapes() {
     let answer = Message::HandshakeAnswer {
         ws: Some("ws://localhost:1234".into()),
         wrtc: false,
+        dialing: false,
     };
     assert_eq!(
         answer.encode().get(),
@@ -76,6 +77,7 @@ fn handshake_messages_match_the_js_shapes() {
     let none = Message::HandshakeAnswer {
         ws: None,
         wrtc: false,
+        dialing: false,
     };
     assert_eq!(
         none.encode().get(),
