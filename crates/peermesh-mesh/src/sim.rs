@@ -97,7 +97,7 @@ pub struct SimReport {
     pub bucket_coverage: f64,
     /// Join probes run.
     pub join_probes: usize,
-    /// Senders the probes were sent from, in total.
+    /// Senders the probes were sent from, in total (under churn, those that stayed).
     pub join_senders: usize,
     /// Of those, heard by the joining node within 30 round trips of its first link.
     pub join_heard: usize,
@@ -199,6 +199,8 @@ struct Probe {
     first_link: Option<Instant>,
     senders: Vec<usize>,
     heard: HashMap<usize, Instant>,
+    /// Senders that left the network (churn) before they were heard: not counted.
+    gone: HashSet<usize>,
 }
 
 /// Progress of a run: (phase, done, total).
@@ -546,6 +548,13 @@ impl Sim {
                 self.pump(from);
             }
             Ev::ProbeSend { probe, sender } => {
+                if !self.alive(sender) {
+                    let p = &mut self.probes[probe];
+                    if !p.heard.contains_key(&sender) {
+                        p.gone.insert(sender);
+                    }
+                    return;
+                }
                 let p = &self.probes[probe];
                 if p.heard.contains_key(&sender) {
                     return;
@@ -735,6 +744,28 @@ impl Sim {
         }
     }
 
+    /// A node that joins at `when`, and the senders that will send to it from its first link.
+    fn add_probe(&mut self, when: Instant) {
+        let i = self.spawn();
+        // Distinct senders, drawn without replacement.
+        let mut senders: Vec<usize> = (0..self.slots.len()).filter(|&s| self.alive(s)).collect();
+        let k = self.cfg.probe_senders.min(senders.len());
+        for j in 0..k {
+            let pick = self.rng.random_range(j..senders.len());
+            senders.swap(j, pick);
+        }
+        senders.truncate(k);
+        senders.sort_unstable();
+        self.probes.push(Probe {
+            node: i,
+            first_link: None,
+            senders,
+            heard: HashMap::new(),
+            gone: HashSet::new(),
+        });
+        self.at(when, Ev::Join(i));
+    }
+
     /// Runs the whole scenario.
     pub fn run(mut self, progress: Progress<'_>) -> SimReport {
         let n = self.cfg.nodes.max(2);
@@ -746,27 +777,12 @@ impl Sim {
         }
         let joined = self.t0 + self.cfg.join_interval * n as u32;
         self.run_until(joined, progress, "join");
-        // Join probes: newcomers after the network formed.
-        for p in 0..self.cfg.join_probes {
-            let i = self.spawn();
-            // Distinct senders, drawn without replacement.
-            let mut senders: Vec<usize> =
-                (0..self.slots.len()).filter(|&s| self.alive(s)).collect();
-            let k = self.cfg.probe_senders.min(senders.len());
-            for j in 0..k {
-                let pick = self.rng.random_range(j..senders.len());
-                senders.swap(j, pick);
+        // Join probes: newcomers after the network formed (under churn: while it churns).
+        if self.cfg.churn <= 0.0 {
+            for p in 0..self.cfg.join_probes {
+                let when = joined + self.cfg.settle / 2 + Duration::from_secs(2) * p as u32;
+                self.add_probe(when);
             }
-            senders.truncate(k);
-            senders.sort_unstable();
-            self.probes.push(Probe {
-                node: i,
-                first_link: None,
-                senders,
-                heard: HashMap::new(),
-            });
-            let when = joined + self.cfg.settle / 2 + Duration::from_secs(2) * p as u32;
-            self.at(when, Ev::Join(i));
         }
         let start = joined + self.cfg.settle;
         self.run_until(start, progress, "settle");
@@ -793,6 +809,13 @@ impl Sim {
             self.at(t, Ev::Kill(v));
             let newcomer = self.spawn();
             self.at(t + Duration::from_millis(1), Ev::Join(newcomer));
+        }
+        if self.cfg.churn > 0.0 {
+            let probes = self.cfg.join_probes;
+            for p in 0..probes {
+                let when = start + send_span.mul_f64((p as f64 + 1.0) / (probes as f64 + 1.0));
+                self.add_probe(when);
+            }
         }
         for k in 0..m {
             self.msgs.push(MsgRec {
@@ -847,7 +870,7 @@ impl Sim {
         let mut times: Vec<f64> = Vec::new();
         for p in &self.probes {
             heard += p.heard.len();
-            senders += p.senders.len();
+            senders += p.senders.len() - p.gone.len();
             if let Some(first) = p.first_link {
                 for t in p.heard.values() {
                     times.push(t.saturating_duration_since(first).as_secs_f64() / rtt);

@@ -100,9 +100,6 @@ impl DialPolicy<NodeId> for MeshPolicy {
                 self.closest(view)
             }
             ConnectionRule::Buckets => {
-                if view.active_len() >= self.dial_limit {
-                    return None;
-                }
                 let cov = self.coverage(view);
                 // A candidate in the thinnest bucket below `links_per_bucket`, preferring one
                 // in a quarter of that bucket no link covers yet, then the farther buckets
@@ -125,12 +122,19 @@ impl DialPolicy<NodeId> for MeshPolicy {
                         best = Some(key);
                     }
                 }
-                // Empty buckets first, then the nearest neighbours, then thin buckets.
+                // Empty buckets first, then the nearest neighbours, then thin buckets. The
+                // first two are dialled even past the dial limit (up to the manager's
+                // maximum): greedy routing toward a node ends at its nearest neighbours, so
+                // a node that stopped dialling at the limit while its nearest neighbour did
+                // too would leave both unreachable through each other.
                 if let Some((0, _, _, k)) = best {
                     return Some(k);
                 }
                 if let Some(k) = self.near_gap(view) {
                     return Some(k);
+                }
+                if view.active_len() >= self.dial_limit {
+                    return None;
                 }
                 if let Some((_, _, _, k)) = best {
                     return Some(k);

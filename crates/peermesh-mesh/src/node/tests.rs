@@ -48,8 +48,11 @@ fn a_small_mesh_delivers_everything() {
 fn churn_is_repaired() {
     let mut cfg = small(80, ConnectionRule::Buckets, 3);
     cfg.churn = 0.2;
+    // 16 nodes replaced over 10 s of sending, with two nodes joining meanwhile.
+    cfg.messages = 2000;
     let r = run(cfg);
     assert!(r.delivery >= 0.98, "{r:?}");
+    assert_eq!(r.join_heard, r.join_senders, "{r:?}");
 }
 
 #[test]
@@ -388,5 +391,43 @@ fn a_peermesh_offer_is_dialled_at_once_and_the_offerer_waits_for_that_link() {
         a.stats().offers,
         offers,
         "dialled instead of offering again"
+    );
+}
+
+#[test]
+fn a_node_past_its_dial_limit_still_links_its_nearest_neighbour() {
+    let t0 = Instant::now();
+    let mut n = node(31);
+    let me = n.id();
+    // 34 links (the dial limit is 32), all in the farthest bucket.
+    let mut link = None;
+    for k in 0..34u8 {
+        let mut id = me.0;
+        id[0] ^= 0x80;
+        id[19] = k;
+        id[18] = 0xa5;
+        link = Some(link_from(&mut n, NodeId(id), t0));
+    }
+    assert_eq!(n.peer_count(), 34);
+    outputs(&mut n);
+    let offers = n.stats().offers;
+    // A peer names a node that differs from us in the last bit only: our nearest neighbour.
+    let mut near = me.0;
+    near[19] ^= 1;
+    let near = NodeId(near);
+    let mut from = me.0;
+    from[0] ^= 0x80;
+    from[19] = 0;
+    from[18] = 0xa5;
+    let found = format!(r#"{{"type":"foundPeers","data":["{near}"]}}"#);
+    n.handle_frame(
+        link.expect("linked"),
+        &routed(me, NodeId(from), "f1", &found),
+        t0,
+    );
+    n.handle_timeout(t0 + Duration::from_secs(2));
+    assert!(
+        n.stats().offers > offers,
+        "the nearest neighbour is offered a link past the dial limit"
     );
 }
