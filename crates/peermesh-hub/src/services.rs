@@ -279,6 +279,7 @@ impl Services {
             cands.extend(providers.iter().map(|p| Candidate {
                 has_method: p.methods.binary_search(method).is_ok(),
                 in_flight: p.conn.calls_in_flight.load(Ordering::Relaxed),
+                away: p.conn.away.load(Ordering::Relaxed),
             }));
             let start = s.next.fetch_add(1, Ordering::Relaxed);
             match pick(&cands, start, max_per_provider) {

@@ -709,3 +709,66 @@ async fn unprovide_stops_new_calls_lets_pending_ones_finish_and_ends_the_service
     drop((one, two, alice));
     until_clean(&hub).await;
 }
+
+#[tokio::test]
+async fn an_away_provider_gets_calls_only_when_no_present_one_can_take_them() {
+    let hub = TestHub::start(HubConfig {
+        resume_grace_ms: 10_000,
+        ..HubConfig::default()
+    })
+    .await;
+    // p1 asked to be resumable and drops its socket: it is away, still a provider.
+    let mut p1 = Raw::connect(&hub.url("")).await;
+    let w = p1.hello(json!({"id":"p1","resume":true})).await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    provide(&mut p1, "calc", &["add"]).await;
+    let (mut p2, _) = hub.join("p2").await;
+    provide(&mut p2, "calc", &["add"]).await;
+    drop(p1);
+    let (mut alice, _) = hub.join("alice").await;
+    let away = || async {
+        let v: Value = serde_json::from_str(&hub.get("/status.json").await).unwrap();
+        v["client_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["id"] == "p1" && c["away"] == true)
+    };
+    tokio::time::timeout(common::WAIT, async {
+        while !away().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("p1 is away");
+    // Every call goes to p2, though p2 is the busier one (it answers only at the end).
+    let mut calls = Vec::new();
+    for req in 1..=4u64 {
+        alice
+            .send(json!({"type":"call","service":"calc","method":"add","data":[req,1],"req":req}))
+            .await;
+        let inv = p2.recv_type("invoke").await;
+        assert_eq!(inv["data"], json!([req, 1]), "{inv}");
+        calls.push(inv["call"].clone());
+    }
+    for (req, call) in (1..=4u64).zip(calls) {
+        p2.send(json!({"type":"respond","call":call,"data":req + 1}))
+            .await;
+        assert_eq!(answer(&mut alice, req).await["data"], req + 1);
+    }
+    // p2 stops providing: the away p1 is the only provider left and takes the next call,
+    // which waits for its resume.
+    p2.send(json!({"type":"unprovide","req":901})).await;
+    expect_ok(&mut p2, 901).await;
+    assert_eq!(hub.handle.service_stats().calls_in_flight, 0);
+    alice
+        .send(json!({"type":"call","service":"calc","method":"add","data":[9,9],"req":9}))
+        .await;
+    tokio::time::timeout(common::WAIT, async {
+        while hub.handle.service_stats().calls_in_flight != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the call is routed to p1");
+}

@@ -4,7 +4,9 @@
 //! with the fewest calls in flight wins; among equally busy ones, the `start`-th (modulo their
 //! number, in registration order). The caller passes an ever-increasing `start` (one shared
 //! counter per service), so providers with equal load take turns: least-busy, round-robin
-//! among equals.
+//! among equals. Providers that are away (their socket dropped, inside their resume window)
+//! are chosen only when no present provider can take the call: a call routed to an away
+//! provider waits for its resume or times out.
 
 /// The outcome of [`pick`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,24 +26,39 @@ pub(crate) struct Candidate {
     pub(crate) has_method: bool,
     /// Its calls in flight now.
     pub(crate) in_flight: u32,
+    /// Whether it is away (inside its resume window, no socket).
+    pub(crate) away: bool,
 }
 
 /// Picks a provider; see the [module docs](self).
 pub(crate) fn pick(candidates: &[Candidate], start: usize, max: u32) -> Pick {
-    let eligible = |c: &&Candidate| c.has_method && c.in_flight < max;
+    match pick_among(candidates, start, max, |c| !c.away) {
+        chosen @ Pick::Chosen(_) => chosen,
+        _ => pick_among(candidates, start, max, |_| true),
+    }
+}
+
+/// [`pick`] among the candidates `admit` lets in.
+fn pick_among(
+    candidates: &[Candidate],
+    start: usize,
+    max: u32,
+    admit: impl Fn(&Candidate) -> bool,
+) -> Pick {
+    let eligible = |c: &&Candidate| admit(c) && c.has_method && c.in_flight < max;
     let Some(min) = candidates
         .iter()
         .filter(eligible)
         .map(|c| c.in_flight)
         .min()
     else {
-        return if candidates.iter().any(|c| c.has_method) {
+        return if candidates.iter().any(|c| admit(c) && c.has_method) {
             Pick::AllBusy
         } else {
             Pick::NoMethod
         };
     };
-    let is_tied = |c: &Candidate| c.has_method && c.in_flight == min;
+    let is_tied = |c: &Candidate| admit(c) && c.has_method && c.in_flight == min;
     let tied = candidates.iter().filter(|c| is_tied(c)).count();
     let nth = start % tied.max(1);
     candidates
@@ -61,7 +78,29 @@ mod tests {
         Candidate {
             has_method,
             in_flight,
+            away: false,
         }
+    }
+
+    fn away(has_method: bool, in_flight: u32) -> Candidate {
+        Candidate {
+            away: true,
+            ..c(has_method, in_flight)
+        }
+    }
+
+    #[test]
+    fn away_providers_answer_only_when_no_present_one_can() {
+        // The away one is idle, the present one busier: the present one still wins.
+        let cands = [away(true, 0), c(true, 3)];
+        for s in 0..4 {
+            assert_eq!(pick(&cands, s, 8), Pick::Chosen(1));
+        }
+        // The present one lacks the method or is full: the away one takes the call.
+        assert_eq!(pick(&[away(true, 0), c(false, 0)], 0, 8), Pick::Chosen(0));
+        assert_eq!(pick(&[away(true, 0), c(true, 2)], 0, 2), Pick::Chosen(0));
+        assert_eq!(pick(&[away(true, 2), c(true, 2)], 0, 2), Pick::AllBusy);
+        assert_eq!(pick(&[away(false, 0)], 0, 2), Pick::NoMethod);
     }
 
     #[test]
@@ -89,14 +128,20 @@ mod tests {
         /// eligible providers; `NoMethod` and `AllBusy` are given exactly when they hold.
         #[test]
         fn picks_an_eligible_least_busy_provider(
-            cands in prop::collection::vec((any::<bool>(), 0u32..6), 0..8),
+            cands in prop::collection::vec((any::<bool>(), 0u32..6, any::<bool>()), 0..8),
             start in any::<usize>(),
             max in 1u32..6,
         ) {
-            let cands: Vec<Candidate> = cands.into_iter().map(|(m, l)| c(m, l)).collect();
-            let eligible: Vec<usize> = (0..cands.len())
+            let cands: Vec<Candidate> = cands
+                .into_iter()
+                .map(|(m, l, a)| Candidate { away: a, ..c(m, l) })
+                .collect();
+            let all: Vec<usize> = (0..cands.len())
                 .filter(|&i| cands[i].has_method && cands[i].in_flight < max)
                 .collect();
+            // Present providers first: away ones are eligible only when no present one is.
+            let present: Vec<usize> = all.iter().copied().filter(|&i| !cands[i].away).collect();
+            let eligible = if present.is_empty() { all } else { present };
             match pick(&cands, start, max) {
                 Pick::Chosen(i) => {
                     prop_assert!(eligible.contains(&i));
