@@ -1019,6 +1019,11 @@ impl<K: PeerKey, P: DialPolicy<K>> PeerManager<K, P> {
         self.log(Severity::Warning, m, Some(addr.clone()));
     }
 
+    /// Forgets the faults counted against a peer (an explicit request to link it again).
+    pub fn forgive(&mut self, addr: &K) {
+        self.bad.remove(addr);
+    }
+
     /// Something was heard from the peer (a message, a keep-alive): it is not idle.
     pub fn touch(&mut self, addr: &K, now: Instant) {
         if let Some(p) = self.active.get_mut(addr) {

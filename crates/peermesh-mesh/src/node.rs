@@ -50,6 +50,10 @@ const LOOKUP_MEMORY: usize = 64;
 
 /// Most nodes remembered as about to dial us.
 const EXPECTING: usize = 256;
+/// Most nodes remembered as disconnected on request.
+const REFUSED: usize = 1024;
+/// How long a node disconnected on request is refused.
+const REFUSE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Most peer URLs remembered for rejoining.
 const REJOIN_URLS: usize = 16;
@@ -211,6 +215,8 @@ pub struct Node {
     /// Nodes whose offer we answered, until when: they dial us, so we do not offer to them
     /// (two crossing handshakes make two links). At most `EXPECTING` entries.
     expecting: HashMap<NodeId, Instant>,
+    /// Nodes disconnected on request, until when they are refused (at most `REFUSED`).
+    refused: HashMap<NodeId, Instant>,
     bootstraps: Vec<String>,
     rejoin_at: Option<Instant>,
     rejoin_backoff: std::time::Duration,
@@ -273,6 +279,7 @@ impl Node {
             rejoin: VecDeque::new(),
             looked_up: VecDeque::new(),
             expecting: HashMap::new(),
+            refused: HashMap::new(),
             bootstraps: Vec::new(),
             rejoin_at: None,
             rejoin_backoff: std::time::Duration::ZERO,
@@ -545,6 +552,11 @@ impl Node {
                 return;
             }
         }
+        if self.is_refused(&peer, now) {
+            self.stats.links_refused += 1;
+            self.close_link(link, "disconnected on request");
+            return;
+        }
         let direction = self
             .links
             .get(&link)
@@ -741,10 +753,21 @@ impl Node {
         self.manager.add_pool_keys(fresh, now);
     }
 
+    fn is_refused(&self, id: &NodeId, now: Instant) -> bool {
+        self.refused.get(id).is_some_and(|until| *until > now)
+    }
+
     fn on_offer(&mut self, from: NodeId, ws: Option<String>, now: Instant) {
         if self.by_peer.contains_key(&from) || from == self.id {
             return;
         }
+        if self.is_refused(&from, now) {
+            debug!(node = %self.id.short(), peer = %from.short(), "offer ignored: disconnected on request");
+            return;
+        }
+        // An offer shows the node is alive and wants the link: earlier faults (a handshake
+        // that timed out) no longer count against it.
+        self.manager.forgive(&from);
         // Both offered at once: the smaller id's offer is the one answered.
         if self.handshakes.contains_key(&from) && from > self.id {
             return;
@@ -820,13 +843,25 @@ impl Node {
         if self.destroyed || id == self.id {
             return;
         }
+        // An explicit connect overrides an earlier disconnect.
+        self.manager.forgive(&id);
+        self.refused.remove(&id);
         self.manager.add_active_keys([id], now);
         self.drain_manager(now);
     }
 
-    /// Closes the direct link to `id`, if any.
+    /// Closes the direct link to `id`, if any, and keeps the node from linking it again on
+    /// its own: for 60 s, or until [`Node::connect`], this node neither dials it, nor accepts
+    /// its links, nor answers its offers.
     pub fn disconnect(&mut self, id: NodeId, now: Instant) {
         self.manager.del_active(&id, "disconnect requested", now);
+        self.manager.fault(&id, "disconnected on request", now);
+        if self.refused.len() >= REFUSED {
+            self.refused.retain(|_, until| *until > now);
+        }
+        if self.refused.len() < REFUSED {
+            self.refused.insert(id, now + REFUSE_FOR);
+        }
         self.drain_manager(now);
     }
 
