@@ -37,11 +37,13 @@
 
 pub mod clock;
 pub mod config;
+pub mod dilation;
 pub mod netsim;
 pub mod quantize;
 pub mod schema;
 
 pub use clock::{Clock, Frame};
 pub use config::{ConfigError, SyncConfig};
+pub use dilation::TimeDilation;
 pub use netsim::{Delivery, LinkConditions, NetSimError, NetStats, NodeId, SimNet};
 pub use schema::{ActionId, ComponentId, Encoding, Schema, SchemaError};
