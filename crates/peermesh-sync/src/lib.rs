@@ -37,9 +37,17 @@
 
 pub mod clock;
 pub mod config;
+pub mod dilation;
+pub mod ladder;
+pub mod netsim;
 pub mod quantize;
+pub mod render_delay;
 pub mod schema;
 
 pub use clock::{Clock, Frame};
 pub use config::{ConfigError, SyncConfig};
+pub use dilation::TimeDilation;
+pub use ladder::{LadderStep, ReconnectLadder};
+pub use netsim::{Delivery, LinkConditions, NetSimError, NetStats, NodeId, SimNet};
+pub use render_delay::AdaptiveRenderDelay;
 pub use schema::{ActionId, ComponentId, Encoding, Schema, SchemaError};
