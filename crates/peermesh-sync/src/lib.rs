@@ -35,15 +35,20 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bits;
 pub mod clock;
 pub mod config;
+pub mod delta;
 pub mod dilation;
 pub mod ladder;
 pub mod netsim;
 pub mod quantize;
 pub mod render_delay;
 pub mod schema;
+pub mod snapshot;
+pub mod world;
 
+pub use bits::WireError;
 pub use clock::{Clock, Frame};
 pub use config::{ConfigError, SyncConfig};
 pub use dilation::TimeDilation;
@@ -51,3 +56,5 @@ pub use ladder::{LadderStep, ReconnectLadder};
 pub use netsim::{Delivery, LinkConditions, NetSimError, NetStats, NodeId, SimNet};
 pub use render_delay::AdaptiveRenderDelay;
 pub use schema::{ActionId, ComponentId, Encoding, Schema, SchemaError};
+pub use snapshot::{EntityId, EntityView, PeerId, Snapshot, Value};
+pub use world::{Action, EntityStore, PeerInput, Simulated, World};

@@ -13,6 +13,15 @@ pub enum Encoding {
     Fixed(u16),
     /// A length prefix, then the bytes.
     Var,
+    /// `count` unsigned integer lanes (1 to 16) of `bits` bits each (1 to 32), such as a
+    /// quantised position: sent as small signed changes against the baseline, and blended lane
+    /// by lane when the component interpolates.
+    Lanes {
+        /// Lanes per value.
+        count: u8,
+        /// Bits per lane.
+        bits: u8,
+    },
 }
 
 /// The wire id of a component type.
@@ -26,6 +35,9 @@ pub struct ActionId(pub u16);
 /// A registration that cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {
+    /// A lanes encoding outside 1 to 16 lanes of 1 to 32 bits.
+    #[error("{0:?}: a lanes encoding needs 1 to 16 lanes of 1 to 32 bits each")]
+    BadEncoding(String),
     /// The session already started: the schema is frozen.
     #[error("cannot register {0:?}: the session already started; register every type before it")]
     Frozen(String),
@@ -105,6 +117,11 @@ impl Schema {
         encoding: Encoding,
         interpolate: bool,
     ) -> Result<ComponentId, SchemaError> {
+        if let Encoding::Lanes { count, bits } = encoding {
+            if !(1..=16).contains(&count) || !(1..=32).contains(&bits) {
+                return Err(SchemaError::BadEncoding(name.to_owned()));
+            }
+        }
         let entry = Entry {
             name: name.to_owned(),
             encoding,
@@ -145,6 +162,28 @@ impl Schema {
         u16::try_from(i).ok().map(ActionId)
     }
 
+    /// The number of registered component types.
+    pub fn component_count(&self) -> usize {
+        self.components.len()
+    }
+
+    /// The number of registered action types.
+    pub fn action_count(&self) -> usize {
+        self.actions.len()
+    }
+
+    /// The encoding of an action.
+    pub fn action_encoding(&self, id: ActionId) -> Option<Encoding> {
+        self.actions.get(usize::from(id.0)).map(|e| e.encoding)
+    }
+
+    /// The name of a component.
+    pub fn component_name(&self, id: ComponentId) -> Option<&str> {
+        self.components
+            .get(usize::from(id.0))
+            .map(|e| e.name.as_str())
+    }
+
     /// The encoding of a component.
     pub fn component_encoding(&self, id: ComponentId) -> Option<Encoding> {
         self.components.get(usize::from(id.0)).map(|e| e.encoding)
@@ -173,6 +212,10 @@ impl Schema {
                         h.bytes(&n.to_be_bytes());
                     }
                     Encoding::Var => h.bytes(b"V"),
+                    Encoding::Lanes { count, bits } => {
+                        h.bytes(b"L");
+                        h.bytes(&[count, bits]);
+                    }
                 }
                 h.bytes(&[u8::from(e.interpolate)]);
             }
