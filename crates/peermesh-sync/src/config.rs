@@ -23,6 +23,11 @@ pub struct SyncConfig {
     pub max_time_dilation: f64,
     /// How long a dropped client may resume from its last acknowledged tick. Defaults to 30 s.
     pub resume_grace: Duration,
+    /// Silence after which a peer counts as lost (the host stops sending to it; a client
+    /// starts its reconnect ladder). Defaults to 1 s.
+    pub peer_timeout: Duration,
+    /// Most clients a host serves at once. Defaults to 64.
+    pub max_clients: usize,
 }
 
 impl Default for SyncConfig {
@@ -35,6 +40,8 @@ impl Default for SyncConfig {
             render_delay_ticks: (2, 12),
             max_time_dilation: 0.05,
             resume_grace: Duration::from_secs(30),
+            peer_timeout: Duration::from_secs(1),
+            max_clients: 64,
         }
     }
 }
@@ -91,6 +98,15 @@ impl SyncConfig {
                 "max_time_dilation",
                 "must be between 0 and 0.25 (a few percent keeps motion natural)",
             );
+        }
+        if self.peer_timeout < self.tick() * 4 {
+            return bad(
+                "peer_timeout",
+                "must be at least 4 ticks, or every late packet looks like a lost peer",
+            );
+        }
+        if self.max_clients == 0 || self.max_clients > 65_535 {
+            return bad("max_clients", "must be between 1 and 65,535");
         }
         Ok(())
     }

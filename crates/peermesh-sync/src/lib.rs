@@ -36,15 +36,20 @@
 #![deny(missing_docs)]
 
 pub mod bits;
+pub mod client;
 pub mod clock;
 pub mod config;
+pub mod host;
 pub mod delta;
+pub mod demo;
 pub mod dilation;
 pub mod ladder;
 pub mod netsim;
+pub mod packet;
 pub mod quantize;
 pub mod render_delay;
 pub mod schema;
+pub mod scope;
 pub mod snapshot;
 pub mod world;
 

@@ -1,0 +1,411 @@
+//! A complete session in one process, for tests, figures and `peermesh demo sync`: a host and
+//! bot clients moving entities over the in-memory network ([`SimNet`]), in virtual time.
+//!
+//! The world: entities with a 3D position (±512 m at 1 mm: 3 lanes of 20 bits) and a rotation
+//! (smallest three: the index of the dropped component and three lanes of 10 bits). Half of
+//! the host's entities rest; the other half walk at random at up to 10 m/s, turning every
+//! second. Each client owns one entity, moved by its bot's deterministic inputs.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::client::{Client, ClientEvent, ClientStats};
+use crate::config::SyncConfig;
+use crate::host::{Host, HostEvent, PeerStats};
+use crate::netsim::{LinkConditions, NodeId, SimNet};
+use crate::quantize::encode_rotation;
+use crate::schema::{ActionId, ComponentId, Encoding, Schema};
+use crate::snapshot::{EntityId, PeerId};
+use crate::world::{Action, EntityStore, PeerInput, Simulated};
+
+/// The position component: 3 lanes of 20 bits, 1 mm per unit, 0 at −512 m.
+pub const POSITION: ComponentId = ComponentId(0);
+/// The rotation component: smallest three, 4 lanes of 10 bits.
+pub const ROTATION: ComponentId = ComponentId(1);
+/// The move action: a velocity in mm per tick, three little-endian `i16`.
+pub const MOVE: ActionId = ActionId(0);
+/// Top speed, in mm per tick at 60 Hz (10 m/s).
+pub const MAX_SPEED: i32 = 166;
+/// The largest lane value of a position (2^20 − 1 mm, about 1,048 m).
+const POS_MAX: i64 = (1 << 20) - 1;
+/// Ticks between an entity's turns.
+const TURN_EVERY: u64 = 60;
+
+/// The demo's schema (host and clients register the same).
+pub fn schema() -> Schema {
+    let mut s = Schema::new();
+    // The ids are fixed by this order; the constants above name them.
+    let _ = s.component("position", Encoding::Lanes { count: 3, bits: 20 }, true);
+    let _ = s.component("rotation", Encoding::Lanes { count: 4, bits: 10 }, false);
+    let _ = s.action("move", Encoding::Fixed(6));
+    s
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64: a stateless, platform-independent hash.
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The velocity of a walking entity during the second that holds `tick` (none if it rests).
+fn npc_velocity(seed: u64, id: EntityId, tick: u64) -> Option<[i32; 3]> {
+    if id.0 % 2 == 0 {
+        return None;
+    }
+    let h = mix(seed ^ mix(u64::from(id.0)) ^ mix(tick / TURN_EVERY + 1));
+    let speed = (h % (MAX_SPEED as u64 + 1)) as f64;
+    let yaw = ((h >> 16) % 3600) as f64 / 3600.0 * std::f64::consts::TAU;
+    let pitch = (((h >> 32) % 1000) as f64 / 1000.0 - 0.5) * 0.5;
+    Some([
+        (speed * yaw.cos() * pitch.cos()).round() as i32,
+        (speed * yaw.sin() * pitch.cos()).round() as i32,
+        (speed * pitch.sin()).round() as i32,
+    ])
+}
+
+fn rotation_lanes(v: [i32; 3]) -> [u32; 4] {
+    let yaw = f64::from(v[1]).atan2(f64::from(v[0])) as f32;
+    let q = [0.0, 0.0, (yaw / 2.0).sin(), (yaw / 2.0).cos()];
+    let s = encode_rotation(q, 10);
+    [u32::from(s.largest), s.rest[0], s.rest[1], s.rest[2]]
+}
+
+fn advance(store: &mut EntityStore, id: EntityId, v: [i32; 3]) {
+    if let Some(p) = store.lanes_mut(id, POSITION) {
+        for k in 0..3 {
+            p[k] = (i64::from(p[k]) + i64::from(v[k])).clamp(0, POS_MAX) as u32;
+        }
+    }
+}
+
+/// The velocity a move action carries (clamped to top speed).
+pub fn move_velocity(a: &Action) -> Option<[i32; 3]> {
+    if a.id != MOVE || a.payload.len() != 6 {
+        return None;
+    }
+    let c = |i: usize| i32::from(i16::from_le_bytes([a.payload[i], a.payload[i + 1]])).clamp(-MAX_SPEED, MAX_SPEED);
+    Some([c(0), c(2), c(4)])
+}
+
+/// A move action.
+pub fn move_action(v: [i32; 3]) -> Action {
+    let mut payload = Vec::with_capacity(6);
+    for x in v {
+        payload.extend_from_slice(&(x.clamp(-MAX_SPEED, MAX_SPEED) as i16).to_le_bytes());
+    }
+    Action { id: MOVE, payload }
+}
+
+/// The demo world's step function.
+pub type StepFn = Box<dyn FnMut(&mut EntityStore, u64, &[PeerInput])>;
+/// The demo world.
+pub type DemoWorld = Simulated<StepFn>;
+
+/// A world with `entities` host entities (the host's) or none (a client's); on a client only
+/// owned entities move (remote ones are interpolated, not simulated).
+pub fn world(seed: u64, entities: u32, host: bool) -> DemoWorld {
+    let mut store = EntityStore::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for _ in 0..entities {
+        let id = store.spawn(None);
+        let pos = [0, 1, 2].map(|_| rng.random_range(100_000..(POS_MAX as u32 - 100_000)));
+        store.set_lanes(id, POSITION, &pos);
+        store.set_lanes(id, ROTATION, &rotation_lanes([1, 0, 0]));
+    }
+    let step: StepFn = Box::new(move |s: &mut EntityStore, tick: u64, inputs: &[PeerInput]| {
+        if host {
+            let walkers: Vec<EntityId> = s.ids().filter(|id| s.owner(*id).is_none()).collect();
+            for id in walkers {
+                if let Some(v) = npc_velocity(seed, id, tick) {
+                    advance(s, id, v);
+                    if tick % TURN_EVERY == 0 {
+                        s.set_lanes(id, ROTATION, &rotation_lanes(v));
+                    }
+                }
+            }
+        }
+        for input in inputs {
+            let mine: Vec<EntityId> = s.owned_by(input.peer).collect();
+            for a in &input.actions {
+                if let Some(v) = move_velocity(a) {
+                    for id in &mine {
+                        advance(s, *id, v);
+                    }
+                }
+            }
+        }
+    });
+    Simulated::new(store, step)
+}
+
+/// A bot's input for a tick: a circle of about 40 m at 9 m/s, phase by peer.
+pub fn bot_input(peer: PeerId, tick: u64) -> Action {
+    let a = (tick as f64 / 280.0 + f64::from(peer.0)) * std::f64::consts::TAU;
+    move_action([(150.0 * a.cos()) as i32, (150.0 * a.sin()) as i32, 0])
+}
+
+/// A client cut off from the network for a while.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cut {
+    /// Which client (from 0).
+    pub client: usize,
+    /// When, from the start.
+    pub at: Duration,
+    /// For how long.
+    pub length: Duration,
+}
+
+/// A demo run's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoConfig {
+    /// Bot clients.
+    pub clients: usize,
+    /// Host entities (plus one per client).
+    pub entities: u32,
+    /// Round-trip time between host and each client.
+    pub rtt: Duration,
+    /// Extra one-way delay, uniform in 0 to this.
+    pub jitter: Duration,
+    /// Loss per datagram, each way.
+    pub loss: f64,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Simulated time.
+    pub duration: Duration,
+    /// An optional cut.
+    pub cut: Option<Cut>,
+    /// The session settings.
+    pub sync: SyncConfig,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            clients: 8,
+            entities: 1000,
+            rtt: Duration::from_millis(100),
+            jitter: Duration::from_millis(20),
+            loss: 0.02,
+            seed: 1,
+            duration: Duration::from_secs(20),
+            cut: None,
+            sync: SyncConfig::default(),
+        }
+    }
+}
+
+/// One client's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientReport {
+    /// Its id.
+    pub peer: u32,
+    /// Bytes per second from the host.
+    pub bytes_per_s_down: f64,
+    /// Bytes per second to the host.
+    pub bytes_per_s_up: f64,
+    /// Entity updates the host sent it (changed entities per state, summed).
+    pub entity_updates: u64,
+    /// Bytes per entity update (after the initial sync).
+    pub bytes_per_entity_update: f64,
+    /// The client's counters.
+    pub stats: ClientStats,
+    /// The host's counters for it.
+    pub host: PeerStats,
+    /// Interpolation error of remote walking entities, median and 99th percentile, in mm.
+    pub interp_error_mm: (f64, f64),
+    /// Samples behind the interpolation error.
+    pub interp_samples: usize,
+    /// Whether its newest state equals the host's state of that tick (digest).
+    pub matches_host: bool,
+    /// What happened to its connection, in order.
+    pub events: Vec<String>,
+}
+
+/// A demo run's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoReport {
+    /// The host's last tick.
+    pub host_tick: u64,
+    /// Per client.
+    pub clients: Vec<ClientReport>,
+    /// Datagrams lost by the network.
+    pub lost: u64,
+    /// Datagrams sent through the network.
+    pub sent: u64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn lerp_pos(host: &Host<DemoWorld, NodeId>, id: EntityId, tick: f64) -> Option<[f64; 3]> {
+    let t0 = tick.floor() as u64;
+    let a = host.state_at(t0)?.get(id)?.lanes(POSITION)?;
+    let b = host.state_at(t0 + 1).and_then(|s| s.get(id)?.lanes(POSITION)).unwrap_or(a);
+    let f = tick - t0 as f64;
+    Some([0, 1, 2].map(|k| f64::from(a[k]) + (f64::from(b[k]) - f64::from(a[k])) * f))
+}
+
+/// Runs a session; `progress` is called with the fraction done.
+pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(f64)) -> Result<DemoReport, crate::host::HostError> {
+    let start = Instant::now();
+    let link = LinkConditions {
+        latency: cfg.rtt / 2,
+        jitter: cfg.jitter,
+        loss: cfg.loss,
+        duplicate: 0.0,
+        reorder: 0.0,
+    };
+    let mut net = SimNet::new(cfg.seed, link);
+    let host_addr = net.add_node();
+    let mut host = Host::new(cfg.sync.clone(), schema(), world(cfg.seed, cfg.entities, true), cfg.seed)?;
+    let mut clients = Vec::new();
+    let mut addrs = Vec::new();
+    let mut events: Vec<Vec<String>> = vec![Vec::new(); cfg.clients];
+    for i in 0..cfg.clients {
+        let addr = net.add_node();
+        let mut c = Client::new(cfg.sync.clone(), schema(), world(cfg.seed, 0, false), cfg.seed + 1 + i as u64, start)?;
+        // Stagger the joins a little, as real clients would.
+        let _ = i;
+        c.connect(start);
+        let peer_cell = std::rc::Rc::new(std::cell::Cell::new(PeerId::HOST));
+        let cell = peer_cell.clone();
+        c.set_sampler(move |tick, out| out.push(bot_input(cell.get(), tick)));
+        clients.push((c, peer_cell));
+        addrs.push(addr);
+    }
+    let step = Duration::from_millis(2);
+    let frame = Duration::from_nanos(16_666_667);
+    let mut now = start;
+    let end = start + cfg.duration;
+    let mut next_frame = vec![start; cfg.clients];
+    let mut errors: Vec<Vec<f64>> = vec![Vec::new(); cfg.clients];
+    let warmup = start + Duration::from_secs(2);
+    let mut last_progress = start;
+    let mut host_last = start;
+    let mut client_last = vec![start; cfg.clients];
+    while now < end {
+        now += step;
+        if let Some(cut) = cfg.cut {
+            let (a, b) = (start + cut.at, start + cut.at + cut.length);
+            if let Some(addr) = addrs.get(cut.client) {
+                net.set_up(*addr, !(now >= a && now < b));
+            }
+        }
+        // Deliver what is due.
+        while let Some(d) = net.poll(now) {
+            if d.to == host_addr {
+                host.handle(d.at, d.from, &d.payload);
+            } else if let Some(i) = addrs.iter().position(|a| *a == d.to) {
+                clients[i].0.handle(d.at, &d.payload);
+            }
+        }
+        host.tick(now, now - host_last);
+        host_last = now;
+        while let Some(ev) = host.poll_event() {
+            match ev {
+                HostEvent::Joined { peer, .. } => {
+                    let store = &mut host.world_mut().store;
+                    let id = store.spawn(Some(peer));
+                    store.set_lanes(id, POSITION, &[524_288, 524_288 + peer.0 * 1000, 524_288]);
+                    store.set_lanes(id, ROTATION, &rotation_lanes([1, 0, 0]));
+                }
+                HostEvent::Dropped { peer } | HostEvent::Left { peer } => {
+                    let store = &mut host.world_mut().store;
+                    let mine: Vec<EntityId> = store.owned_by(peer).collect();
+                    for id in mine {
+                        store.despawn(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some((to, bytes)) = host.poll_transmit() {
+            net.send(now, host_addr, to, bytes);
+        }
+        for i in 0..cfg.clients {
+            if now < next_frame[i] {
+                continue;
+            }
+            next_frame[i] += frame;
+            let (c, cell) = &mut clients[i];
+            c.tick(now, now - client_last[i]);
+            client_last[i] = now;
+            while let Some(ev) = c.poll_event() {
+                if let ClientEvent::Connected { peer } = ev {
+                    cell.set(peer);
+                }
+                events[i].push(format!("{:.2}s {ev:?}", (now - start).as_secs_f64()));
+            }
+            if let Some(p) = c.peer() {
+                cell.set(p);
+            }
+            while let Some(bytes) = c.poll_transmit() {
+                net.send(now, addrs[i], host_addr, bytes);
+            }
+            if now >= warmup && c.is_live() {
+                let r = c.render(now);
+                let rt = r.tick;
+                for (row, lanes) in r.rows() {
+                    if row.predicted || row.comp != POSITION || row.id.0 % 2 == 0 || row.id.0 % 7 != 1 {
+                        continue;
+                    }
+                    if let Some(truth) = lerp_pos(&host, row.id, rt) {
+                        let d: f64 = (0..3).map(|k| (lanes[k] - truth[k]).powi(2)).sum::<f64>().sqrt();
+                        errors[i].push(d);
+                    }
+                }
+            }
+        }
+        if now - last_progress >= Duration::from_secs(1) {
+            last_progress = now;
+            progress((now - start).as_secs_f64() / cfg.duration.as_secs_f64());
+        }
+    }
+    progress(1.0);
+    let secs = cfg.duration.as_secs_f64();
+    let mut reports = Vec::new();
+    for (i, (c, _)) in clients.iter().enumerate() {
+        let stats = c.stats();
+        let peer = c.peer().unwrap_or(PeerId::HOST);
+        let hs = host.stats(peer).unwrap_or_default();
+        let matches_host = c
+            .latest()
+            .and_then(|s| host.state_at(s.tick()).map(|h| h.digest() == s.digest()))
+            .unwrap_or(false);
+        let mut e = std::mem::take(&mut errors[i]);
+        e.sort_by(f64::total_cmp);
+        reports.push(ClientReport {
+            peer: peer.0,
+            bytes_per_s_down: stats.bytes_received as f64 / secs,
+            bytes_per_s_up: stats.bytes_sent as f64 / secs,
+            entity_updates: hs.entity_updates,
+            bytes_per_entity_update: if hs.entity_updates > 0 {
+                stats.bytes_received as f64 / hs.entity_updates as f64
+            } else {
+                0.0
+            },
+            stats,
+            host: hs,
+            interp_error_mm: (percentile(&e, 0.5), percentile(&e, 0.99)),
+            interp_samples: e.len(),
+            matches_host,
+            events: std::mem::take(&mut events[i]),
+        });
+    }
+    let ns = net.stats();
+    Ok(DemoReport {
+        host_tick: host.current_tick(),
+        clients: reports,
+        lost: ns.lost,
+        sent: ns.sent,
+    })
+}
