@@ -170,7 +170,13 @@ impl Rendered {
         Some(&self.values[r.start as usize..(r.start + r.len) as usize])
     }
 
-    fn push(&mut self, id: EntityId, comp: ComponentId, predicted: bool, lanes: impl Iterator<Item = f64>) {
+    fn push(
+        &mut self,
+        id: EntityId,
+        comp: ComponentId,
+        predicted: bool,
+        lanes: impl Iterator<Item = f64>,
+    ) {
         let start = self.values.len() as u32;
         self.values.extend(lanes);
         self.rows.push(RenderRow {
@@ -226,7 +232,13 @@ pub struct Client<W> {
 
 impl<W: World> Client<W> {
     /// A client that has not connected yet; `seed` spreads its reconnect attempts.
-    pub fn new(config: SyncConfig, mut schema: Schema, world: W, seed: u64, now: Instant) -> Result<Self, HostError> {
+    pub fn new(
+        config: SyncConfig,
+        mut schema: Schema,
+        world: W,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, HostError> {
         config.validate()?;
         schema.freeze();
         let interp = (0..schema.component_count())
@@ -239,7 +251,10 @@ impl<W: World> Client<W> {
         let (lo, hi) = config.render_delay_ticks;
         Ok(Self {
             clock: Clock::new(&config),
-            dilation: TimeDilation::new(f64::from(config.delay_ticks.max(1)), config.max_time_dilation),
+            dilation: TimeDilation::new(
+                f64::from(config.delay_ticks.max(1)),
+                config.max_time_dilation,
+            ),
             render_delay: AdaptiveRenderDelay::new(config.tick(), lo, hi),
             ladder: ReconnectLadder::new(
                 Duration::from_millis(200),
@@ -421,7 +436,8 @@ impl<W: World> Client<W> {
             Phase::Lost => {
                 match self.ladder.poll(now) {
                     LadderStep::Attempt { number } => {
-                        self.events.push_back(ClientEvent::ReconnectAttempt { number });
+                        self.events
+                            .push_back(ClientEvent::ReconnectAttempt { number });
                         self.hello(now);
                     }
                     LadderStep::GiveUp => {
@@ -466,7 +482,8 @@ impl<W: World> Client<W> {
         self.world.capture(&mut self.scratch);
         self.scratch.seal();
         let me = self.peer;
-        self.scratch.filtered(|e| e.owner().is_some() && e.owner() == me)
+        self.scratch
+            .filtered(|e| e.owner().is_some() && e.owner() == me)
     }
 
     fn remember(&mut self, snap: Snapshot) {
@@ -529,7 +546,9 @@ impl<W: World> Client<W> {
         let ping = self.next_ping(now);
         let msg = ToHost::Input {
             ping,
-            rtt_ms: self.rtt.map_or(0, |r| r.as_millis().min(u128::from(u16::MAX)) as u16),
+            rtt_ms: self
+                .rtt
+                .map_or(0, |r| r.as_millis().min(u128::from(u16::MAX)) as u16),
             ack: self.states.keys().next_back().copied(),
             need_full: self.need_full,
             transfer,
@@ -585,7 +604,8 @@ impl<W: World> Client<W> {
                     self.stats.resumes += 1;
                     self.predicting = false;
                     self.dilation.reset();
-                    self.events.push_back(ClientEvent::Reconnected { resumed: true });
+                    self.events
+                        .push_back(ClientEvent::Reconnected { resumed: true });
                     return;
                 }
                 self.peer = Some(peer);
@@ -602,7 +622,8 @@ impl<W: World> Client<W> {
                 self.dilation.reset();
                 if self.was_connected {
                     self.stats.resyncs += 1;
-                    self.events.push_back(ClientEvent::Reconnected { resumed: false });
+                    self.events
+                        .push_back(ClientEvent::Reconnected { resumed: false });
                 } else {
                     self.events.push_back(ClientEvent::Connected { peer });
                 }
@@ -661,9 +682,18 @@ impl<W: World> Client<W> {
         }
     }
 
-    fn on_fragment(&mut self, now: Instant, tick: u64, baseline: Option<u64>, index: u16, count: u16, payload: Bytes) {
+    fn on_fragment(
+        &mut self,
+        now: Instant,
+        tick: u64,
+        baseline: Option<u64>,
+        index: u16,
+        count: u16,
+        payload: Bytes,
+    ) {
         let newest = self.states.keys().next_back().copied();
-        if self.states.contains_key(&tick) || newest.is_some_and(|n| tick + STATES_KEPT as u64 <= n) {
+        if self.states.contains_key(&tick) || newest.is_some_and(|n| tick + STATES_KEPT as u64 <= n)
+        {
             return;
         }
         if count == 1 {
@@ -719,7 +749,12 @@ impl<W: World> Client<W> {
                 }
             },
         };
-        let snap = match delta::decode(&self.schema, base.as_deref(), tick, &mut BitReader::new(body)) {
+        let snap = match delta::decode(
+            &self.schema,
+            base.as_deref(),
+            tick,
+            &mut BitReader::new(body),
+        ) {
             Ok(s) => s,
             Err(error) => {
                 self.events.push_back(ClientEvent::Malformed { error });
@@ -773,7 +808,9 @@ impl<W: World> Client<W> {
             self.recorded.clear();
             self.offsets.clear();
             // The lead counts from the host's tick now (a full snapshot may be older).
-            let host_now = self.host_tick_now(now).map_or(tick, |h| h.max(0.0).ceil() as u64);
+            let host_now = self
+                .host_tick_now(now)
+                .map_or(tick, |h| h.max(0.0).ceil() as u64);
             let target = host_now.max(tick) + self.lead_ticks();
             let peer = self.peer.unwrap_or(PeerId::HOST);
             for t in tick + 1..target {
@@ -852,10 +889,15 @@ impl<W: World> Client<W> {
                     let (Value::Lanes(new), Some(Value::Lanes(was))) = (v, old.get(c)) else {
                         continue;
                     };
-                    if !self.interp.get(usize::from(c.0)).is_some_and(|x| x.1) || new.len() != was.len() {
+                    if !self.interp.get(usize::from(c.0)).is_some_and(|x| x.1)
+                        || new.len() != was.len()
+                    {
                         continue;
                     }
-                    let off = self.offsets.entry((e.id(), c)).or_insert_with(|| vec![0.0; new.len()]);
+                    let off = self
+                        .offsets
+                        .entry((e.id(), c))
+                        .or_insert_with(|| vec![0.0; new.len()]);
                     for (k, o) in off.iter_mut().enumerate() {
                         *o += f64::from(was[k]) - f64::from(new[k]);
                     }
@@ -891,11 +933,18 @@ impl<W: World> Client<W> {
         let host_now = self.host_tick_now(now);
         let rt = host_now.map_or(0.0, |h| h - self.render_delay.delay_ticks());
         r.tick = rt;
-        let s0 = self.states.range(..=rt.max(0.0).floor() as u64).next_back().map(|(_, s)| s.clone());
+        let s0 = self
+            .states
+            .range(..=rt.max(0.0).floor() as u64)
+            .next_back()
+            .map(|(_, s)| s.clone());
         let s0 = s0.or_else(|| self.states.values().next().cloned());
-        let s1 = s0
-            .as_ref()
-            .and_then(|s| self.states.range(s.tick() + 1..).next().map(|(_, s)| s.clone()));
+        let s1 = s0.as_ref().and_then(|s| {
+            self.states
+                .range(s.tick() + 1..)
+                .next()
+                .map(|(_, s)| s.clone())
+        });
         if let Some(s0) = &s0 {
             let t = match &s1 {
                 Some(s1) if rt > s0.tick() as f64 => {
@@ -938,7 +987,8 @@ impl<W: World> Client<W> {
                         let off = self.offsets.get(&(e.id(), c));
                         let lanes = b.iter().enumerate().map(|(k, y)| {
                             let y = f64::from(*y);
-                            let v = a.map_or(y, |a| f64::from(a[k]) + (y - f64::from(a[k])) * alpha);
+                            let v =
+                                a.map_or(y, |a| f64::from(a[k]) + (y - f64::from(a[k])) * alpha);
                             v + off.and_then(|o| o.get(k)).copied().unwrap_or(0.0)
                         });
                         r.push(e.id(), c, true, lanes);

@@ -87,7 +87,9 @@ pub fn move_velocity(a: &Action) -> Option<[i32; 3]> {
     if a.id != MOVE || a.payload.len() != 6 {
         return None;
     }
-    let c = |i: usize| i32::from(i16::from_le_bytes([a.payload[i], a.payload[i + 1]])).clamp(-MAX_SPEED, MAX_SPEED);
+    let c = |i: usize| {
+        i32::from(i16::from_le_bytes([a.payload[i], a.payload[i + 1]])).clamp(-MAX_SPEED, MAX_SPEED)
+    };
     Some([c(0), c(2), c(4)])
 }
 
@@ -116,29 +118,31 @@ pub fn world(seed: u64, entities: u32, host: bool) -> DemoWorld {
         store.set_lanes(id, POSITION, &pos);
         store.set_lanes(id, ROTATION, &rotation_lanes([1, 0, 0]));
     }
-    let step: StepFn = Box::new(move |s: &mut EntityStore, tick: u64, inputs: &[PeerInput]| {
-        if host {
-            let walkers: Vec<EntityId> = s.ids().filter(|id| s.owner(*id).is_none()).collect();
-            for id in walkers {
-                if let Some(v) = npc_velocity(seed, id, tick) {
-                    advance(s, id, v);
-                    if tick % TURN_EVERY == 0 {
-                        s.set_lanes(id, ROTATION, &rotation_lanes(v));
+    let step: StepFn = Box::new(
+        move |s: &mut EntityStore, tick: u64, inputs: &[PeerInput]| {
+            if host {
+                let walkers: Vec<EntityId> = s.ids().filter(|id| s.owner(*id).is_none()).collect();
+                for id in walkers {
+                    if let Some(v) = npc_velocity(seed, id, tick) {
+                        advance(s, id, v);
+                        if tick % TURN_EVERY == 0 {
+                            s.set_lanes(id, ROTATION, &rotation_lanes(v));
+                        }
                     }
                 }
             }
-        }
-        for input in inputs {
-            let mine: Vec<EntityId> = s.owned_by(input.peer).collect();
-            for a in &input.actions {
-                if let Some(v) = move_velocity(a) {
-                    for id in &mine {
-                        advance(s, *id, v);
+            for input in inputs {
+                let mine: Vec<EntityId> = s.owned_by(input.peer).collect();
+                for a in &input.actions {
+                    if let Some(v) = move_velocity(a) {
+                        for id in &mine {
+                            advance(s, *id, v);
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     Simulated::new(store, step)
 }
 
@@ -249,13 +253,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn lerp_pos(host: &Host<DemoWorld, NodeId>, id: EntityId, tick: f64) -> Option<[f64; 3]> {
     let t0 = tick.floor() as u64;
     let a = host.state_at(t0)?.get(id)?.lanes(POSITION)?;
-    let b = host.state_at(t0 + 1).and_then(|s| s.get(id)?.lanes(POSITION)).unwrap_or(a);
+    let b = host
+        .state_at(t0 + 1)
+        .and_then(|s| s.get(id)?.lanes(POSITION))
+        .unwrap_or(a);
     let f = tick - t0 as f64;
     Some([0, 1, 2].map(|k| f64::from(a[k]) + (f64::from(b[k]) - f64::from(a[k])) * f))
 }
 
 /// Runs a session; `progress` is called with the fraction done.
-pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(f64)) -> Result<DemoReport, crate::host::HostError> {
+pub fn run(
+    cfg: &DemoConfig,
+    mut progress: impl FnMut(f64),
+) -> Result<DemoReport, crate::host::HostError> {
     let start = Instant::now();
     let link = LinkConditions {
         latency: cfg.rtt / 2,
@@ -266,13 +276,24 @@ pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(f64)) -> Result<DemoReport
     };
     let mut net = SimNet::new(cfg.seed, link);
     let host_addr = net.add_node();
-    let mut host = Host::new(cfg.sync.clone(), schema(), world(cfg.seed, cfg.entities, true), cfg.seed)?;
+    let mut host = Host::new(
+        cfg.sync.clone(),
+        schema(),
+        world(cfg.seed, cfg.entities, true),
+        cfg.seed,
+    )?;
     let mut clients = Vec::new();
     let mut addrs = Vec::new();
     let mut events: Vec<Vec<String>> = vec![Vec::new(); cfg.clients];
     for i in 0..cfg.clients {
         let addr = net.add_node();
-        let mut c = Client::new(cfg.sync.clone(), schema(), world(cfg.seed, 0, false), cfg.seed + 1 + i as u64, start)?;
+        let mut c = Client::new(
+            cfg.sync.clone(),
+            schema(),
+            world(cfg.seed, 0, false),
+            cfg.seed + 1 + i as u64,
+            start,
+        )?;
         // Stagger the joins a little, as real clients would.
         let _ = i;
         c.connect(start);
@@ -355,11 +376,18 @@ pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(f64)) -> Result<DemoReport
                 let r = c.render(now);
                 let rt = r.tick;
                 for (row, lanes) in r.rows() {
-                    if row.predicted || row.comp != POSITION || row.id.0 % 2 == 0 || row.id.0 % 7 != 1 {
+                    if row.predicted
+                        || row.comp != POSITION
+                        || row.id.0 % 2 == 0
+                        || row.id.0 % 7 != 1
+                    {
                         continue;
                     }
                     if let Some(truth) = lerp_pos(&host, row.id, rt) {
-                        let d: f64 = (0..3).map(|k| (lanes[k] - truth[k]).powi(2)).sum::<f64>().sqrt();
+                        let d: f64 = (0..3)
+                            .map(|k| (lanes[k] - truth[k]).powi(2))
+                            .sum::<f64>()
+                            .sqrt();
                         errors[i].push(d);
                     }
                 }

@@ -19,9 +19,7 @@ use crate::bits::{BitWriter, WireError};
 use crate::clock::Clock;
 use crate::config::{ConfigError, SyncConfig};
 use crate::delta;
-use crate::packet::{
-    RefuseCode, ToClient, ToHost, TransferAck, FRAGMENT_PAYLOAD, MAX_FRAGMENTS,
-};
+use crate::packet::{RefuseCode, ToClient, ToHost, TransferAck, FRAGMENT_PAYLOAD, MAX_FRAGMENTS};
 use crate::schema::Schema;
 use crate::scope::{OwnerAwareScope, Scope};
 use crate::snapshot::{PeerId, Snapshot};
@@ -165,7 +163,12 @@ pub struct Host<W, A> {
 impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
     /// A host at tick 0. The schema is frozen; `seed` makes session tokens reproducible
     /// (use a random one in production).
-    pub fn new(config: SyncConfig, mut schema: Schema, world: W, seed: u64) -> Result<Self, HostError> {
+    pub fn new(
+        config: SyncConfig,
+        mut schema: Schema,
+        world: W,
+        seed: u64,
+    ) -> Result<Self, HostError> {
         config.validate()?;
         schema.freeze();
         let mut host = Self {
@@ -318,11 +321,15 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
         let mut dropped = Vec::new();
         for p in self.peers.values_mut() {
             match p.presence {
-                Presence::Connected if now.saturating_duration_since(p.last_heard) > self.config.peer_timeout => {
+                Presence::Connected
+                    if now.saturating_duration_since(p.last_heard) > self.config.peer_timeout =>
+                {
                     p.presence = Presence::Lost(now);
                     self.events.push_back(HostEvent::Lost { peer: p.id });
                 }
-                Presence::Lost(since) if now.saturating_duration_since(since) > self.config.resume_grace => {
+                Presence::Lost(since)
+                    if now.saturating_duration_since(since) > self.config.resume_grace =>
+                {
                     dropped.push(p.id);
                 }
                 _ => {}
@@ -361,7 +368,12 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
         }
     }
 
-    fn send_state(&mut self, id: PeerId, state: &Arc<Snapshot>, now: Instant) -> Result<(), WireError> {
+    fn send_state(
+        &mut self,
+        id: PeerId,
+        state: &Arc<Snapshot>,
+        now: Instant,
+    ) -> Result<(), WireError> {
         let Some(p) = self.peers.get(&id) else {
             return Ok(());
         };
@@ -377,7 +389,12 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
             return Ok(());
         };
         let pong = p.ping.map(|(seq, at)| {
-            (seq, now.saturating_duration_since(at).as_micros().min(u128::from(u32::MAX)) as u32)
+            (
+                seq,
+                now.saturating_duration_since(at)
+                    .as_micros()
+                    .min(u128::from(u32::MAX)) as u32,
+            )
         });
         let host_tick = state.tick();
         let header = |tick, baseline, index, count, payload: Bytes| ToClient::State {
@@ -404,9 +421,16 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                     .map(Bytes::copy_from_slice)
                     .collect();
                 self.scratch = body;
-                let chunks = if chunks.is_empty() { vec![Bytes::new()] } else { chunks };
+                let chunks = if chunks.is_empty() {
+                    vec![Bytes::new()]
+                } else {
+                    chunks
+                };
                 if chunks.len() > MAX_FRAGMENTS {
-                    return Err(WireError::bad("state", "a full snapshot needs more than 1024 fragments"));
+                    return Err(WireError::bad(
+                        "state",
+                        "a full snapshot needs more than 1024 fragments",
+                    ));
                 }
                 let n = chunks.len();
                 p.stats.full_snapshots += 1;
@@ -420,7 +444,16 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                 let t = p.transfer.as_mut().expect("just set");
                 for i in 0..n {
                     t.sent_at[i] = Some(now);
-                    datagrams.push(header(scoped.tick(), None, i as u16, n as u16, t.fragments[i].clone()).encode());
+                    datagrams.push(
+                        header(
+                            scoped.tick(),
+                            None,
+                            i as u16,
+                            n as u16,
+                            t.fragments[i].clone(),
+                        )
+                        .encode(),
+                    );
                 }
             }
             (None, Some(t)) => {
@@ -433,7 +466,14 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                     if due {
                         t.sent_at[i] = Some(now);
                         datagrams.push(
-                            header(t.snapshot.tick(), None, i as u16, n as u16, t.fragments[i].clone()).encode(),
+                            header(
+                                t.snapshot.tick(),
+                                None,
+                                i as u16,
+                                n as u16,
+                                t.fragments[i].clone(),
+                            )
+                            .encode(),
                         );
                     }
                 }
@@ -447,14 +487,26 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                 let n = chunks.len().max(1);
                 if n > MAX_FRAGMENTS {
                     self.scratch = body;
-                    return Err(WireError::bad("state", "a delta needs more than 1024 fragments"));
+                    return Err(WireError::bad(
+                        "state",
+                        "a delta needs more than 1024 fragments",
+                    ));
                 }
                 let btick = Some(base.tick());
                 if chunks.is_empty() {
                     datagrams.push(header(scoped.tick(), btick, 0, 1, Bytes::new()).encode());
                 }
                 for (i, c) in chunks.iter().enumerate() {
-                    datagrams.push(header(scoped.tick(), btick, i as u16, n as u16, Bytes::copy_from_slice(c)).encode());
+                    datagrams.push(
+                        header(
+                            scoped.tick(),
+                            btick,
+                            i as u16,
+                            n as u16,
+                            Bytes::copy_from_slice(c),
+                        )
+                        .encode(),
+                    );
                 }
                 self.scratch = body;
                 if p.sent.len() >= SENT_WINDOW {
@@ -495,7 +547,8 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
         let msg = match ToHost::decode(&self.schema, datagram) {
             Ok(m) => m,
             Err(error) => {
-                self.events.push_back(HostEvent::Malformed { addr: from, error });
+                self.events
+                    .push_back(HostEvent::Malformed { addr: from, error });
                 return;
             }
         };
@@ -588,7 +641,15 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
         self.events.push_back(HostEvent::Refused { addr: to, code });
     }
 
-    fn on_hello(&mut self, now: Instant, from: A, schema: u64, tick_rate: u32, token: u64, ping: u16) {
+    fn on_hello(
+        &mut self,
+        now: Instant,
+        from: A,
+        schema: u64,
+        tick_rate: u32,
+        token: u64,
+        ping: u16,
+    ) {
         if let Err(e) = self.schema.check_peer(schema) {
             self.refuse(from, RefuseCode::SchemaMismatch, e.to_string());
             return;
@@ -604,7 +665,10 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
         self.kicked.retain(|(a, _)| *a != from);
         let tick = self.current_tick();
         // Resume: the token names a session still in its grace window.
-        if let Some(id) = (token != 0).then(|| self.by_token.get(&token).copied()).flatten() {
+        if let Some(id) = (token != 0)
+            .then(|| self.by_token.get(&token).copied())
+            .flatten()
+        {
             let Some(p) = self.peers.get_mut(&id) else {
                 return;
             };
@@ -657,7 +721,10 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
             }
         }
         if self.peers.len() >= self.config.max_clients {
-            let reason = format!("the host serves its most clients ({})", self.config.max_clients);
+            let reason = format!(
+                "the host serves its most clients ({})",
+                self.config.max_clients
+            );
             self.refuse(from, RefuseCode::Full, reason);
             return;
         }
@@ -704,7 +771,10 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
         }
         .encode();
         self.send(&from, msg);
-        self.events.push_back(HostEvent::Joined { peer: id, addr: from });
+        self.events.push_back(HostEvent::Joined {
+            peer: id,
+            addr: from,
+        });
     }
 }
 

@@ -193,7 +193,10 @@ fn read_header(data: &[u8]) -> Result<(u8, BitReader<'_>), WireError> {
         return Err(WireError::bad("magic", "not a peermesh-sync datagram"));
     }
     if r.bits(8)? != u64::from(VERSION) {
-        return Err(WireError::bad("version", "another wire version; update both sides"));
+        return Err(WireError::bad(
+            "version",
+            "another wire version; update both sides",
+        ));
     }
     Ok((r.bits(8)? as u8, r))
 }
@@ -230,10 +233,14 @@ fn read_opt(r: &mut BitReader<'_>) -> Result<Option<u64>, WireError> {
 /// Checks an action against the schema (type registered, payload size as registered).
 pub fn check_action(schema: &Schema, a: &Action) -> Result<(), WireError> {
     match schema.action_encoding(a.id) {
-        None => Err(WireError::bad("action", "type not registered in the schema")),
-        Some(Encoding::Fixed(n)) if usize::from(n) != a.payload.len() => {
-            Err(WireError::bad("action", "payload size differs from its registration"))
-        }
+        None => Err(WireError::bad(
+            "action",
+            "type not registered in the schema",
+        )),
+        Some(Encoding::Fixed(n)) if usize::from(n) != a.payload.len() => Err(WireError::bad(
+            "action",
+            "payload size differs from its registration",
+        )),
         Some(_) if a.payload.len() > MAX_ACTION_BYTES => {
             Err(WireError::bad("action", "payload larger than 256 bytes"))
         }
@@ -286,7 +293,10 @@ impl ToHost {
                 }
                 w.uvar(*first_tick);
                 if inputs.len() > MAX_INPUT_TICKS {
-                    return Err(WireError::bad("inputs", "more than 32 ticks in one datagram"));
+                    return Err(WireError::bad(
+                        "inputs",
+                        "more than 32 ticks in one datagram",
+                    ));
                 }
                 w.uvar(inputs.len() as u64);
                 for tick in inputs {
@@ -352,7 +362,12 @@ impl ToHost {
                             Some(Encoding::Var) => {
                                 r.uvar_max(MAX_ACTION_BYTES as u64, "action length")? as usize
                             }
-                            _ => return Err(WireError::bad("action", "type not registered in the schema")),
+                            _ => {
+                                return Err(WireError::bad(
+                                    "action",
+                                    "type not registered in the schema",
+                                ))
+                            }
                         };
                         if len > MAX_ACTION_BYTES {
                             return Err(WireError::bad("action", "payload larger than 256 bytes"));
@@ -465,8 +480,8 @@ impl ToClient {
                 };
                 let input_ack = read_opt(&mut r)?;
                 let depth = r.svar()?;
-                let depth_16 = i32::try_from(depth)
-                    .map_err(|_| WireError::bad("depth", "out of range"))?;
+                let depth_16 =
+                    i32::try_from(depth).map_err(|_| WireError::bad("depth", "out of range"))?;
                 let tick = r.uvar()?;
                 let host_tick = tick
                     .checked_add(r.uvar()?)

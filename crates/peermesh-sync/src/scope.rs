@@ -54,7 +54,12 @@ mod tests {
     fn a_client_sees_its_own_and_nearby_entities() {
         let pos = ComponentId(0);
         let mut w = Snapshot::new(1);
-        for (id, owner, x) in [(1, Some(7), 100), (2, None, 150), (3, None, 900), (4, Some(8), 5000)] {
+        for (id, owner, x) in [
+            (1, Some(7), 100),
+            (2, None, 150),
+            (3, None, 900),
+            (4, Some(8), 5000),
+        ] {
             w.push_entity(EntityId(id), owner.map(PeerId));
             w.push_lanes(pos, &[x, 0, 0]);
         }
