@@ -6,6 +6,7 @@
 
 mod bench;
 mod connect;
+mod demo;
 mod logging;
 mod node;
 mod peers;
@@ -51,6 +52,9 @@ enum Command {
     Node(Box<node::NodeArgs>),
     /// Load-test a running hub (and a Socket.IO 4 reference) and print a summary table.
     Bench(Box<bench::BenchArgs>),
+    /// Run a demonstration in one process (`demo sync`: a sync session with bot clients).
+    #[command(long_about = demo::LONG_ABOUT)]
+    Demo(demo::DemoArgs),
     /// Simulate a mesh of N nodes in memory and print delivery, hops and join figures.
     #[command(long_about = sim::LONG_ABOUT)]
     Sim(Box<sim::SimArgs>),
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Node(args) => node::run(*args).await,
             Command::Bench(args) => bench::run(*args).await,
             Command::Sim(args) => sim::run(*args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

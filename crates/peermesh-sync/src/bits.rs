@@ -6,7 +6,8 @@
 //! - [`BitWriter::uvar`] for counts, ids and gaps: `0`+3 bits (below 8), `10`+8 bits,
 //!   `110`+16 bits, `111`+64 bits;
 //! - [`BitWriter::svar`] for signed changes (zig-zag, so small changes either way are short):
-//!   `0` for no change, `10`+4 bits, `110`+8 bits, `1110`+16 bits, `1111`+64 bits.
+//!   `0` for no change, `10`+4 bits, `110`+8 bits, `1110`+12 bits, `11110`+16 bits,
+//!   `11111`+64 bits.
 //!
 //! Reading past the end is an error ([`WireError::Truncated`]), never a panic.
 
@@ -115,11 +116,14 @@ impl BitWriter {
         } else if z < 256 {
             self.bits(0b110, 3);
             self.bits(z, 8);
-        } else if z < 65_536 {
+        } else if z < 4096 {
             self.bits(0b1110, 4);
+            self.bits(z, 12);
+        } else if z < 65_536 {
+            self.bits(0b11110, 5);
             self.bits(z, 16);
         } else {
-            self.bits(0b1111, 4);
+            self.bits(0b11111, 5);
             self.bits(z, 64);
         }
     }
@@ -221,6 +225,8 @@ impl<'a> BitReader<'a> {
         } else if !self.bit()? {
             self.bits(8)?
         } else if !self.bit()? {
+            self.bits(12)?
+        } else if !self.bit()? {
             self.bits(16)?
         } else {
             self.bits(64)?
@@ -275,8 +281,9 @@ mod tests {
         assert_eq!(size(&|w| w.svar(0)), 1);
         assert_eq!(size(&|w| w.svar(-8)), 6);
         assert_eq!(size(&|w| w.svar(127)), 11);
-        assert_eq!(size(&|w| w.svar(-30_000)), 20);
-        assert_eq!(size(&|w| w.svar(i64::MIN)), 68);
+        assert_eq!(size(&|w| w.svar(-2000)), 16);
+        assert_eq!(size(&|w| w.svar(-30_000)), 21);
+        assert_eq!(size(&|w| w.svar(i64::MIN)), 69);
     }
 
     #[test]

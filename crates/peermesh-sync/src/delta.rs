@@ -4,8 +4,9 @@
 //! Records go in entity id order, each after the gap from the previous id: **update** (`0`)
 //! for an entity in both with the same component types, a bit per component that changed and,
 //! for lanes, a short signed change per lane; **full** (`10`) for a new entity or one whose
-//! component types changed, with every lane in its declared bits; **despawn** (`11`). An
-//! unchanged entity costs nothing.
+//! component types changed, with every lane in its declared bits (and one bit saying its
+//! component types are those of the previous full record, the usual case, instead of the
+//! list); **despawn** (`11`). An unchanged entity costs nothing.
 
 use crate::bits::{BitReader, BitWriter, WireError};
 use crate::schema::{ComponentId, Encoding, Schema};
@@ -115,13 +116,27 @@ fn check_lanes(comp: ComponentId, enc: Encoding, lanes: &[u32]) -> Result<u8, Wi
     Ok(bits)
 }
 
-fn write_full(schema: &Schema, w: &mut BitWriter, e: EntityView<'_>) -> Result<(), WireError> {
+fn write_full(
+    schema: &Schema,
+    w: &mut BitWriter,
+    e: EntityView<'_>,
+    shape: &mut Vec<ComponentId>,
+) -> Result<(), WireError> {
     write_owner(w, e.owner());
-    w.uvar(e.component_count() as u64);
-    let mut prev: i64 = -1;
+    let same = e.component_count() == shape.len()
+        && e.components().zip(shape.iter()).all(|((c, _), s)| c == *s);
+    w.bit(same);
+    if !same {
+        shape.clear();
+        shape.extend(e.components().map(|(c, _)| c));
+        w.uvar(shape.len() as u64);
+        let mut prev: i64 = -1;
+        for c in shape.iter() {
+            w.uvar((i64::from(c.0) - prev - 1) as u64);
+            prev = i64::from(c.0);
+        }
+    }
     for (comp, v) in e.components() {
-        w.uvar((i64::from(comp.0) - prev - 1) as u64);
-        prev = i64::from(comp.0);
         let enc = encoding(schema, comp)?;
         match v {
             Value::Lanes(l) => {
@@ -225,6 +240,7 @@ pub fn encode(
         }
     }
     let mut stats = DeltaStats::default();
+    let mut shape = Vec::new();
     w.uvar(recs.len() as u64);
     let mut next: u64 = 0;
     for rec in recs {
@@ -242,7 +258,7 @@ pub fn encode(
             }
             Rec::Full(y) => {
                 w.bits(0b10, 2);
-                write_full(schema, w, y)?;
+                write_full(schema, w, y, &mut shape)?;
                 stats.full += 1;
             }
             Rec::Despawn(_) => {
@@ -269,6 +285,7 @@ pub fn decode(
     let mut next: u64 = 0;
     let mut blob = Vec::new();
     let mut lanes: Vec<u32> = Vec::new();
+    let mut shape: Vec<ComponentId> = Vec::new();
     for _ in 0..n {
         let id = next
             .checked_add(r.uvar()?)
@@ -334,16 +351,23 @@ pub fn decode(
             }
         } else if !r.bit()? {
             let owner = read_owner(r)?;
-            let count = r.uvar_max(schema.component_count() as u64, "component count")?;
+            if !r.bit()? {
+                let count = r.uvar_max(schema.component_count() as u64, "component count")?;
+                shape.clear();
+                let mut next_comp: u64 = 0;
+                for _ in 0..count {
+                    let c = next_comp
+                        .checked_add(r.uvar()?)
+                        .filter(|c| *c < schema.component_count() as u64)
+                        .ok_or_else(|| {
+                            WireError::bad("component", "not registered in the schema")
+                        })?;
+                    next_comp = c + 1;
+                    shape.push(ComponentId(c as u16));
+                }
+            }
             out.push_entity(id, owner);
-            let mut next_comp: u64 = 0;
-            for _ in 0..count {
-                let c = next_comp
-                    .checked_add(r.uvar()?)
-                    .filter(|c| *c < schema.component_count() as u64)
-                    .ok_or_else(|| WireError::bad("component", "not registered in the schema"))?;
-                next_comp = c + 1;
-                let comp = ComponentId(c as u16);
+            for &comp in &shape {
                 match encoding(schema, comp)? {
                     Encoding::Lanes { count, bits } => {
                         lanes.clear();

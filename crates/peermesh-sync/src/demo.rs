@@ -437,3 +437,111 @@ pub fn run(
         sent: ns.sent,
     })
 }
+
+/// What an initial sync costs the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InitialSyncFigures {
+    /// Entities.
+    pub entities: u32,
+    /// Bytes of the full snapshot (all fragments, headers included).
+    pub bytes: usize,
+    /// Datagrams.
+    pub datagrams: usize,
+    /// Host CPU time to capture and encode it (best of `rounds`).
+    pub host_time: Duration,
+}
+
+/// Measures the initial sync of a world of `entities` (all moving ones mid-walk).
+pub fn initial_sync_figures(entities: u32, rounds: u32) -> InitialSyncFigures {
+    use crate::bits::BitWriter;
+    use crate::packet::FRAGMENT_PAYLOAD;
+    use crate::world::World;
+    let mut w = world(7, entities, true);
+    for t in 1..=30 {
+        w.step(t, &[]);
+    }
+    let sc = {
+        let mut s = schema();
+        s.freeze();
+        s
+    };
+    let mut best = Duration::MAX;
+    let mut bytes = 0;
+    let mut datagrams = 0;
+    for _ in 0..rounds.max(1) {
+        let t0 = Instant::now();
+        let mut snap = crate::Snapshot::new(30);
+        w.capture(&mut snap);
+        snap.seal();
+        let mut out = BitWriter::new();
+        let _ = crate::delta::encode(&sc, None, &snap, &mut out);
+        let body = out.finish();
+        let mut total = 0;
+        let mut n = 0;
+        for chunk in body.chunks(FRAGMENT_PAYLOAD) {
+            let d = crate::packet::ToClient::State {
+                pong: None,
+                input_ack: None,
+                depth_16: 0,
+                host_tick: 30,
+                tick: 30,
+                baseline: None,
+                index: n as u16,
+                count: body.len().div_ceil(FRAGMENT_PAYLOAD) as u16,
+                payload: bytes::Bytes::copy_from_slice(chunk),
+            }
+            .encode();
+            total += d.len();
+            n += 1;
+        }
+        best = best.min(t0.elapsed());
+        bytes = total;
+        datagrams = n;
+    }
+    InitialSyncFigures {
+        entities,
+        bytes,
+        datagrams,
+        host_time: best,
+    }
+}
+
+/// Measures a client's rollback: restore the host's state and replay `ticks` ticks of
+/// inputs for `entities` predicted entities (best of `rounds`).
+pub fn replay_figures(entities: u32, ticks: u64, rounds: u32) -> Duration {
+    use crate::world::World;
+    let me = PeerId(1);
+    let mut host = world(3, 0, true);
+    for _ in 0..entities {
+        let id = host.store.spawn(Some(me));
+        host.store
+            .set_lanes(id, POSITION, &[500_000, 500_000, 500_000]);
+        host.store
+            .set_lanes(id, ROTATION, &rotation_lanes([1, 0, 0]));
+    }
+    let mut auth = crate::Snapshot::new(0);
+    host.capture(&mut auth);
+    auth.seal();
+    let mut client = world(3, 0, false);
+    let mut best = Duration::MAX;
+    for _ in 0..rounds.max(1) {
+        let t0 = Instant::now();
+        client.restore(&auth);
+        let mut out = crate::Snapshot::new(0);
+        for t in 1..=ticks {
+            client.step(
+                t,
+                &[PeerInput {
+                    peer: me,
+                    actions: vec![bot_input(me, t)],
+                }],
+            );
+            out.clear(t);
+            client.capture(&mut out);
+            out.seal();
+        }
+        best = best.min(t0.elapsed());
+        std::hint::black_box(&out);
+    }
+    best
+}
