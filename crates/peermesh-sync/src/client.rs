@@ -189,7 +189,7 @@ impl Rendered {
     }
 }
 
-type Sampler = Box<dyn FnMut(u64, &mut Vec<Action>)>;
+type Sampler = Box<dyn FnMut(u64, &mut Vec<Action>) + Send>;
 
 /// A client of a session; see the [module docs](self).
 pub struct Client<W> {
@@ -297,7 +297,7 @@ impl<W: World> Client<W> {
     }
 
     /// Sets the input sampler, called once per predicted tick with an empty list to fill.
-    pub fn set_sampler(&mut self, sampler: impl FnMut(u64, &mut Vec<Action>) + 'static) {
+    pub fn set_sampler(&mut self, sampler: impl FnMut(u64, &mut Vec<Action>) + Send + 'static) {
         self.sampler = Some(Box::new(sampler));
     }
 

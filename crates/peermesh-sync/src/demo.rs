@@ -6,6 +6,7 @@
 //! the host's entities rest; the other half walk at random at up to 10 m/s, turning every
 //! second. Each client owns one entity, moved by its bot's deterministic inputs.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -103,7 +104,7 @@ pub fn move_action(v: [i32; 3]) -> Action {
 }
 
 /// The demo world's step function.
-pub type StepFn = Box<dyn FnMut(&mut EntityStore, u64, &[PeerInput])>;
+pub type StepFn = Box<dyn FnMut(&mut EntityStore, u64, &[PeerInput]) + Send>;
 /// The demo world.
 pub type DemoWorld = Simulated<StepFn>;
 
@@ -297,9 +298,9 @@ pub fn run(
         // Stagger the joins a little, as real clients would.
         let _ = i;
         c.connect(start);
-        let peer_cell = std::rc::Rc::new(std::cell::Cell::new(PeerId::HOST));
+        let peer_cell = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let cell = peer_cell.clone();
-        c.set_sampler(move |tick, out| out.push(bot_input(cell.get(), tick)));
+        c.set_sampler(move |tick, out| out.push(bot_input(PeerId(cell.load(Relaxed)), tick)));
         clients.push((c, peer_cell));
         addrs.push(addr);
     }
@@ -362,12 +363,12 @@ pub fn run(
             client_last[i] = now;
             while let Some(ev) = c.poll_event() {
                 if let ClientEvent::Connected { peer } = ev {
-                    cell.set(peer);
+                    cell.store(peer.0, Relaxed);
                 }
                 events[i].push(format!("{:.2}s {ev:?}", (now - start).as_secs_f64()));
             }
             if let Some(p) = c.peer() {
-                cell.set(p);
+                cell.store(p.0, Relaxed);
             }
             while let Some(bytes) = c.poll_transmit() {
                 net.send(now, addrs[i], host_addr, bytes);

@@ -151,7 +151,7 @@ pub struct Host<W, A> {
     by_token: HashMap<u64, PeerId>,
     next_peer: u32,
     history: VecDeque<Arc<Snapshot>>,
-    scope: Box<dyn Scope>,
+    scope: Box<dyn Scope + Send>,
     kicked: VecDeque<(A, String)>,
     rng: StdRng,
     inputs: Vec<PeerInput>,
@@ -194,7 +194,7 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
     }
 
     /// Replaces the scope filter (the default, [`OwnerAwareScope`], shows everything).
-    pub fn set_scope(&mut self, scope: Box<dyn Scope>) {
+    pub fn set_scope(&mut self, scope: Box<dyn Scope + Send>) {
         self.scope = scope;
     }
 
