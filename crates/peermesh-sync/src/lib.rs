@@ -51,6 +51,8 @@ pub mod render_delay;
 pub mod schema;
 pub mod scope;
 pub mod snapshot;
+#[doc(hidden)]
+pub mod testing;
 #[cfg(feature = "tokio")]
 pub mod transport;
 pub mod world;
