@@ -125,6 +125,8 @@ fn sync(a: SyncArgs) -> anyhow::Result<()> {
         rtt: a.rtt,
         jitter: a.jitter,
         loss: a.loss,
+        duplicate: 0.0,
+        reorder: 0.0,
         seed: a.seed,
         duration: a.duration,
         cut: a.cut_at.map(|at| Cut {
@@ -199,6 +201,10 @@ fn to_json(
         "host_tick": r.host_tick,
         "datagrams_sent": r.sent,
         "datagrams_lost": r.lost,
+        "reference_bytes_per_s": {
+            "raw_f32_every_entity": r.reference_bytes_per_s.0.round(),
+            "quantised_every_entity": r.reference_bytes_per_s.1.round(),
+        },
         "initial_sync": {
             "entities": initial.entities,
             "bytes": initial.bytes,
@@ -256,6 +262,12 @@ fn print_table(
             if c.matches_host { "=host" } else { "DIFF" },
         );
     }
+    let mean_down =
+        r.clients.iter().map(|c| c.bytes_per_s_down).sum::<f64>() / r.clients.len().max(1) as f64;
+    println!(
+        "one client's stream, same states: raw f32 every entity {:.0} B/s, quantised every entity {:.0} B/s, peermesh (delta against the acknowledged state) {:.0} B/s",
+        r.reference_bytes_per_s.0, r.reference_bytes_per_s.1, mean_down
+    );
     println!(
         "initial sync of {} entities: {} bytes in {} datagrams, {:.2} ms of host CPU ({:.3} ms per 1,000)",
         initial.entities,

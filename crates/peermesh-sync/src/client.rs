@@ -834,31 +834,43 @@ impl<W: World> Client<W> {
         };
         self.stats.predictions_checked += 1;
         let me = self.peer;
-        let matches = {
+        // An owned entity whose state differs is a misprediction; one the host spawned or
+        // removed meanwhile (which no prediction can know of) only needs the rollback.
+        let (differs, reshaped) = {
             let pred = &self.predicted[i];
             let mut n = 0;
-            let same = auth
+            let mut differs = false;
+            let mut reshaped = false;
+            for e in auth
                 .iter()
                 .filter(|e| e.owner().is_some() && e.owner() == me)
-                .all(|e| {
-                    n += 1;
-                    pred.get(e.id()).is_some_and(|p| p == e)
-                });
-            same && n == pred.len()
+            {
+                match pred.get(e.id()) {
+                    Some(p) => {
+                        n += 1;
+                        differs |= p != e;
+                    }
+                    None => reshaped = true,
+                }
+            }
+            (differs, reshaped || n != pred.len())
         };
         // Older predictions are no longer needed.
         self.predicted.drain(..i);
-        if matches {
+        if !differs && !reshaped {
             return;
         }
-        self.stats.mispredictions += 1;
+        if differs {
+            self.stats.mispredictions += 1;
+        }
         self.stats.rollbacks += 1;
         tracing::debug!(
             peer = ?self.peer,
             tick,
             next = self.clock.next_tick(),
             input_ack = ?self.input_ack,
-            "misprediction: rolling back"
+            differs,
+            "rolling back"
         );
         let before = self.predicted.back().cloned();
         self.world.restore(&auth);

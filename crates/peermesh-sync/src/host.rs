@@ -131,6 +131,7 @@ struct Peer<A> {
     inputs: BTreeMap<u64, Vec<Action>>,
     first_input: Option<u64>,
     newest_input: Option<u64>,
+    counted_through: Option<u64>,
     depth_16: i32,
     baseline: Option<Arc<Snapshot>>,
     sent: VecDeque<Arc<Snapshot>>,
@@ -297,6 +298,9 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                 p.inputs.pop_first();
             }
             let due = p.presence == Presence::Connected && p.first_input.is_some_and(|f| f <= tick);
+            if due || p.inputs.contains_key(&tick) {
+                p.counted_through = Some(tick);
+            }
             match p.inputs.remove(&tick) {
                 Some(actions) => {
                     p.stats.inputs_due += 1;
@@ -597,12 +601,26 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                 }
                 p.rtt = Duration::from_millis(u64::from(rtt_ms));
                 on_acks(p, ack, need_full, transfer);
+                if !inputs.is_empty() {
+                    p.first_input = Some(p.first_input.map_or(first_tick, |f| f.min(first_tick)));
+                }
                 for (i, actions) in inputs.into_iter().enumerate() {
                     let t = first_tick.saturating_add(i as u64);
-                    if t < next || t >= next + INPUT_AHEAD {
+                    if t >= next + INPUT_AHEAD {
                         continue;
                     }
-                    p.first_input = Some(p.first_input.map_or(t, |f| f.min(t)));
+                    if t < next {
+                        // Too late: that tick ran without it. Count it once (a tick already
+                        // counted when it ran is not counted again).
+                        if p.counted_through.is_none_or(|c| t > c)
+                            && p.first_input.is_some_and(|f| t >= f)
+                        {
+                            p.counted_through = Some(t);
+                            p.stats.inputs_due += 1;
+                            p.stats.input_misses += 1;
+                        }
+                        continue;
+                    }
                     p.inputs.entry(t).or_insert(actions);
                 }
                 if !p.inputs.is_empty() || first_tick > 0 {
@@ -745,6 +763,7 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                 inputs: BTreeMap::new(),
                 first_input: None,
                 newest_input: None,
+                counted_through: None,
                 depth_16: 0,
                 baseline: None,
                 sent: VecDeque::new(),

@@ -60,6 +60,42 @@ fn the_same_seed_gives_the_same_session() {
     assert_ne!(a.clients[0].stats, c.clients[0].stats);
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+    /// Whatever the network does (loss, duplication, reordering, jitter), every client ends
+    /// with the host's state, and every misprediction is explained by an input the host did
+    /// not get in time.
+    #[test]
+    fn any_network_ends_in_the_hosts_state(
+        seed in 0u64..1_000_000,
+        loss in 0.0f64..0.12,
+        duplicate in 0.0f64..0.05,
+        reorder in 0.0f64..0.05,
+        jitter_ms in 0u64..40,
+        rtt_ms in 10u64..200,
+    ) {
+        let cfg = DemoConfig {
+            clients: 2,
+            entities: 100,
+            rtt: Duration::from_millis(rtt_ms),
+            jitter: Duration::from_millis(jitter_ms),
+            loss,
+            duplicate,
+            reorder,
+            seed,
+            duration: Duration::from_secs(6),
+            ..DemoConfig::default()
+        };
+        let r = run(&cfg);
+        for c in &r.clients {
+            proptest::prop_assert!(c.matches_host, "{:#?}", c);
+            proptest::prop_assert!(c.stats.predictions_checked > 50, "{:#?}", c);
+            proptest::prop_assert!(c.stats.mispredictions <= c.host.input_misses, "{:#?}", c);
+        }
+    }
+}
+
 fn has(events: &[String], what: &str) -> bool {
     events.iter().any(|e| e.contains(what))
 }
