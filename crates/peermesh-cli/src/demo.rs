@@ -186,6 +186,7 @@ fn to_json(
                 "inputs_due": c.host.inputs_due,
                 "interp_error_p50_mm": c.interp_error_mm.0,
                 "interp_error_p99_mm": c.interp_error_mm.1,
+                "stale_frames": c.stale_frames,
                 "resumes": c.stats.resumes,
                 "resyncs": c.stats.resyncs,
                 "full_snapshots": c.stats.full_snapshots,

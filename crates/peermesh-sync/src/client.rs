@@ -959,6 +959,11 @@ impl<W: World> Client<W> {
         });
         if let Some(s0) = &s0 {
             let t = match &s1 {
+                // Across a gap longer than the largest render delay (a cut, a resync) there
+                // is nothing to blend: show the newer state at once.
+                Some(s1) if s1.tick() - s0.tick() > u64::from(self.config.render_delay_ticks.1) => {
+                    1.0
+                }
                 Some(s1) if rt > s0.tick() as f64 => {
                     ((rt - s0.tick() as f64) / (s1.tick() - s0.tick()) as f64).clamp(0.0, 1.0)
                 }

@@ -230,6 +230,9 @@ pub struct ClientReport {
     pub interp_error_mm: (f64, f64),
     /// Samples behind the interpolation error.
     pub interp_samples: usize,
+    /// Frames drawn more than the largest render delay past the newest state received (an
+    /// outage not yet detected), left out of the interpolation error.
+    pub stale_frames: u64,
     /// Whether its newest state equals the host's state of that tick (digest).
     pub matches_host: bool,
     /// What happened to its connection, in order.
@@ -321,6 +324,7 @@ pub fn run(
     let end = start + cfg.duration;
     let mut next_frame = vec![start; cfg.clients];
     let mut errors: Vec<Vec<f64>> = vec![Vec::new(); cfg.clients];
+    let mut stale = vec![0u64; cfg.clients];
     let warmup = start + Duration::from_secs(2);
     let mut last_progress = start;
     let mut host_last = start;
@@ -396,8 +400,15 @@ pub fn run(
                 net.send(now, addrs[i], host_addr, bytes);
             }
             if now >= warmup && c.is_live() {
+                let newest = c.latest().map_or(0, |s| s.tick());
                 let r = c.render(now);
                 let rt = r.tick;
+                if rt > (newest + u64::from(cfg.sync.render_delay_ticks.1)) as f64 {
+                    // Nothing has arrived for longer than the largest render delay (an outage
+                    // not yet detected): counted apart, not as interpolation error.
+                    stale[i] += 1;
+                    continue;
+                }
                 for (row, lanes) in r.rows() {
                     if row.predicted
                         || row.comp != POSITION
@@ -448,6 +459,7 @@ pub fn run(
             host: hs,
             interp_error_mm: (percentile(&e, 0.5), percentile(&e, 0.99)),
             interp_samples: e.len(),
+            stale_frames: stale[i],
             matches_host,
             events: std::mem::take(&mut events[i]),
         });
