@@ -692,7 +692,8 @@ impl<W: World> Client<W> {
         payload: Bytes,
     ) {
         let newest = self.states.keys().next_back().copied();
-        if self.states.contains_key(&tick) || newest.is_some_and(|n| tick + STATES_KEPT as u64 <= n)
+        if self.states.contains_key(&tick)
+            || newest.is_some_and(|n| tick.saturating_add(STATES_KEPT as u64) <= n)
         {
             return;
         }
@@ -811,9 +812,9 @@ impl<W: World> Client<W> {
             let host_now = self
                 .host_tick_now(now)
                 .map_or(tick, |h| h.max(0.0).ceil() as u64);
-            let target = host_now.max(tick) + self.lead_ticks();
+            let target = host_now.max(tick).saturating_add(self.lead_ticks());
             let peer = self.peer.unwrap_or(PeerId::HOST);
-            for t in tick + 1..target {
+            for t in tick.saturating_add(1)..target {
                 self.world.step(t, &[]);
                 self.recorded.push_back((t, Vec::new()));
                 let _ = peer;

@@ -85,7 +85,7 @@ impl Clock {
             self.accumulated = keep;
         }
         let first_tick = self.next_tick;
-        self.next_tick += u64::from(steps);
+        self.next_tick = self.next_tick.saturating_add(u64::from(steps));
         Frame {
             steps,
             first_tick,

@@ -330,7 +330,7 @@ pub fn decode(
                             ));
                         };
                         for x in l {
-                            let y = i64::from(*x) + r.svar()?;
+                            let y = i64::from(*x).checked_add(r.svar()?).unwrap_or(-1);
                             if y < 0 || (bits < 32 && y >> bits != 0) || y > i64::from(u32::MAX) {
                                 return Err(WireError::bad(
                                     "component",

@@ -601,6 +601,10 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                 }
                 p.rtt = Duration::from_millis(u64::from(rtt_ms));
                 on_acks(p, ack, need_full, transfer);
+                // The newest tick this datagram carries: acknowledged, and how early it came is
+                // the depth the client's time dilation steers by (late ones count too).
+                let newest = (!inputs.is_empty())
+                    .then(|| first_tick.saturating_add(inputs.len() as u64 - 1));
                 if !inputs.is_empty() {
                     p.first_input = Some(p.first_input.map_or(first_tick, |f| f.min(first_tick)));
                 }
@@ -623,14 +627,12 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                     }
                     p.inputs.entry(t).or_insert(actions);
                 }
-                if !p.inputs.is_empty() || first_tick > 0 {
-                    let newest = first_tick.saturating_add(p.inputs.len().max(1) as u64 - 1);
-                    let newest = p.inputs.keys().next_back().copied().unwrap_or(newest);
+                if let Some(newest) = newest {
                     if p.newest_input.is_none_or(|n| newest > n) {
                         p.newest_input = Some(newest);
                     }
-                    let depth = newest as i64 - next as i64;
-                    p.depth_16 = (depth * 16).clamp(-1 << 20, 1 << 20) as i32;
+                    let depth = i128::from(newest) - i128::from(next);
+                    p.depth_16 = (depth * 16).clamp(-(1 << 20), 1 << 20) as i32;
                 }
             }
         }
