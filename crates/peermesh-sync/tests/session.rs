@@ -325,3 +325,139 @@ fn garbage_datagrams_are_reported_and_change_nothing() {
             >= 4
     );
 }
+
+mod hostile {
+    use super::*;
+    use peermesh_sync::packet::{ToClient, ToHost, TransferAck};
+    use peermesh_sync::{Action, ActionId, PeerId};
+    use proptest::prelude::*;
+
+    fn to_client() -> impl Strategy<Value = ToClient> {
+        prop_oneof![
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u16>()
+            )
+                .prop_map(|(p, token, tick, resumed, pong)| ToClient::Welcome {
+                    peer: PeerId(p),
+                    token,
+                    tick,
+                    resumed,
+                    pong,
+                }),
+            (
+                any::<Option<(u16, u32)>>(),
+                any::<Option<u64>>(),
+                -10_000i32..10_000,
+                prop_oneof![0u64..200, any::<u64>()],
+                0u64..40,
+                any::<Option<u8>>(),
+                0u16..4,
+                1u16..5,
+                proptest::collection::vec(any::<u8>(), 0..64),
+            )
+                .prop_map(
+                    |(pong, input_ack, depth_16, tick, ahead, back, index, count, payload)| {
+                        ToClient::State {
+                            pong,
+                            input_ack,
+                            depth_16,
+                            host_tick: tick.saturating_add(ahead),
+                            tick,
+                            baseline: back.map(|b| tick.saturating_sub(u64::from(b) + 1)),
+                            index: index % count,
+                            count,
+                            payload: payload.into(),
+                        }
+                    }
+                ),
+            ".{0,20}".prop_map(|reason| ToClient::Kick { reason }),
+        ]
+    }
+
+    fn to_host() -> impl Strategy<Value = ToHost> {
+        prop_oneof![
+            (any::<u64>(), any::<u16>()).prop_map(|(token, ping)| ToHost::Hello {
+                schema: demo::schema().hash(),
+                tick_rate: 60,
+                token: token % 4,
+                ping,
+            }),
+            (
+                any::<u16>(),
+                any::<Option<u64>>(),
+                any::<bool>(),
+                any::<Option<(u64, u64)>>(),
+                prop_oneof![0u64..300, any::<u64>()],
+                proptest::collection::vec(proptest::collection::vec(any::<[i16; 3]>(), 0..3), 0..5),
+            )
+                .prop_map(|(ping, ack, need_full, transfer, first_tick, inputs)| {
+                    ToHost::Input {
+                        ping,
+                        rtt_ms: 100,
+                        ack,
+                        need_full,
+                        transfer: transfer.map(|(tick, w)| TransferAck {
+                            tick,
+                            have: vec![w],
+                        }),
+                        first_tick,
+                        inputs: inputs
+                            .into_iter()
+                            .map(|t| {
+                                t.into_iter()
+                                    .map(|v| {
+                                        let mut payload = Vec::new();
+                                        for x in v {
+                                            payload.extend_from_slice(&x.to_le_bytes());
+                                        }
+                                        Action {
+                                            id: ActionId(0),
+                                            payload,
+                                        }
+                                    })
+                                    .collect()
+                            })
+                            .collect(),
+                    }
+                }),
+            Just(ToHost::Bye),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// A live client fed any sequence of well-formed but arbitrary host datagrams (ticks
+        /// far in the future, unknown baselines, bogus fragments) never panics and stays
+        /// bounded; a host fed any client datagrams from several addresses never panics.
+        #[test]
+        fn arbitrary_datagrams_never_panic_a_client_or_a_host(
+            to_client_msgs in proptest::collection::vec(to_client(), 0..40),
+            to_host_msgs in proptest::collection::vec((0u32..3, to_host()), 0..40),
+        ) {
+            let mut p = Pair::new(demo::schema());
+            p.run_for(Duration::from_millis(600));
+            let schema = {
+                let mut s = demo::schema();
+                s.freeze();
+                s
+            };
+            for m in &to_client_msgs {
+                p.client.handle(p.now, &m.encode());
+                p.client.tick(p.now, Duration::from_millis(4));
+                let _ = p.client.render(p.now);
+            }
+            for (from, m) in &to_host_msgs {
+                if let Ok(bytes) = m.encode(&schema) {
+                    p.host.handle(p.now, peermesh_sync::NodeId(100 + from), &bytes);
+                }
+            }
+            p.run_for(Duration::from_millis(200));
+            prop_assert!(p.client.latest().is_none_or(|s| s.len() < 1000));
+        }
+    }
+}
