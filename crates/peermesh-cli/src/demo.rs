@@ -134,6 +134,7 @@ fn sync(a: SyncArgs) -> anyhow::Result<()> {
             at,
             length: a.cut_length,
         }),
+        scope_radius: None,
         sync: SyncConfig::default(),
     };
     let bar = ProgressBar::with_draw_target(

@@ -18,6 +18,7 @@ use crate::host::{Host, HostEvent, PeerStats};
 use crate::netsim::{LinkConditions, NodeId, SimNet};
 use crate::quantize::encode_rotation;
 use crate::schema::{ActionId, ComponentId, Encoding, Schema};
+use crate::scope::Scope;
 use crate::snapshot::{EntityId, PeerId};
 use crate::world::{Action, EntityStore, PeerInput, Simulated};
 
@@ -187,6 +188,9 @@ pub struct DemoConfig {
     pub duration: Duration,
     /// An optional cut.
     pub cut: Option<Cut>,
+    /// Interest radius in mm: each client sees its own entity and those within it (none:
+    /// everything).
+    pub scope_radius: Option<u32>,
     /// The session settings.
     pub sync: SyncConfig,
 }
@@ -204,6 +208,7 @@ impl Default for DemoConfig {
             seed: 1,
             duration: Duration::from_secs(20),
             cut: None,
+            scope_radius: None,
             sync: SyncConfig::default(),
         }
     }
@@ -297,6 +302,11 @@ pub fn run(
         world(cfg.seed, cfg.entities, true),
         cfg.seed,
     )?;
+    if let Some(r) = cfg.scope_radius {
+        host.set_scope(Box::new(crate::scope::OwnerAwareScope {
+            nearby: Some((POSITION, r)),
+        }));
+    }
     let mut clients = Vec::new();
     let mut addrs = Vec::new();
     let mut events: Vec<Vec<String>> = vec![Vec::new(); cfg.clients];
@@ -441,7 +451,18 @@ pub fn run(
         let hs = host.stats(peer).unwrap_or_default();
         let matches_host = c
             .latest()
-            .and_then(|s| host.state_at(s.tick()).map(|h| h.digest() == s.digest()))
+            .and_then(|s| {
+                let h = host.state_at(s.tick())?;
+                // What this client may see of the host's state.
+                let seen = match cfg.scope_radius {
+                    Some(r) => crate::scope::OwnerAwareScope {
+                        nearby: Some((POSITION, r)),
+                    }
+                    .filter(peer, h)?,
+                    None => (**h).clone(),
+                };
+                Some(seen.digest() == s.digest())
+            })
             .unwrap_or(false);
         let mut e = std::mem::take(&mut errors[i]);
         e.sort_by(f64::total_cmp);

@@ -96,6 +96,36 @@ proptest::proptest! {
     }
 }
 
+#[test]
+fn a_scope_filter_sends_each_client_only_what_is_near_its_entity() {
+    let base = DemoConfig {
+        clients: 2,
+        entities: 2000,
+        duration: Duration::from_secs(6),
+        ..DemoConfig::default()
+    };
+    let all = run(&base);
+    // 150 m around each client's entity: a few percent of a 1 km cube.
+    let near = run(&DemoConfig {
+        scope_radius: Some(150_000),
+        ..base
+    });
+    for (a, n) in all.clients.iter().zip(&near.clients) {
+        assert!(
+            n.matches_host,
+            "the client's state is not its part of the host's: {n:#?}"
+        );
+        assert_eq!(n.stats.mispredictions, 0, "{n:#?}");
+        assert!(
+            n.bytes_per_s_down * 5.0 < a.bytes_per_s_down,
+            "scoped {} B/s against {} B/s unscoped",
+            n.bytes_per_s_down,
+            a.bytes_per_s_down
+        );
+        assert!(n.host.entity_updates > 0);
+    }
+}
+
 fn has(events: &[String], what: &str) -> bool {
     events.iter().any(|e| e.contains(what))
 }
