@@ -31,6 +31,8 @@ pub const HISTORY: usize = 128;
 pub const SENT_WINDOW: usize = 64;
 /// How far ahead of the host a client's input may be, in ticks.
 pub const INPUT_AHEAD: u64 = 128;
+/// Delta bodies shared per tick (distinct baselines among the clients).
+const DELTA_CACHE: usize = 16;
 /// Kicked addresses remembered (to answer their stray datagrams with the kick).
 const KICKED: usize = 64;
 
@@ -159,6 +161,8 @@ pub struct Host<W, A> {
     out: VecDeque<(A, Bytes)>,
     events: VecDeque<HostEvent<A>>,
     scratch: Vec<u8>,
+    /// This tick's delta bodies by (baseline, state): shared by clients with the same ones.
+    delta_cache: Vec<((usize, usize), Bytes, delta::DeltaStats)>,
 }
 
 impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
@@ -189,6 +193,7 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
             out: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
+            delta_cache: Vec::new(),
         };
         host.capture(0);
         Ok(host)
@@ -363,6 +368,7 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
             return;
         };
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        self.delta_cache.clear();
         for id in ids {
             if let Err(e) = self.send_state(id, &state, now) {
                 // A value the world wrote does not fit its registration: a game bug, reported
@@ -483,14 +489,33 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                 }
             }
             (Some(base), _) => {
-                let mut w = BitWriter::with_buffer(std::mem::take(&mut self.scratch));
-                let stats = delta::encode(&schema, Some(base), &scoped, &mut w)?;
+                // Clients with the same baseline and the same (unscoped) state get the same
+                // body: encode it once per tick.
+                // Only the shared state is cached: a scoped copy is freed after this client,
+                // and its address could come back for the next one. Every baseline is held by
+                // its client for the whole round.
+                let shared = Arc::ptr_eq(&scoped, state);
+                let key = (Arc::as_ptr(base) as usize, Arc::as_ptr(&scoped) as usize);
+                let cached = self
+                    .delta_cache
+                    .iter()
+                    .find(|(k, _, _)| shared && *k == key);
+                let (body, stats) = match cached {
+                    Some((_, body, stats)) => (body.clone(), *stats),
+                    None => {
+                        let mut w = BitWriter::with_buffer(std::mem::take(&mut self.scratch));
+                        let stats = delta::encode(&schema, Some(base), &scoped, &mut w)?;
+                        let body = Bytes::from(w.finish());
+                        if shared && self.delta_cache.len() < DELTA_CACHE {
+                            self.delta_cache.push((key, body.clone(), stats));
+                        }
+                        (body, stats)
+                    }
+                };
                 p.stats.entity_updates += u64::from(stats.updated + stats.full + stats.despawned);
-                let body = w.finish();
                 let chunks: Vec<&[u8]> = body.chunks(FRAGMENT_PAYLOAD).collect();
                 let n = chunks.len().max(1);
                 if n > MAX_FRAGMENTS {
-                    self.scratch = body;
                     return Err(WireError::bad(
                         "state",
                         "a delta needs more than 1024 fragments",
@@ -512,7 +537,7 @@ impl<W: World, A: Clone + Eq + Hash + Debug> Host<W, A> {
                         .encode(),
                     );
                 }
-                self.scratch = body;
+                // (the body stays in the cache for this tick)
                 if p.sent.len() >= SENT_WINDOW {
                     p.sent.pop_front();
                 }
