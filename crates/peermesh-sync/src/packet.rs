@@ -213,7 +213,7 @@ fn write_text(w: &mut BitWriter, s: &str) {
 fn read_text(r: &mut BitReader<'_>) -> Result<String, WireError> {
     let n = r.uvar_max(MAX_REASON as u64, "reason length")? as usize;
     let b = r.bytes(n)?;
-    Ok(String::from_utf8_lossy(b).into_owned())
+    String::from_utf8(b.to_vec()).map_err(|_| WireError::bad("reason", "not UTF-8 text"))
 }
 
 fn opt(w: &mut BitWriter, v: Option<u64>) {
