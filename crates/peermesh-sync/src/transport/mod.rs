@@ -4,6 +4,11 @@
 //! A transport moves datagrams; the sync layer's own acknowledgements and redundancy deal with
 //! loss, so no transport needs to be reliable. [`udp`] is for native games; [`memory`] is a
 //! lossless in-process network for tests.
+//!
+//! With feature `hub`, `hub` carries the datagrams as binary messages between clients of a
+//! peermesh hub, addressed by client id, for peers that cannot reach each other directly.
+//! With feature `mesh`, `mesh` sends them over a `MeshSocket` of the Kademlia relay mesh,
+//! addressed by node id, for sessions without a central server.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -18,7 +23,11 @@ use crate::client::{Client, ClientEvent};
 use crate::host::{Host, HostEvent};
 use crate::world::World;
 
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod memory;
+#[cfg(feature = "mesh")]
+pub mod mesh;
 pub mod udp;
 
 /// Moves datagrams between a host and its clients.
