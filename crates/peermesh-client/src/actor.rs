@@ -748,6 +748,26 @@ impl ClientActor {
                 ClientFrame::Respond(Respond { call, outcome }),
                 "the call arrived on an earlier connection; the hub forgot it",
             )),
+            Op::Emit {
+                to,
+                event,
+                payload,
+                ack: None,
+                answer: false,
+            } => Some((
+                None,
+                build_frame(
+                    Op::Emit {
+                        to,
+                        event,
+                        payload,
+                        ack: None,
+                        answer: false,
+                    },
+                    0,
+                ),
+                "",
+            )),
             other => {
                 return self.on_request(other, reply);
             }
@@ -1055,11 +1075,12 @@ fn build_frame(op: Op, req: u64) -> ClientFrame {
             event,
             payload,
             ack,
+            answer,
         } => ClientFrame::Emit(Emit {
             to,
             event,
             payload,
-            req: Some(req),
+            req: answer.then_some(req),
             ack: ack.is_some(),
             timeout_ms: ack.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
         }),

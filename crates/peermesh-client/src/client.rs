@@ -135,6 +135,29 @@ impl Client {
                 event: EventName::new(event.as_ref())?,
                 payload: payload.into(),
                 ack: None,
+                answer: true,
+            })
+        })();
+        self.request(op, request::unit)
+    }
+
+    /// Sends `event` to the client `to` without asking the hub for an answer, as a datagram:
+    /// resolves once queued on the connection; a target that is not connected is not
+    /// reported, and no request slot is held. For high-rate traffic whose loss the sender
+    /// handles itself (game state, telemetry).
+    pub fn emit_unanswered(
+        &self,
+        to: impl AsRef<str>,
+        event: impl AsRef<str>,
+        payload: impl Into<Payload>,
+    ) -> Request<()> {
+        let op = (|| {
+            Ok(Op::Emit {
+                to: ClientId::new(to.as_ref())?,
+                event: EventName::new(event.as_ref())?,
+                payload: payload.into(),
+                ack: None,
+                answer: false,
             })
         })();
         self.request(op, request::unit)
@@ -162,6 +185,7 @@ impl Client {
                 event: EventName::new(event.as_ref())?,
                 payload: payload.into(),
                 ack: Some(timeout),
+                answer: true,
             })
         })();
         self.request(op, request::ack_payload)

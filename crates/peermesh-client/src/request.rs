@@ -38,6 +38,8 @@ pub(crate) enum Op {
         payload: Payload,
         /// `Some(timeout)` for an acknowledged emit.
         ack: Option<Duration>,
+        /// Whether the hub answers (`req` set); a datagram-like emit asks for nothing.
+        answer: bool,
     },
     EmitRoom {
         room: RoomName,

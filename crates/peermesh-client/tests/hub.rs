@@ -139,6 +139,35 @@ async fn direct_messages_in_both_encodings() -> Result<()> {
 }
 
 #[tokio::test]
+async fn unanswered_emits_arrive_and_hold_nothing() -> Result<()> {
+    let hub = TestHub::start().await?;
+    let alice = hub.client("alice").await?;
+    let bob = hub.client("bob").await?;
+    let mut datagrams = bob.on("dgram");
+    let mut events = alice.events();
+    for n in 0..100u8 {
+        within(alice.emit_unanswered("bob", "dgram", vec![n])).await??;
+    }
+    for n in 0..100u8 {
+        let m = within(datagrams.recv()).await?.context("datagram")?;
+        assert_eq!(m.payload, Payload::Bin(vec![n].into()));
+    }
+    // To nobody: accepted, never reported, nothing pending, the connection carries on.
+    within(alice.emit_unanswered("nobody", "dgram", vec![1u8])).await??;
+    assert_eq!(alice.pending_requests().await?, 0);
+    within(alice.emit("bob", "dgram", vec![7u8])).await??;
+    let m = within(datagrams.recv()).await?.context("after")?;
+    assert_eq!(m.payload, Payload::Bin(vec![7u8].into()));
+    assert!(events
+        .try_recv()
+        .is_none_or(|e| !matches!(e, ClientEvent::Error { .. })));
+    alice.close().await;
+    bob.close().await;
+    hub.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn acks_round_trip() -> Result<()> {
     let hub = TestHub::start().await?;
     let alice = hub.client("alice").await?;

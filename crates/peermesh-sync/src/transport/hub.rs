@@ -8,9 +8,9 @@
 //! down, datagrams are lost, which the sync layer's acknowledgements and reconnect ladder
 //! already handle.
 //!
-//! Sending does not wait for the hub's answer to the emit: a datagram to a client that is not
-//! connected (the hub's `unknown_target`) is lost silently, like a UDP datagram to a closed
-//! port. When the hub client's command queue is full (see
+//! Datagrams are sent with [`Client::emit_unanswered`]: the hub does not answer them and no
+//! request slot is held, so a datagram costs one frame each way; one to a client that is not
+//! connected is lost silently, like a UDP datagram to a closed port. When the hub client's command queue is full (see
 //! [`ClientOptions::command_capacity`](peermesh_client::ClientOptions::command_capacity)), or
 //! it is between connections and holds commands for a resume, [`send`](Transport::send) drops
 //! the datagram and reports [`io::ErrorKind::WouldBlock`] rather than stalling the caller's
@@ -72,7 +72,9 @@ impl Transport for HubTransport {
     type Addr = String;
 
     async fn send(&mut self, to: &String, datagram: Bytes) -> io::Result<()> {
-        let request = self.client.emit(to, EVENT, Payload::Bin(datagram));
+        let request = self
+            .client
+            .emit_unanswered(to, EVENT, Payload::Bin(datagram));
         // Queue the emit if the actor's inbox has room now, and never wait for the hub's
         // answer (dropping it does not cancel the emit). `unconstrained`: tokio's cooperative
         // budget must not turn a free slot into a spurious drop.
