@@ -469,6 +469,7 @@ pub struct PoolView<'a, K> {
     active: &'a HashMap<K, PeerInfo<K>>,
     pool: &'a VecDeque<K>,
     bad: &'a HashMap<K, Fault>,
+    held: &'a HashMap<K, Instant>,
     cfg: &'a ManagerConfig,
     launching: bool,
     now: Instant,
@@ -495,9 +496,11 @@ impl<K: PeerKey> PoolView<'_, K> {
         self.pool.iter()
     }
 
-    /// Whether a peer is backed off after faults and must not be dialled now.
+    /// Whether a peer is backed off after faults, or held (it closed our link), and must not
+    /// be dialled now.
     pub fn is_backed_off(&self, key: &K) -> bool {
         self.bad.get(key).is_some_and(|f| f.until > self.now)
+            || self.held.get(key).is_some_and(|until| *until > self.now)
     }
 
     /// Whether the manager is launching (no peer connected yet).
@@ -560,6 +563,9 @@ pub struct PeerManager<K: PeerKey = PeerAddr, P: DialPolicy<K> = Fifo> {
     active: HashMap<K, PeerInfo<K>>,
     pool: VecDeque<K>,
     bad: HashMap<K, Fault>,
+    /// Peers not to dial on our own until then (they closed a link to us); unlike faults,
+    /// their links and offers are still accepted. At most `max_bad`.
+    held: HashMap<K, Instant>,
     waits: BTreeMap<WaitId, Wait<K>>,
     next_wait: WaitId,
     actions: VecDeque<Action<K>>,
@@ -628,6 +634,7 @@ impl<K: PeerKey, P: DialPolicy<K>> PeerManager<K, P> {
             active: HashMap::new(),
             pool: VecDeque::new(),
             bad: HashMap::new(),
+            held: HashMap::new(),
             waits: BTreeMap::new(),
             next_wait: 1,
             actions: VecDeque::new(),
@@ -851,6 +858,7 @@ impl<K: PeerKey, P: DialPolicy<K>> PeerManager<K, P> {
                 active: &self.active,
                 pool: &self.pool,
                 bad: &self.bad,
+                held: &self.held,
                 cfg: &self.cfg,
                 launching: self.state == ManagerState::Launching,
                 now,
@@ -898,6 +906,7 @@ impl<K: PeerKey, P: DialPolicy<K>> PeerManager<K, P> {
             active: &self.active,
             pool: &self.pool,
             bad: &self.bad,
+            held: &self.held,
             cfg: &self.cfg,
             launching: self.state == ManagerState::Launching,
             now,
@@ -1019,9 +1028,28 @@ impl<K: PeerKey, P: DialPolicy<K>> PeerManager<K, P> {
         self.log(Severity::Warning, m, Some(addr.clone()));
     }
 
-    /// Forgets the faults counted against a peer (an explicit request to link it again).
+    /// Forgets the faults counted against a peer, and its hold (an explicit request to link
+    /// it again).
     pub fn forgive(&mut self, addr: &K) {
         self.bad.remove(addr);
+        self.held.remove(addr);
+    }
+
+    /// Keeps the policy from dialling `addr` until `until` (its links and offers are still
+    /// accepted): for a peer that closed a link to us.
+    pub fn hold(&mut self, addr: &K, until: Instant) {
+        if !self.held.contains_key(addr) && self.held.len() >= self.cfg.max_bad {
+            // Forget the hold that ends first.
+            if let Some(k) = self
+                .held
+                .iter()
+                .min_by_key(|(_, u)| **u)
+                .map(|(k, _)| k.clone())
+            {
+                self.held.remove(&k);
+            }
+        }
+        self.held.insert(addr.clone(), until);
     }
 
     /// Something was heard from the peer (a message, a keep-alive): it is not idle.
@@ -1183,6 +1211,7 @@ impl<K: PeerKey, P: DialPolicy<K>> PeerManager<K, P> {
                 active: &self.active,
                 pool: &self.pool,
                 bad: &self.bad,
+                held: &self.held,
                 cfg: &self.cfg,
                 launching: self.state == ManagerState::Launching,
                 now,

@@ -52,6 +52,8 @@ const LOOKUP_MEMORY: usize = 64;
 const EXPECTING: usize = 256;
 /// Most nodes remembered as disconnected on request.
 const REFUSED: usize = 1024;
+/// How long a peer that closed our link is not dialled on our own.
+const HOLD_AFTER_CLOSE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a node disconnected on request is refused.
 const REFUSE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -464,6 +466,11 @@ impl Node {
                         self.by_peer.remove(&peer);
                         self.paths.forget_hop(&peer);
                         self.manager.handle_closed(&peer, "link closed", now);
+                        if matches!(l.state, LinkState::Up(_)) {
+                            // The other side closed it (a disconnect, an eviction, an exit):
+                            // do not dial it again on our own for a while; it may dial us.
+                            self.manager.hold(&peer, now + HOLD_AFTER_CLOSE);
+                        }
                         self.schedule_repair(now);
                     }
                 }
