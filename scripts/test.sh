@@ -9,9 +9,11 @@ step() { printf '\n== %s\n' "$*" >&2; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages the tests drive for real: headless Chromium for the browser test.
+# Debian packages the tests drive for real: headless Chromium for the browser test, and
+# nats-server (with JetStream) for the cluster tests.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
   step "apt-get install ${missing[*]}"
   as_root apt-get update -qq

@@ -1,0 +1,492 @@
+//! The cluster node: heartbeats, the member table, the id registry and the reaper.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::{ClusterConfig, ClusterError};
+
+/// The subject every node's heartbeat goes to.
+pub const HEARTBEAT_SUBJECT: &str = "peermesh.cluster.heartbeat";
+
+/// The outcome of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The id is this node's now (or already was).
+    Won,
+    /// Another node holds it.
+    Taken {
+        /// That node.
+        node: String,
+    },
+}
+
+/// A node of the cluster, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its name.
+    pub name: String,
+    /// The clients it reported in its last heartbeat.
+    pub clients: u64,
+    /// How long ago its last heartbeat came (zero for this node).
+    pub silent_for: Duration,
+    /// Whether this is the local node.
+    pub local: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Heartbeat {
+    node: String,
+    instance: u64,
+    clients: u64,
+    #[serde(default)]
+    leaving: bool,
+}
+
+#[derive(Debug)]
+struct Seen {
+    instance: u64,
+    clients: u64,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    members: BTreeMap<String, Seen>,
+    /// Every claimed id (hex key) and its node, as the registry's watch reports them.
+    owners: HashMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: ClusterConfig,
+    instance: u64,
+    client: async_nats::Client,
+    kv: kv::Store,
+    state: Mutex<State>,
+    clients: AtomicU64,
+    released: AtomicU64,
+    started: Instant,
+}
+
+/// A node of a cluster; see the [crate docs](crate). Dropping it stops its heartbeats (the
+/// others then release its ids, as for a crash); [`Cluster::leave`] releases them at once.
+#[derive(Debug)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn key_of(id: &str) -> String {
+    // KV keys allow only [-/_=.a-zA-Z0-9]; client ids allow more. Hex keeps every id apart.
+    let mut k = String::with_capacity(id.len() * 2 + 3);
+    k.push_str("id.");
+    for b in id.as_bytes() {
+        k.push_str(&format!("{b:02x}"));
+    }
+    k
+}
+
+fn instance_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32) ^ (&t as *const u64 as u64)
+}
+
+async fn connect(cfg: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+    let deadline = cfg.wait.map(|w| Instant::now() + w);
+    loop {
+        let opts = async_nats::ConnectOptions::new()
+            .name(format!("peermesh {}", cfg.node))
+            .connection_timeout(Duration::from_secs(2));
+        match opts.connect(cfg.url.as_str()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                let again = deadline.is_some_and(|d| Instant::now() < d);
+                if !again {
+                    return Err(ClusterError::Unreachable {
+                        url: cfg.url.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                debug!(url = %cfg.url, error = %e, "NATS not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Connects to NATS, opens the id registry, checks that no live node has this name, and
+    /// starts the heartbeats, the member table and the reaper.
+    pub async fn join(cfg: ClusterConfig) -> Result<Cluster, ClusterError> {
+        cfg.validate()?;
+        let client = connect(&cfg).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let kv = match js.get_key_value(cfg.bucket.as_str()).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: cfg.bucket.clone(),
+                    history: 1,
+                    description: "peermesh client ids: key id.<hex of the id>, value the node"
+                        .into(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ClusterError::NoJetStream {
+                    url: cfg.url.clone(),
+                    reason: e.to_string(),
+                })?,
+        };
+        let shared = Arc::new(Shared {
+            instance: instance_nonce(),
+            cfg,
+            client,
+            kv,
+            state: Mutex::new(State::default()),
+            clients: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        let mut tasks = Vec::new();
+        // Listen to heartbeats before sending ours, and long enough to hear every live node.
+        let sub = shared
+            .client
+            .subscribe(HEARTBEAT_SUBJECT)
+            .await
+            .map_err(|e| ClusterError::nats("subscribe", e))?;
+        tasks.push(tokio::spawn(listen(shared.clone(), sub)));
+        tasks.push(tokio::spawn(watch_ids(shared.clone())));
+        tokio::time::sleep(shared.cfg.heartbeat + shared.cfg.heartbeat / 2).await;
+        let clash = {
+            let st = shared
+                .state
+                .lock()
+                .map_err(|_| ClusterError::nats("join", "poisoned"))?;
+            st.members
+                .get(&shared.cfg.node)
+                .is_some_and(|s| s.instance != shared.instance)
+        };
+        if clash {
+            for t in &tasks {
+                t.abort();
+            }
+            return Err(ClusterError::NameTaken(shared.cfg.node.clone()));
+        }
+        tasks.push(tokio::spawn(beat(shared.clone())));
+        tasks.push(tokio::spawn(reap(shared.clone())));
+        info!(node = %shared.cfg.node, url = %shared.cfg.url, "joined the cluster");
+        Ok(Cluster { shared, tasks })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.shared.cfg.node
+    }
+
+    /// Reports this node's client count (sent with the next heartbeats).
+    pub fn set_clients(&self, n: u64) {
+        self.shared.clients.store(n, Relaxed);
+    }
+
+    /// Ids of dead nodes this node released so far.
+    pub fn released(&self) -> u64 {
+        self.shared.released.load(Relaxed)
+    }
+
+    /// The live nodes, this one included, by name.
+    pub fn members(&self) -> Vec<Member> {
+        let now = Instant::now();
+        let mut out = vec![Member {
+            name: self.shared.cfg.node.clone(),
+            clients: self.shared.clients.load(Relaxed),
+            silent_for: Duration::ZERO,
+            local: true,
+        }];
+        if let Ok(st) = self.shared.state.lock() {
+            for (name, s) in &st.members {
+                if *name == self.shared.cfg.node {
+                    continue;
+                }
+                out.push(Member {
+                    name: name.clone(),
+                    clients: s.clients,
+                    silent_for: now.saturating_duration_since(s.at),
+                    local: false,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The node that holds `id`, as far as this node has heard.
+    pub fn owner(&self, id: &str) -> Option<String> {
+        let st = self.shared.state.lock().ok()?;
+        st.owners.get(&key_of(id)).cloned()
+    }
+
+    /// Claims `id` for this node: exactly one of several nodes claiming it at once wins.
+    ///
+    /// A claim is a compare-and-set on the id's key (the stream's expected last sequence of
+    /// the key's subject), from "free" (no key, a delete marker or an empty value) to this
+    /// node's name; of several at once, the server accepts exactly one.
+    pub async fn claim(&self, id: &str) -> Result<Claim, ClusterError> {
+        let key = key_of(id);
+        let me = self.shared.cfg.node.clone();
+        for _ in 0..5 {
+            let entry = self
+                .shared
+                .kv
+                .entry(key.as_str())
+                .await
+                .map_err(|e| ClusterError::nats("read a claim", e))?;
+            let expected = match &entry {
+                None => 0,
+                Some(e) if e.operation != kv::Operation::Put || e.value.is_empty() => e.revision,
+                Some(e) => {
+                    let node = String::from_utf8_lossy(&e.value).into_owned();
+                    return Ok(if node == me {
+                        Claim::Won
+                    } else {
+                        Claim::Taken { node }
+                    });
+                }
+            };
+            match self
+                .shared
+                .kv
+                .update(key.as_str(), Bytes::from(me.clone()), expected)
+                .await
+            {
+                Ok(_) => {
+                    if let Ok(mut st) = self.shared.state.lock() {
+                        st.owners.insert(key.clone(), me.clone());
+                    }
+                    return Ok(Claim::Won);
+                }
+                // Someone else changed the key first: read who, and answer from that.
+                Err(e) => debug!(key, error = %e, "claim lost a race; reading again"),
+            }
+        }
+        Err(ClusterError::nats(
+            "claim an id",
+            "the id changed hands five times in a row",
+        ))
+    }
+
+    /// Releases `id` if this node holds it.
+    pub async fn release(&self, id: &str) -> Result<(), ClusterError> {
+        release_key(&self.shared, &key_of(id), &self.shared.cfg.node)
+            .await
+            .map(|_| ())
+    }
+
+    /// Leaves the cluster now: releases every id of this node and tells the others, who drop
+    /// it from their tables at once.
+    pub async fn leave(self) -> Result<(), ClusterError> {
+        let mine: Vec<String> = match self.shared.state.lock() {
+            Ok(st) => st
+                .owners
+                .iter()
+                .filter(|(_, n)| **n == self.shared.cfg.node)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for k in mine {
+            release_key(&self.shared, &k, &self.shared.cfg.node).await?;
+        }
+        send_heartbeat(&self.shared, true).await;
+        let _ = self.shared.client.flush().await;
+        Ok(())
+    }
+}
+
+/// Frees `key` if `node` holds it: a compare-and-set to an empty value, so a newer claim by
+/// another node is never removed. Whether it freed it.
+async fn release_key(shared: &Shared, key: &str, node: &str) -> Result<bool, ClusterError> {
+    let entry = shared
+        .kv
+        .entry(key)
+        .await
+        .map_err(|e| ClusterError::nats("read a claim", e))?;
+    let Some(entry) = entry else {
+        return Ok(false);
+    };
+    if entry.operation != kv::Operation::Put || entry.value.as_ref() != node.as_bytes() {
+        return Ok(false);
+    }
+    match shared.kv.update(key, Bytes::new(), entry.revision).await {
+        Ok(_) => {
+            if let Ok(mut st) = shared.state.lock() {
+                st.owners.remove(key);
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            debug!(key, error = %e, "release skipped: the claim changed");
+            Ok(false)
+        }
+    }
+}
+
+async fn send_heartbeat(shared: &Shared, leaving: bool) {
+    let hb = Heartbeat {
+        node: shared.cfg.node.clone(),
+        instance: shared.instance,
+        clients: shared.clients.load(Relaxed),
+        leaving,
+    };
+    if let Ok(body) = serde_json::to_vec(&hb) {
+        if let Err(e) = shared.client.publish(HEARTBEAT_SUBJECT, body.into()).await {
+            warn!(error = %e, "heartbeat not sent");
+        }
+    }
+}
+
+async fn beat(shared: Arc<Shared>) {
+    let mut t = tokio::time::interval(shared.cfg.heartbeat);
+    loop {
+        t.tick().await;
+        send_heartbeat(&shared, false).await;
+    }
+}
+
+async fn listen(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
+            debug!("a heartbeat that is not JSON was ignored");
+            continue;
+        };
+        let Ok(mut st) = shared.state.lock() else {
+            return;
+        };
+        if hb.leaving {
+            if st
+                .members
+                .get(&hb.node)
+                .is_some_and(|s| s.instance == hb.instance)
+            {
+                st.members.remove(&hb.node);
+            }
+            continue;
+        }
+        st.members.insert(
+            hb.node,
+            Seen {
+                instance: hb.instance,
+                clients: hb.clients,
+                at: Instant::now(),
+            },
+        );
+    }
+}
+
+async fn watch_ids(shared: Arc<Shared>) {
+    let mut watch = match shared.kv.watch_with_history(">").await {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the id registry; owners of remote ids are unknown");
+            return;
+        }
+    };
+    while let Some(entry) = watch.next().await {
+        let Ok(entry) = entry else {
+            continue;
+        };
+        let Ok(mut st) = shared.state.lock() else {
+            return;
+        };
+        match entry.operation {
+            kv::Operation::Put if entry.value.is_empty() => {
+                st.owners.remove(&entry.key);
+            }
+            kv::Operation::Put => {
+                st.owners.insert(
+                    entry.key,
+                    String::from_utf8_lossy(&entry.value).into_owned(),
+                );
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                st.owners.remove(&entry.key);
+            }
+        }
+    }
+}
+
+/// Declares silent nodes dead; the first live node in name order releases their ids.
+async fn reap(shared: Arc<Shared>) {
+    let mut t = tokio::time::interval(shared.cfg.heartbeat);
+    loop {
+        t.tick().await;
+        let now = Instant::now();
+        let (dead, reaper, keys) = {
+            let Ok(mut st) = shared.state.lock() else {
+                return;
+            };
+            let dead: Vec<String> = st
+                .members
+                .iter()
+                .filter(|(n, s)| {
+                    **n != shared.cfg.node
+                        && now.saturating_duration_since(s.at) > shared.cfg.dead_after
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for d in &dead {
+                st.members.remove(d);
+            }
+            // Nodes that own ids but were never heard (dead before this node joined) are
+            // dead too, once this node has listened for `dead_after`.
+            let live: Vec<&String> = st.members.keys().collect();
+            let first = live
+                .iter()
+                .map(|s| s.as_str())
+                .chain(std::iter::once(shared.cfg.node.as_str()))
+                .min()
+                .map(str::to_owned);
+            let reaper = first.as_deref() == Some(shared.cfg.node.as_str());
+            let listened = now.saturating_duration_since(shared.started) > shared.cfg.dead_after;
+            let keys: Vec<(String, String)> = st
+                .owners
+                .iter()
+                .filter(|(_, n)| {
+                    **n != shared.cfg.node
+                        && !st.members.contains_key(*n)
+                        && (listened || dead.contains(*n))
+                })
+                .map(|(k, n)| (k.clone(), n.clone()))
+                .collect();
+            (dead, reaper, keys)
+        };
+        for d in &dead {
+            info!(node = %d, "a cluster node fell silent: counted as dead");
+        }
+        if reaper && !keys.is_empty() {
+            for (k, n) in keys {
+                if let Ok(true) = release_key(&shared, &k, &n).await {
+                    shared.released.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Three cluster nodes on a real `nats-server` (with JetStream) on loopback. Every wait is
+//! bounded and polls; nothing sleeps to synchronise.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use peermesh_cluster::{Claim, Cluster, ClusterConfig, ClusterError};
+
+struct Nats {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        Nats::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Nats {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn node(nats: &Nats, name: &str) -> Cluster {
+    Cluster::join(ClusterConfig::new(nats.url(), name))
+        .await
+        .expect("joins")
+}
+
+async fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_see_each_other_and_exactly_one_wins_each_id() {
+    let nats = Nats::start();
+    let (a, b, c) = tokio::join!(
+        node(&nats, "hub-a"),
+        node(&nats, "hub-b"),
+        node(&nats, "hub-c")
+    );
+    until("members", Duration::from_secs(5), || {
+        [&a, &b, &c].iter().all(|n| n.members().len() == 3)
+    })
+    .await;
+    a.set_clients(7);
+    until("client count", Duration::from_secs(5), || {
+        b.members()
+            .iter()
+            .any(|m| m.name == "hub-a" && m.clients == 7)
+    })
+    .await;
+
+    // 20 ids claimed by all three at the same moment: exactly one winner each, and the
+    // losers name it.
+    for i in 0..20 {
+        let id = format!("player-{i} ü/é");
+        let (ra, rb, rc) = tokio::join!(a.claim(&id), b.claim(&id), c.claim(&id));
+        let results = [
+            ("hub-a", ra.expect("a")),
+            ("hub-b", rb.expect("b")),
+            ("hub-c", rc.expect("c")),
+        ];
+        let winners: Vec<&str> = results
+            .iter()
+            .filter(|(_, r)| *r == Claim::Won)
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(winners.len(), 1, "{id}: {results:?}");
+        for (_, r) in &results {
+            if let Claim::Taken { node } = r {
+                assert_eq!(node, winners[0]);
+            }
+        }
+    }
+    // A claim by the holder again is a win; release frees the id for another node.
+    assert_eq!(a.claim("solo").await.expect("claim"), Claim::Won);
+    assert_eq!(a.claim("solo").await.expect("again"), Claim::Won);
+    assert_eq!(
+        b.claim("solo").await.expect("b"),
+        Claim::Taken {
+            node: "hub-a".into()
+        }
+    );
+    until("owner seen", Duration::from_secs(5), || {
+        c.owner("solo").as_deref() == Some("hub-a")
+    })
+    .await;
+    b.release("solo").await.expect("not b's: no effect");
+    assert_eq!(
+        c.claim("solo").await.expect("c"),
+        Claim::Taken {
+            node: "hub-a".into()
+        }
+    );
+    a.release("solo").await.expect("release");
+    assert_eq!(c.claim("solo").await.expect("c"), Claim::Won);
+
+    // A second node with a taken name is refused.
+    match Cluster::join(ClusterConfig::new(nats.url(), "hub-b")).await {
+        Err(ClusterError::NameTaken(n)) => assert_eq!(n, "hub-b"),
+        other => panic!("expected NameTaken, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_ids_are_released_within_ten_seconds_and_a_leaving_nodes_at_once() {
+    let nats = Nats::start();
+    let a = node(&nats, "hub-a").await;
+    let b = node(&nats, "hub-b").await;
+    let c = node(&nats, "hub-c").await;
+    until("members", Duration::from_secs(5), || a.members().len() == 3).await;
+    for i in 0..50 {
+        assert_eq!(c.claim(&format!("c-{i}")).await.expect("claim"), Claim::Won);
+    }
+    assert_eq!(b.claim("b-1").await.expect("claim"), Claim::Won);
+    until("owners seen", Duration::from_secs(5), || {
+        a.owner("c-49").as_deref() == Some("hub-c")
+    })
+    .await;
+
+    // hub-c stops without a word (as kill -9: heartbeats stop, nothing released).
+    drop(c);
+    let released = until("hub-c's ids released", Duration::from_secs(10), || {
+        (0..50).all(|i| a.owner(&format!("c-{i}")).is_none())
+    })
+    .await;
+    assert!(
+        a.members().iter().all(|m| m.name != "hub-c"),
+        "{:?}",
+        a.members()
+    );
+    assert_eq!(a.claim("c-7").await.expect("claim"), Claim::Won);
+    eprintln!("a dead node's 50 ids were free after {released:?}");
+    assert!(
+        a.released() + b.released() == 50,
+        "released {} + {}",
+        a.released(),
+        b.released()
+    );
+
+    // hub-b leaves: its id is free at once, and it is gone from the table at once.
+    b.leave().await.expect("leave");
+    until("hub-b gone", Duration::from_secs(1), || {
+        a.members().len() == 1
+    })
+    .await;
+    assert_eq!(a.claim("b-1").await.expect("claim"), Claim::Won);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_unreachable_is_a_clear_error_and_wait_keeps_trying() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("nats://127.0.0.1:{port}");
+    let err = Cluster::join(ClusterConfig::new(url.clone(), "hub-a"))
+        .await
+        .expect_err("nothing listens");
+    let msg = err.to_string();
+    assert!(matches!(err, ClusterError::Unreachable { .. }), "{msg}");
+    assert!(
+        msg.contains(&url) && msg.contains("--cluster-wait"),
+        "{msg}"
+    );
+
+    // With a wait, the node joins once the server comes up.
+    let waiting = tokio::spawn(Cluster::join(ClusterConfig {
+        wait: Some(Duration::from_secs(20)),
+        ..ClusterConfig::new(url, "hub-a")
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _nats = Nats::start_on(port);
+    let a = waiting.await.expect("task").expect("joined after the wait");
+    assert_eq!(a.claim("late").await.expect("claim"), Claim::Won);
+}
