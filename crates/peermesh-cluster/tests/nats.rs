@@ -23,10 +23,17 @@ impl Nats {
     }
 
     fn start_on(port: u16) -> Nats {
+        Nats::start_with(port, true)
+    }
+
+    fn start_with(port: u16, jetstream: bool) -> Nats {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if jetstream {
+            cmd.arg("-js").arg("-sd").arg(dir.path());
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -216,4 +223,21 @@ async fn nats_unreachable_is_a_clear_error_and_wait_keeps_trying() {
     let _nats = Nats::start_on(port);
     let a = waiting.await.expect("task").expect("joined after the wait");
     assert_eq!(a.claim("late").await.expect("claim"), Claim::Won);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_jetstream_is_named_with_the_fix() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let _nats = Nats::start_with(port, false);
+    let err = Cluster::join(ClusterConfig::new(
+        format!("nats://127.0.0.1:{port}"),
+        "hub-a",
+    ))
+    .await
+    .expect_err("no JetStream");
+    assert!(matches!(err, ClusterError::NoJetStream { .. }), "{err}");
+    assert!(err.to_string().contains("-js"), "{err}");
 }
