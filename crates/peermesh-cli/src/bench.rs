@@ -332,7 +332,8 @@ impl BenchArgs {
 }
 
 /// Parses `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// A duration flag: `250ms`, `5s`, `2m`, or a bare number of seconds (0 to 24 h).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => (&s[..i], &s[i..]),

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+
+use crate::bench::parse_duration;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use peermesh_sync::demo::{self, Cut, DemoConfig, DemoReport};
@@ -67,28 +69,6 @@ struct SyncArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 100ms, 20s, 2m"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" | "min" => v * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
-    };
-    if !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!("duration {s:?} is out of range (0 to 24 h)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
