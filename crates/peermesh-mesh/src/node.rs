@@ -384,6 +384,12 @@ impl Node {
             )
         });
         if opening {
+            // A link is being opened: the rejoin waits for its outcome. A rejoin time already
+            // past would otherwise be reported by `poll_timeout` again and again without
+            // anything to do (a busy loop in the shell, and a simulation stuck at one instant).
+            if self.rejoin_at.is_some_and(|t| t <= now) {
+                self.rejoin_at = Some(now + self.rejoin_backoff.max(self.cfg.repair_delay));
+            }
             return;
         }
         match self.rejoin_at {

@@ -431,3 +431,35 @@ fn a_node_past_its_dial_limit_still_links_its_nearest_neighbour() {
         "the nearest neighbour is offered a link past the dial limit"
     );
 }
+
+#[test]
+fn an_isolated_node_waiting_for_a_dial_never_reports_a_past_timer() {
+    // A node whose only way in is a bootstrap URL that never answers: it dials, waits for the
+    // greeting, retries with back-off. Its timer must always lie in the future once handled:
+    // a rejoin time left in the past while a dial was open made poll_timeout report it again
+    // and again (a busy loop in the shell; `peermesh sim --rule closest` stuck at one instant).
+    let cfg = NodeConfig {
+        repair_delay: Duration::from_millis(200),
+        greeting_timeout: Duration::from_secs(3),
+        ..NodeConfig::default()
+    };
+    let start = Instant::now();
+    let mut n = Node::new(cfg, None, start, 9).unwrap();
+    n.bootstrap("ws://127.0.0.1:1", start);
+    let mut now = start;
+    let mut wakeups = 0;
+    while now < start + Duration::from_secs(60) {
+        let next = n.poll_timeout().expect("a timer");
+        now = next.max(now);
+        n.handle_timeout(now);
+        // Dials are never answered, and never fail: the link stays open until its timeout.
+        outputs(&mut n);
+        wakeups += 1;
+        assert!(
+            n.poll_timeout().is_some_and(|t| t > now),
+            "after {wakeups} wake-ups at {:?}, the next timer is not in the future",
+            now - start
+        );
+        assert!(wakeups < 10_000, "too many wake-ups: {wakeups}");
+    }
+}
