@@ -9,6 +9,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -58,11 +59,49 @@ struct Seen {
     at: Instant,
 }
 
+/// A change in the cluster that a hub acts on, in the order the registry reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `id` is free again: its client left `node`, or `node` died and its ids were released.
+    IdReleased {
+        /// The client id.
+        id: String,
+        /// The node that held it.
+        node: String,
+    },
+    /// Client `id`, on `node`, is now a member of `room`.
+    Joined {
+        /// The room.
+        room: String,
+        /// The client id.
+        id: String,
+        /// Its node.
+        node: String,
+    },
+    /// Client `id`, on `node`, is no longer a member of `room` (it left, or its node died).
+    Left {
+        /// The room.
+        room: String,
+        /// The client id.
+        id: String,
+        /// Its node.
+        node: String,
+    },
+}
+
+/// Most events waiting for the hub; the registry watches wait (and JetStream holds the rest)
+/// while the queue is full, so nothing is lost.
+const EVENT_QUEUE: usize = 4096;
+
 #[derive(Debug, Default)]
 struct State {
     members: BTreeMap<String, Seen>,
     /// Every claimed id (hex key) and its node, as the registry's watch reports them.
     owners: HashMap<String, String>,
+    /// Room memberships: room key (`r.<hex room>.<hex id>`) to node.
+    memberships: HashMap<String, String>,
+    /// Members by room (decoded), for member lists: room to (id to node).
+    rooms: HashMap<String, HashMap<String, String>>,
 }
 
 #[derive(Debug)]
@@ -71,10 +110,14 @@ struct Shared {
     instance: u64,
     client: async_nats::Client,
     kv: kv::Store,
+    rooms_kv: kv::Store,
     state: Mutex<State>,
+    events: Mutex<Option<mpsc::Sender<Event>>>,
     clients: AtomicU64,
     released: AtomicU64,
     started: Instant,
+    /// Set by [`Cluster::leave`]: no more heartbeats.
+    left: std::sync::atomic::AtomicBool,
 }
 
 /// A node of a cluster; see the [crate docs](crate). Dropping it stops its heartbeats (the
@@ -93,14 +136,51 @@ impl Drop for Cluster {
     }
 }
 
+fn push_hex(k: &mut String, s: &str) {
+    use std::fmt::Write;
+    for b in s.as_bytes() {
+        let _ = write!(k, "{b:02x}");
+    }
+}
+
 fn key_of(id: &str) -> String {
     // KV keys allow only [-/_=.a-zA-Z0-9]; client ids allow more. Hex keeps every id apart.
     let mut k = String::with_capacity(id.len() * 2 + 3);
     k.push_str("id.");
-    for b in id.as_bytes() {
-        k.push_str(&format!("{b:02x}"));
-    }
+    push_hex(&mut k, id);
     k
+}
+
+/// The key of `id`'s membership of `room`: `r.<hex room>.<hex id>`.
+fn room_key(room: &str, id: &str) -> String {
+    let mut k = String::with_capacity(room.len() * 2 + id.len() * 2 + 3);
+    k.push_str("r.");
+    push_hex(&mut k, room);
+    k.push('.');
+    push_hex(&mut k, id);
+    k
+}
+
+fn unhex(h: &str) -> Option<String> {
+    if h.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The id of a key made by [`key_of`].
+fn id_of_key(key: &str) -> Option<String> {
+    unhex(key.strip_prefix("id.")?)
+}
+
+/// The room and id of a key made by [`room_key`].
+fn room_of_key(key: &str) -> Option<(String, String)> {
+    let (room, id) = key.strip_prefix("r.")?.split_once('.')?;
+    Some((unhex(room)?, unhex(id)?))
 }
 
 fn instance_nonce() -> u64 {
@@ -108,6 +188,28 @@ fn instance_nonce() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     t ^ (u64::from(std::process::id()) << 32) ^ (&t as *const u64 as u64)
+}
+
+async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    cfg: &ClusterConfig,
+    bucket: &str,
+    description: &str,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    js.create_key_value(kv::Config {
+        bucket: bucket.to_owned(),
+        history: 1,
+        description: description.to_owned(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::NoJetStream {
+        url: cfg.url.clone(),
+        reason: e.to_string(),
+    })
 }
 
 async fn connect(cfg: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
@@ -140,31 +242,32 @@ impl Cluster {
         cfg.validate()?;
         let client = connect(&cfg).await?;
         let js = async_nats::jetstream::new(client.clone());
-        let kv = match js.get_key_value(cfg.bucket.as_str()).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: cfg.bucket.clone(),
-                    history: 1,
-                    description: "peermesh client ids: key id.<hex of the id>, value the node"
-                        .into(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ClusterError::NoJetStream {
-                    url: cfg.url.clone(),
-                    reason: e.to_string(),
-                })?,
-        };
+        let kv = open_bucket(
+            &js,
+            &cfg,
+            &cfg.bucket,
+            "peermesh client ids: key id.<hex of the id>, value the node",
+        )
+        .await?;
+        let rooms_kv = open_bucket(
+            &js,
+            &cfg,
+            &cfg.rooms_bucket,
+            "peermesh room members: key r.<hex room>.<hex id>, value the node",
+        )
+        .await?;
         let shared = Arc::new(Shared {
             instance: instance_nonce(),
             cfg,
             client,
             kv,
+            rooms_kv,
             state: Mutex::new(State::default()),
+            events: Mutex::new(None),
             clients: AtomicU64::new(0),
             released: AtomicU64::new(0),
             started: Instant::now(),
+            left: std::sync::atomic::AtomicBool::new(false),
         });
         let mut tasks = Vec::new();
         // Listen to heartbeats before sending ours, and long enough to hear every live node.
@@ -174,7 +277,8 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::nats("subscribe", e))?;
         tasks.push(tokio::spawn(listen(shared.clone(), sub)));
-        tasks.push(tokio::spawn(watch_ids(shared.clone())));
+        tasks.push(tokio::spawn(watch(shared.clone(), Registry::Ids)));
+        tasks.push(tokio::spawn(watch(shared.clone(), Registry::Rooms)));
         tokio::time::sleep(shared.cfg.heartbeat + shared.cfg.heartbeat / 2).await;
         let clash = {
             let st = shared
@@ -293,6 +397,67 @@ impl Cluster {
         ))
     }
 
+    /// The NATS connection, for the hub's own subjects (`peermesh.node.<name>`, rooms).
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.shared.client
+    }
+
+    /// The changes of the registries from now on (ids released, room members joining and
+    /// leaving on any node, this one included). Only the first call gets the receiver; the
+    /// queue holds [`EVENT_QUEUE`] events, and the watches wait while it is full.
+    pub fn take_events(&self) -> Option<mpsc::Receiver<Event>> {
+        let mut slot = self.shared.events.lock().ok()?;
+        if slot.is_some() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        *slot = Some(tx);
+        Some(rx)
+    }
+
+    /// Whether the node is connected to NATS now.
+    pub fn connected(&self) -> bool {
+        self.shared.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Records that client `id` of this node is a member of `room`.
+    pub async fn join_room(&self, room: &str, id: &str) -> Result<(), ClusterError> {
+        let key = room_key(room, id);
+        self.shared
+            .rooms_kv
+            .put(key.as_str(), Bytes::from(self.shared.cfg.node.clone()))
+            .await
+            .map_err(|e| ClusterError::nats("record a room member", e))?;
+        Ok(())
+    }
+
+    /// Records that client `id` of this node left `room` (unless another node holds the entry
+    /// now).
+    pub async fn leave_room(&self, room: &str, id: &str) -> Result<(), ClusterError> {
+        free_key(
+            &self.shared,
+            Registry::Rooms,
+            &room_key(room, id),
+            &self.shared.cfg.node,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The members of `room` on every node, as this node has heard: (id, node), by id.
+    pub fn room_members(&self, room: &str) -> Vec<(String, String)> {
+        let Ok(st) = self.shared.state.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, String)> = st
+            .rooms
+            .get(room)
+            .map(|m| m.iter().map(|(i, n)| (i.clone(), n.clone())).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// Releases `id` if this node holds it.
     pub async fn release(&self, id: &str) -> Result<(), ClusterError> {
         release_key(&self.shared, &key_of(id), &self.shared.cfg.node)
@@ -302,7 +467,8 @@ impl Cluster {
 
     /// Leaves the cluster now: releases every id of this node and tells the others, who drop
     /// it from their tables at once.
-    pub async fn leave(self) -> Result<(), ClusterError> {
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        self.shared.left.store(true, Relaxed);
         let mine: Vec<String> = match self.shared.state.lock() {
             Ok(st) => st
                 .owners
@@ -312,8 +478,20 @@ impl Cluster {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        let rooms: Vec<String> = match self.shared.state.lock() {
+            Ok(st) => st
+                .memberships
+                .iter()
+                .filter(|(_, n)| **n == self.shared.cfg.node)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         for k in mine {
             release_key(&self.shared, &k, &self.shared.cfg.node).await?;
+        }
+        for k in rooms {
+            free_key(&self.shared, Registry::Rooms, &k, &self.shared.cfg.node).await?;
         }
         send_heartbeat(&self.shared, true).await;
         let _ = self.shared.client.flush().await;
@@ -324,8 +502,21 @@ impl Cluster {
 /// Frees `key` if `node` holds it: a compare-and-set to an empty value, so a newer claim by
 /// another node is never removed. Whether it freed it.
 async fn release_key(shared: &Shared, key: &str, node: &str) -> Result<bool, ClusterError> {
-    let entry = shared
-        .kv
+    free_key(shared, Registry::Ids, key, node).await
+}
+
+/// Frees `key` of a registry if `node` holds it (compare-and-set to an empty value).
+async fn free_key(
+    shared: &Shared,
+    which: Registry,
+    key: &str,
+    node: &str,
+) -> Result<bool, ClusterError> {
+    let store = match which {
+        Registry::Ids => &shared.kv,
+        Registry::Rooms => &shared.rooms_kv,
+    };
+    let entry = store
         .entry(key)
         .await
         .map_err(|e| ClusterError::nats("read a claim", e))?;
@@ -335,13 +526,8 @@ async fn release_key(shared: &Shared, key: &str, node: &str) -> Result<bool, Clu
     if entry.operation != kv::Operation::Put || entry.value.as_ref() != node.as_bytes() {
         return Ok(false);
     }
-    match shared.kv.update(key, Bytes::new(), entry.revision).await {
-        Ok(_) => {
-            if let Ok(mut st) = shared.state.lock() {
-                st.owners.remove(key);
-            }
-            Ok(true)
-        }
+    match store.update(key, Bytes::new(), entry.revision).await {
+        Ok(_) => Ok(true),
         Err(e) => {
             debug!(key, error = %e, "release skipped: the claim changed");
             Ok(false)
@@ -367,6 +553,9 @@ async fn beat(shared: Arc<Shared>) {
     let mut t = tokio::time::interval(shared.cfg.heartbeat);
     loop {
         t.tick().await;
+        if shared.left.load(Relaxed) {
+            return;
+        }
         send_heartbeat(&shared, false).await;
     }
 }
@@ -401,34 +590,95 @@ async fn listen(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
     }
 }
 
-async fn watch_ids(shared: Arc<Shared>) {
-    let mut watch = match shared.kv.watch_with_history(">").await {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the id registry; owners of remote ids are unknown");
-            return;
-        }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registry {
+    Ids,
+    Rooms,
+}
+
+/// Follows one key-value bucket into the local state, and reports what changed. The watch
+/// starts again (from the bucket's whole content) when it ends, as after a NATS restart;
+/// entries already known are not reported twice.
+async fn watch(shared: Arc<Shared>, which: Registry) {
+    let store = match which {
+        Registry::Ids => &shared.kv,
+        Registry::Rooms => &shared.rooms_kv,
     };
-    while let Some(entry) = watch.next().await {
-        let Ok(entry) = entry else {
-            continue;
+    loop {
+        let mut watch = match store.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                debug!(error = %e, ?which, "cannot watch a registry yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
         };
-        let Ok(mut st) = shared.state.lock() else {
-            return;
-        };
-        match entry.operation {
-            kv::Operation::Put if entry.value.is_empty() => {
-                st.owners.remove(&entry.key);
+        while let Some(entry) = watch.next().await {
+            let Ok(entry) = entry else {
+                continue;
+            };
+            let value = (entry.operation == kv::Operation::Put && !entry.value.is_empty())
+                .then(|| String::from_utf8_lossy(&entry.value).into_owned());
+            let event = {
+                let Ok(mut st) = shared.state.lock() else {
+                    return;
+                };
+                match which {
+                    Registry::Ids => apply_id(&mut st, entry.key, value),
+                    Registry::Rooms => apply_room(&mut st, entry.key, value),
+                }
+            };
+            if let Some(ev) = event {
+                let tx = shared.events.lock().ok().and_then(|t| t.clone());
+                if let Some(tx) = tx {
+                    let _ = tx.send(ev).await;
+                }
             }
-            kv::Operation::Put => {
-                st.owners.insert(
-                    entry.key,
-                    String::from_utf8_lossy(&entry.value).into_owned(),
-                );
+        }
+        debug!(?which, "a registry watch ended; watching again");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn apply_id(st: &mut State, key: String, value: Option<String>) -> Option<Event> {
+    match value {
+        Some(node) => {
+            st.owners.insert(key, node);
+            None
+        }
+        None => {
+            let node = st.owners.remove(&key)?;
+            Some(Event::IdReleased {
+                id: id_of_key(&key)?,
+                node,
+            })
+        }
+    }
+}
+
+fn apply_room(st: &mut State, key: String, value: Option<String>) -> Option<Event> {
+    let (room, id) = room_of_key(&key)?;
+    match value {
+        Some(node) => {
+            if st.memberships.get(&key) == Some(&node) {
+                return None;
             }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                st.owners.remove(&entry.key);
+            st.memberships.insert(key, node.clone());
+            st.rooms
+                .entry(room.clone())
+                .or_default()
+                .insert(id.clone(), node.clone());
+            Some(Event::Joined { room, id, node })
+        }
+        None => {
+            let node = st.memberships.remove(&key)?;
+            if let Some(members) = st.rooms.get_mut(&room) {
+                members.remove(&id);
+                if members.is_empty() {
+                    st.rooms.remove(&room);
+                }
             }
+            Some(Event::Left { room, id, node })
         }
     }
 }
@@ -466,15 +716,18 @@ async fn reap(shared: Arc<Shared>) {
                 .map(str::to_owned);
             let reaper = first.as_deref() == Some(shared.cfg.node.as_str());
             let listened = now.saturating_duration_since(shared.started) > shared.cfg.dead_after;
-            let keys: Vec<(String, String)> = st
+            let orphan = |n: &String| {
+                *n != shared.cfg.node
+                    && !st.members.contains_key(n)
+                    && (listened || dead.contains(n))
+            };
+            let keys: Vec<(Registry, String, String)> = st
                 .owners
                 .iter()
-                .filter(|(_, n)| {
-                    **n != shared.cfg.node
-                        && !st.members.contains_key(*n)
-                        && (listened || dead.contains(*n))
-                })
-                .map(|(k, n)| (k.clone(), n.clone()))
+                .map(|(k, n)| (Registry::Ids, k, n))
+                .chain(st.memberships.iter().map(|(k, n)| (Registry::Rooms, k, n)))
+                .filter(|(_, _, n)| orphan(n))
+                .map(|(r, k, n)| (r, k.clone(), n.clone()))
                 .collect();
             (dead, reaper, keys)
         };
@@ -482,9 +735,11 @@ async fn reap(shared: Arc<Shared>) {
             info!(node = %d, "a cluster node fell silent: counted as dead");
         }
         if reaper && !keys.is_empty() {
-            for (k, n) in keys {
-                if let Ok(true) = release_key(&shared, &k, &n).await {
-                    shared.released.fetch_add(1, Relaxed);
+            for (which, k, n) in keys {
+                if let Ok(true) = free_key(&shared, which, &k, &n).await {
+                    if which == Registry::Ids {
+                        shared.released.fetch_add(1, Relaxed);
+                    }
                 }
             }
         }

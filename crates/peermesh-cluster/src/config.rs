@@ -17,6 +17,8 @@ pub struct ClusterConfig {
     pub wait: Option<Duration>,
     /// The key-value bucket of client ids. Defaults to `peermesh-ids`.
     pub bucket: String,
+    /// The key-value bucket of room members. Defaults to `peermesh-rooms`.
+    pub rooms_bucket: String,
 }
 
 impl ClusterConfig {
@@ -29,6 +31,7 @@ impl ClusterConfig {
             dead_after: Duration::from_secs(5),
             wait: None,
             bucket: "peermesh-ids".into(),
+            rooms_bucket: "peermesh-rooms".into(),
         }
     }
 
@@ -55,7 +58,7 @@ impl ClusterConfig {
                 "use 1 to 64 letters, digits, '-' or '_' (it names the node's NATS subjects)",
             );
         }
-        if !ok(&self.bucket) {
+        if !ok(&self.bucket) || !ok(&self.rooms_bucket) {
             return bad("bucket", "use 1 to 64 letters, digits, '-' or '_'");
         }
         if self.heartbeat.is_zero() || self.dead_after < self.heartbeat * 3 {

@@ -29,5 +29,6 @@
 mod cluster;
 mod config;
 
-pub use cluster::{Claim, Cluster, Member, HEARTBEAT_SUBJECT};
+pub use async_nats;
+pub use cluster::{Claim, Cluster, Event, Member, HEARTBEAT_SUBJECT};
 pub use config::{ClusterConfig, ClusterError};

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use peermesh_cluster::{Claim, Cluster, ClusterConfig, ClusterError};
+use peermesh_cluster::{Claim, Cluster, ClusterConfig, ClusterError, Event};
 
 struct Nats {
     child: Child,
@@ -240,4 +240,81 @@ async fn a_server_without_jetstream_is_named_with_the_fix() {
     .expect_err("no JetStream");
     assert!(matches!(err, ClusterError::NoJetStream { .. }), "{err}");
     assert!(err.to_string().contains("-js"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_members_are_cluster_wide_and_a_dead_nodes_members_leave() {
+    let nats = Nats::start();
+    let a = node(&nats, "hub-a").await;
+    let b = node(&nats, "hub-b").await;
+    let mut events = b.take_events().expect("the first call gets the events");
+    assert!(b.take_events().is_none(), "only one receiver");
+    until("members", Duration::from_secs(5), || a.members().len() == 2).await;
+
+    a.join_room("lobby ü", "alice").await.expect("join");
+    b.join_room("lobby ü", "bob").await.expect("join");
+    a.join_room("other", "alice").await.expect("join");
+    until("members seen", Duration::from_secs(5), || {
+        b.room_members("lobby ü").len() == 2
+    })
+    .await;
+    assert_eq!(
+        b.room_members("lobby ü"),
+        vec![
+            ("alice".to_owned(), "hub-a".to_owned()),
+            ("bob".to_owned(), "hub-b".to_owned())
+        ]
+    );
+    let mut joined = Vec::new();
+    while joined.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(Event::Joined { room, id, node })) => joined.push((room, id, node)),
+            other => panic!("expected a join, got {other:?}"),
+        }
+    }
+    assert!(joined.contains(&("lobby ü".into(), "alice".into(), "hub-a".into())));
+
+    // A leave by a node that does not hold the entry changes nothing; by the holder, it frees.
+    b.leave_room("other", "alice").await.expect("no effect");
+    a.leave_room("other", "alice").await.expect("leave");
+    match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        Ok(Some(Event::Left { room, id, node })) => {
+            assert_eq!(
+                (room.as_str(), id.as_str(), node.as_str()),
+                ("other", "alice", "hub-a")
+            )
+        }
+        other => panic!("expected a leave, got {other:?}"),
+    }
+
+    // hub-a dies: its member and its id go within ten seconds, reported as events.
+    assert_eq!(a.claim("alice").await.expect("claim"), Claim::Won);
+    let start = Instant::now();
+    drop(a);
+    let (mut left, mut released) = (false, false);
+    while !(left && released) {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(Event::Left { room, id, node })) => {
+                assert_eq!(
+                    (room.as_str(), id.as_str(), node.as_str()),
+                    ("lobby ü", "alice", "hub-a")
+                );
+                left = true;
+            }
+            Ok(Some(Event::IdReleased { id, node })) => {
+                assert_eq!((id.as_str(), node.as_str()), ("alice", "hub-a"));
+                released = true;
+            }
+            other => panic!("expected hub-a's entries to go, got {other:?}"),
+        }
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        b.room_members("lobby ü"),
+        vec![("bob".to_owned(), "hub-b".to_owned())]
+    );
 }
