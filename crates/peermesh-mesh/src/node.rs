@@ -53,7 +53,7 @@ const EXPECTING: usize = 256;
 /// Most nodes remembered as disconnected on request.
 const REFUSED: usize = 1024;
 /// How long a peer that closed our link is not dialled on our own.
-const HOLD_AFTER_CLOSE: std::time::Duration = std::time::Duration::from_secs(30);
+const HOLD_AFTER_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a node disconnected on request is refused.
 const REFUSE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
