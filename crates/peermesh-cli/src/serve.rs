@@ -13,9 +13,12 @@ use peermesh_hub::{DuplicateIdPolicy, Hub, HubConfig};
 pub(crate) const LONG_ABOUT: &str =
     "Run a hub. Clients connect over WebSocket at ws://ADDR/ws (add ?enc=msgpack \
     for MessagePack); the status page is at http://ADDR/ and Prometheus metrics at \
-    http://ADDR/metrics. The first stdout line is {\"type\":\"listening\",\"addr\":…,\"ws\":…}; \
+    http://ADDR/metrics. The first stdout line is {\"type\":\"listening\",\"addr\":…,\"ws\":…} (and \"node\" in a \
+    cluster); \
     logs go to stderr (RUST_LOG=peermesh=debug for more). SIGINT/SIGTERM close every \
     connection with \"server shutting down\" and exit 0.\n\n\
+    With --cluster nats://HOST:PORT several hubs act as one: ids are unique across them, and \
+    direct messages, acknowledgements and rooms reach clients on any hub (see docs/cluster.md).\n\n\
     Every option can also come from a PEERMESH_* environment variable or a TOML file \
     (--config); a flag beats the environment, which beats the file.";
 
@@ -91,6 +94,17 @@ pub(crate) struct ServeArgs {
     /// Require this `iss` claim in tokens (not checked when unset).
     #[arg(long, env = "PEERMESH_AUTH_JWT_ISSUER")]
     auth_jwt_issuer: Option<String>,
+    /// Join a cluster of hubs through this NATS server (nats://HOST:PORT, started with -js):
+    /// every hub then serves any client, with ids unique across the cluster.
+    #[arg(long, env = "PEERMESH_CLUSTER", value_name = "NATS_URL")]
+    cluster: Option<String>,
+    /// This hub's name in the cluster, unique among live hubs [default: HOSTNAME-PORT].
+    #[arg(long, env = "PEERMESH_NODE_NAME", requires = "cluster")]
+    node_name: Option<String>,
+    /// Keep trying to reach the cluster's NATS server this long at start (e.g. 30s) instead of
+    /// failing at once.
+    #[arg(long, env = "PEERMESH_CLUSTER_WAIT", requires = "cluster", value_parser = crate::bench::parse_duration)]
+    cluster_wait: Option<std::time::Duration>,
 }
 
 impl ServeArgs {
@@ -139,6 +153,15 @@ impl ServeArgs {
         if let Some(i) = &self.auth_jwt_issuer {
             c.auth.jwt_issuer = Some(i.clone());
         }
+        if let Some(u) = &self.cluster {
+            c.cluster = Some(u.clone());
+        }
+        if let Some(n) = &self.node_name {
+            c.node_name = Some(n.clone());
+        }
+        if let Some(w) = self.cluster_wait {
+            c.cluster_wait_ms = u64::try_from(w.as_millis()).unwrap_or(u64::MAX);
+        }
         Ok(c)
     }
 }
@@ -147,11 +170,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let hub = Hub::bind(config).await?;
     let addr = hub.local_addr();
-    println!(
-        "{}",
-        serde_json::json!({"type": "listening", "addr": addr.to_string(), "ws": format!("ws://{addr}/ws")})
-    );
     let handle = hub.handle();
+    let mut line = serde_json::json!({"type": "listening", "addr": addr.to_string(), "ws": format!("ws://{addr}/ws")});
+    if let Some(node) = handle.node_name() {
+        line["node"] = serde_json::Value::from(node);
+    }
+    println!("{line}");
     let mut server = tokio::spawn(hub.run());
     tokio::select! {
         r = shutdown_signal() => {

@@ -162,7 +162,7 @@ fn room_key(room: &str, id: &str) -> String {
 }
 
 fn unhex(h: &str) -> Option<String> {
-    if h.len() % 2 != 0 {
+    if !h.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..h.len())
@@ -354,6 +354,7 @@ impl Cluster {
     /// the key's subject), from "free" (no key, a delete marker or an empty value) to this
     /// node's name; of several at once, the server accepts exactly one.
     pub async fn claim(&self, id: &str) -> Result<Claim, ClusterError> {
+        self.check_connected("claim an id")?;
         let key = key_of(id);
         let me = self.shared.cfg.node.clone();
         for _ in 0..5 {
@@ -415,6 +416,42 @@ impl Cluster {
         Some(rx)
     }
 
+    /// Fails fast, instead of waiting for a request timeout, while NATS is unreachable.
+    fn check_connected(&self, op: &'static str) -> Result<(), ClusterError> {
+        if self.connected() {
+            Ok(())
+        } else {
+            Err(ClusterError::nats(
+                op,
+                "not connected to NATS (it is down or restarting)",
+            ))
+        }
+    }
+
+    /// The ids this node holds, as the registry reports them.
+    pub fn owned_ids(&self) -> Vec<String> {
+        let Ok(st) = self.shared.state.lock() else {
+            return Vec::new();
+        };
+        st.owners
+            .iter()
+            .filter(|(_, n)| **n == self.shared.cfg.node)
+            .filter_map(|(k, _)| id_of_key(k))
+            .collect()
+    }
+
+    /// The room memberships (room, id) of this node's clients, as the registry reports them.
+    pub fn owned_memberships(&self) -> Vec<(String, String)> {
+        let Ok(st) = self.shared.state.lock() else {
+            return Vec::new();
+        };
+        st.memberships
+            .iter()
+            .filter(|(_, n)| **n == self.shared.cfg.node)
+            .filter_map(|(k, _)| room_of_key(k))
+            .collect()
+    }
+
     /// Whether the node is connected to NATS now.
     pub fn connected(&self) -> bool {
         self.shared.client.connection_state() == async_nats::connection::State::Connected
@@ -422,6 +459,7 @@ impl Cluster {
 
     /// Records that client `id` of this node is a member of `room`.
     pub async fn join_room(&self, room: &str, id: &str) -> Result<(), ClusterError> {
+        self.check_connected("record a room member")?;
         let key = room_key(room, id);
         self.shared
             .rooms_kv

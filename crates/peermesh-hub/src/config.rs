@@ -155,6 +155,15 @@ pub struct HubConfig {
     pub shutdown_grace_ms: u64,
     /// Token authentication. Defaults to none.
     pub auth: AuthConfig,
+    /// The NATS server of a cluster of hubs, `nats://HOST:PORT` (with JetStream). Defaults to
+    /// none: a single hub.
+    pub cluster: Option<String>,
+    /// This hub's name in the cluster: 1 to 64 letters, digits, `-` or `_`, unique among live
+    /// hubs. Defaults to the host name and the listen port.
+    pub node_name: Option<String>,
+    /// How long to keep trying to reach the cluster's NATS server at start, in ms (0: fail at
+    /// once with the error). Defaults to 0.
+    pub cluster_wait_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -200,6 +209,9 @@ impl Default for HubConfig {
             ws_write_buffer_bytes: 16 << 10,
             shutdown_grace_ms: 3_000,
             auth: AuthConfig::default(),
+            cluster: None,
+            node_name: None,
+            cluster_wait_ms: 0,
         }
     }
 }

@@ -36,7 +36,8 @@ use peermesh_proto::{
 };
 use tracing::{debug, info, warn};
 
-use self::acks::{conn_of, AckInsertError, AckTracker};
+pub(crate) use self::acks::conn_of;
+use self::acks::{AckInsertError, AckTracker};
 use self::calls::{CallTracker, Ended, HUB_PROVIDER};
 use self::contacts::RecentTargets;
 use self::rate::TokenBucket;
@@ -46,7 +47,7 @@ use crate::mailbox::{Outbound, Written};
 use crate::registry::{
     constant_eq, ConnInfo, ConnShared, Control, MailboxLimits, RegisterError, Takeover,
 };
-use crate::router::RouteError;
+use crate::router::{RouteError, Target};
 use crate::services::api::Invocation;
 use crate::services::{Route, Service, Services};
 use crate::streams::{Outcome, StreamItem, Streams};
@@ -66,6 +67,10 @@ pub(crate) struct Accept {
 
 /// Capacity of a connection's notice queue: enough for every pending ack and every watched
 /// target to report at once, plus slack.
+/// The connection number recorded for a contact on another hub of the cluster (real
+/// connection numbers start at 1).
+const REMOTE: u64 = 0;
+
 fn notice_capacity(hub: &HubInner) -> usize {
     hub.config.max_pending_acks
         + hub.config.max_recent_targets
@@ -452,12 +457,43 @@ impl PreHello {
             };
             let _ = conn.send(EncodedBody::encode(self.enc, &f));
         }
-        let replaced = match hub.registry().register(
+        if let Some(bp) = &hub.router.cluster {
+            match bp.acquire(&id).await {
+                Ok(peermesh_cluster::Claim::Won) => {}
+                Ok(peermesh_cluster::Claim::Taken { node }) => {
+                    hub.registry().free_slot(slot);
+                    let m = format!(
+                        "client id {:?} is connected to hub {node:?} of this cluster; pick \
+                         another id, or close that connection first",
+                        id.as_str()
+                    );
+                    self.refuse(ErrorCode::IdTaken, m).await;
+                    return None;
+                }
+                Err(e) => {
+                    hub.registry().free_slot(slot);
+                    warn!(id = %id, error = %e, "cannot claim a client id in the cluster");
+                    let m = format!(
+                        "the hub cannot reach its cluster to register your id ({e}); try again \
+                         shortly, or connect to another hub"
+                    );
+                    self.refuse(ErrorCode::ClusterUnavailable, m).await;
+                    return None;
+                }
+            }
+        }
+        let registered = hub.registry().register(
             &conn,
             hello.secret.as_deref(),
             cfg.duplicate_id,
             cfg.max_clients,
-        ) {
+        );
+        if registered.is_err() {
+            if let Some(bp) = &hub.router.cluster {
+                bp.release(&id).await;
+            }
+        }
+        let replaced = match registered {
             Ok(r) => r,
             Err(RegisterError::IdTaken) => {
                 hub.registry().free_slot(slot);
@@ -520,7 +556,8 @@ impl PreHello {
             hub: hub.clone(),
         };
         for room in rooms {
-            session.join_room(room);
+            // No request to answer: the welcome already listed the rooms.
+            session.join_room(room, None);
         }
         Some(session)
     }
@@ -1337,7 +1374,11 @@ impl Session {
                 self.hub.router.metrics.inc_direct(1);
                 match self.hub.router.to_client(&e.to, &frame) {
                     Ok(target) => {
-                        self.touch_contact(&e.to, target.conn, now);
+                        let conn = match target {
+                            Target::Local(c) => c.conn,
+                            Target::Remote => REMOTE,
+                        };
+                        self.touch_contact(&e.to, conn, now);
                         if ack_id.is_none() {
                             self.ok(e.req);
                         }
@@ -1359,6 +1400,13 @@ impl Session {
                 }
             }
             ClientFrame::Reply(r) => {
+                if let Some(bp) = &self.hub.router.cluster {
+                    if bp.awaits(&self.conn.client, r.ack_id) {
+                        bp.reply(&self.conn.client, r.ack_id, r.payload);
+                        self.hub.router.metrics.inc_acks(1);
+                        return;
+                    }
+                }
                 let ctrl = Control::AckReply {
                     ack_id: r.ack_id,
                     from: self.conn.client.clone(),
@@ -1387,8 +1435,9 @@ impl Session {
                     let m = format!("already in {max} rooms (max_rooms_per_client)");
                     return self.error(ErrorCode::TooManyRooms, m, req);
                 }
-                self.join_room(room);
-                self.ok(req);
+                if !self.join_room(room, req) {
+                    self.ok(req);
+                }
             }
             ClientFrame::Leave { room, req } => {
                 if !self.conn.rooms.lock().remove(&room) {
@@ -1400,6 +1449,9 @@ impl Session {
                         id: self.conn.client.clone(),
                     };
                     self.hub.router.to_room(&room, &left, None);
+                    if let Some(bp) = &self.hub.router.cluster {
+                        bp.left(&room, &self.conn.client);
+                    }
                 }
                 self.ok(req);
             }
@@ -1416,7 +1468,7 @@ impl Session {
                 });
                 self.hub.router.metrics.inc_room(1);
                 let except = (!e.include_self).then_some(self.conn.conn);
-                self.hub.router.to_room(&e.room, &frame, except);
+                self.hub.router.emit_room(&e.room, &frame, except);
                 self.ok(e.req);
             }
             ClientFrame::Members { room, req } => {
@@ -1429,7 +1481,17 @@ impl Session {
                     .room(&room)
                     .map(|r| r.members.read().keys().cloned().collect())
                     .unwrap_or_default();
+                if let Some(bp) = &self.hub.router.cluster {
+                    let remote = bp.cluster().room_members(room.as_str());
+                    members.extend(
+                        remote
+                            .into_iter()
+                            .filter(|(_, node)| node != bp.node())
+                            .filter_map(|(id, _)| ClientId::new(&id).ok()),
+                    );
+                }
                 members.sort();
+                members.dedup();
                 self.send(&ServerFrame::Members { req, room, members });
             }
             ClientFrame::Ping { req } => self.send(&ServerFrame::Pong { req }),
@@ -1717,8 +1779,10 @@ impl Session {
     }
 
     /// Joins a room and tells the other members (unless this client id was already present
-    /// through a connection this one replaced).
-    fn join_room(&mut self, room: RoomName) {
+    /// through a connection this one replaced). In a cluster the membership is recorded for
+    /// the other hubs, and the `ok` for `req` comes once it is: returns true then (the caller
+    /// must not answer).
+    fn join_room(&mut self, room: RoomName, req: Option<u64>) -> bool {
         self.conn.rooms.lock().insert(room.clone());
         // A client id already present through a connection this one replaced is no news.
         if let Ok(None) = self.hub.registry().join(&room, &self.conn) {
@@ -1729,20 +1793,34 @@ impl Session {
             self.hub
                 .router
                 .to_room(&room, &joined, Some(self.conn.conn));
+            if let Some(bp) = &self.hub.router.cluster {
+                bp.joined(&room, &self.conn.client, Some((self.conn.conn, req)));
+                return true;
+            }
         }
+        false
     }
 
     /// Remembers a target for `peer_left`, and registers this connection as its watcher.
     fn touch_contact(&mut self, target: &ClientId, target_conn: u64, now: Instant) {
         let touch = self.contacts.touch(target, target_conn, now);
         let registry = self.hub.registry();
-        if let Some((_, old_conn)) = touch.unwatch {
-            if let Some(c) = registry.conn(old_conn) {
+        let cluster = self.hub.router.cluster.as_ref();
+        if let Some((old_target, old_conn)) = touch.unwatch {
+            if old_conn == REMOTE {
+                if let Some(bp) = cluster {
+                    bp.unwatch(&old_target, self.conn.conn);
+                }
+            } else if let Some(c) = registry.conn(old_conn) {
                 c.watchers.lock().remove(&self.conn.conn);
             }
         }
         if touch.watch {
-            if let Some(c) = registry.conn(target_conn) {
+            if target_conn == REMOTE {
+                if let Some(bp) = cluster {
+                    bp.watch(target, self.conn.conn);
+                }
+            } else if let Some(c) = registry.conn(target_conn) {
                 c.watchers.lock().insert(self.conn.conn);
             }
         }
@@ -1791,6 +1869,13 @@ impl Session {
                     self.send(&ServerFrame::PeerBack { id });
                 }
             }
+            Control::Ok { req } => self.ok(req),
+            Control::AckFailed { ack_id, to } => {
+                if let Some(req) = self.acks.complete(ack_id, &to) {
+                    let m = format!("no client with id {:?} is connected", to.as_str());
+                    self.error(ErrorCode::UnknownTarget, m, Some(req));
+                }
+            }
             Control::Resume(t) => {
                 // A newer takeover wins; an older socket waiting here is dropped.
                 self.takeover = Some(t);
@@ -1826,7 +1911,14 @@ impl Session {
                     id: self.conn.client.clone(),
                 };
                 hub.router.to_room(&room, &left, None);
+                if let Some(bp) = &hub.router.cluster {
+                    bp.left(&room, &self.conn.client);
+                }
             }
+        }
+        if let Some(bp) = &hub.router.cluster {
+            // Matches the claim of the handshake (after the resume window, not at the drop).
+            bp.release(&self.conn.client).await;
         }
         let watchers: HashSet<u64> = std::mem::take(&mut *self.conn.watchers.lock());
         if owned {
@@ -1843,7 +1935,11 @@ impl Session {
             newer.watchers.lock().extend(watchers);
         }
         for (target, conn) in self.contacts.drain() {
-            if let Some(c) = registry.conn(conn) {
+            if conn == REMOTE {
+                if let Some(bp) = &hub.router.cluster {
+                    bp.unwatch(&target, self.conn.conn);
+                }
+            } else if let Some(c) = registry.conn(conn) {
                 c.watchers.lock().remove(&self.conn.conn);
             } else if let Some(c) = registry.client(&target) {
                 c.watchers.lock().remove(&self.conn.conn);

@@ -49,6 +49,9 @@ pub enum HubError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Joining the cluster failed (the message names the fix).
+    #[error("cluster: {0}")]
+    Cluster(#[from] peermesh_cluster::ClusterError),
     /// The HTTP server failed.
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),

@@ -249,6 +249,31 @@ async fn status_page(State(hub): State<Arc<HubInner>>) -> Html<String> {
             row.subscriptions,
         );
     }
+    if let Some(bp) = &hub.router.cluster {
+        let c = &bp.counters;
+        let _ = write!(
+            s,
+            "</table><h2>Cluster: this hub is {}</h2><p>to other hubs {} messages ({} B) · from \
+             other hubs {} ({} B) · dropped {}</p><table><tr><th>hub</th><th>clients</th>\
+             <th>last heard</th></tr>",
+            esc(bp.node()),
+            c.sent.load(Ordering::Relaxed),
+            c.sent_bytes.load(Ordering::Relaxed),
+            c.received.load(Ordering::Relaxed),
+            c.received_bytes.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed),
+        );
+        for m in bp.cluster().members() {
+            let _ = write!(
+                s,
+                "<tr><td>{}{}</td><td>{}</td><td>{} ms ago</td></tr>",
+                esc(&m.name),
+                if m.local { " (this hub)" } else { "" },
+                m.clients,
+                m.silent_for.as_millis()
+            );
+        }
+    }
     s.push_str("</table><p><a href=/metrics>/metrics</a> · <a href=/status.json>/status.json</a></p></body></html>");
     Html(s)
 }
@@ -297,6 +322,7 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
             "frames_in": r.frames_in, "frames_out": r.frames_out, "deliveries": r.deliveries,
             "direct": r.direct, "room": r.room,
         },
+        "cluster": cluster_json(&hub),
         "client_list": clients,
         "room_list": rooms,
         "service_list": hub.router.services.rows(LIST_LIMIT),
@@ -311,6 +337,108 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// The cluster part of `/status.json` (null for a single hub).
+fn cluster_json(hub: &HubInner) -> serde_json::Value {
+    let Some(bp) = &hub.router.cluster else {
+        return serde_json::Value::Null;
+    };
+    let c = &bp.counters;
+    let nodes: Vec<_> = bp
+        .cluster()
+        .members()
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "node": m.name, "clients": m.clients, "local": m.local,
+                "silent_ms": m.silent_for.as_millis() as u64,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "node": bp.node(),
+        "connected": bp.cluster().connected(),
+        "nodes": nodes,
+        "sent": c.sent.load(Ordering::Relaxed),
+        "sent_bytes": c.sent_bytes.load(Ordering::Relaxed),
+        "received": c.received.load(Ordering::Relaxed),
+        "received_bytes": c.received_bytes.load(Ordering::Relaxed),
+        "dropped": c.dropped.load(Ordering::Relaxed),
+        "malformed": c.malformed.load(Ordering::Relaxed),
+        "registry_errors": c.registry_errors.load(Ordering::Relaxed),
+        "ids_released_for_dead_nodes": bp.cluster().released(),
+    })
+}
+
+/// The cluster's Prometheus series.
+fn cluster_metrics(text: &mut String, bp: &crate::cluster::Backplane) {
+    let members = bp.cluster().members();
+    let _ = writeln!(
+        text,
+        "# HELP peermesh_cluster_nodes Live hubs of the cluster, this one included."
+    );
+    let _ = writeln!(text, "# TYPE peermesh_cluster_nodes gauge");
+    let _ = writeln!(text, "peermesh_cluster_nodes {}", members.len());
+    let _ = writeln!(
+        text,
+        "# HELP peermesh_cluster_node_clients Clients of each hub, from its last heartbeat."
+    );
+    let _ = writeln!(text, "# TYPE peermesh_cluster_node_clients gauge");
+    for m in &members {
+        let _ = writeln!(
+            text,
+            "peermesh_cluster_node_clients{{node=\"{}\"}} {}",
+            m.name, m.clients
+        );
+    }
+    let c = &bp.counters;
+    for (name, help, v) in [
+        (
+            "cluster_sent_total",
+            "Messages published to other hubs.",
+            c.sent.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_sent_bytes_total",
+            "Bytes published to other hubs.",
+            c.sent_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_received_total",
+            "Messages received from other hubs.",
+            c.received.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_received_bytes_total",
+            "Bytes received from other hubs.",
+            c.received_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_dropped_total",
+            "Messages not published (queue to NATS full, or NATS refused them).",
+            c.dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_malformed_total",
+            "Messages from other hubs that could not be read.",
+            c.malformed.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_registry_errors_total",
+            "Key-value operations of the cluster registry that failed.",
+            c.registry_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_ids_released_total",
+            "Ids of dead hubs this hub released.",
+            bp.cluster().released(),
+        ),
+    ] {
+        let _ = writeln!(text, "# HELP peermesh_{name} {help}");
+        let _ = writeln!(text, "# TYPE peermesh_{name} counter");
+        let _ = writeln!(text, "peermesh_{name} {v}");
+    }
 }
 
 async fn metrics(State(hub): State<Arc<HubInner>>) -> Response {
@@ -337,6 +465,9 @@ async fn metrics(State(hub): State<Arc<HubInner>>) -> Response {
         let _ = writeln!(text, "# HELP peermesh_{name} {help}");
         let _ = writeln!(text, "# TYPE peermesh_{name} gauge");
         let _ = writeln!(text, "peermesh_{name} {v}");
+    }
+    if let Some(bp) = &hub.router.cluster {
+        cluster_metrics(&mut text, bp);
     }
     // Per-connection figures, for the first LIST_LIMIT clients by id (bounded cardinality).
     let mut conns = reg.all_conns();

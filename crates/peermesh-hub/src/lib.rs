@@ -35,11 +35,14 @@
 //! - `services`: services (RPC) and topics: providers, the choice of a provider, topic
 //!   subscribers; `services::api` is the Rust API for services the hub provides itself
 //!   ([`HubHandle::provide`]), `services::builtin` the optional `time` service.
+//! - `cluster`: the backplane that makes several hubs one through NATS (`--cluster`): ids
+//!   claimed cluster-wide, direct messages, acks and room emits relayed between hubs.
 //! - `auth`: JWT verification.
 //! - `metrics`: counters and rates.
 #![deny(missing_docs)]
 
 mod auth;
+mod cluster;
 mod config;
 mod conn;
 mod error;
@@ -125,8 +128,25 @@ impl Hub {
                 source,
             })?;
         let local_addr = listener.local_addr().map_err(HubError::Serve)?;
+        let backplane = match &config.cluster {
+            Some(url) => {
+                let node = config
+                    .node_name
+                    .clone()
+                    .unwrap_or_else(|| default_node_name(local_addr));
+                let mut cc = peermesh_cluster::ClusterConfig::new(url.clone(), node);
+                if config.cluster_wait_ms > 0 {
+                    cc.wait = Some(Duration::from_millis(config.cluster_wait_ms));
+                }
+                let cluster = peermesh_cluster::Cluster::join(cc).await?;
+                let ttl = Duration::from_millis(config.max_ack_timeout_ms.saturating_add(1_000));
+                Some(Arc::new(cluster::Backplane::new(cluster, ttl)))
+            }
+            None => None,
+        };
         let inner = Arc::new(HubInner {
             router: Router {
+                cluster: backplane.clone(),
                 registry: Arc::new(Registry::default()),
                 metrics: Arc::new(metrics::Metrics::default()),
                 services: Arc::new(services::Services::default()),
@@ -144,6 +164,11 @@ impl Hub {
             started: Instant::now(),
             config,
         });
+        if let Some(bp) = &backplane {
+            bp.start(inner.router.clone(), inner.shutdown.clone())
+                .await?;
+            info!(node = bp.node(), "hub joined the cluster");
+        }
         let builtin = if inner.config.builtin_time_service {
             let spec = services::builtin::time_service().map_err(|e| ConfigError::Invalid {
                 key: "builtin_time_service",
@@ -201,6 +226,9 @@ impl Hub {
                             let now = Instant::now();
                             inner.router.metrics.sample(now - last);
                             last = now;
+                            if let Some(bp) = &inner.router.cluster {
+                                bp.cluster().set_clients(inner.registry().client_count() as u64);
+                            }
                         }
                     }
                 }
@@ -240,9 +268,36 @@ impl Hub {
             tracing::warn!("some connections did not finish within the shutdown grace time");
         }
         sampler.abort();
+        if let Some(bp) = &inner.router.cluster {
+            bp.leave().await;
+        }
         drop(builtin);
         served.map_err(HubError::Serve)
     }
+}
+
+/// A node name from the host name and the port: `host-7070`.
+fn default_node_name(addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let mut name: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(50)
+        .collect();
+    if name.is_empty() {
+        name.push_str("hub");
+    }
+    format!("{name}-{}", addr.port())
 }
 
 impl HubHandle {
@@ -278,6 +333,11 @@ impl HubHandle {
     /// name.
     pub fn provide(&self, spec: ServiceSpec) -> Result<ServiceHandle, ServiceApiError> {
         ServiceHandle::provide(self.inner.clone(), spec)
+    }
+
+    /// This hub's name in its cluster, if it is in one.
+    pub fn node_name(&self) -> Option<&str> {
+        self.inner.router.cluster.as_ref().map(|b| b.node())
     }
 
     /// Sessions, their members and objects now.

@@ -53,6 +53,10 @@ pub(crate) enum Control {
     PeerAway { id: ClientId, conn: u64 },
     /// A client this connection sent to resumed.
     PeerBack { id: ClientId, conn: u64 },
+    /// Answer `req` with `ok` (a room join the cluster has recorded).
+    Ok { req: Option<u64> },
+    /// An acknowledged message to a client of another hub found no such client there.
+    AckFailed { ack_id: u64, to: ClientId },
     /// A new socket resumes this connection's session.
     Resume(Box<Takeover>),
 }

@@ -13,6 +13,7 @@ use peermesh_proto::{
     ClientId, EncodedBody, Encoding, Payload, Publication, RoomName, ServerFrame,
 };
 
+use crate::cluster::{Backplane, Remote};
 use crate::metrics::Metrics;
 use crate::registry::{ConnShared, Control, QueueError, Registry};
 use crate::services::{Closed, Refusal, Services, Topic};
@@ -52,9 +53,20 @@ pub(crate) enum RouteError {
     TargetUnavailable,
 }
 
+/// Where a direct message went.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// To a connection of this hub.
+    Local(Arc<ConnShared>),
+    /// To another hub of the cluster.
+    Remote,
+}
+
 /// Delivers frames to clients, rooms and connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Router {
+    /// The cluster backplane, when the hub is part of a cluster.
+    pub(crate) cluster: Option<Arc<Backplane>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) services: Arc<Services>,
@@ -62,8 +74,35 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    /// Delivers a frame to one client; returns its connection.
+    /// Delivers a frame to one client, on this hub or (in a cluster) on the hub that holds it.
     pub(crate) fn to_client(
+        &self,
+        to: &ClientId,
+        frame: &ServerFrame,
+    ) -> Result<Target, RouteError> {
+        match self.to_local_client(to, frame) {
+            Ok(conn) => Ok(Target::Local(conn)),
+            Err(RouteError::UnknownTarget) => {
+                let Some(bp) = &self.cluster else {
+                    return Err(RouteError::UnknownTarget);
+                };
+                match bp.locate(to) {
+                    Remote::On(node) => {
+                        if bp.direct(&node, to, frame) {
+                            Ok(Target::Remote)
+                        } else {
+                            Err(RouteError::TargetUnavailable)
+                        }
+                    }
+                    Remote::Nowhere => Err(RouteError::UnknownTarget),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delivers a frame to one client of this hub; returns its connection.
+    pub(crate) fn to_local_client(
         &self,
         to: &ClientId,
         frame: &ServerFrame,
@@ -88,8 +127,23 @@ impl Router {
         }
     }
 
-    /// Delivers a frame to every member of a room except connection `except`; returns the
-    /// number of members reached.
+    /// A client's emit to a room: delivered to the members of this hub (except connection
+    /// `except`) and, in a cluster, published once for the other hubs' members. Returns the
+    /// members of this hub reached.
+    pub(crate) fn emit_room(
+        &self,
+        room: &RoomName,
+        frame: &ServerFrame,
+        except: Option<u64>,
+    ) -> usize {
+        if let Some(bp) = &self.cluster {
+            bp.room(room, frame);
+        }
+        self.to_room(room, frame, except)
+    }
+
+    /// Delivers a frame to every member of a room on this hub except connection `except`;
+    /// returns the number of members reached.
     pub(crate) fn to_room(
         &self,
         room: &RoomName,

@@ -34,8 +34,13 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`NatsServer`] runs a real `nats-server -js` on a loopback port for the cluster tests, and
+//! can kill and restart it with its JetStream store intact.
 #![deny(missing_docs)]
 
 mod fault;
+mod nats;
 
 pub use fault::{FaultProxy, FaultStats, Schedule};
+pub use nats::{free_port, NatsServer};

@@ -1,0 +1,131 @@
+//! Three `peermesh serve --cluster` processes on a real `nats-server -js`, with `peermesh
+//! connect` clients: messages and rooms across hubs, the cluster on `/status.json` and
+//! `/metrics`, and `kill -9` of a hub (its ids and room members released within 10 s).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{http_get, Proc};
+use peermesh_testkit::NatsServer;
+use serde_json::{json, Value};
+
+/// `peermesh serve --cluster URL --node-name NAME`; returns it, its address and its ws URL.
+fn hub(nats: &NatsServer, name: &str) -> (Proc, String, String) {
+    let p = Proc::spawn(
+        name,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            &nats.url(),
+            "--node-name",
+            name,
+        ],
+    );
+    let first = p.line();
+    assert_eq!(
+        (&first["type"], &first["node"]),
+        (&json!("listening"), &json!(name)),
+        "{first}"
+    );
+    let addr = first["addr"].as_str().expect("addr").to_owned();
+    let ws = first["ws"].as_str().expect("ws").to_owned();
+    (p, addr, ws)
+}
+
+fn connect(url: &str, id: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["connect", url, "--id", id];
+    all.extend_from_slice(args);
+    let p = Proc::spawn(id, &all);
+    let first = p.line();
+    assert_eq!(first, json!({"type": "connected", "id": id}), "{id}");
+    p
+}
+
+fn nodes(addr: &str) -> Vec<String> {
+    let status: Value = serde_json::from_str(&http_get(addr, "/status.json")).expect("json");
+    status["cluster"]["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["node"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
+    let nats = NatsServer::start();
+    let (_a, a_addr, a_ws) = hub(&nats, "hub-a");
+    let (_b, _b_addr, b_ws) = hub(&nats, "hub-b");
+    let (mut c, _c_addr, c_ws) = hub(&nats, "hub-c");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes(&a_addr).len() < 3 {
+        assert!(Instant::now() < deadline, "hub-a sees {:?}", nodes(&a_addr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(nodes(&a_addr), ["hub-a", "hub-b", "hub-c"]);
+
+    let mut alice = connect(&a_ws, "alice", &["--room", "r"]);
+    let mut carol = connect(&c_ws, "carol", &["--room", "r"]);
+    assert_eq!(
+        alice.expect_type("member_joined"),
+        json!({"type": "member_joined", "room": "r", "id": "carol"})
+    );
+    // Across processes, both ways, with an acknowledgement.
+    alice.send(r#"{"op":"emit","to":"carol","event":"q","data":1,"ack":true,"req":1}"#);
+    let q = carol.expect_type("message");
+    assert_eq!((&q["from"], &q["data"]), (&json!("alice"), &json!(1)));
+    let ack_id = q["ack_id"].as_u64().expect("ack_id");
+    carol.send_json(json!({"op": "reply", "ack_id": ack_id, "data": 2}));
+    assert_eq!(
+        alice.expect_type("ack"),
+        json!({"type": "ack", "req": 1, "data": 2})
+    );
+    carol.send(r#"{"op":"emit_room","room":"r","event":"e","data":"hi"}"#);
+    assert_eq!(
+        alice.expect_type("message"),
+        json!({"type": "message", "from": "carol", "event": "e", "data": "hi", "room": "r"})
+    );
+    // The same id on another hub is refused while carol holds it.
+    let taken = Proc::spawn("carol-2", &["connect", &b_ws, "--id", "carol"]);
+    let e = taken.expect_type("error");
+    assert_eq!(e["code"], "id_taken", "{e}");
+    drop(taken);
+
+    // kill -9 of hub-c: no goodbye, its heartbeats stop.
+    c.kill();
+    let killed = Instant::now();
+    carol.kill();
+    assert_eq!(
+        alice.expect_type("member_left"),
+        json!({"type": "member_left", "room": "r", "id": "carol"})
+    );
+    let members_gone = killed.elapsed();
+    // carol's id is free: she connects to hub-b.
+    let carol_again = loop {
+        let p = Proc::spawn("carol-3", &["connect", &b_ws, "--id", "carol"]);
+        let first = p.line();
+        if first["type"] == "connected" {
+            break p;
+        }
+        assert_eq!(first["code"], "id_taken", "{first}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "carol's id still held after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let id_free = killed.elapsed();
+    eprintln!("after kill -9: members left after {members_gone:?}, id free after {id_free:?}");
+    assert!(members_gone < Duration::from_secs(10), "{members_gone:?}");
+    assert!(id_free < Duration::from_secs(10), "{id_free:?}");
+    assert_eq!(nodes(&a_addr), ["hub-a", "hub-b"]);
+    let metrics = http_get(&a_addr, "/metrics");
+    assert!(metrics.contains("peermesh_cluster_nodes 2"), "{metrics}");
+    assert!(metrics.contains("peermesh_cluster_sent_total"), "{metrics}");
+    drop(carol_again);
+}

@@ -1,0 +1,690 @@
+//! The cluster backplane: several hubs act as one through NATS.
+//!
+//! ```text
+//!   conn task ──► Router ──► local Registry                         (same hub)
+//!                   └──────► Backplane ──► publisher ──► NATS ──► inbound ──► Router (other hub)
+//!   handshake ──► Backplane::acquire ──► id worker ──► Cluster (key-value compare-and-set)
+//!   Cluster registry events ──► events task ──► peer_left / member_joined / member_left
+//! ```
+//!
+//! - **Ids.** A client id is claimed in the cluster at the handshake (exactly one hub wins) and
+//!   released when its session ends (after the resume window). Claims and releases of one id
+//!   run in order on one of [`ID_WORKERS`] workers, which also count the local connections
+//!   holding the id, so a quick reconnect on the same hub never loses its claim.
+//! - **Direct messages and acks.** A message for an id held by another hub is published once
+//!   to `peermesh.node.<name>`; an acknowledgement comes back the same way (the target's hub
+//!   remembers which hub asked). A message that finds no client there fails its ack with
+//!   `unknown_target`.
+//! - **Rooms.** Each hub delivers a room emit to its own members and publishes it once on
+//!   `peermesh.room.<hex name>`; every other hub delivers it to its members, so each member
+//!   gets it exactly once. Membership is in the cluster's key-value registry: member lists
+//!   are cluster-wide, and `member_joined` / `member_left` of other hubs' clients come from its
+//!   changes (a dead hub's members leave when its entries are released).
+//!
+//! Limits: [`OUT_QUEUE`] messages wait for NATS (a full queue fails the send with an error,
+//! it never blocks a connection); [`MAX_RELAYED_ACKS`] acknowledgements of other hubs'
+//! messages are awaited at once.
+
+mod relay;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use peermesh_cluster::{Claim, Cluster, ClusterError, Event};
+use peermesh_proto::{ClientId, ErrorCode, RoomName, ServerFrame};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+pub(crate) use relay::Relay;
+
+use crate::conn::conn_of;
+use crate::registry::Control;
+use crate::router::Router;
+
+/// Messages waiting to be published.
+pub(crate) const OUT_QUEUE: usize = 65_536;
+/// Workers that claim and release ids and record room members, in order per id.
+pub(crate) const ID_WORKERS: usize = 16;
+/// Operations waiting per worker.
+const OPS_QUEUE: usize = 4096;
+/// Acknowledgements of messages from other hubs awaited at once.
+pub(crate) const MAX_RELAYED_ACKS: usize = 1 << 20;
+/// How often the hub compares its clients and rooms with the cluster's registry and repairs
+/// what a NATS outage left behind (releases that failed, claims lost with the server's store).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// Subjects every room emit goes to.
+const ROOM_SUBJECTS: &str = "peermesh.room.>";
+
+/// Counters of the traffic between hubs.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterCounters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) sent_bytes: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) received_bytes: AtomicU64,
+    /// Messages not published because the queue to NATS was full.
+    pub(crate) dropped: AtomicU64,
+    /// Messages from other hubs that could not be read.
+    pub(crate) malformed: AtomicU64,
+    /// Key-value operations that failed (a room member not recorded, an id not released).
+    pub(crate) registry_errors: AtomicU64,
+}
+
+enum Op {
+    Claim {
+        id: ClientId,
+        reply: oneshot::Sender<Result<Claim, ClusterError>>,
+    },
+    Release {
+        id: ClientId,
+    },
+    Join {
+        room: RoomName,
+        id: ClientId,
+        /// The connection and request to answer with `ok` once the membership is recorded.
+        done: Option<(u64, Option<u64>)>,
+    },
+    Leave {
+        room: RoomName,
+        id: ClientId,
+    },
+    /// The registry does not show `id` as this hub's, but a local connection holds it.
+    Reclaim {
+        id: ClientId,
+    },
+    /// The registry shows `id` as this hub's, but no local connection holds it.
+    Forget {
+        id: ClientId,
+    },
+}
+
+#[derive(Debug)]
+struct RelayedAck {
+    origin: String,
+    until: Instant,
+}
+
+/// Where a client id is.
+#[derive(Debug)]
+pub(crate) enum Remote {
+    /// Held by this node, or by no node.
+    Nowhere,
+    /// Held by another node.
+    On(String),
+}
+
+/// This hub's part of a cluster.
+pub(crate) struct Backplane {
+    cluster: Cluster,
+    node: String,
+    out: mpsc::Sender<(String, Bytes)>,
+    ops: Vec<mpsc::Sender<Op>>,
+    /// Local connections that sent to a client of another hub, told when its id is released.
+    remote_watchers: DashMap<ClientId, HashSet<u64>>,
+    /// Acks awaited by other hubs' clients from this hub's clients: (replier, ack_id).
+    relayed_acks: Mutex<HashMap<(ClientId, u64), RelayedAck>>,
+    ack_ttl: Duration,
+    pub(crate) counters: ClusterCounters,
+    pending: Mutex<Option<Pending>>,
+}
+
+struct Pending {
+    out: mpsc::Receiver<(String, Bytes)>,
+    ops: Vec<mpsc::Receiver<Op>>,
+    events: Option<mpsc::Receiver<Event>>,
+}
+
+impl std::fmt::Debug for Backplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backplane")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn node_subject(node: &str) -> String {
+    format!("peermesh.node.{node}")
+}
+
+fn room_subject(room: &RoomName) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(14 + room.as_str().len() * 2);
+    s.push_str("peermesh.room.");
+    for b in room.as_str().as_bytes() {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn worker_of(id: &ClientId) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str());
+    (h % ID_WORKERS as u64) as usize
+}
+
+impl Backplane {
+    /// A backplane over a joined cluster; its tasks start with [`Backplane::start`].
+    pub(crate) fn new(cluster: Cluster, ack_ttl: Duration) -> Backplane {
+        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+        let (ops, ops_rx): (Vec<_>, Vec<_>) =
+            (0..ID_WORKERS).map(|_| mpsc::channel(OPS_QUEUE)).unzip();
+        let events = cluster.take_events();
+        Backplane {
+            node: cluster.node().to_owned(),
+            cluster,
+            out,
+            ops,
+            remote_watchers: DashMap::new(),
+            relayed_acks: Mutex::new(HashMap::new()),
+            ack_ttl,
+            counters: ClusterCounters::default(),
+            pending: Mutex::new(Some(Pending {
+                out: out_rx,
+                ops: ops_rx,
+                events,
+            })),
+        }
+    }
+
+    /// This node's name.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The cluster membership.
+    pub(crate) fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Starts the publisher, the inbound subscriptions, the id workers and the event task.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        router: Router,
+        shutdown: CancellationToken,
+    ) -> Result<(), ClusterError> {
+        let Some(p) = self.pending.lock().take() else {
+            return Ok(());
+        };
+        let nats = self.cluster.nats().clone();
+        let direct = nats
+            .subscribe(node_subject(&self.node))
+            .await
+            .map_err(|e| ClusterError::Nats {
+                op: "subscribe",
+                reason: e.to_string(),
+            })?;
+        let rooms = nats
+            .subscribe(ROOM_SUBJECTS)
+            .await
+            .map_err(|e| ClusterError::Nats {
+                op: "subscribe",
+                reason: e.to_string(),
+            })?;
+        let spawn = |f: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = f => {}
+                }
+            });
+        };
+        spawn(Box::pin(publish(self.clone(), nats, p.out)));
+        spawn(Box::pin(inbound(self.clone(), router.clone(), direct)));
+        spawn(Box::pin(inbound(self.clone(), router.clone(), rooms)));
+        for rx in p.ops {
+            spawn(Box::pin(id_worker(self.clone(), router.clone(), rx)));
+        }
+        if let Some(ev) = p.events {
+            spawn(Box::pin(events(self.clone(), router.clone(), ev)));
+        }
+        spawn(Box::pin(reconcile(self.clone(), router)));
+        Ok(())
+    }
+
+    fn enqueue(&self, subject: String, msg: Bytes) -> bool {
+        let len = msg.len() as u64;
+        match self.out.try_send((subject, msg)) {
+            Ok(()) => {
+                self.counters.sent.fetch_add(1, Relaxed);
+                self.counters.sent_bytes.fetch_add(len, Relaxed);
+                true
+            }
+            Err(_) => {
+                self.counters.dropped.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Claims `id` for a new local connection (every successful claim is matched by one
+    /// [`Backplane::release`]).
+    pub(crate) async fn acquire(&self, id: &ClientId) -> Result<Claim, ClusterError> {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Claim {
+            id: id.clone(),
+            reply,
+        };
+        let closed = || ClusterError::Nats {
+            op: "claim an id",
+            reason: "the hub is shutting down".into(),
+        };
+        self.ops[worker_of(id)]
+            .send(op)
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// A local connection holding `id` ended.
+    pub(crate) async fn release(&self, id: &ClientId) {
+        let _ = self.ops[worker_of(id)]
+            .send(Op::Release { id: id.clone() })
+            .await;
+    }
+
+    fn op(&self, id: &ClientId, op: Op) {
+        let tx = &self.ops[worker_of(id)];
+        if let Err(mpsc::error::TrySendError::Full(op)) = tx.try_send(op) {
+            // Rare: keep the operation (a lost leave would leave a stale member behind).
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(op).await;
+            });
+        }
+    }
+
+    /// Records that local client `id` joined `room`; `ok` goes to `(conn, req)` once the
+    /// membership is visible to the cluster.
+    pub(crate) fn joined(&self, room: &RoomName, id: &ClientId, done: Option<(u64, Option<u64>)>) {
+        let op = Op::Join {
+            room: room.clone(),
+            id: id.clone(),
+            done,
+        };
+        self.op(id, op);
+    }
+
+    /// Records that local client `id` left `room`.
+    pub(crate) fn left(&self, room: &RoomName, id: &ClientId) {
+        let op = Op::Leave {
+            room: room.clone(),
+            id: id.clone(),
+        };
+        self.op(id, op);
+    }
+
+    /// Where `id` is, when it is not on this hub.
+    pub(crate) fn locate(&self, id: &ClientId) -> Remote {
+        match self.cluster.owner(id.as_str()) {
+            Some(node) if node != self.node => Remote::On(node),
+            _ => Remote::Nowhere,
+        }
+    }
+
+    /// Sends a frame to client `to` on hub `node`; false when the queue to NATS is full.
+    pub(crate) fn direct(&self, node: &str, to: &ClientId, frame: &ServerFrame) -> bool {
+        let msg = Relay::Direct {
+            origin: self.node.clone(),
+            to: to.clone(),
+            frame: frame.clone(),
+        }
+        .encode();
+        self.enqueue(node_subject(node), msg)
+    }
+
+    /// Publishes a room frame to the other hubs' members.
+    pub(crate) fn room(&self, room: &RoomName, frame: &ServerFrame) {
+        let msg = Relay::Room {
+            origin: self.node.clone(),
+            room: room.clone(),
+            frame: frame.clone(),
+        }
+        .encode();
+        self.enqueue(room_subject(room), msg);
+    }
+
+    /// Local connection `conn` sent to `id` on another hub: tell it when `id` leaves.
+    pub(crate) fn watch(&self, id: &ClientId, conn: u64) {
+        self.remote_watchers
+            .entry(id.clone())
+            .or_default()
+            .insert(conn);
+    }
+
+    /// Local connection `conn` ended or stopped caring about `id`.
+    pub(crate) fn unwatch(&self, id: &ClientId, conn: u64) {
+        self.remote_watchers.remove_if_mut(id, |_, set| {
+            set.remove(&conn);
+            set.is_empty()
+        });
+    }
+
+    /// Whether another hub awaits the reply of local client `from` to `ack_id`.
+    pub(crate) fn awaits(&self, from: &ClientId, ack_id: u64) -> bool {
+        self.relayed_acks
+            .lock()
+            .contains_key(&(from.clone(), ack_id))
+    }
+
+    /// Routes a reply of local client `from` to the hub awaiting it; false when no other hub
+    /// awaits `ack_id` from `from`.
+    pub(crate) fn reply(
+        &self,
+        from: &ClientId,
+        ack_id: u64,
+        payload: peermesh_proto::Payload,
+    ) -> bool {
+        let Some(waiting) = self.relayed_acks.lock().remove(&(from.clone(), ack_id)) else {
+            return false;
+        };
+        let msg = Relay::AckReply {
+            ack_id,
+            from: from.clone(),
+            payload,
+        }
+        .encode();
+        self.enqueue(node_subject(&waiting.origin), msg);
+        true
+    }
+
+    fn await_ack(&self, to: &ClientId, ack_id: u64, origin: String) {
+        let now = Instant::now();
+        let mut acks = self.relayed_acks.lock();
+        if acks.len() >= MAX_RELAYED_ACKS {
+            acks.retain(|_, a| a.until > now);
+            if acks.len() >= MAX_RELAYED_ACKS {
+                // The sender's own timeout answers it.
+                return;
+            }
+        }
+        acks.insert(
+            (to.clone(), ack_id),
+            RelayedAck {
+                origin,
+                until: now + self.ack_ttl,
+            },
+        );
+    }
+
+    /// Drops remembered acks whose sender has timed out.
+    fn expire_acks(&self) {
+        let now = Instant::now();
+        self.relayed_acks.lock().retain(|_, a| a.until > now);
+    }
+
+    /// Leaves the cluster: releases this hub's ids and room memberships at once.
+    pub(crate) async fn leave(&self) {
+        if let Err(e) = self.cluster.leave().await {
+            warn!(error = %e, "leaving the cluster failed; the others release this hub's ids when its heartbeats stop");
+        }
+    }
+}
+
+async fn publish(
+    bp: Arc<Backplane>,
+    nats: peermesh_cluster::async_nats::Client,
+    mut rx: mpsc::Receiver<(String, Bytes)>,
+) {
+    while let Some((subject, msg)) = rx.recv().await {
+        if let Err(e) = nats.publish(subject, msg).await {
+            bp.counters.dropped.fetch_add(1, Relaxed);
+            debug!(error = %e, "a cluster message was not published");
+        }
+    }
+}
+
+async fn inbound(
+    bp: Arc<Backplane>,
+    router: Router,
+    mut sub: peermesh_cluster::async_nats::Subscriber,
+) {
+    let mut last_expiry = Instant::now();
+    while let Some(msg) = sub.next().await {
+        bp.counters.received.fetch_add(1, Relaxed);
+        bp.counters
+            .received_bytes
+            .fetch_add(msg.payload.len() as u64, Relaxed);
+        match Relay::decode(&msg.payload) {
+            Ok(r) => handle(&bp, &router, r),
+            Err(e) => {
+                bp.counters.malformed.fetch_add(1, Relaxed);
+                debug!(subject = %msg.subject, error = %e, "a cluster message was dropped");
+            }
+        }
+        if last_expiry.elapsed() > Duration::from_secs(1) {
+            last_expiry = Instant::now();
+            bp.expire_acks();
+        }
+    }
+}
+
+fn handle(bp: &Backplane, router: &Router, r: Relay) {
+    match r {
+        Relay::Direct { origin, to, frame } => {
+            let ack_id = match &frame {
+                ServerFrame::Message(m) => m.ack_id,
+                _ => None,
+            };
+            let delivered = router.to_local_client(&to, &frame).is_ok();
+            match (ack_id, delivered) {
+                (Some(ack_id), true) => bp.await_ack(&to, ack_id, origin),
+                (Some(ack_id), false) => {
+                    let msg = Relay::AckFailed { ack_id, to }.encode();
+                    bp.enqueue(node_subject(&origin), msg);
+                }
+                (None, _) => {}
+            }
+        }
+        Relay::AckReply {
+            ack_id,
+            from,
+            payload,
+        } => {
+            let ctrl = Control::AckReply {
+                ack_id,
+                from,
+                payload,
+            };
+            router.control_slot(conn_of(ack_id), ctrl);
+        }
+        Relay::AckFailed { ack_id, to } => {
+            router.control_slot(conn_of(ack_id), Control::AckFailed { ack_id, to });
+        }
+        Relay::Room {
+            origin,
+            room,
+            frame,
+        } => {
+            if origin != bp.node {
+                router.to_room(&room, &frame, None);
+            }
+        }
+    }
+}
+
+async fn id_worker(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Op>) {
+    let mut held: HashMap<ClientId, u32> = HashMap::new();
+    while let Some(op) = rx.recv().await {
+        match op {
+            Op::Claim { id, reply } => {
+                let out = match held.get_mut(&id) {
+                    Some(n) => {
+                        *n += 1;
+                        Ok(Claim::Won)
+                    }
+                    None => {
+                        let r = bp.cluster.claim(id.as_str()).await;
+                        if let Ok(Claim::Won) = r {
+                            held.insert(id, 1);
+                        }
+                        r
+                    }
+                };
+                let _ = reply.send(out);
+            }
+            Op::Release { id } => {
+                let last = match held.get_mut(&id) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    Some(_) => true,
+                    None => false,
+                };
+                if last {
+                    held.remove(&id);
+                    if let Err(e) = bp.cluster.release(id.as_str()).await {
+                        bp.counters.registry_errors.fetch_add(1, Relaxed);
+                        warn!(id = %id, error = %e, "an id was not released; the cluster frees it if this hub dies");
+                    }
+                }
+            }
+            Op::Join { room, id, done } => {
+                if let Err(e) = bp.cluster.join_room(room.as_str(), id.as_str()).await {
+                    bp.counters.registry_errors.fetch_add(1, Relaxed);
+                    warn!(room = %room, id = %id, error = %e, "a room member was not recorded in the cluster");
+                }
+                if let Some((conn, req)) = done {
+                    router.control(conn, Control::Ok { req });
+                }
+            }
+            Op::Leave { room, id } => {
+                if let Err(e) = bp.cluster.leave_room(room.as_str(), id.as_str()).await {
+                    bp.counters.registry_errors.fetch_add(1, Relaxed);
+                    warn!(room = %room, id = %id, error = %e, "a room leave was not recorded in the cluster");
+                }
+            }
+            Op::Reclaim { id } => {
+                if !held.contains_key(&id) {
+                    continue;
+                }
+                match bp.cluster.claim(id.as_str()).await {
+                    Ok(Claim::Won) => debug!(id = %id, "an id claimed again after a registry loss"),
+                    Ok(Claim::Taken { node }) => {
+                        // Another hub registered it while this one was cut off: it keeps it.
+                        warn!(id = %id, node, "an id this hub held was taken by another hub meanwhile");
+                        if let Some(c) = router.registry.client(&id) {
+                            c.close(
+                                ErrorCode::IdTaken,
+                                format!(
+                                    "while this hub was cut off from its cluster, hub {node:?} \
+                                     accepted a client with your id; reconnect with another id"
+                                ),
+                            );
+                        }
+                    }
+                    Err(e) => debug!(id = %id, error = %e, "reclaim failed; trying again later"),
+                }
+            }
+            Op::Forget { id } => {
+                if held.contains_key(&id) {
+                    continue;
+                }
+                if let Err(e) = bp.cluster.release(id.as_str()).await {
+                    debug!(id = %id, error = %e, "a stale id was not released; trying again later");
+                }
+            }
+        }
+    }
+}
+
+async fn events(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Event>) {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::IdReleased { id, node } if node != bp.node => {
+                let Ok(id) = ClientId::new(&id) else { continue };
+                if let Some((_, conns)) = bp.remote_watchers.remove(&id) {
+                    for conn in conns {
+                        router.control(
+                            conn,
+                            Control::PeerGone {
+                                id: id.clone(),
+                                conn: 0,
+                            },
+                        );
+                    }
+                }
+            }
+            Event::Joined { room, id, node } if node != bp.node => {
+                let (Ok(room), Ok(id)) = (RoomName::new(&room), ClientId::new(&id)) else {
+                    continue;
+                };
+                let f = ServerFrame::MemberJoined {
+                    room: room.clone(),
+                    id,
+                };
+                router.to_room(&room, &f, None);
+            }
+            Event::Left { room, id, node } if node != bp.node => {
+                let (Ok(room), Ok(id)) = (RoomName::new(&room), ClientId::new(&id)) else {
+                    continue;
+                };
+                let f = ServerFrame::MemberLeft {
+                    room: room.clone(),
+                    id,
+                };
+                router.to_room(&room, &f, None);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Repairs the registry after NATS outages: ids and memberships the cluster shows for this hub
+/// without a local client are released, local ones the cluster lost are recorded again. Each
+/// repair runs on the id's worker, after any claim or release already queued for it.
+async fn reconcile(bp: Arc<Backplane>, router: Router) {
+    let mut t = tokio::time::interval(RECONCILE_EVERY);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t.tick().await;
+    loop {
+        t.tick().await;
+        if !bp.cluster.connected() {
+            continue;
+        }
+        let owned: HashSet<String> = bp.cluster.owned_ids().into_iter().collect();
+        let recorded: HashSet<(String, String)> =
+            bp.cluster.owned_memberships().into_iter().collect();
+        let conns = router.registry.all_conns();
+        let mut local_rooms: HashSet<(String, String)> = HashSet::new();
+        for c in &conns {
+            if !owned.contains(c.client.as_str()) {
+                bp.op(
+                    &c.client,
+                    Op::Reclaim {
+                        id: c.client.clone(),
+                    },
+                );
+            }
+            for room in c.rooms.lock().iter() {
+                let key = (room.as_str().to_owned(), c.client.as_str().to_owned());
+                if !recorded.contains(&key) {
+                    bp.joined(room, &c.client, None);
+                }
+                local_rooms.insert(key);
+            }
+        }
+        for id in owned {
+            let Ok(id) = ClientId::new(&id) else { continue };
+            if router.registry.client(&id).is_none() {
+                bp.op(&id, Op::Forget { id: id.clone() });
+            }
+        }
+        for (room, id) in recorded {
+            if local_rooms.contains(&(room.clone(), id.clone())) {
+                continue;
+            }
+            if let (Ok(room), Ok(id)) = (RoomName::new(&room), ClientId::new(&id)) {
+                bp.left(&room, &id);
+            }
+        }
+    }
+}

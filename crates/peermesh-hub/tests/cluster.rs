@@ -1,0 +1,319 @@
+//! Three hubs in one process, clustered through a real `nats-server -js` on loopback: ids,
+//! direct messages, acks, rooms and presence across hubs; a hub leaving; NATS restarting.
+//! Every wait is bounded; nothing sleeps to synchronise (polls check a condition).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{Raw, TestHub};
+use peermesh_hub::HubConfig;
+use peermesh_testkit::NatsServer;
+use serde_json::{json, Value};
+
+async fn hub(nats: &NatsServer, name: &str) -> TestHub {
+    TestHub::start(HubConfig {
+        cluster: Some(nats.url()),
+        node_name: Some(name.into()),
+        ..HubConfig::default()
+    })
+    .await
+}
+
+async fn three(nats: &NatsServer) -> [TestHub; 3] {
+    let (a, b, c) = tokio::join!(hub(nats, "hub-a"), hub(nats, "hub-b"), hub(nats, "hub-c"));
+    [a, b, c]
+}
+
+/// Polls `ok` every 20 ms until it holds, failing after `limit`.
+async fn until(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok().await {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+/// Says hello as `id`, returning the client and the first frame (welcome or error).
+async fn hello(hub: &TestHub, id: &str) -> (Raw, Value) {
+    let mut c = Raw::connect(&hub.url("")).await;
+    let first = c.hello(json!({"id": id})).await;
+    (c, first)
+}
+
+/// Whether `id` is known as connected somewhere in the cluster, seen from `hub`: an emit to it
+/// is accepted (`ok`) rather than refused with `unknown_target`.
+async fn reachable(from: &mut Raw, id: &str, req: u64) -> bool {
+    from.send(json!({"type":"emit","to":id,"event":"probe","req":req}))
+        .await;
+    let v = from.recv().await;
+    assert_eq!(v["req"], req, "{v}");
+    v["type"] == "ok"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_hellos_with_one_id_on_three_hubs_have_exactly_one_winner() {
+    let nats = NatsServer::start();
+    let hubs = three(&nats).await;
+    for i in 0..10 {
+        let id = format!("player-{i}");
+        let (a, b, c) = tokio::join!(
+            hello(&hubs[0], &id),
+            hello(&hubs[1], &id),
+            hello(&hubs[2], &id)
+        );
+        let firsts = [&a.1, &b.1, &c.1];
+        let winners = firsts.iter().filter(|f| f["type"] == "welcome").count();
+        assert_eq!(winners, 1, "{id}: {firsts:?}");
+        for f in firsts.iter().filter(|f| f["type"] != "welcome") {
+            assert_eq!(f["code"], "id_taken", "{f}");
+            let m = f["message"].as_str().unwrap_or_default();
+            assert!(
+                m.contains("hub-"),
+                "the refusal names the hub holding the id: {m}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_acks_and_peer_left_cross_hubs() {
+    let nats = NatsServer::start();
+    let [a, b, _c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    let (mut bob, _) = b.join_msgpack("bob").await;
+    until(
+        "bob visible from hub-a",
+        Duration::from_secs(5),
+        async || reachable(&mut alice, "bob", 1).await,
+    )
+    .await;
+    while bob.try_recv(Duration::from_millis(200)).await.is_some() {}
+
+    alice
+        .send(
+            json!({"type":"emit","to":"bob","event":"chat","data":{"text":"hi","n":1.5},"req":10}),
+        )
+        .await;
+    assert_eq!(alice.recv().await["type"], "ok");
+    let m = bob.recv().await;
+    assert_eq!(
+        (&m["type"], &m["from"], &m["event"], &m["data"]),
+        (
+            &json!("message"),
+            &json!("alice"),
+            &json!("chat"),
+            &json!({"text":"hi","n":1.5})
+        )
+    );
+
+    // An acknowledged message: the reply crosses back to the sender's hub.
+    alice
+        .send(json!({"type":"emit","to":"bob","event":"q","data":1,"ack":true,"req":11}))
+        .await;
+    let m = bob.recv().await;
+    let ack_id = m["ack_id"].as_u64().expect("an ack_id");
+    bob.send(json!({"type":"reply","ack_id":ack_id,"data":{"answer":42}}))
+        .await;
+    let ack = alice.recv().await;
+    assert_eq!(
+        (&ack["type"], &ack["req"], &ack["data"]),
+        (&json!("ack"), &json!(11), &json!({"answer":42}))
+    );
+    // A second reply is refused on bob's hub, as on one hub.
+    bob.send(json!({"type":"reply","ack_id":ack_id,"data":0}))
+        .await;
+    assert_eq!(bob.recv().await["code"], "unknown_ack");
+
+    // Bob answers alice the same way (both directions).
+    bob.send(json!({"type":"emit","to":"alice","event":"back","data":"yo"}))
+        .await;
+    let m = alice.recv().await;
+    assert_eq!((&m["from"], &m["data"]), (&json!("bob"), &json!("yo")));
+
+    // An id that is on no hub: unknown_target, with the req.
+    alice
+        .send(json!({"type":"emit","to":"nobody","event":"e","req":12}))
+        .await;
+    let e = alice.recv().await;
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("unknown_target"), &json!(12))
+    );
+
+    // Bob leaves while an ack is pending: alice hears peer_left for the ack and for bob.
+    alice
+        .send(json!({"type":"emit","to":"bob","event":"q","ack":true,"req":13}))
+        .await;
+    let _ = bob.recv().await;
+    drop(bob);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let v = alice.recv().await;
+        seen.push(v);
+    }
+    assert!(
+        seen.iter()
+            .any(|v| v["code"] == "peer_left" && v["req"] == 13),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|v| v["type"] == "peer_left" && v["id"] == "bob"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_emits_reach_every_member_on_every_hub_exactly_once_with_cluster_presence() {
+    let nats = NatsServer::start();
+    let hubs = three(&nats).await;
+    // Two members per hub; each joins with a request, answered once the cluster knows.
+    let mut members: Vec<(String, Raw)> = Vec::new();
+    for (h, hub) in hubs.iter().enumerate() {
+        for k in 0..2 {
+            let id = format!("m{h}{k}");
+            let (mut c, _) = hub.join(&id).await;
+            c.send(json!({"type":"join","room":"lobby","req":1})).await;
+            assert_eq!(c.recv_type("ok").await["req"], 1);
+            members.push((id, c));
+        }
+    }
+    // Every hub lists all six.
+    let all: Vec<String> = members.iter().map(|(id, _)| id.clone()).collect();
+    for (id, c) in members.iter_mut() {
+        let ok = until(
+            "cluster-wide member list",
+            Duration::from_secs(5),
+            async || {
+                c.send(json!({"type":"members","room":"lobby","req":2}))
+                    .await;
+                let v = c.recv_type("members").await;
+                v["members"] == json!(all)
+            },
+        )
+        .await;
+        let _ = (id, ok);
+    }
+    // Drain presence noise.
+    for (_, c) in members.iter_mut() {
+        while c.try_recv(Duration::from_millis(300)).await.is_some() {}
+    }
+
+    // Each member emits once: every member gets each of the five others' emits exactly once.
+    for (i, (_, c)) in members.iter_mut().enumerate() {
+        c.send(json!({"type":"emit_room","room":"lobby","event":"hi","data":i}))
+            .await;
+    }
+    for (id, c) in members.iter_mut() {
+        let mut got: HashMap<String, u32> = HashMap::new();
+        while got.values().sum::<u32>() < 5 {
+            let v = c.recv().await;
+            if v["type"] == "message" {
+                assert_eq!(v["room"], "lobby", "{v}");
+                *got.entry(v["from"].as_str().unwrap_or_default().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        assert!(
+            !got.contains_key(id.as_str()),
+            "{id} got its own emit: {got:?}"
+        );
+        assert!(got.values().all(|n| *n == 1), "{id}: {got:?}");
+        // And nothing more arrives (no duplicate).
+        if let Some(v) = c.try_recv(Duration::from_millis(300)).await {
+            panic!("{id}: unexpected {v}");
+        }
+    }
+
+    // Presence across hubs: a member leaving on hub-c is seen on hub-a and hub-b.
+    let (_, mut leaver) = members.pop().expect("six members");
+    leaver
+        .send(json!({"type":"leave","room":"lobby","req":3}))
+        .await;
+    for (_, c) in members.iter_mut() {
+        let v = c.recv_type("member_left").await;
+        assert_eq!((&v["room"], &v["id"]), (&json!("lobby"), &json!("m21")));
+    }
+    // And a newcomer on hub-b is announced everywhere.
+    let (mut newcomer, _) = hubs[1].join("late").await;
+    newcomer
+        .send(json!({"type":"join","room":"lobby","req":4}))
+        .await;
+    for (_, c) in members.iter_mut() {
+        let v = c.recv_type("member_joined").await;
+        assert_eq!((&v["room"], &v["id"]), (&json!("lobby"), &json!("late")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_shuts_down_frees_its_ids_and_members_at_once() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    alice.send(json!({"type":"join","room":"r","req":1})).await;
+    assert_eq!(alice.recv_type("ok").await["req"], 1);
+    let (mut carol, _) = c.join("carol").await;
+    carol.send(json!({"type":"join","room":"r","req":1})).await;
+    assert_eq!(carol.recv_type("ok").await["req"], 1);
+    let v = alice.recv_type("member_joined").await;
+    assert_eq!(v["id"], "carol");
+
+    c.handle.shutdown();
+    let started = Instant::now();
+    let v = alice.recv_type("member_left").await;
+    assert_eq!(v["id"], "carol");
+    // carol may connect to hub-b straight away.
+    let (_carol, w) = hello(&b, "carol").await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_keep_serving_local_traffic_while_nats_restarts_and_then_reconnect() {
+    let mut nats = NatsServer::start();
+    let [a, b, _c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    let (mut ann, _) = a.join("ann").await;
+    let (_bob, _) = b.join("bob").await;
+    until(
+        "bob visible from hub-a",
+        Duration::from_secs(5),
+        async || reachable(&mut alice, "bob", 1).await,
+    )
+    .await;
+
+    nats.kill();
+    // Local traffic carries on.
+    for i in 0..20 {
+        alice
+            .send(json!({"type":"emit","to":"ann","event":"e","data":i}))
+            .await;
+        let m = ann.recv_type("message").await;
+        assert_eq!(m["data"], i);
+    }
+    // A new client cannot be registered in the cluster meanwhile: a clear refusal.
+    let (_, first) = hello(&a, "newbie").await;
+    assert_eq!(first["code"], "cluster_unavailable", "{first}");
+
+    nats.restart();
+    // After the reconnect, new clients register and cross-hub messages flow again.
+    until(
+        "registration after the restart",
+        Duration::from_secs(20),
+        async || hello(&a, "newbie").await.1["type"] == "welcome",
+    )
+    .await;
+    let mut n = 100;
+    until("bob reachable again", Duration::from_secs(20), async || {
+        n += 1;
+        reachable(&mut alice, "bob", n).await
+    })
+    .await;
+}

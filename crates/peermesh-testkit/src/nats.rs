@@ -1,0 +1,105 @@
+//! A real `nats-server` (with JetStream) on a loopback port, for cluster tests.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server -js` process on `127.0.0.1`, with its own store directory; killed on drop.
+///
+/// The binary comes from the Debian package `nats-server` (`scripts/test.sh` installs it).
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    jetstream: bool,
+    store: tempfile::TempDir,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a free port and waits until it listens.
+    pub fn start() -> NatsServer {
+        NatsServer::start_on(free_port(), true)
+    }
+
+    /// Starts a server on `port`, with or without JetStream, and waits until it listens.
+    pub fn start_on(port: u16, jetstream: bool) -> NatsServer {
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("a temp dir: {e}"));
+        let mut s = NatsServer {
+            child: None,
+            port,
+            jetstream,
+            store,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.jetstream {
+            cmd.arg("-js").arg("-sd").arg(self.store.path());
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run nats-server ({e}); scripts/test.sh installs it (apt-get install -y nats-server)")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The store directory (JetStream data survives a [`NatsServer::restart`]).
+    pub fn store(&self) -> PathBuf {
+        self.store.path().to_path_buf()
+    }
+
+    /// Kills the server (as a crash: no goodbye to the clients).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
