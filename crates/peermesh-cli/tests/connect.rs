@@ -387,6 +387,96 @@ fn reconnects_to_a_restarted_hub() {
     assert!(status.success(), "{status}");
 }
 
+/// A URL where nothing listens: a port that was bound, then released.
+fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = listener.local_addr().expect("local address");
+    drop(listener);
+    format!("ws://{addr}/ws")
+}
+
+#[test]
+fn several_hubs_skip_a_dead_one_and_fail_over_to_the_next() {
+    let (mut hub_a, a) = serve();
+    let (_hub_b, b) = serve();
+
+    // Comma-separated: the dead URL is skipped.
+    let carol = Proc::spawn(
+        "carol",
+        &["connect", &format!("{},{a}", dead_url()), "--id", "carol"],
+    );
+    assert_eq!(
+        carol.line(),
+        json!({"type": "connected", "id": "carol", "url": a})
+    );
+    let (rest, status) = carol.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(status.success(), "{status}");
+
+    // Repeated --url: alice is on a, bob on b.
+    let mut alice = Proc::spawn(
+        "alice",
+        &[
+            "connect", "--url", &a, "--url", &b, "--id", "alice", "--room", "r",
+        ],
+    );
+    assert_eq!(
+        alice.line(),
+        json!({"type": "connected", "id": "alice", "url": a})
+    );
+    let mut bob = connect(&b, "bob", &["--room", "r"]);
+
+    // a goes away: alice moves to b, where her session is new.
+    hub_a.kill();
+    alice.expect_type("connection_lost");
+    let back = alice.expect_type("reconnected");
+    assert_eq!(back["id"], "alice");
+    assert_eq!(back["url"], json!(b));
+    assert_eq!(back["rooms"], json!(["r"]));
+    assert_eq!(alice.expect_type("resynced")["reason"], "expired");
+
+    assert_eq!(
+        bob.line(),
+        json!({"type": "member_joined", "room": "r", "id": "alice"}),
+        "alice rejoined r on b"
+    );
+    bob.send(r#"{"op":"members","room":"r","req":1}"#);
+    assert_eq!(bob.line()["members"], json!(["alice", "bob"]));
+    bob.send(r#"{"op":"emit","to":"alice","event":"m","data":"on b","req":2}"#);
+    assert_eq!(bob.line(), json!({"type": "ok", "req": 2}));
+    let m = alice.expect_type("message");
+    assert_eq!(
+        (m["from"].clone(), m["data"].clone()),
+        (json!("bob"), json!("on b"))
+    );
+    alice.send(r#"{"op":"emit","to":"bob","event":"m","data":"hi","req":3}"#);
+    assert_eq!(alice.expect_type("ok")["req"], 3);
+    assert_eq!(
+        bob.line(),
+        json!({"type": "message", "from": "alice", "event": "m", "data": "hi"})
+    );
+
+    let (_, status) = alice.finish();
+    assert!(status.success(), "{status}");
+    let (_, status) = bob.finish();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn an_invalid_url_in_the_list_is_refused_before_connecting() {
+    let (_hub, url) = serve();
+    let p = Proc::spawn(
+        "alice",
+        &["connect", &url, "--url", "http://h/ws", "--id", "alice"],
+    );
+    let err = p.line();
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["code"], "invalid_url", "{err}");
+    let (rest, status) = p.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(status.code(), Some(1));
+}
+
 #[test]
 fn lost_for_good_exits_non_zero() {
     // Its own loopback address, so no other test's hub can take the port after the kill.
@@ -450,6 +540,7 @@ fn help_explains_the_contract() {
         "--enc",
         "--room",
         "--token",
+        "--url",
         "req",
         "exits 0",
     ] {

@@ -17,11 +17,15 @@
 //! writes while it keeps reading, so the hub is never left unread while the client writes.
 //! After `FAIR_READS` frames read in a row, the other branches get a turn. When the connection drops, pending requests fail with
 //! [`ClientError::ConnectionLost`], and [`ClientActor::reconnect`] walks the [`Backoff`] ladder,
-//! answering commands with [`ClientError::NotConnected`] meanwhile. Each new connection presents
-//! the same id, the `secret` of the last `welcome` and the rooms the client was in.
+//! answering commands with [`ClientError::NotConnected`] meanwhile. Each attempt of the ladder
+//! is a round over the hub URLs (one URL unless
+//! [`ClientOptions::fallback_urls`] names more), starting with the one after the hub that was
+//! lost. Each new connection presents the same id, the `secret` of the last `welcome` and the
+//! rooms the client was in.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -70,6 +74,10 @@ pub(crate) struct Shared {
     pub(crate) incoming: Arc<Mutex<Option<mpsc::Sender<IncomingStream>>>>,
     /// Where calls of this client's service go.
     pub(crate) invocations: InvocationSink,
+    /// The hub URLs as given in the options, in the order they are tried.
+    pub(crate) hub_urls: Box<[String]>,
+    /// The index in `hub_urls` of the hub connected to (or last connected to).
+    pub(crate) current: AtomicUsize,
 }
 
 impl Shared {
@@ -83,7 +91,15 @@ impl Shared {
             finished: CancellationToken::new(),
             incoming: Arc::new(Mutex::new(None)),
             invocations: Arc::new(Mutex::new(None)),
+            hub_urls: opts.hub_urls().map(str::to_owned).collect(),
+            current: AtomicUsize::new(0),
         }
+    }
+
+    /// The hub URL in use, as given in the options.
+    pub(crate) fn current_url(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed);
+        self.hub_urls.get(i).map_or("", String::as_str)
     }
 }
 
@@ -151,7 +167,8 @@ enum Disconnect {
 /// The actor; see the [module docs](self).
 pub(crate) struct ClientActor {
     opts: ClientOptions,
-    url: String,
+    /// Every hub URL with its `enc` and metadata, in the order of `Shared::hub_urls`.
+    urls: Vec<String>,
     connector: Connector,
     inbox: mpsc::Receiver<Command>,
     weak_tx: mpsc::WeakSender<Command>,
@@ -248,7 +265,8 @@ fn drive<'a>(
 
 pub(crate) struct ActorParts {
     pub(crate) opts: ClientOptions,
-    pub(crate) url: String,
+    /// Every hub URL to open, never empty; `shared.current` indexes the one connected to.
+    pub(crate) urls: Vec<String>,
     pub(crate) connector: Connector,
     pub(crate) inbox: mpsc::Receiver<Command>,
     pub(crate) weak_tx: mpsc::WeakSender<Command>,
@@ -267,7 +285,7 @@ impl ClientActor {
         let sessions = Sessions::new(parts.opts.session_capacity);
         let mut actor = Self {
             opts: parts.opts,
-            url: parts.url,
+            urls: parts.urls,
             connector: parts.connector,
             inbox: parts.inbox,
             weak_tx: parts.weak_tx,
@@ -973,6 +991,7 @@ impl ClientActor {
     async fn climb(&mut self, backoff: &mut Backoff, reason: String) -> Option<BoxTransport> {
         backoff.reset();
         let mut last_error = reason;
+        let count = self.urls.len().max(1);
         loop {
             let Some(delay) = backoff.next_delay(Instant::now().into_std()) else {
                 let attempts = backoff.attempt();
@@ -985,52 +1004,82 @@ impl ClientActor {
             tracing::debug!(attempt, ?delay, "reconnecting");
             self.emit(ClientEvent::Reconnecting { attempt, delay });
             self.while_disconnected(tokio::time::sleep(delay)).await?;
-            let open = connection::open(
-                self.connector.clone(),
-                self.url.clone(),
-                self.opts.encoding,
-                self.hello(),
-                self.opts.connect_timeout,
-            );
-            match self.while_disconnected(open).await? {
-                Ok((ws, welcome)) => {
-                    let was_resumable = self.resumable;
-                    let resumed = welcome.resumed.then_some(welcome.received);
-                    self.on_welcome(welcome);
-                    if resumed.is_none() {
-                        if was_resumable {
-                            self.session_lost("the hub could not resume the session");
-                        }
-                        self.provide_again();
+            // One round: every URL once, from the one after the hub that was lost to that hub.
+            let lost = self.shared.current.load(Ordering::Relaxed);
+            for step in 1..=count {
+                let index = (lost + step) % count;
+                match self.try_hub(index, attempt).await? {
+                    Ok(ws) => return Some(ws),
+                    Err(e) if !e.is_retryable() => {
+                        self.emit(ClientEvent::Lost {
+                            reason: format!("the hub refused to reconnect: {e}"),
+                        });
+                        return None;
                     }
-                    tracing::info!(attempt, resumed = resumed.is_some(), "reconnected");
-                    self.emit(ClientEvent::Reconnected {
-                        id: self.id.clone(),
-                        attempt,
-                        rooms: self.rooms.iter().cloned().collect(),
-                    });
-                    if let Some(received) = resumed {
-                        let again = self.sent.resend(received);
-                        let resent = again.len() as u64;
-                        for m in again {
-                            self.out.push(m);
-                        }
-                        self.emit(ClientEvent::Resumed { resent });
+                    Err(e) => {
+                        let url = self.shared.hub_urls.get(index).map_or("", String::as_str);
+                        tracing::debug!(attempt, url, error = %e, "reconnect attempt failed");
+                        last_error = if count > 1 {
+                            format!("{url}: {e}")
+                        } else {
+                            e.to_string()
+                        };
                     }
-                    return Some(ws);
-                }
-                Err(e) if !e.is_retryable() => {
-                    self.emit(ClientEvent::Lost {
-                        reason: format!("the hub refused to reconnect: {e}"),
-                    });
-                    return None;
-                }
-                Err(e) => {
-                    tracing::debug!(attempt, error = %e, "reconnect attempt failed");
-                    last_error = e.to_string();
                 }
             }
         }
+    }
+
+    /// Opens a connection to the hub at `urls[index]` and takes it up; `None` when the client
+    /// stops meanwhile.
+    async fn try_hub(
+        &mut self,
+        index: usize,
+        attempt: u32,
+    ) -> Option<Result<BoxTransport, ClientError>> {
+        let Some(url) = self.urls.get(index).cloned() else {
+            return Some(Err(ClientError::InvalidUrl(
+                "no hub URL to connect to".into(),
+            )));
+        };
+        let open = connection::open(
+            self.connector.clone(),
+            url,
+            self.opts.encoding,
+            self.hello(),
+            self.opts.connect_timeout,
+        );
+        let (ws, welcome) = match self.while_disconnected(open).await? {
+            Ok(opened) => opened,
+            Err(e) => return Some(Err(e)),
+        };
+        self.shared.current.store(index, Ordering::Relaxed);
+        let was_resumable = self.resumable;
+        let resumed = welcome.resumed.then_some(welcome.received);
+        self.on_welcome(welcome);
+        if resumed.is_none() {
+            if was_resumable {
+                self.session_lost("the hub could not resume the session");
+            }
+            self.provide_again();
+        }
+        let url = self.shared.current_url().to_owned();
+        tracing::info!(attempt, url, resumed = resumed.is_some(), "reconnected");
+        self.emit(ClientEvent::Reconnected {
+            id: self.id.clone(),
+            attempt,
+            rooms: self.rooms.iter().cloned().collect(),
+            url,
+        });
+        if let Some(received) = resumed {
+            let again = self.sent.resend(received);
+            let resent = again.len() as u64;
+            for m in again {
+                self.out.push(m);
+            }
+            self.emit(ClientEvent::Resumed { resent });
+        }
+        Some(Ok(ws))
     }
 
     /// Drives `fut` while answering commands with `NotConnected` (or, for a resumable session,

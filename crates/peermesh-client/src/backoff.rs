@@ -29,7 +29,9 @@ pub struct ReconnectPolicy {
     pub factor: f64,
     /// Longest delay between two attempts. Defaults to 5 s.
     pub max_delay: Duration,
-    /// Most attempts per ladder; 0 disables reconnection. Defaults to 8.
+    /// Most attempts per ladder; 0 disables reconnection. With several hub URLs
+    /// ([`ClientOptions::fallback_urls`](crate::ClientOptions::fallback_urls)), one attempt
+    /// tries each of them once. Defaults to 8.
     pub max_attempts: u32,
     /// Longest time from the drop to the start of the last attempt. Defaults to 60 s.
     pub max_elapsed: Duration,

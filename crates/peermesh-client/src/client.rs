@@ -1,5 +1,6 @@
 //! [`Client`]: the cheap, cloneable handle of a connection to the hub.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,11 @@ impl Client {
     ///
     /// The first connection is not retried: a refused handshake returns the hub's error
     /// (`id_taken`, `unauthorized`, …), an unreachable hub a [`ClientError::WebSocket`] error.
+    /// With [`ClientOptions::fallback_urls`], each URL is tried once in order until one
+    /// completes the handshake; the error is the last URL's, unless a hub refuses the client
+    /// for good (`unauthorized`, `version_unsupported`, `invalid_id`), which ends the round
+    /// there. Every URL is checked first: one that is not `ws://` or `wss://` fails with
+    /// [`ClientError::InvalidUrl`] before anything is opened.
     /// Reconnection, if enabled, applies to connections that dropped after this succeeded.
     pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
         Self::connect_with(opts, connection::tcp_connector()).await
@@ -61,7 +67,10 @@ impl Client {
             .iter()
             .map(|r| RoomName::new(r))
             .collect::<Result<Vec<_>, _>>()?;
-        let url = connection::hub_url(&opts.url, opts.encoding, &opts.metadata)?;
+        let urls = opts
+            .hub_urls()
+            .map(|u| connection::hub_url(u, opts.encoding, &opts.metadata))
+            .collect::<Result<Vec<_>, _>>()?;
         let hello = Hello {
             id,
             version: opts.version.clone(),
@@ -72,14 +81,32 @@ impl Client {
             last_seq: None,
             sessions: Vec::new(),
         };
-        let (ws, welcome) = connection::open(
-            connector.clone(),
-            url.clone(),
-            opts.encoding,
-            hello,
-            opts.connect_timeout,
-        )
-        .await?;
+        let mut opened = None;
+        for (index, url) in urls.iter().enumerate() {
+            let attempt = connection::open(
+                connector.clone(),
+                url.clone(),
+                opts.encoding,
+                hello.clone(),
+                opts.connect_timeout,
+            )
+            .await;
+            match attempt {
+                Ok(conn) => {
+                    opened = Some((index, conn));
+                    break;
+                }
+                Err(e) if !e.is_retryable() || index + 1 == urls.len() => return Err(e),
+                Err(e) => {
+                    let given = opts.hub_urls().nth(index).unwrap_or_default();
+                    tracing::info!(url = given, error = %e, "cannot connect; trying the next hub");
+                }
+            }
+        }
+        let Some((index, (ws, welcome))) = opened else {
+            // Unreachable: the loop returns the last URL's error.
+            return Err(ClientError::InvalidUrl("no hub URL to connect to".into()));
+        };
         let id = welcome.id.clone();
         let ack_timeout = opts.ack_timeout;
         let stream_window = opts.stream_window;
@@ -88,9 +115,10 @@ impl Client {
         let call_timeout = opts.call_timeout;
         let (tx, inbox) = mpsc::channel(opts.command_capacity.max(1));
         let shared = Arc::new(Shared::new(&opts));
+        shared.current.store(index, Ordering::Relaxed);
         let parts = ActorParts {
             opts,
-            url,
+            urls,
             connector,
             inbox,
             weak_tx: tx.downgrade(),
@@ -115,6 +143,15 @@ impl Client {
     /// reconnects.
     pub fn id(&self) -> &ClientId {
         &self.id
+    }
+
+    /// The URL of the hub this client is connected to, as given in the options
+    /// ([`url`](ClientOptions::url) or one of the
+    /// [`fallback_urls`](ClientOptions::fallback_urls)); while reconnecting, the hub it was
+    /// last connected to. [`ClientEvent::Reconnected`](crate::ClientEvent::Reconnected) tells
+    /// when it changes.
+    pub fn current_url(&self) -> &str {
+        self.shared.current_url()
     }
 
     fn request<T>(&self, op: Result<Op, ClientError>, map: request::MapAnswer<T>) -> Request<T> {

@@ -75,7 +75,9 @@ pub enum ClientEvent {
         /// Why, for people.
         reason: String,
     },
-    /// A reconnect attempt will start after `delay`.
+    /// A reconnect attempt will start after `delay`. With several hub URLs
+    /// ([`ClientOptions::fallback_urls`](crate::ClientOptions::fallback_urls)), an attempt is
+    /// a round that tries each of them in turn, without waiting between them.
     Reconnecting {
         /// 1-based attempt number within this ladder.
         attempt: u32,
@@ -90,6 +92,9 @@ pub enum ClientEvent {
         attempt: u32,
         /// The rooms the client is in again.
         rooms: Vec<RoomName>,
+        /// The hub URL now in use, as given in the options (also
+        /// [`Client::current_url`](crate::Client::current_url)).
+        url: String,
     },
     /// After `Reconnected`: the hub resumed the session. Nothing was lost: the hub replays what
     /// this client missed (frames already seen are dropped by `seq`), and this client sent

@@ -3,7 +3,8 @@
 //! Connect as a client id, send events to other clients (optionally waiting for their answer),
 //! join rooms and talk to them, and listen for messages and presence. The connection survives
 //! drops: the client reconnects with exponential backoff, presents the same id and the secret
-//! from its last `welcome`, and rejoins its rooms.
+//! from its last `welcome`, and rejoins its rooms. Given several hub URLs
+//! ([`ClientOptions::fallback_urls`]), it moves on to the next hub when one fails.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -25,6 +25,21 @@ pub struct ClientOptions {
     /// parameters; the client sets `enc` itself from [`encoding`](Self::encoding).
     /// Defaults to `ws://127.0.0.1:7070/ws`.
     pub url: String,
+    /// Further hubs, e.g. the other hubs of a cluster, in order of preference after
+    /// [`url`](Self::url). Defaults to none.
+    ///
+    /// [`Client::connect`](crate::Client::connect) tries `url` and then each of these in turn
+    /// until one completes the handshake. After a drop, each reconnect attempt of the
+    /// [`reconnect`](Self::reconnect) ladder is a round over every URL, starting with the one
+    /// after the hub that was lost and ending with that hub; the backoff delay comes before
+    /// each round, none between the URLs of a round. Each new connection presents the
+    /// session's secret and last `seq` as usual: a hub that does not know the session answers
+    /// with a fresh one ([`ClientEvent::Resynced`](crate::ClientEvent::Resynced)).
+    ///
+    /// Every URL is checked like `url` (an [`InvalidUrl`](crate::ClientError::InvalidUrl)
+    /// error before anything is opened) and gets the same `enc` and
+    /// [`metadata`](Self::metadata) parameters.
+    pub fallback_urls: Vec<String>,
     /// The client id to ask for. Defaults to `None`: the hub generates one, and the client keeps
     /// it across reconnects.
     pub id: Option<String>,
@@ -56,8 +71,9 @@ pub struct ClientOptions {
     pub ping_interval: Option<Duration>,
     /// Automatic reconnection after a live connection drops. Defaults to
     /// `Some(ReconnectPolicy::default())` (200 ms doubling to 5 s, 8 attempts, 60 s budget);
-    /// `None` turns it off. The first connection is never retried: [`Client::connect`]
-    /// reports its failure.
+    /// `None` turns it off. With [`fallback_urls`](Self::fallback_urls), one attempt is one
+    /// round over every URL. The first connection is never retried: [`Client::connect`]
+    /// tries each URL once and reports the failure.
     ///
     /// [`Client::connect`]: crate::Client::connect
     pub reconnect: Option<ReconnectPolicy>,
@@ -110,6 +126,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             url: "ws://127.0.0.1:7070/ws".into(),
+            fallback_urls: Vec::new(),
             id: None,
             version: PROTOCOL_VERSION.into(),
             rooms: Vec::new(),
@@ -151,5 +168,33 @@ impl ClientOptions {
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
         self
+    }
+
+    /// The same options with `urls` tried after [`url`](Self::url) (they replace any
+    /// [`fallback_urls`](Self::fallback_urls) set before).
+    ///
+    /// ```
+    /// use peermesh_client::ClientOptions;
+    ///
+    /// let opts = ClientOptions::new("ws://hub-a:7070/ws")
+    ///     .with_fallback_urls(["ws://hub-b:7070/ws", "ws://hub-c:7070/ws"]);
+    /// assert_eq!(
+    ///     opts.hub_urls().collect::<Vec<_>>(),
+    ///     ["ws://hub-a:7070/ws", "ws://hub-b:7070/ws", "ws://hub-c:7070/ws"]
+    /// );
+    /// ```
+    pub fn with_fallback_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.fallback_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Every hub URL in the order they are tried: [`url`](Self::url), then
+    /// [`fallback_urls`](Self::fallback_urls).
+    pub fn hub_urls(&self) -> impl Iterator<Item = &str> + '_ {
+        std::iter::once(self.url.as_str()).chain(self.fallback_urls.iter().map(String::as_str))
     }
 }

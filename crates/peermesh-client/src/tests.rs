@@ -439,7 +439,8 @@ async fn reconnects_with_secret_and_rooms_and_fails_pending_requests() -> TestRe
         Some(ClientEvent::Reconnected {
             id: id("alice"),
             attempt: 1,
-            rooms: vec![room("lobby")]
+            rooms: vec![room("lobby")],
+            url: "ws://hub.test/ws".into(),
         })
     );
 
@@ -632,4 +633,164 @@ async fn the_pending_limit_holds_back_new_commands() -> TestResult {
     .await;
     second.await?;
     Ok(())
+}
+
+/// Attempts seen by [`fake_hubs`]: the URL opened (without its query) and when.
+type Tried = std::sync::Arc<parking_lot::Mutex<Vec<(String, tokio::time::Instant)>>>;
+/// URLs (without their query) whose connections [`fake_hubs`] refuses.
+type Down = std::sync::Arc<parking_lot::Mutex<Vec<&'static str>>>;
+
+/// Like [`fake_hub`], for several hub URLs: every attempt is recorded, attempts to a URL in
+/// `down` are refused, the others reach the one scripted hub.
+fn fake_hubs(down: Down) -> (Connector, FakeHub, Tried) {
+    let (inner, hub) = fake_hub();
+    let tried = Tried::default();
+    let seen = tried.clone();
+    let connector: Connector = std::sync::Arc::new(move |url: String| {
+        let base = url
+            .split_once('?')
+            .map_or(url.as_str(), |(b, _)| b)
+            .to_owned();
+        seen.lock()
+            .push((base.clone(), tokio::time::Instant::now()));
+        if down.lock().contains(&base.as_str()) {
+            return Box::pin(async move {
+                Err(ClientError::WebSocket(format!(
+                    "{base}: connection refused"
+                )))
+            });
+        }
+        inner(url)
+    });
+    (connector, hub, tried)
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_urls_connect_in_order_and_reconnect_in_rounds() -> TestResult {
+    let opts = ClientOptions {
+        reconnect: Some(ReconnectPolicy {
+            jitter: 0.0,
+            ..Default::default()
+        }),
+        ..options().with_fallback_urls(["ws://b.test/ws", "ws://c.test/ws"])
+    };
+    let opts = ClientOptions {
+        url: "ws://a.test/ws".into(),
+        ..opts
+    };
+    let down = Down::default();
+    down.lock().push("ws://a.test/ws");
+    let (connector, mut hub, tried) = fake_hubs(down.clone());
+    let client = tokio::spawn(Client::connect_with(opts, connector));
+    // a is down: the first connection goes to b.
+    let (conn, _) = hub.greet("alice", &[]).await;
+    let client = client.await??;
+    assert_eq!(client.current_url(), "ws://b.test/ws");
+    let mut events = client.events();
+    assert!(matches!(
+        events.recv().await,
+        Some(ClientEvent::Connected { .. })
+    ));
+
+    // Every hub is down when b's connection drops.
+    down.lock().extend(["ws://b.test/ws", "ws://c.test/ws"]);
+    let dropped = tokio::time::Instant::now();
+    drop(conn);
+    assert!(matches!(
+        events.recv().await,
+        Some(ClientEvent::ConnectionLost { .. })
+    ));
+    assert_eq!(
+        events.recv().await,
+        Some(ClientEvent::Reconnecting {
+            attempt: 1,
+            delay: Duration::from_millis(200)
+        })
+    );
+    // Round 1 (c, a, b) fails; the ladder's next delay comes before round 2.
+    assert_eq!(
+        events.recv().await,
+        Some(ClientEvent::Reconnecting {
+            attempt: 2,
+            delay: Duration::from_millis(400)
+        })
+    );
+    assert_eq!(
+        client.current_url(),
+        "ws://b.test/ws",
+        "the last hub reached"
+    );
+    // a comes back while the client waits: round 2 tries c, then reaches a.
+    down.lock().retain(|u| *u != "ws://a.test/ws");
+    let (_conn, hello) = hub.greet("alice", &[]).await;
+    assert_eq!(hello.secret.as_deref(), Some("secret-of-alice"));
+    assert_eq!(
+        events.recv().await,
+        Some(ClientEvent::Reconnected {
+            id: id("alice"),
+            attempt: 2,
+            rooms: Vec::new(),
+            url: "ws://a.test/ws".into(),
+        })
+    );
+    assert_eq!(client.current_url(), "ws://a.test/ws");
+
+    let tried = tried.lock().clone();
+    let urls: Vec<&str> = tried.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(
+        urls,
+        [
+            "ws://a.test/ws",
+            "ws://b.test/ws",
+            // round 1, after 200 ms
+            "ws://c.test/ws",
+            "ws://a.test/ws",
+            "ws://b.test/ws",
+            // round 2, 400 ms later
+            "ws://c.test/ws",
+            "ws://a.test/ws",
+        ]
+    );
+    let after = |i: usize| tried[i].1 - dropped;
+    let round1 = Duration::from_millis(200);
+    let round2 = round1 + Duration::from_millis(400);
+    assert_eq!(
+        (2..7).map(after).collect::<Vec<_>>(),
+        [round1, round1, round1, round2, round2],
+        "no wait within a round, the backoff between rounds"
+    );
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_url_is_checked_before_connecting() {
+    let (connector, _hub, tried) = fake_hubs(Down::default());
+    let opts = options().with_fallback_urls(["ws://b.test/ws", "http://c.test/ws"]);
+    let err = Client::connect_with(opts, connector)
+        .await
+        .expect_err("an invalid URL");
+    assert!(
+        matches!(&err, ClientError::InvalidUrl(m) if m.contains("http://c.test/ws")),
+        "{err:?}"
+    );
+    assert!(tried.lock().is_empty(), "nothing was opened");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_refusal_does_not_try_the_next_url() {
+    let (connector, mut hub, tried) = fake_hubs(Down::default());
+    let opts = options().with_fallback_urls(["ws://b.test/ws"]);
+    let client = tokio::spawn(Client::connect_with(opts, connector));
+    let mut conn = hub.accept().await;
+    conn.recv().await;
+    conn.send(ServerFrame::Error(ErrorFrame::new(
+        ErrorCode::Unauthorized,
+        "no token",
+        None,
+    )))
+    .await;
+    let err = client.await.expect("join").expect_err("refused");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthorized));
+    let urls: Vec<String> = tried.lock().iter().map(|(u, _)| u.clone()).collect();
+    assert_eq!(urls, ["ws://hub.test/ws"]);
 }

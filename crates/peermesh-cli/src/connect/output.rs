@@ -26,17 +26,20 @@ fn line<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// `{"type":"connected","id":…}`
-pub(crate) fn connected(id: &ClientId) -> String {
+/// `{"type":"connected","id":…}`, with `"url":…` when the client was given several hubs.
+pub(crate) fn connected(id: &ClientId, url: Option<&str>) -> String {
     #[derive(Serialize)]
     struct Connected<'a> {
         #[serde(rename = "type")]
         ty: &'static str,
         id: &'a ClientId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<&'a str>,
     }
     line(&Connected {
         ty: "connected",
         id,
+        url,
     })
 }
 
@@ -197,6 +200,7 @@ pub(crate) fn event(e: ClientEvent) -> Option<String> {
         id: &'a ClientId,
         attempt: u32,
         rooms: &'a [RoomName],
+        url: &'a str,
     }
     Some(match e {
         ClientEvent::Connected { .. } => return None,
@@ -217,11 +221,17 @@ pub(crate) fn event(e: ClientEvent) -> Option<String> {
             attempt,
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         }),
-        ClientEvent::Reconnected { id, attempt, rooms } => line(&Reconnected {
+        ClientEvent::Reconnected {
+            id,
+            attempt,
+            rooms,
+            url,
+        } => line(&Reconnected {
             ty: "reconnected",
             id: &id,
             attempt,
             rooms: &rooms,
+            url: &url,
         }),
         ClientEvent::Lost { reason } => line(&Reason {
             ty: "lost",
@@ -320,8 +330,12 @@ mod tests {
     #[test]
     fn lines_match_the_documented_shapes() {
         assert_eq!(
-            connected(&id("alice")),
+            connected(&id("alice"), None),
             r#"{"type":"connected","id":"alice"}"#
+        );
+        assert_eq!(
+            connected(&id("alice"), Some("ws://b/ws")),
+            r#"{"type":"connected","id":"alice","url":"ws://b/ws"}"#
         );
         assert_eq!(
             ack(7, Payload::Json(serde_json::json!(2))),
@@ -356,6 +370,18 @@ mod tests {
             })
             .as_deref(),
             Some(r#"{"type":"reconnecting","attempt":2,"delay_ms":400}"#)
+        );
+        assert_eq!(
+            event(ClientEvent::Reconnected {
+                id: id("alice"),
+                attempt: 1,
+                rooms: vec![RoomName::new("r").expect("room")],
+                url: "ws://b/ws".into(),
+            })
+            .as_deref(),
+            Some(
+                r#"{"type":"reconnected","id":"alice","attempt":1,"rooms":["r"],"url":"ws://b/ws"}"#
+            )
         );
         assert_eq!(event(ClientEvent::Connected { id: id("a") }), None);
         let e = ClientError::AckTimeout(Duration::from_millis(200));
