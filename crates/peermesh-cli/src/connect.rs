@@ -108,7 +108,7 @@ Events (stdout):
 Several hubs (e.g. a cluster):
   Give more than one URL (commas, repeated --url, or both; the positional URL comes first).
   The first connection tries them in order until one answers. After a drop, each reconnect
-  attempt is a round over every URL, from the one after the lost hub to that hub, with the
+  attempt is a round over every URL, the lost hub first (to resume there), then the others, with the
   backoff delay before each round; "reconnected" names the hub reached. A hub that does not
   know the session starts a fresh one ("resynced").
 

@@ -19,8 +19,8 @@
 //! [`ClientError::ConnectionLost`], and [`ClientActor::reconnect`] walks the [`Backoff`] ladder,
 //! answering commands with [`ClientError::NotConnected`] meanwhile. Each attempt of the ladder
 //! is a round over the hub URLs (one URL unless
-//! [`ClientOptions::fallback_urls`] names more), starting with the one after the hub that was
-//! lost. Each new connection presents the same id, the `secret` of the last `welcome` and the
+//! [`ClientOptions::fallback_urls`] names more), starting with the hub that was lost (where
+//! a short cut resumes), then the others in order. Each new connection presents the same id, the `secret` of the last `welcome` and the
 //! rooms the client was in.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -1004,9 +1004,10 @@ impl ClientActor {
             tracing::debug!(attempt, ?delay, "reconnecting");
             self.emit(ClientEvent::Reconnecting { attempt, delay });
             self.while_disconnected(tokio::time::sleep(delay)).await?;
-            // One round: every URL once, from the one after the hub that was lost to that hub.
+            // One round: every URL once, starting with the hub that was lost (a short cut to a
+            // live hub resumes there, with nothing lost), then the others in order.
             let lost = self.shared.current.load(Ordering::Relaxed);
-            for step in 1..=count {
+            for step in 0..count {
                 let index = (lost + step) % count;
                 match self.try_hub(index, attempt).await? {
                     Ok(ws) => return Some(ws),

@@ -30,8 +30,8 @@ pub struct ClientOptions {
     ///
     /// [`Client::connect`](crate::Client::connect) tries `url` and then each of these in turn
     /// until one completes the handshake. After a drop, each reconnect attempt of the
-    /// [`reconnect`](Self::reconnect) ladder is a round over every URL, starting with the one
-    /// after the hub that was lost and ending with that hub; the backoff delay comes before
+    /// [`reconnect`](Self::reconnect) ladder is a round over every URL, starting with the hub
+    /// that was lost (a short cut resumes there) and then the others in order; the backoff delay comes before
     /// each round, none between the URLs of a round. Each new connection presents the
     /// session's secret and last `seq` as usual: a hub that does not know the session answers
     /// with a fresh one ([`ClientEvent::Resynced`](crate::ClientEvent::Resynced)).

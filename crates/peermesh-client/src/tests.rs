@@ -707,7 +707,7 @@ async fn several_urls_connect_in_order_and_reconnect_in_rounds() -> TestResult {
             delay: Duration::from_millis(200)
         })
     );
-    // Round 1 (c, a, b) fails; the ladder's next delay comes before round 2.
+    // Round 1 (b, c, a) fails; the ladder's next delay comes before round 2.
     assert_eq!(
         events.recv().await,
         Some(ClientEvent::Reconnecting {
@@ -720,7 +720,7 @@ async fn several_urls_connect_in_order_and_reconnect_in_rounds() -> TestResult {
         "ws://b.test/ws",
         "the last hub reached"
     );
-    // a comes back while the client waits: round 2 tries c, then reaches a.
+    // a comes back while the client waits: round 2 tries b and c, then reaches a.
     down.lock().retain(|u| *u != "ws://a.test/ws");
     let (_conn, hello) = hub.greet("alice", &[]).await;
     assert_eq!(hello.secret.as_deref(), Some("secret-of-alice"));
@@ -742,11 +742,12 @@ async fn several_urls_connect_in_order_and_reconnect_in_rounds() -> TestResult {
         [
             "ws://a.test/ws",
             "ws://b.test/ws",
-            // round 1, after 200 ms
+            // round 1, after 200 ms: the lost hub first, then the others in order
+            "ws://b.test/ws",
             "ws://c.test/ws",
             "ws://a.test/ws",
-            "ws://b.test/ws",
             // round 2, 400 ms later
+            "ws://b.test/ws",
             "ws://c.test/ws",
             "ws://a.test/ws",
         ]
@@ -755,8 +756,8 @@ async fn several_urls_connect_in_order_and_reconnect_in_rounds() -> TestResult {
     let round1 = Duration::from_millis(200);
     let round2 = round1 + Duration::from_millis(400);
     assert_eq!(
-        (2..7).map(after).collect::<Vec<_>>(),
-        [round1, round1, round1, round2, round2],
+        (2..8).map(after).collect::<Vec<_>>(),
+        [round1, round1, round1, round2, round2, round2],
         "no wait within a round, the backoff between rounds"
     );
     Ok(())
