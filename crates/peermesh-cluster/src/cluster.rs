@@ -496,6 +496,45 @@ impl Cluster {
         out
     }
 
+    /// Hands `id` from this node to node `to` (a session moving there): a compare-and-set
+    /// from this node's name to `to`, so the id is never free in between. False when this node
+    /// does not hold it.
+    pub async fn transfer(&self, id: &str, to: &str) -> Result<bool, ClusterError> {
+        self.check_connected("hand an id over")?;
+        let key = key_of(id);
+        let entry = self
+            .shared
+            .kv
+            .entry(key.as_str())
+            .await
+            .map_err(|e| ClusterError::nats("read a claim", e))?;
+        let Some(entry) = entry else {
+            return Ok(false);
+        };
+        if entry.operation != kv::Operation::Put
+            || entry.value.as_ref() != self.shared.cfg.node.as_bytes()
+        {
+            return Ok(false);
+        }
+        match self
+            .shared
+            .kv
+            .update(key.as_str(), Bytes::from(to.to_owned()), entry.revision)
+            .await
+        {
+            Ok(_) => {
+                if let Ok(mut st) = self.shared.state.lock() {
+                    st.owners.insert(key, to.to_owned());
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                debug!(key, error = %e, "transfer skipped: the claim changed");
+                Ok(false)
+            }
+        }
+    }
+
     /// Releases `id` if this node holds it.
     pub async fn release(&self, id: &str) -> Result<(), ClusterError> {
         release_key(&self.shared, &key_of(id), &self.shared.cfg.node)
@@ -698,15 +737,13 @@ fn apply_room(st: &mut State, key: String, value: Option<String>) -> Option<Even
     let (room, id) = room_of_key(&key)?;
     match value {
         Some(node) => {
-            if st.memberships.get(&key) == Some(&node) {
-                return None;
-            }
-            st.memberships.insert(key, node.clone());
+            // A member whose session moved to another node is no news: only its node changes.
+            let known = st.memberships.insert(key, node.clone()).is_some();
             st.rooms
                 .entry(room.clone())
                 .or_default()
                 .insert(id.clone(), node.clone());
-            Some(Event::Joined { room, id, node })
+            (!known).then_some(Event::Joined { room, id, node })
         }
         None => {
             let node = st.memberships.remove(&key)?;

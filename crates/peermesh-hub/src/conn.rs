@@ -365,6 +365,8 @@ impl PreHello {
         }
         // A resume: hand the socket to the session's task, or learn why it cannot be.
         let mut refusal = None;
+        // A session handed over by another hub of the cluster.
+        let mut handoff: Option<crate::cluster::Handoff> = None;
         if let (Some(secret), Some(last_seq)) = (hello.secret.as_deref(), hello.last_seq) {
             match hub.registry().client(&id) {
                 Some(old) if old.resumable && constant_eq(secret, &old.secret) => {
@@ -391,10 +393,29 @@ impl PreHello {
                     refusal = Some(ResumeRefusal::Expired);
                 }
                 Some(_) => {}
-                None => refusal = Some(hub.registry().why_not_resumable(&id, secret)),
+                None => {
+                    let elsewhere =
+                        hub.router
+                            .cluster
+                            .as_ref()
+                            .and_then(|bp| match bp.locate(&id) {
+                                crate::cluster::Remote::On(node) => Some((bp.clone(), node)),
+                                crate::cluster::Remote::Nowhere => None,
+                            });
+                    match elsewhere {
+                        // The session lives on another hub: ask it to hand the session over.
+                        Some((bp, node)) => {
+                            match bp.migrate(&node, &id, secret, last_seq, self.enc).await {
+                                Ok(h) => handoff = Some(h),
+                                Err(r) => refusal = Some(r),
+                            }
+                        }
+                        None => refusal = Some(hub.registry().why_not_resumable(&id, secret)),
+                    }
+                }
             }
         }
-        let resumable = hello.resume && cfg.resume_grace_ms > 0;
+        let resumable = (hello.resume || handoff.is_some()) && cfg.resume_grace_ms > 0;
 
         let conn_no = hub
             .next_conn
@@ -404,7 +425,13 @@ impl PreHello {
             self.refuse(ErrorCode::ServerFull, m.into()).await;
             return None;
         };
-        let secret = format!("{:032x}", rand::random::<u128>());
+        let secret = match &handoff {
+            Some(h) => h.secret.clone(),
+            None => format!("{:032x}", rand::random::<u128>()),
+        };
+        if let Some(h) = &handoff {
+            rooms = h.rooms.clone();
+        }
         let info = ConnInfo {
             addr: accept.addr,
             ip: accept.ip,
@@ -426,9 +453,10 @@ impl PreHello {
             },
             resumable,
         ));
-        // Welcome goes into the queue before the client is reachable, so it is always first.
+        // Welcome goes into the queue before the client is reachable, so it is always first
+        // (a session handed over by another hub writes its resumed welcome and replay below).
         let welcome = welcome_frame(&hub, &conn, rooms.clone(), None);
-        if conn.send(EncodedBody::encode(self.enc, &welcome)).is_err() {
+        if handoff.is_none() && conn.send(EncodedBody::encode(self.enc, &welcome)).is_err() {
             hub.registry().free_slot(slot);
             return None;
         }
@@ -547,6 +575,8 @@ impl PreHello {
             grant,
             resume: resumable.then(|| ResumeBuffer::new(cfg.resume_buffer_bytes)),
             takeover: None,
+            migration: None,
+            migrated: false,
             rtt: RttProbe::default(),
             pending_joins: sessions,
             ws: Some(self.ws),
@@ -555,12 +585,62 @@ impl PreHello {
             conn,
             hub: hub.clone(),
         };
+        if let Some(h) = handoff {
+            // A session handed over by another hub: carry on its numbering and its kept
+            // frames, say `welcome` (resumed) and replay what the client missed; its rooms
+            // are its rooms still (no one is told it joined).
+            let first = h.last_written + 1 - h.frames.len() as u64;
+            session.framer = writer::Framer::new(h.last_written);
+            if let Some(r) = session.resume.as_mut() {
+                r.in_count = h.in_count;
+                for (i, f) in h.frames.iter().enumerate() {
+                    r.keep(first + i as u64, f.clone());
+                }
+            }
+            for room in &rooms {
+                session.conn.rooms.lock().insert(room.clone());
+                let _ = hub.registry().join(room, &session.conn);
+                if let Some(bp) = &hub.router.cluster {
+                    bp.joined(room, &session.conn.client, None);
+                }
+            }
+            let welcome = welcome_frame(&hub, &session.conn, rooms, Some(h.in_count));
+            let replayed = h.frames.len();
+            if let Some(ws) = session.ws.as_mut() {
+                if let Err(e) = send_resumed(ws, self.enc, &welcome, h.frames).await {
+                    debug!(id = %id, error = %e, "resume from another hub: writing the replay failed");
+                }
+            }
+            info!(id = %id, replayed, "resumed a session handed over by another hub");
+            return Some(session);
+        }
         for room in rooms {
             // No request to answer: the welcome already listed the rooms.
             session.join_room(room, None);
         }
         Some(session)
     }
+}
+
+/// Writes a resumed `welcome` (outside the sequence: `seq` 0) and then the frames the client
+/// missed, as they were numbered.
+async fn send_resumed(
+    ws: &mut WebSocket,
+    enc: Encoding,
+    welcome: &ServerFrame,
+    replay: Vec<Message>,
+) -> Result<(), axum::Error> {
+    let body = EncodedBody::encode(enc, welcome).to_frame(0);
+    let first = match enc {
+        Encoding::Json => axum::extract::ws::Utf8Bytes::try_from(body)
+            .ok()
+            .map(Message::Text),
+        Encoding::MsgPack => Some(Message::Binary(body)),
+    };
+    for m in first.into_iter().chain(replay) {
+        ws.feed(m).await?;
+    }
+    ws.flush().await
 }
 
 /// The `welcome` of a connection: a fresh one, or (with `received`) a resumed one.
@@ -645,6 +725,10 @@ struct Session {
     resume: Option<ResumeBuffer>,
     /// A socket waiting to resume this session.
     takeover: Option<Box<Takeover>>,
+    /// Another hub of the cluster asks for this session (the client resumed there).
+    migration: Option<Box<crate::cluster::Migration>>,
+    /// The session moved to another hub: it ends here without telling anyone it left.
+    migrated: bool,
     /// Round-trip measurement by WebSocket pings.
     rtt: RttProbe,
     /// Sessions of the handshake, joined once the round-trip time is measured.
@@ -720,6 +804,10 @@ impl Session {
                                 }
                                 Resumed::Refused => return End::Gone,
                             }
+                        }
+                        if self.migration.is_some() {
+                            // The client resumed on another hub: this socket is stale.
+                            break;
                         }
                     }
                 }
@@ -845,8 +933,11 @@ impl Session {
         debug!(id = %self.conn.client, grace_ms = grace.as_millis() as u64, "away");
         // Streams do not survive a drop: the other ends learn it now.
         self.streams.close(&self.conn.client, std::iter::empty());
-        self.announce(true);
-        self.hub.router.sessions.set_away(&self.conn, true);
+        // A session about to move to another hub is not away for anyone.
+        if self.migration.is_none() {
+            self.announce(true);
+            self.hub.router.sessions.set_away(&self.conn, true);
+        }
         let conn = self.conn.clone();
         loop {
             if !self.keep_away() {
@@ -861,6 +952,11 @@ impl Session {
                     Resumed::Yes => true,
                     Resumed::Refused => false,
                 };
+            }
+            if let Some(m) = self.migration.take() {
+                if Box::pin(self.hand_off(*m)).await {
+                    return false;
+                }
             }
             let due = self.next_deadline().map_or(until, |t| t.min(until));
             tokio::select! {
@@ -878,6 +974,62 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Hands this session to another hub of the cluster, where the client resumed: the id
+    /// moves there in the registry first, then the frames the client has not confirmed, the
+    /// counts, the secret and the rooms go in the answer. True when the session moved (it then
+    /// ends here quietly); false when it stays (the other hub answers `resume_rejected`).
+    async fn hand_off(&mut self, m: crate::cluster::Migration) -> bool {
+        use crate::cluster::{Handoff, MAX_HANDOFF_BYTES};
+        let refuse = |m: crate::cluster::Migration, r: ResumeRefusal| {
+            let _ = m.reply.send(Err(r));
+            false
+        };
+        let lost = self
+            .conn
+            .lost_upto
+            .load(std::sync::atomic::Ordering::Acquire);
+        let Some(r) = self.resume.as_ref() else {
+            return refuse(m, ResumeRefusal::Expired);
+        };
+        let last_written = self.framer.seq();
+        if m.last_seq < lost || m.last_seq > last_written {
+            return refuse(m, ResumeRefusal::Overflow);
+        }
+        let frames: Vec<Message> = r.after(m.last_seq).cloned().collect();
+        let bytes: usize = frames
+            .iter()
+            .map(|f| match f {
+                Message::Text(t) => t.len(),
+                Message::Binary(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        if bytes > MAX_HANDOFF_BYTES || frames.len() as u64 != last_written - m.last_seq {
+            return refuse(m, ResumeRefusal::Overflow);
+        }
+        let Some(bp) = self.hub.router.cluster.clone() else {
+            return refuse(m, ResumeRefusal::Expired);
+        };
+        if !bp.transfer(&self.conn.client, &m.to).await {
+            return refuse(m, ResumeRefusal::Expired);
+        }
+        let handoff = Handoff {
+            last_written,
+            in_count: r.in_count,
+            secret: self.conn.secret.clone(),
+            rooms: self.conn.rooms.lock().iter().cloned().collect(),
+            frames,
+        };
+        info!(id = %self.conn.client, to = %m.to, last_seq = m.last_seq, last_written, "session handed to another hub");
+        let _ = m.reply.send(Ok(handoff));
+        self.migrated = true;
+        self.conn.close(
+            ErrorCode::Replaced,
+            format!("the session resumed on hub {:?}", m.to),
+        );
+        true
     }
 
     /// Tells rooms and recent contacts that this client is away, or back.
@@ -983,26 +1135,10 @@ impl Session {
         r.confirm(t.last_seq);
         let rooms: Vec<RoomName> = self.conn.rooms.lock().iter().cloned().collect();
         let welcome = welcome_frame(&self.hub, &self.conn, rooms, Some(r.in_count));
-        let body = EncodedBody::encode(self.conn.encoding, &welcome).to_frame(0);
         let mut ws = t.ws;
-        let first = match self.conn.encoding {
-            Encoding::Json => axum::extract::ws::Utf8Bytes::try_from(body)
-                .ok()
-                .map(Message::Text),
-            Encoding::MsgPack => Some(Message::Binary(body)),
-        };
-        let replay: Vec<Message> = first
-            .into_iter()
-            .chain(r.after(t.last_seq).cloned())
-            .collect();
-        let replayed = replay.len().saturating_sub(1);
-        let write = async {
-            for m in replay {
-                ws.feed(m).await?;
-            }
-            ws.flush().await
-        };
-        if let Err(e) = write.await {
+        let replay: Vec<Message> = r.after(t.last_seq).cloned().collect();
+        let replayed = replay.len();
+        if let Err(e) = send_resumed(&mut ws, self.conn.encoding, &welcome, replay).await {
             debug!(id = %self.conn.client, error = %e, "resume: writing the replay failed");
         }
         self.ws = Some(ws);
@@ -1876,6 +2012,11 @@ impl Session {
                     self.error(ErrorCode::UnknownTarget, m, Some(req));
                 }
             }
+            Control::Migrate(m) => {
+                if let Some(older) = self.migration.replace(m) {
+                    let _ = older.reply.send(Err(ResumeRefusal::Expired));
+                }
+            }
             Control::Resume(t) => {
                 // A newer takeover wins; an older socket waiting here is dropped.
                 self.takeover = Some(t);
@@ -1905,7 +2046,7 @@ impl Session {
         self.conn.cancel.cancel();
         let rooms: Vec<RoomName> = self.conn.rooms.lock().drain().collect();
         for room in rooms {
-            if registry.leave(&room, &self.conn) {
+            if registry.leave(&room, &self.conn) && !self.migrated {
                 let left = ServerFrame::MemberLeft {
                     room: room.clone(),
                     id: self.conn.client.clone(),
@@ -1917,11 +2058,17 @@ impl Session {
             }
         }
         if let Some(bp) = &hub.router.cluster {
-            // Matches the claim of the handshake (after the resume window, not at the drop).
-            bp.release(&self.conn.client).await;
+            // Matches the claim of the handshake (after the resume window, not at the drop);
+            // a session that moved to another hub handed its claim over instead.
+            if !self.migrated {
+                bp.release(&self.conn.client).await;
+            }
         }
         let watchers: HashSet<u64> = std::mem::take(&mut *self.conn.watchers.lock());
-        if owned {
+        if owned && self.migrated {
+            // The client lives on, on another hub: its contacts here reach it through the
+            // cluster from now on, and hear nothing.
+        } else if owned {
             for w in watchers {
                 hub.router.control(
                     w,

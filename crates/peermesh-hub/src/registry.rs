@@ -59,6 +59,8 @@ pub(crate) enum Control {
     AckFailed { ack_id: u64, to: ClientId },
     /// A new socket resumes this connection's session.
     Resume(Box<Takeover>),
+    /// Another hub of the cluster resumes this session: hand it over.
+    Migrate(Box<crate::cluster::Migration>),
 }
 
 /// A socket that resumes a session: handed from the handshake to the session's task.

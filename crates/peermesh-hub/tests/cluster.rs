@@ -317,3 +317,92 @@ async fn hubs_keep_serving_local_traffic_while_nats_restarts_and_then_reconnect(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_on_another_hub_without_loss_or_duplicates() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let mut alice = Raw::connect(&a.url("")).await;
+    let w = alice
+        .hello(json!({"id": "alice", "resume": true, "rooms": ["r"]}))
+        .await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let secret = w["secret"].clone();
+    let (mut bob, _) = b.join("bob").await;
+    bob.send(json!({"type":"join","room":"r","req":1})).await;
+    assert_eq!(bob.recv_type("ok").await["req"], 1);
+    until(
+        "alice visible from hub-b",
+        Duration::from_secs(5),
+        async || reachable(&mut bob, "alice", 2).await,
+    )
+    .await;
+    while alice.try_recv(Duration::from_millis(300)).await.is_some() {}
+
+    // alice reads 1..=3 of bob's messages, then her connection to hub-a breaks.
+    for i in 1..=5 {
+        bob.send(json!({"type":"emit","to":"alice","event":"n","data":i}))
+            .await;
+    }
+    for i in 1..=3 {
+        assert_eq!(alice.recv_type("message").await["data"], i);
+    }
+    let last = alice.last_seq;
+    drop(alice);
+    // More arrive while she is between hubs.
+    for i in 6..=8 {
+        bob.send(json!({"type":"emit","to":"alice","event":"n","data":i}))
+            .await;
+    }
+    // She resumes on hub-c: everything after `last`, exactly once, numbered on from there.
+    let mut alice = Raw::connect(&c.url("")).await;
+    let w = alice
+        .hello(json!({"id":"alice","resume":true,"secret":secret,"last_seq":last}))
+        .await;
+    assert_eq!(
+        (&w["type"], &w["resumed"]),
+        (&json!("welcome"), &json!(true)),
+        "{w}"
+    );
+    assert_eq!(w["secret"], secret, "the same session");
+    assert_eq!(w["rooms"], json!(["r"]), "{w}");
+    alice.last_seq = last;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let v = alice.recv().await;
+        if v["type"] == "message" {
+            got.push(v["data"].clone());
+        }
+    }
+    assert_eq!(got, [json!(4), json!(5), json!(6), json!(7), json!(8)]);
+    // New traffic reaches her on hub-c, direct and in the room.
+    bob.send(json!({"type":"emit","to":"alice","event":"n","data":9}))
+        .await;
+    assert_eq!(alice.recv_type("message").await["data"], 9);
+    bob.send(json!({"type":"emit_room","room":"r","event":"room","data":"hi"}))
+        .await;
+    let m = alice.recv_type("message").await;
+    assert_eq!((&m["room"], &m["data"]), (&json!("r"), &json!("hi")));
+    // She is still a member for bob, who never heard that she left.
+    bob.send(json!({"type":"members","room":"r","req":3})).await;
+    let v = bob.recv_type("members").await;
+    assert_eq!(v["members"], json!(["alice", "bob"]), "{v}");
+    while let Some(v) = bob.try_recv(Duration::from_millis(300)).await {
+        assert!(
+            v["type"] != "member_left" && v["type"] != "peer_left",
+            "bob must not hear alice left: {v}"
+        );
+    }
+    assert_eq!(a.handle.client_count(), 0, "hub-a let the session go");
+    assert_eq!(c.handle.client_count(), 1);
+
+    // A wrong secret on yet another hub: refused, the session stays where it is.
+    let mut thief = Raw::connect(&a.url("")).await;
+    let e = thief
+        .hello(json!({"id":"alice","resume":true,"secret":"0000","last_seq":1}))
+        .await;
+    assert_eq!(e["code"], "id_taken", "{e}");
+    bob.send(json!({"type":"emit","to":"alice","event":"n","data":10}))
+        .await;
+    assert_eq!(alice.recv_type("message").await["data"], 10);
+}

@@ -25,6 +25,7 @@
 //! it never blocks a connection); [`MAX_RELAYED_ACKS`] acknowledgements of other hubs'
 //! messages are awaited at once.
 
+mod handoff;
 mod relay;
 
 use std::collections::{HashMap, HashSet};
@@ -42,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+pub(crate) use handoff::{Handoff, Migration, MAX_HANDOFF_BYTES};
 pub(crate) use relay::Relay;
 
 use crate::conn::conn_of;
@@ -103,6 +105,12 @@ enum Op {
     Forget {
         id: ClientId,
     },
+    /// Hand `id` to node `to` (its session moves there); answers whether it did.
+    Transfer {
+        id: ClientId,
+        to: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 #[derive(Debug)]
@@ -152,6 +160,13 @@ impl std::fmt::Debug for Backplane {
 fn node_subject(node: &str) -> String {
     format!("peermesh.node.{node}")
 }
+
+fn migrate_subject(node: &str) -> String {
+    format!("peermesh.migrate.{node}")
+}
+
+/// How long hub B waits for hub A to hand a session over.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn room_subject(room: &RoomName) -> String {
     use std::fmt::Write;
@@ -227,6 +242,13 @@ impl Backplane {
                 op: "subscribe",
                 reason: e.to_string(),
             })?;
+        let migrations = nats
+            .subscribe(migrate_subject(&self.node))
+            .await
+            .map_err(|e| ClusterError::Nats {
+                op: "subscribe",
+                reason: e.to_string(),
+            })?;
         let spawn = |f: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
             let token = shutdown.clone();
             tokio::spawn(async move {
@@ -245,6 +267,11 @@ impl Backplane {
         if let Some(ev) = p.events {
             spawn(Box::pin(events(self.clone(), router.clone(), ev)));
         }
+        spawn(Box::pin(serve_migrations(
+            self.clone(),
+            router.clone(),
+            migrations,
+        )));
         spawn(Box::pin(reconcile(self.clone(), router)));
         Ok(())
     }
@@ -331,8 +358,13 @@ impl Backplane {
 
     /// Sends a frame to client `to` on hub `node`; false when the queue to NATS is full.
     pub(crate) fn direct(&self, node: &str, to: &ClientId, frame: &ServerFrame) -> bool {
+        self.direct_for(&self.node, node, to, frame)
+    }
+
+    /// Sends a frame from a client of hub `origin` to client `to` on hub `node`.
+    fn direct_for(&self, origin: &str, node: &str, to: &ClientId, frame: &ServerFrame) -> bool {
         let msg = Relay::Direct {
-            origin: self.node.clone(),
+            origin: origin.to_owned(),
             to: to.clone(),
             frame: frame.clone(),
         }
@@ -420,6 +452,64 @@ impl Backplane {
         self.relayed_acks.lock().retain(|_, a| a.until > now);
     }
 
+    /// Asks hub `node`, which holds the session of `id`, to hand it over to this hub.
+    pub(crate) async fn migrate(
+        &self,
+        node: &str,
+        id: &ClientId,
+        secret: &str,
+        last_seq: u64,
+        enc: peermesh_proto::Encoding,
+    ) -> Result<Handoff, peermesh_proto::ResumeRefusal> {
+        use peermesh_proto::ResumeRefusal;
+        let req = handoff::MigrateRequest {
+            id: id.as_str().to_owned(),
+            secret: secret.to_owned(),
+            last_seq,
+            enc: enc.as_str().to_owned(),
+            to: self.node.clone(),
+        };
+        let Ok(body) = serde_json::to_vec(&req) else {
+            return Err(ResumeRefusal::Expired);
+        };
+        let ask = self
+            .cluster
+            .nats()
+            .request(migrate_subject(node), body.into());
+        match tokio::time::timeout(MIGRATE_TIMEOUT, ask).await {
+            Ok(Ok(msg)) => match handoff::decode_answer(&msg.payload) {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.counters.malformed.fetch_add(1, Relaxed);
+                    debug!(node, error = %e, "a session handoff could not be read");
+                    Err(ResumeRefusal::Expired)
+                }
+            },
+            Ok(Err(e)) => {
+                debug!(node, error = %e, "no session handoff");
+                Err(ResumeRefusal::Expired)
+            }
+            Err(_) => {
+                debug!(node, "the session handoff timed out");
+                Err(ResumeRefusal::Expired)
+            }
+        }
+    }
+
+    /// Hands `id` to node `to` in the registry (its session moves there).
+    pub(crate) async fn transfer(&self, id: &ClientId, to: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Transfer {
+            id: id.clone(),
+            to: to.to_owned(),
+            reply,
+        };
+        if self.ops[worker_of(id)].send(op).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
     /// Leaves the cluster: releases this hub's ids and room memberships at once.
     pub(crate) async fn leave(&self) {
         if let Err(e) = self.cluster.leave().await {
@@ -473,7 +563,21 @@ fn handle(bp: &Backplane, router: &Router, r: Relay) {
                 ServerFrame::Message(m) => m.ack_id,
                 _ => None,
             };
-            let delivered = router.to_local_client(&to, &frame).is_ok();
+            let delivered = match router.to_local_client(&to, &frame) {
+                Ok(_) => true,
+                // The client is gone from here or closing because its session just moved to
+                // another hub (the sender's hub did not know yet): pass the frame on, once,
+                // with its origin.
+                Err(_) => match bp.locate(&to) {
+                    Remote::On(node) if node != origin => {
+                        if bp.direct_for(&origin, &node, &to, &frame) {
+                            return;
+                        }
+                        false
+                    }
+                    _ => false,
+                },
+            };
             match (ack_id, delivered) {
                 (Some(ack_id), true) => bp.await_ack(&to, ack_id, origin),
                 (Some(ack_id), false) => {
@@ -584,6 +688,13 @@ async fn id_worker(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Op
                     Err(e) => debug!(id = %id, error = %e, "reclaim failed; trying again later"),
                 }
             }
+            Op::Transfer { id, to, reply } => {
+                let done = matches!(bp.cluster.transfer(id.as_str(), &to).await, Ok(true));
+                if done {
+                    held.remove(&id);
+                }
+                let _ = reply.send(done);
+            }
             Op::Forget { id } => {
                 if held.contains_key(&id) {
                     continue;
@@ -686,5 +797,67 @@ async fn reconcile(bp: Arc<Backplane>, router: Router) {
                 bp.left(&room, &id);
             }
         }
+    }
+}
+
+/// Answers other hubs' requests for sessions of this hub's clients.
+async fn serve_migrations(
+    bp: Arc<Backplane>,
+    router: Router,
+    mut sub: peermesh_cluster::async_nats::Subscriber,
+) {
+    use peermesh_proto::ResumeRefusal;
+    while let Some(msg) = sub.next().await {
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let nats = bp.cluster.nats().clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let answer = match serde_json::from_slice::<handoff::MigrateRequest>(&msg.payload) {
+                Ok(req) => hand_over(&router, req).await,
+                Err(e) => {
+                    debug!(error = %e, "a session handoff request could not be read");
+                    Err(ResumeRefusal::Expired)
+                }
+            };
+            let body = handoff::encode_answer(&answer);
+            if let Err(e) = nats.publish(reply_to, body).await {
+                debug!(error = %e, "a session handoff answer was not sent");
+            }
+        });
+    }
+}
+
+async fn hand_over(
+    router: &Router,
+    req: handoff::MigrateRequest,
+) -> Result<Handoff, peermesh_proto::ResumeRefusal> {
+    use peermesh_proto::ResumeRefusal;
+    let id = handoff::request_id(&req).ok_or(ResumeRefusal::Expired)?;
+    let Some(conn) = router.registry.client(&id) else {
+        return Err(router.registry.why_not_resumable(&id, &req.secret));
+    };
+    if !conn.resumable {
+        return Err(ResumeRefusal::Expired);
+    }
+    if !crate::registry::constant_eq(&req.secret, &conn.secret) {
+        return Err(ResumeRefusal::BadSecret);
+    }
+    if req.encoding() != Some(conn.encoding) {
+        return Err(ResumeRefusal::Encoding);
+    }
+    let (reply, rx) = oneshot::channel();
+    let m = Migration {
+        last_seq: req.last_seq,
+        to: req.to,
+        reply,
+    };
+    if !conn.control(Control::Migrate(Box::new(m))) {
+        return Err(ResumeRefusal::Expired);
+    }
+    match tokio::time::timeout(MIGRATE_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => answer,
+        _ => Err(ResumeRefusal::Expired),
     }
 }

@@ -46,11 +46,11 @@ pub(crate) enum Relay {
 #[error("malformed cluster message: {0}")]
 pub(crate) struct RelayError(pub(crate) String);
 
-fn err(m: impl Into<String>) -> RelayError {
+pub(crate) fn err(m: impl Into<String>) -> RelayError {
     RelayError(m.into())
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
+pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
     // Ids, room and node names are far shorter than 64 KiB (checked where they are made).
     let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
     out.put_u16(len);
@@ -154,14 +154,14 @@ impl Relay {
     }
 }
 
-fn get_u64(b: &mut &[u8]) -> Result<u64, RelayError> {
+pub(crate) fn get_u64(b: &mut &[u8]) -> Result<u64, RelayError> {
     if b.remaining() < 8 {
         return Err(err("truncated number"));
     }
     Ok(b.get_u64())
 }
 
-fn get_str(b: &mut &[u8], what: &str) -> Result<String, RelayError> {
+pub(crate) fn get_str(b: &mut &[u8], what: &str) -> Result<String, RelayError> {
     if b.remaining() < 2 {
         return Err(err(format!("truncated {what}")));
     }
