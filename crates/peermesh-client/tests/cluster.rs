@@ -1,0 +1,153 @@
+//! A client of a cluster of hubs moves to another hub when its own becomes unreachable, and
+//! its session moves with it: two hubs in this process clustered through a real
+//! `nats-server -js`, the client's path to its hub through a fault proxy that cuts it.
+//! Every wait is bounded; nothing sleeps to synchronise.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use peermesh_client::{Client, ClientEvent, ClientOptions, EventStream, ReconnectPolicy};
+use peermesh_hub::{Hub, HubConfig, HubHandle};
+use peermesh_testkit::{FaultProxy, NatsServer};
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+async fn within<T>(fut: impl IntoFuture<Output = T>) -> Result<T> {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .map_err(|_| anyhow!("no result within {LIMIT:?}"))
+}
+
+async fn wait_for<T>(
+    events: &mut EventStream,
+    mut want: impl FnMut(&ClientEvent) -> Option<T>,
+) -> Result<T> {
+    within(async {
+        while let Some(e) = events.recv().await {
+            if let Some(t) = want(&e) {
+                return Ok(t);
+            }
+        }
+        bail!("the event stream ended")
+    })
+    .await?
+}
+
+async fn hub(nats: &NatsServer, name: &str) -> Result<(std::net::SocketAddr, HubHandle)> {
+    let hub = Hub::bind(HubConfig {
+        listen: "127.0.0.1:0".parse()?,
+        cluster: Some(nats.url()),
+        node_name: Some(name.into()),
+        ..HubConfig::default()
+    })
+    .await?;
+    let addr = hub.local_addr();
+    let handle = hub.handle();
+    tokio::spawn(hub.run());
+    Ok((addr, handle))
+}
+
+fn options(urls: &[String], id: &str) -> ClientOptions {
+    let (first, rest) = urls
+        .split_first()
+        .map_or(("", &[][..]), |(f, r)| (f.as_str(), r));
+    ClientOptions {
+        reconnect: Some(ReconnectPolicy {
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(100),
+            seed: Some(7),
+            ..Default::default()
+        }),
+        ..ClientOptions::new(first)
+            .with_id(id)
+            .with_fallback_urls(rest.iter().cloned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_from_its_hub_a_client_resumes_its_session_on_another_hub() -> Result<()> {
+    let nats = NatsServer::start();
+    let ((a_addr, a), (b_addr, b)) = tokio::try_join!(hub(&nats, "hub-a"), hub(&nats, "hub-b"))?;
+    let proxy = FaultProxy::start(a_addr, None).await?;
+    let via_proxy = format!("ws://{}/ws", proxy.addr());
+    let b_url = format!("ws://{b_addr}/ws");
+
+    let bob = within(Client::connect(options(&[b_url.clone()], "bob"))).await??;
+    within(bob.join("lobby")).await??;
+    let alice = within(Client::connect(ClientOptions {
+        rooms: vec!["lobby".into()],
+        ..options(&[via_proxy.clone(), b_url.clone()], "alice")
+    }))
+    .await??;
+    let mut events = alice.events();
+    let mut chat = alice.on("n");
+    assert_eq!(alice.current_url(), via_proxy);
+    // bob sees alice (she is on hub-a, he on hub-b) once the cluster knows her.
+    let mut tries = 0;
+    while within(bob.emit("alice", "n", json!(0))).await?.is_err() {
+        tries += 1;
+        assert!(tries < 100, "alice never became reachable from hub-b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = within(chat.recv()).await?.context("first message")?;
+    assert_eq!(first.payload.as_json(), Some(&json!(0)));
+    for i in 1..=3 {
+        within(bob.emit("alice", "n", json!(i))).await??;
+    }
+    for i in 1..=3 {
+        let m = within(chat.recv()).await?.context("a message")?;
+        assert_eq!(m.payload.as_json(), Some(&json!(i)));
+    }
+
+    // Her path to hub-a breaks (reset, and refused for a while); hub-a itself lives on.
+    proxy.cut(Duration::from_secs(30));
+    wait_for(&mut events, |e| {
+        matches!(e, ClientEvent::ConnectionLost { .. }).then_some(())
+    })
+    .await?;
+    for i in 4..=6 {
+        within(bob.emit("alice", "n", json!(i))).await??;
+    }
+    let url = wait_for(&mut events, |e| match e {
+        ClientEvent::Reconnected { url, .. } => Some(url.clone()),
+        ClientEvent::Lost { reason } => panic!("gave up: {reason}"),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(url, b_url);
+    wait_for(&mut events, |e| match e {
+        ClientEvent::Resumed { .. } => Some(()),
+        ClientEvent::Resynced { reason, .. } => {
+            panic!("the session should have moved with her, got a resync ({reason:?})")
+        }
+        _ => None,
+    })
+    .await?;
+    // Everything bob sent arrives once, in order, and new messages flow on hub-b.
+    within(bob.emit("alice", "n", json!(7))).await??;
+    for i in 4..=7 {
+        let m = within(chat.recv())
+            .await?
+            .context("a message after the move")?;
+        assert_eq!(m.payload.as_json(), Some(&json!(i)));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), chat.recv())
+            .await
+            .is_err(),
+        "no duplicate"
+    );
+    // She is still in her room, now on hub-b.
+    let members = within(bob.members("lobby")).await??;
+    assert_eq!(
+        members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    assert_eq!(a.client_count(), 0, "hub-a let the session go");
+    assert_eq!(b.client_count(), 2);
+    alice.close().await;
+    bob.close().await;
+    Ok(())
+}
