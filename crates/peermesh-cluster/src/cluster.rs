@@ -41,6 +41,8 @@ pub struct Member {
     pub silent_for: Duration,
     /// Whether this is the local node.
     pub local: bool,
+    /// The services it offers (from its last heartbeat).
+    pub services: Services,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +52,8 @@ struct Heartbeat {
     clients: u64,
     #[serde(default)]
     leaving: bool,
+    #[serde(default)]
+    services: Services,
 }
 
 #[derive(Debug)]
@@ -57,7 +61,14 @@ struct Seen {
     instance: u64,
     clients: u64,
     at: Instant,
+    services: Services,
 }
+
+/// Services a node offers: service name to its methods (sorted).
+pub type Services = BTreeMap<String, Vec<String>>;
+
+/// Most services a heartbeat advertises (the rest are not offered to other nodes).
+pub const MAX_ADVERTISED_SERVICES: usize = 1024;
 
 /// A change in the cluster that a hub acts on, in the order the registry reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +127,8 @@ struct Shared {
     clients: AtomicU64,
     released: AtomicU64,
     started: Instant,
+    /// The services this node offers, sent with its heartbeats.
+    services: Mutex<Services>,
     /// Set by [`Cluster::leave`]: no more heartbeats.
     left: std::sync::atomic::AtomicBool,
 }
@@ -268,6 +281,7 @@ impl Cluster {
             released: AtomicU64::new(0),
             started: Instant::now(),
             left: std::sync::atomic::AtomicBool::new(false),
+            services: Mutex::new(Services::new()),
         });
         let mut tasks = Vec::new();
         // Listen to heartbeats before sending ours, and long enough to hear every live node.
@@ -324,6 +338,12 @@ impl Cluster {
             clients: self.shared.clients.load(Relaxed),
             silent_for: Duration::ZERO,
             local: true,
+            services: self
+                .shared
+                .services
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
         }];
         if let Ok(st) = self.shared.state.lock() {
             for (name, s) in &st.members {
@@ -335,6 +355,7 @@ impl Cluster {
                     clients: s.clients,
                     silent_for: now.saturating_duration_since(s.at),
                     local: false,
+                    services: s.services.clone(),
                 });
             }
         }
@@ -449,6 +470,41 @@ impl Cluster {
             .iter()
             .filter(|(_, n)| **n == self.shared.cfg.node)
             .filter_map(|(k, _)| room_of_key(k))
+            .collect()
+    }
+
+    /// Sets the services this node offers to the others (sent with the next heartbeat, at
+    /// once when they changed); at most [`MAX_ADVERTISED_SERVICES`].
+    pub async fn set_services(&self, mut services: Services) {
+        while services.len() > MAX_ADVERTISED_SERVICES {
+            services.pop_last();
+        }
+        let changed = match self.shared.services.lock() {
+            Ok(mut s) if *s != services => {
+                *s = services;
+                true
+            }
+            _ => false,
+        };
+        if changed && !self.shared.left.load(Relaxed) {
+            send_heartbeat(&self.shared, false).await;
+        }
+    }
+
+    /// The other live nodes that offer `method` of `service`, by name.
+    pub fn nodes_offering(&self, service: &str, method: &str) -> Vec<String> {
+        let Ok(st) = self.shared.state.lock() else {
+            return Vec::new();
+        };
+        st.members
+            .iter()
+            .filter(|(n, _)| **n != self.shared.cfg.node)
+            .filter(|(_, s)| {
+                s.services
+                    .get(service)
+                    .is_some_and(|m| m.binary_search_by(|x| x.as_str().cmp(method)).is_ok())
+            })
+            .map(|(n, _)| n.clone())
             .collect()
     }
 
@@ -618,6 +674,11 @@ async fn send_heartbeat(shared: &Shared, leaving: bool) {
         instance: shared.instance,
         clients: shared.clients.load(Relaxed),
         leaving,
+        services: shared
+            .services
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default(),
     };
     if let Ok(body) = serde_json::to_vec(&hb) {
         if let Err(e) = shared.client.publish(HEARTBEAT_SUBJECT, body.into()).await {
@@ -662,6 +723,7 @@ async fn listen(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
                 instance: hb.instance,
                 clients: hb.clients,
                 at: Instant::now(),
+                services: hb.services,
             },
         );
     }

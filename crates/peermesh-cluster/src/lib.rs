@@ -30,5 +30,7 @@ mod cluster;
 mod config;
 
 pub use async_nats;
-pub use cluster::{Claim, Cluster, Event, Member, HEARTBEAT_SUBJECT};
+pub use cluster::{
+    Claim, Cluster, Event, Member, Services, HEARTBEAT_SUBJECT, MAX_ADVERTISED_SERVICES,
+};
 pub use config::{ClusterConfig, ClusterError};

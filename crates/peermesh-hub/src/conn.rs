@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 pub(crate) use self::acks::conn_of;
 use self::acks::{AckInsertError, AckTracker};
+pub(crate) use self::calls::REMOTE_PROVIDER;
 use self::calls::{CallTracker, Ended, HUB_PROVIDER};
 use self::contacts::RecentTargets;
 use self::rate::TokenBucket;
@@ -83,6 +84,8 @@ fn notice_capacity(hub: &HubInner) -> usize {
 enum CallTarget {
     /// The hub's own handler.
     Hub,
+    /// Another hub of the cluster.
+    Remote,
     /// A client provider: its calls in flight count this call.
     Client(Arc<ConnShared>),
 }
@@ -1710,6 +1713,19 @@ impl Session {
             ClientFrame::Call(c) => self.call(c, now),
             ClientFrame::Respond(r) => {
                 let call = r.call;
+                if conn_of(call) == crate::registry::RELAY_SLOT {
+                    let relayed = self
+                        .hub
+                        .router
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|bp| bp.respond(self.conn.conn, call, r.outcome));
+                    if !relayed {
+                        let m = format!("no pending call has id {call} (its caller is gone)");
+                        self.error(ErrorCode::UnknownCall, m, None);
+                    }
+                    return;
+                }
                 let ctrl = Control::CallDone {
                     call,
                     provider: self.conn.conn,
@@ -1806,6 +1822,13 @@ impl Session {
             );
             return self.error(ErrorCode::TooManyCalls, m, Some(req));
         }
+        let deadline = now + Duration::from_millis(ms);
+        if let Some(bp) = self.hub.router.cluster.clone() {
+            let local = self.services().offers(&c.service, &c.method);
+            if let Some(node) = bp.pick(&c.service, &c.method, local) {
+                return self.call_remote(&bp, &node, c, ms, deadline);
+            }
+        }
         let route = match self
             .services()
             .route(&c.service, &c.method, cfg.max_calls_per_provider)
@@ -1813,7 +1836,6 @@ impl Session {
             Ok(r) => r,
             Err((code, m)) => return self.error(code, m, Some(req)),
         };
-        let deadline = now + Duration::from_millis(ms);
         self.hub.router.metrics.inc_calls(1);
         match route {
             Route::Hub(handler) => {
@@ -1873,6 +1895,39 @@ impl Session {
                     self.error(ErrorCode::ProviderLeft, m, Some(req));
                 }
             }
+        }
+    }
+
+    /// Sends a call to a provider on another hub of the cluster.
+    fn call_remote(
+        &mut self,
+        bp: &crate::cluster::Backplane,
+        node: &str,
+        c: Call,
+        timeout_ms: u64,
+        deadline: Instant,
+    ) {
+        let req = c.req;
+        self.hub.router.metrics.inc_calls(1);
+        let Ok(call) = self
+            .calls
+            .insert(req, REMOTE_PROVIDER, CallTarget::Remote, deadline)
+        else {
+            return self.error(ErrorCode::TooManyCalls, "too many calls", Some(req));
+        };
+        let invoke = ServerFrame::Invoke(Invoke {
+            call,
+            from: self.conn.client.clone(),
+            service: c.service,
+            method: c.method,
+            payload: c.payload,
+        });
+        if !bp.call(node, timeout_ms, invoke) {
+            if let Some(e) = self.calls.complete(call, REMOTE_PROVIDER) {
+                e.handle.release();
+            }
+            let m = "the hub's queue to the cluster is full; try again";
+            self.error(ErrorCode::ServiceBusy, m, Some(req));
         }
     }
 
@@ -2006,6 +2061,16 @@ impl Session {
                 }
             }
             Control::Ok { req } => self.ok(req),
+            Control::CallFailed {
+                call,
+                code,
+                message,
+            } => {
+                if let Some(e) = self.calls.complete(call, REMOTE_PROVIDER) {
+                    e.handle.release();
+                    self.error(code, message, Some(e.req));
+                }
+            }
             Control::AckFailed { ack_id, to } => {
                 if let Some(req) = self.acks.complete(ack_id, &to) {
                     let m = format!("no client with id {:?} is connected", to.as_str());
@@ -2040,6 +2105,9 @@ impl Session {
         if let Some(svc) = self.provided.take() {
             let closed = hub.router.services.unprovide(&svc, self.conn.conn);
             hub.router.topics_ended(closed);
+            if let Some(bp) = &hub.router.cluster {
+                bp.provider_gone(self.conn.conn);
+            }
         }
         hub.router.sessions.leave_all(&self.conn);
         let owned = registry.unregister(&self.conn);

@@ -353,6 +353,7 @@ fn cluster_json(hub: &HubInner) -> serde_json::Value {
             serde_json::json!({
                 "node": m.name, "clients": m.clients, "local": m.local,
                 "silent_ms": m.silent_for.as_millis() as u64,
+                "services": m.services,
             })
         })
         .collect();

@@ -140,7 +140,11 @@ impl Hub {
                 }
                 let cluster = peermesh_cluster::Cluster::join(cc).await?;
                 let ttl = Duration::from_millis(config.max_ack_timeout_ms.saturating_add(1_000));
-                Some(Arc::new(cluster::Backplane::new(cluster, ttl)))
+                Some(Arc::new(cluster::Backplane::new(
+                    cluster,
+                    ttl,
+                    config.max_calls_per_provider,
+                )))
             }
             None => None,
         };
@@ -228,6 +232,7 @@ impl Hub {
                             last = now;
                             if let Some(bp) = &inner.router.cluster {
                                 bp.cluster().set_clients(inner.registry().client_count() as u64);
+                                bp.cluster().set_services(inner.router.services.offered()).await;
                             }
                         }
                     }

@@ -57,6 +57,13 @@ pub(crate) enum Control {
     Ok { req: Option<u64> },
     /// An acknowledged message to a client of another hub found no such client there.
     AckFailed { ack_id: u64, to: ClientId },
+    /// A call relayed to another hub of the cluster failed there (`provider_left`,
+    /// `unknown_service`, …).
+    CallFailed {
+        call: u64,
+        code: ErrorCode,
+        message: String,
+    },
     /// A new socket resumes this connection's session.
     Resume(Box<Takeover>),
     /// Another hub of the cluster resumes this session: hand it over.
@@ -478,6 +485,10 @@ impl Registry {
 pub(crate) const MAX_SLOTS: u32 = 1 << 21;
 
 /// Hands out the smallest free slots first, so slot numbers stay small.
+/// A slot no connection gets: the ids of calls relayed from other hubs of a cluster carry it,
+/// so a provider's answer to one is told apart from answers to local callers.
+pub(crate) const RELAY_SLOT: u32 = MAX_SLOTS - 1;
+
 #[derive(Debug, Default)]
 struct SlotAllocator {
     free: Vec<u32>,
@@ -489,7 +500,7 @@ impl SlotAllocator {
         if let Some(s) = self.free.pop() {
             return Some(s);
         }
-        if self.next >= MAX_SLOTS {
+        if self.next >= RELAY_SLOT {
             return None;
         }
         self.next += 1;

@@ -253,6 +253,46 @@ impl Services {
             .collect()
     }
 
+    /// Who on this hub offers `service.method` (busy or not): `Some(true)` the hub itself,
+    /// `Some(false)` client providers only, `None` no one.
+    pub(crate) fn offers(&self, service: &ServiceName, method: &MethodName) -> Option<bool> {
+        let s = self.map.get(service).map(|s| s.value().clone())?;
+        if s.hub
+            .read()
+            .as_ref()
+            .is_some_and(|h| h.methods.contains_key(method))
+        {
+            return Some(true);
+        }
+        let any = s
+            .providers
+            .read()
+            .iter()
+            .any(|p| p.methods.binary_search(method).is_ok());
+        any.then_some(false)
+    }
+
+    /// Every service of this hub with the methods someone offers, for the other hubs of a
+    /// cluster.
+    pub(crate) fn offered(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out = std::collections::BTreeMap::new();
+        for s in self.map.iter() {
+            let mut methods: Vec<String> = Vec::new();
+            if let Some(h) = s.hub.read().as_ref() {
+                methods.extend(h.methods.keys().map(|m| m.as_str().to_owned()));
+            }
+            for p in s.providers.read().iter() {
+                methods.extend(p.methods.iter().map(|m| m.as_str().to_owned()));
+            }
+            methods.sort();
+            methods.dedup();
+            if !methods.is_empty() {
+                out.insert(s.name.as_str().to_owned(), methods);
+            }
+        }
+        out
+    }
+
     /// Chooses who answers `service.method`; see the [module docs](self).
     pub(crate) fn route(
         &self,

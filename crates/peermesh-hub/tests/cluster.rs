@@ -406,3 +406,155 @@ async fn a_session_resumes_on_another_hub_without_loss_or_duplicates() {
         .await;
     assert_eq!(alice.recv_type("message").await["data"], 10);
 }
+
+/// Waits until `hub` sees exactly `nodes` offering service `calc` (from their heartbeats).
+async fn offered_by(hub: &TestHub, nodes: &[&str]) {
+    until("calc advertised", Duration::from_secs(10), async || {
+        let status: Value =
+            serde_json::from_str(&hub.get("/status.json").await).unwrap_or_default();
+        let offering: Vec<&str> = status["cluster"]["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|n| n["services"].get("calc").is_some())
+                    .filter_map(|n| n["node"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        offering == nodes
+    })
+    .await;
+}
+
+/// Sends a call and returns its answer (`result` or `error`).
+async fn call(c: &mut Raw, method: &str, data: Value, req: u64) -> Value {
+    c.send(json!({"type":"call","service":"calc","method":method,"data":data,"req":req}))
+        .await;
+    loop {
+        let v = c.recv().await;
+        if v["req"] == req && (v["type"] == "result" || v["type"] == "error") {
+            return v;
+        }
+    }
+}
+
+/// Answers every `invoke` waiting for provider `p` with `data * 10`; returns how many.
+async fn answer_all(p: &mut Raw) -> usize {
+    let mut n = 0;
+    while let Some(v) = p.try_recv(Duration::from_millis(200)).await {
+        if v["type"] == "invoke" {
+            let x = v["data"].as_i64().unwrap_or_default();
+            p.send(json!({"type":"respond","call":v["call"],"data":x * 10}))
+                .await;
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_any_hub_share_the_calls_with_the_same_errors() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let (mut p1, _) = a.join("provider-1").await;
+    p1.send(json!({"type":"provide","service":"calc","methods":["times10","div"],"req":1}))
+        .await;
+    assert_eq!(p1.recv_type("ok").await["req"], 1);
+    let (mut caller, _) = c.join("caller").await;
+
+    // Once hub-a advertises the service, a call from hub-c reaches provider-1.
+    let mut req = 100;
+    until("calc offered to hub-c", Duration::from_secs(10), async || {
+        req += 1;
+        caller
+            .send(json!({"type":"call","service":"calc","method":"times10","data":1,"req":req}))
+            .await;
+        loop {
+            tokio::select! {
+                v = caller.recv() => {
+                    if v["req"] == req {
+                        assert_eq!(v["code"], "unknown_service", "{v}");
+                        return false;
+                    }
+                }
+                inv = p1.recv_type("invoke") => {
+                    assert_eq!((&inv["from"], &inv["service"]), (&json!("caller"), &json!("calc")));
+                    p1.send(json!({"type":"respond","call":inv["call"],"data":10})).await;
+                    let v = caller.recv_type("result").await;
+                    assert_eq!((&v["req"], &v["data"]), (&json!(req), &json!(10)));
+                    return true;
+                }
+            }
+        }
+    })
+    .await;
+
+    // The provider's error crosses as service_error; an unknown method is unknown_method.
+    caller
+        .send(json!({"type":"call","service":"calc","method":"div","data":0,"req":2}))
+        .await;
+    let inv = p1.recv_type("invoke").await;
+    p1.send(json!({"type":"respond","call":inv["call"],"error":"division by zero"}))
+        .await;
+    let e = caller.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["req"], &e["message"]),
+        (
+            &json!("service_error"),
+            &json!(2),
+            &json!("division by zero")
+        )
+    );
+
+    // A second provider on hub-b: calls from hub-c are shared between the two hubs.
+    let (mut p2, _) = b.join("provider-2").await;
+    p2.send(json!({"type":"provide","service":"calc","methods":["times10","div"],"req":1}))
+        .await;
+    assert_eq!(p2.recv_type("ok").await["req"], 1);
+    offered_by(&c, &["hub-a", "hub-b"]).await;
+    for i in 0..20 {
+        caller
+            .send(
+                json!({"type":"call","service":"calc","method":"times10","data":i,"req":1000 + i}),
+            )
+            .await;
+    }
+    let (n1, n2) = tokio::join!(answer_all(&mut p1), answer_all(&mut p2));
+    assert_eq!(n1 + n2, 20, "{n1} + {n2}");
+    assert!(n1 >= 5 && n2 >= 5, "shared: {n1} and {n2}");
+    let mut results = 0;
+    while results < 20 {
+        let v = caller.recv_type("result").await;
+        let i = v["req"].as_i64().unwrap_or_default() - 1000;
+        assert_eq!(v["data"], i * 10, "{v}");
+        results += 1;
+    }
+
+    // A provider that leaves with a call in flight: provider_left at the caller on hub-c.
+    drop(p2);
+    p1.send(json!({"type":"unprovide","req":3})).await;
+    let _ = p1.recv_type("ok").await;
+    let (mut p3, _) = b.join("provider-3").await;
+    p3.send(json!({"type":"provide","service":"calc","methods":["times10"],"req":1}))
+        .await;
+    assert_eq!(p3.recv_type("ok").await["req"], 1);
+    offered_by(&c, &["hub-b"]).await;
+    let r = {
+        caller
+            .send(json!({"type":"call","service":"calc","method":"times10","data":1,"req":3}))
+            .await;
+        let _ = p3.recv_type("invoke").await;
+        drop(p3);
+        caller.recv_type("error").await
+    };
+    assert_eq!(
+        (&r["code"], &r["req"]),
+        (&json!("provider_left"), &json!(3)),
+        "{r}"
+    );
+
+    // No provider anywhere: unknown_service, as on one hub.
+    offered_by(&c, &[]).await;
+    let v = call(&mut caller, "times10", json!(1), 4).await;
+    assert_eq!(v["code"], "unknown_service", "{v}");
+}

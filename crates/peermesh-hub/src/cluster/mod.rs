@@ -114,6 +114,19 @@ enum Op {
 }
 
 #[derive(Debug)]
+struct RelayedCall {
+    origin: String,
+    /// The call's id on the caller's hub.
+    call: u64,
+    /// The provider answering it (its `calls_in_flight` counts the call).
+    provider: Arc<crate::registry::ConnShared>,
+    until: Instant,
+}
+
+/// Most calls from other hubs in flight at once on this hub's providers.
+pub(crate) const MAX_RELAYED_CALLS: usize = 1 << 20;
+
+#[derive(Debug)]
 struct RelayedAck {
     origin: String,
     until: Instant,
@@ -139,6 +152,12 @@ pub(crate) struct Backplane {
     /// Acks awaited by other hubs' clients from this hub's clients: (replier, ack_id).
     relayed_acks: Mutex<HashMap<(ClientId, u64), RelayedAck>>,
     ack_ttl: Duration,
+    /// Calls from other hubs' clients to this hub's providers, by the id given to the provider.
+    relayed_calls: Mutex<HashMap<u64, RelayedCall>>,
+    next_relayed_call: std::sync::atomic::AtomicU32,
+    /// Rotates calls over the hubs that offer a service.
+    next_pick: AtomicU64,
+    max_calls_per_provider: u32,
     pub(crate) counters: ClusterCounters,
     pending: Mutex<Option<Pending>>,
 }
@@ -186,7 +205,11 @@ fn worker_of(id: &ClientId) -> usize {
 
 impl Backplane {
     /// A backplane over a joined cluster; its tasks start with [`Backplane::start`].
-    pub(crate) fn new(cluster: Cluster, ack_ttl: Duration) -> Backplane {
+    pub(crate) fn new(
+        cluster: Cluster,
+        ack_ttl: Duration,
+        max_calls_per_provider: u32,
+    ) -> Backplane {
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let (ops, ops_rx): (Vec<_>, Vec<_>) =
             (0..ID_WORKERS).map(|_| mpsc::channel(OPS_QUEUE)).unzip();
@@ -199,6 +222,10 @@ impl Backplane {
             remote_watchers: DashMap::new(),
             relayed_acks: Mutex::new(HashMap::new()),
             ack_ttl,
+            relayed_calls: Mutex::new(HashMap::new()),
+            next_relayed_call: std::sync::atomic::AtomicU32::new(rand::random()),
+            next_pick: AtomicU64::new(0),
+            max_calls_per_provider,
             counters: ClusterCounters::default(),
             pending: Mutex::new(Some(Pending {
                 out: out_rx,
@@ -446,10 +473,203 @@ impl Backplane {
         );
     }
 
-    /// Drops remembered acks whose sender has timed out.
+    /// Drops remembered acks and calls whose caller has timed out.
     fn expire_acks(&self) {
         let now = Instant::now();
         self.relayed_acks.lock().retain(|_, a| a.until > now);
+        self.relayed_calls.lock().retain(|_, c| {
+            let keep = c.until > now;
+            if !keep {
+                release_call(&c.provider);
+            }
+            keep
+        });
+    }
+
+    /// Which hub answers a call of `service.method`: `None` for this one, else another hub
+    /// that offers it. The hub's own handlers answer first; client providers share the calls
+    /// with the other hubs that offer the method, in turn.
+    pub(crate) fn pick(
+        &self,
+        service: &peermesh_proto::ServiceName,
+        method: &peermesh_proto::MethodName,
+        local: Option<bool>,
+    ) -> Option<String> {
+        if local == Some(true) {
+            return None;
+        }
+        let nodes = self
+            .cluster
+            .nodes_offering(service.as_str(), method.as_str());
+        if nodes.is_empty() {
+            return None;
+        }
+        let slots = nodes.len() + usize::from(local.is_some());
+        let i = (self.next_pick.fetch_add(1, Relaxed) % slots as u64) as usize;
+        nodes.get(i).cloned()
+    }
+
+    /// Sends a call of a local client (call id `call`) to hub `node`.
+    pub(crate) fn call(&self, node: &str, timeout_ms: u64, invoke: ServerFrame) -> bool {
+        let msg = Relay::Call {
+            origin: self.node.clone(),
+            timeout_ms,
+            invoke,
+        }
+        .encode();
+        self.enqueue(node_subject(node), msg)
+    }
+
+    /// A local provider answered call `call`; true when it was a call from another hub (the
+    /// answer then goes back there).
+    pub(crate) fn respond(
+        &self,
+        provider: u64,
+        call: u64,
+        outcome: Result<peermesh_proto::Payload, String>,
+    ) -> bool {
+        let relayed = {
+            let mut calls = self.relayed_calls.lock();
+            match calls.get(&call) {
+                Some(c) if c.provider.conn == provider => calls.remove(&call),
+                _ => None,
+            }
+        };
+        let Some(c) = relayed else {
+            return false;
+        };
+        release_call(&c.provider);
+        let outcome = match outcome {
+            Ok(payload) => ServerFrame::CallResult {
+                req: c.call,
+                payload,
+            },
+            Err(m) => ServerFrame::Error(peermesh_proto::ErrorFrame::new(
+                ErrorCode::ServiceError,
+                m,
+                Some(c.call),
+            )),
+        };
+        self.enqueue(
+            node_subject(&c.origin),
+            Relay::CallDone { outcome }.encode(),
+        );
+        true
+    }
+
+    /// A local provider left: calls other hubs' clients made to it fail with `provider_left`.
+    pub(crate) fn provider_gone(&self, provider: u64) {
+        let gone: Vec<RelayedCall> = {
+            let mut calls = self.relayed_calls.lock();
+            let ids: Vec<u64> = calls
+                .iter()
+                .filter(|(_, c)| c.provider.conn == provider)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| calls.remove(&id)).collect()
+        };
+        for c in gone {
+            self.fail_call(
+                &c.origin,
+                c.call,
+                ErrorCode::ProviderLeft,
+                "the provider disconnected before answering",
+            );
+        }
+    }
+
+    fn fail_call(&self, origin: &str, call: u64, code: ErrorCode, message: &str) {
+        let outcome =
+            ServerFrame::Error(peermesh_proto::ErrorFrame::new(code, message, Some(call)));
+        self.enqueue(node_subject(origin), Relay::CallDone { outcome }.encode());
+    }
+
+    /// A call from another hub's client: routed to this hub's handler or a client provider.
+    fn take_call(
+        &self,
+        router: &Router,
+        origin: String,
+        timeout_ms: u64,
+        invoke: peermesh_proto::Invoke,
+    ) {
+        use crate::services::Route;
+        let route =
+            router
+                .services
+                .route(&invoke.service, &invoke.method, self.max_calls_per_provider);
+        let call = invoke.call;
+        match route {
+            Err((code, m)) => self.fail_call(&origin, call, code, &m),
+            Ok(Route::Hub(handler)) => {
+                let inv = crate::services::api::Invocation {
+                    from: invoke.from,
+                    service: invoke.service,
+                    method: invoke.method,
+                    payload: invoke.payload,
+                };
+                let out = self.out.clone();
+                let subject = node_subject(&origin);
+                let wait = Duration::from_millis(timeout_ms);
+                tokio::spawn(async move {
+                    let Ok(done) = tokio::time::timeout(wait, handler(inv)).await else {
+                        return;
+                    };
+                    let outcome = match done {
+                        Ok(payload) => ServerFrame::CallResult { req: call, payload },
+                        Err(e) => ServerFrame::Error(peermesh_proto::ErrorFrame::new(
+                            ErrorCode::ServiceError,
+                            e.message,
+                            Some(call),
+                        )),
+                    };
+                    let _ = out.try_send((subject, Relay::CallDone { outcome }.encode()));
+                });
+            }
+            Ok(Route::Client(provider)) => {
+                let local = (u64::from(crate::registry::RELAY_SLOT) << 32)
+                    | u64::from(self.next_relayed_call.fetch_add(1, Relaxed));
+                {
+                    let mut calls = self.relayed_calls.lock();
+                    if calls.len() >= MAX_RELAYED_CALLS {
+                        drop(calls);
+                        release_call(&provider);
+                        return self.fail_call(
+                            &origin,
+                            call,
+                            ErrorCode::ServiceBusy,
+                            "this hub has too many calls from other hubs in flight",
+                        );
+                    }
+                    calls.insert(
+                        local,
+                        RelayedCall {
+                            origin: origin.clone(),
+                            call,
+                            provider: provider.clone(),
+                            until: Instant::now()
+                                + Duration::from_millis(timeout_ms)
+                                + Duration::from_secs(1),
+                        },
+                    );
+                }
+                let frame = ServerFrame::Invoke(peermesh_proto::Invoke {
+                    call: local,
+                    ..invoke
+                });
+                let body = peermesh_proto::EncodedBody::encode(provider.encoding, &frame);
+                if router.to_conn(&provider, body).is_err()
+                    && self.relayed_calls.lock().remove(&local).is_some()
+                {
+                    release_call(&provider);
+                    self.fail_call(
+                        &origin,
+                        call,
+                        ErrorCode::ProviderLeft,
+                        "the provider is disconnecting",
+                    );
+                }
+            }
+        }
     }
 
     /// Asks hub `node`, which holds the session of `id`, to hand it over to this hub.
@@ -611,7 +831,60 @@ fn handle(bp: &Backplane, router: &Router, r: Relay) {
                 router.to_room(&room, &frame, None);
             }
         }
+        Relay::Call {
+            origin,
+            timeout_ms,
+            invoke: ServerFrame::Invoke(invoke),
+        } => bp.take_call(router, origin, timeout_ms, invoke),
+        Relay::Call { .. } => {}
+        Relay::CallDone { outcome } => {
+            let (call, ctrl) = match outcome {
+                ServerFrame::CallResult { req, payload } => (
+                    req,
+                    Control::CallDone {
+                        call: req,
+                        provider: crate::conn::REMOTE_PROVIDER,
+                        outcome: Ok(payload),
+                    },
+                ),
+                ServerFrame::Error(peermesh_proto::ErrorFrame {
+                    code: ErrorCode::ServiceError,
+                    message,
+                    req: Some(req),
+                }) => (
+                    req,
+                    Control::CallDone {
+                        call: req,
+                        provider: crate::conn::REMOTE_PROVIDER,
+                        outcome: Err(message),
+                    },
+                ),
+                ServerFrame::Error(peermesh_proto::ErrorFrame {
+                    code,
+                    message,
+                    req: Some(req),
+                }) => (
+                    req,
+                    Control::CallFailed {
+                        call: req,
+                        code,
+                        message,
+                    },
+                ),
+                _ => return,
+            };
+            router.control_slot(conn_of(call), ctrl);
+        }
     }
+}
+
+/// A call counted in a provider's `calls_in_flight` ended.
+fn release_call(provider: &crate::registry::ConnShared) {
+    let _ = provider.calls_in_flight.fetch_update(
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Relaxed,
+        |n| n.checked_sub(1),
+    );
 }
 
 async fn id_worker(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Op>) {

@@ -6,6 +6,8 @@
 //!   2 ack reply ack_id: u64, from: str                        `ack` frame (req = ack_id)
 //!   3 ack fail  ack_id: u64, to: str                          —
 //!   4 room      origin: str, room: str                        MessagePack server frame
+//!   5 call      origin: str, timeout_ms: u64                  `invoke` frame (call = caller's id)
+//!   6 call done —                                             `result` or `error` (req = call id)
 //! ```
 //!
 //! A `str` is a big-endian `u16` length and UTF-8 bytes; a frame is the rest of the message,
@@ -39,6 +41,15 @@ pub(crate) enum Relay {
         room: RoomName,
         frame: ServerFrame,
     },
+    /// A call for a provider of the receiving hub: an `invoke` whose `call` is the caller's id
+    /// on hub `origin`.
+    Call {
+        origin: String,
+        timeout_ms: u64,
+        invoke: ServerFrame,
+    },
+    /// The outcome of a relayed call: a `result` or an `error`, whose `req` is the call's id.
+    CallDone { outcome: ServerFrame },
 }
 
 /// Why a relay message could not be read.
@@ -101,6 +112,20 @@ impl Relay {
                 put_str(&mut out, room.as_str());
                 put_frame(&mut out, frame);
             }
+            Relay::Call {
+                origin,
+                timeout_ms,
+                invoke,
+            } => {
+                out.put_u8(5);
+                put_str(&mut out, origin);
+                out.put_u64(*timeout_ms);
+                put_frame(&mut out, invoke);
+            }
+            Relay::CallDone { outcome } => {
+                out.put_u8(6);
+                put_frame(&mut out, outcome);
+            }
         }
         out.freeze()
     }
@@ -149,6 +174,27 @@ impl Relay {
                     frame,
                 })
             }
+            5 => {
+                let origin = get_str(&mut b, "origin")?;
+                let timeout_ms = get_u64(&mut b)?;
+                match get_frame(b)? {
+                    invoke @ ServerFrame::Invoke(_) => Ok(Relay::Call {
+                        origin,
+                        timeout_ms,
+                        invoke,
+                    }),
+                    _ => Err(err("a call must carry an invoke frame")),
+                }
+            }
+            6 => match get_frame(b)? {
+                outcome @ (ServerFrame::CallResult { .. }
+                | ServerFrame::Error(peermesh_proto::ErrorFrame {
+                    req: Some(_), ..
+                })) => Ok(Relay::CallDone { outcome }),
+                _ => Err(err(
+                    "a call outcome must be a result or an error with its call id",
+                )),
+            },
             k => Err(err(format!("unknown kind {k}"))),
         }
     }
@@ -238,6 +284,30 @@ mod tests {
                 origin: "hub-b".into(),
                 room: RoomName::new("lobby").expect("room"),
                 frame: message("dave", Some("lobby"), None, Payload::NULL),
+            },
+            Relay::Call {
+                origin: "hub-c".into(),
+                timeout_ms: 5_000,
+                invoke: ServerFrame::Invoke(peermesh_proto::Invoke {
+                    call: 3 << 32 | 1,
+                    from: id("erin"),
+                    service: peermesh_proto::ServiceName::new("math").expect("service"),
+                    method: peermesh_proto::MethodName::new("add").expect("method"),
+                    payload: Payload::Json(serde_json::json!([1, 2])),
+                }),
+            },
+            Relay::CallDone {
+                outcome: ServerFrame::CallResult {
+                    req: 3 << 32 | 1,
+                    payload: Payload::Json(serde_json::json!(3)),
+                },
+            },
+            Relay::CallDone {
+                outcome: ServerFrame::Error(peermesh_proto::ErrorFrame::new(
+                    peermesh_proto::ErrorCode::ProviderLeft,
+                    "gone",
+                    Some(9),
+                )),
             },
         ];
         for r in all {

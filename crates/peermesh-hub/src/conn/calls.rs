@@ -15,6 +15,9 @@ use std::time::Instant;
 
 /// The provider number of calls answered by the hub itself.
 pub(crate) const HUB_PROVIDER: u64 = 0;
+/// The "provider" of a call sent to another hub of the cluster (connection numbers never
+/// reach it).
+pub(crate) const REMOTE_PROVIDER: u64 = u64::MAX;
 
 /// Why a call could not be registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
