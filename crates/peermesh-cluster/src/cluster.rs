@@ -54,6 +54,8 @@ struct Heartbeat {
     leaving: bool,
     #[serde(default)]
     services: Services,
+    #[serde(default)]
+    topics: Services,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,7 @@ struct Seen {
     clients: u64,
     at: Instant,
     services: Services,
+    topics: Services,
 }
 
 /// Services a node offers: service name to its methods (sorted).
@@ -127,8 +130,9 @@ struct Shared {
     clients: AtomicU64,
     released: AtomicU64,
     started: Instant,
-    /// The services this node offers, sent with its heartbeats.
-    services: Mutex<Services>,
+    /// The services (with their methods) and the topics (by service) this node offers, sent
+    /// with its heartbeats.
+    services: Mutex<(Services, Services)>,
     /// Set by [`Cluster::leave`]: no more heartbeats.
     left: std::sync::atomic::AtomicBool,
 }
@@ -281,7 +285,7 @@ impl Cluster {
             released: AtomicU64::new(0),
             started: Instant::now(),
             left: std::sync::atomic::AtomicBool::new(false),
-            services: Mutex::new(Services::new()),
+            services: Mutex::new((Services::new(), Services::new())),
         });
         let mut tasks = Vec::new();
         // Listen to heartbeats before sending ours, and long enough to hear every live node.
@@ -342,7 +346,7 @@ impl Cluster {
                 .shared
                 .services
                 .lock()
-                .map(|s| s.clone())
+                .map(|s| s.0.clone())
                 .unwrap_or_default(),
         }];
         if let Ok(st) = self.shared.state.lock() {
@@ -473,15 +477,19 @@ impl Cluster {
             .collect()
     }
 
-    /// Sets the services this node offers to the others (sent with the next heartbeat, at
-    /// once when they changed); at most [`MAX_ADVERTISED_SERVICES`].
-    pub async fn set_services(&self, mut services: Services) {
+    /// Sets the services (service to methods) and topics (service to topic names) this node
+    /// offers to the others, sent with the next heartbeat (at once when they changed); at most
+    /// [`MAX_ADVERTISED_SERVICES`] of each.
+    pub async fn set_offer(&self, mut services: Services, mut topics: Services) {
         while services.len() > MAX_ADVERTISED_SERVICES {
             services.pop_last();
         }
+        while topics.len() > MAX_ADVERTISED_SERVICES {
+            topics.pop_last();
+        }
         let changed = match self.shared.services.lock() {
-            Ok(mut s) if *s != services => {
-                *s = services;
+            Ok(mut s) if s.0 != services || s.1 != topics => {
+                *s = (services, topics);
                 true
             }
             _ => false,
@@ -489,6 +497,19 @@ impl Cluster {
         if changed && !self.shared.left.load(Relaxed) {
             send_heartbeat(&self.shared, false).await;
         }
+    }
+
+    /// Whether another live node offers topic `topic` of `service`.
+    pub fn topic_offered(&self, service: &str, topic: &str) -> bool {
+        let Ok(st) = self.shared.state.lock() else {
+            return false;
+        };
+        st.members.iter().any(|(n, s)| {
+            *n != self.shared.cfg.node
+                && s.topics
+                    .get(service)
+                    .is_some_and(|t| t.binary_search_by(|x| x.as_str().cmp(topic)).is_ok())
+        })
     }
 
     /// The other live nodes that offer `method` of `service`, by name.
@@ -677,7 +698,12 @@ async fn send_heartbeat(shared: &Shared, leaving: bool) {
         services: shared
             .services
             .lock()
-            .map(|s| s.clone())
+            .map(|s| s.0.clone())
+            .unwrap_or_default(),
+        topics: shared
+            .services
+            .lock()
+            .map(|s| s.1.clone())
             .unwrap_or_default(),
     };
     if let Ok(body) = serde_json::to_vec(&hb) {
@@ -724,6 +750,7 @@ async fn listen(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
                 clients: hb.clients,
                 at: Instant::now(),
                 services: hb.services,
+                topics: hb.topics,
             },
         );
     }

@@ -1775,7 +1775,16 @@ impl Session {
                 req,
             } => {
                 let max = self.hub.config.max_subscriptions_per_client;
-                match self.services().subscribe(&service, &topic, &self.conn, max) {
+                let mut out = self.services().subscribe(&service, &topic, &self.conn, max);
+                if let (Err((ErrorCode::UnknownService | ErrorCode::UnknownTopic, _)), Some(bp)) =
+                    (&out, &self.hub.router.cluster)
+                {
+                    // A topic of a provider on another hub of the cluster.
+                    if let Some(r) = bp.subscribe_remote(&service, &topic, &self.conn, max) {
+                        out = r;
+                    }
+                }
+                match out {
                     Ok(()) => self.ok(req),
                     Err((code, m)) => self.error(code, m, req),
                 }
@@ -1784,10 +1793,21 @@ impl Session {
                 service,
                 topic,
                 req,
-            } => match self.services().unsubscribe(&service, &topic, &self.conn) {
-                Ok(()) => self.ok(req),
-                Err((code, m)) => self.error(code, m, req),
-            },
+            } => {
+                let remote = self
+                    .hub
+                    .router
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|bp| bp.unsubscribe_remote(&service, &topic, self.conn.conn));
+                if remote {
+                    return self.ok(req);
+                }
+                match self.services().unsubscribe(&service, &topic, &self.conn) {
+                    Ok(()) => self.ok(req),
+                    Err((code, m)) => self.error(code, m, req),
+                }
+            }
             _ => self.error(
                 ErrorCode::UnknownType,
                 "this frame type is not handled",
@@ -2163,6 +2183,9 @@ impl Session {
         let reason = self.conn.close_reason().cloned();
         debug!(id = %self.conn.client, reason = ?reason.as_ref().map(|r| r.code), "client disconnected");
         hub.router.services.unsubscribe_all(&self.conn);
+        if let Some(bp) = &hub.router.cluster {
+            bp.unsubscribe_all(self.conn.conn);
+        }
         for e in self.calls.drain() {
             e.handle.release();
         }

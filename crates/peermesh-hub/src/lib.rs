@@ -232,7 +232,10 @@ impl Hub {
                             last = now;
                             if let Some(bp) = &inner.router.cluster {
                                 bp.cluster().set_clients(inner.registry().client_count() as u64);
-                                bp.cluster().set_services(inner.router.services.offered()).await;
+                                let services = &inner.router.services;
+                                bp.cluster()
+                                    .set_offer(services.offered(), services.topics_offered())
+                                    .await;
                             }
                         }
                     }

@@ -185,6 +185,9 @@ impl Router {
             topic: topic.name.clone(),
             payload,
         });
+        if let Some(bp) = &self.cluster {
+            bp.topic(&frame);
+        }
         let mut shared = Shared::new(&frame);
         let (reached, slow) = topic
             .with_subscribers(|subs| {
@@ -215,6 +218,9 @@ impl Router {
                 topic: c.topic.name.clone(),
                 reason: c.reason,
             };
+            if let Some(bp) = &self.cluster {
+                bp.topic(&frame);
+            }
             let mut shared = Shared::new(&frame);
             for conn in &c.subscribers {
                 let _ = self.to_conn(conn, shared.body(conn.encoding));

@@ -293,6 +293,25 @@ impl Services {
         out
     }
 
+    /// Every topic of this hub's services (sorted names), for the other hubs of a cluster.
+    pub(crate) fn topics_offered(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out = std::collections::BTreeMap::new();
+        for s in self.map.iter() {
+            let mut names: Vec<String> = s
+                .topics
+                .read()
+                .map
+                .keys()
+                .map(|t| t.as_str().to_owned())
+                .collect();
+            if !names.is_empty() {
+                names.sort();
+                out.insert(s.name.as_str().to_owned(), names);
+            }
+        }
+        out
+    }
+
     /// Chooses who answers `service.method`; see the [module docs](self).
     pub(crate) fn route(
         &self,

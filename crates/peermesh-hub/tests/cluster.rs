@@ -558,3 +558,84 @@ async fn services_on_any_hub_share_the_calls_with_the_same_errors() {
     let v = call(&mut caller, "times10", json!(1), 4).await;
     assert_eq!(v["code"], "unknown_service", "{v}");
 }
+
+/// Subscribes `c` to `news/sport`, retrying until the provider's hub advertised the topic.
+async fn subscribe_sport(c: &mut Raw) {
+    let mut req = 500;
+    until("news/sport offered", Duration::from_secs(10), async || {
+        req += 1;
+        c.send(json!({"type":"subscribe","service":"news","topic":"sport","req":req}))
+            .await;
+        let v = c.recv().await;
+        assert_eq!(v["req"], req, "{v}");
+        if v["type"] == "error" {
+            assert!(
+                v["code"] == "unknown_service" || v["code"] == "unknown_topic",
+                "{v}"
+            );
+        }
+        v["type"] == "ok"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_publications_reach_subscribers_on_every_hub_once() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let (mut p, _) = a.join("newsroom").await;
+    p.send(json!({"type":"provide","service":"news","methods":["ask"],"req":1}))
+        .await;
+    assert_eq!(p.recv_type("ok").await["req"], 1);
+    p.send(json!({"type":"create_topic","topic":"sport","req":2}))
+        .await;
+    assert_eq!(p.recv_type("ok").await["req"], 2);
+    let (mut sa, _) = a.join("reader-a").await;
+    let (mut sb, _) = b.join_msgpack("reader-b").await;
+    let (mut sc, _) = c.join("reader-c").await;
+    for s in [&mut sa, &mut sb, &mut sc] {
+        subscribe_sport(s).await;
+    }
+    for i in 0..3 {
+        p.send(json!({"type":"publish","topic":"sport","data":{"goal":i},"req":10 + i}))
+            .await;
+    }
+    for (name, s) in [("a", &mut sa), ("b", &mut sb), ("c", &mut sc)] {
+        for i in 0..3 {
+            let v = s.recv_type("publication").await;
+            assert_eq!(
+                (&v["service"], &v["topic"], &v["data"]),
+                (&json!("news"), &json!("sport"), &json!({"goal": i})),
+                "reader-{name}"
+            );
+        }
+        if let Some(v) = s.try_recv(Duration::from_millis(300)).await {
+            panic!("reader-{name}: unexpected {v}");
+        }
+    }
+    // An unsubscribed reader on another hub hears nothing more.
+    sc.send(json!({"type":"unsubscribe","service":"news","topic":"sport","req":20}))
+        .await;
+    assert_eq!(sc.recv_type("ok").await["req"], 20);
+    sc.send(json!({"type":"unsubscribe","service":"news","topic":"sport","req":21}))
+        .await;
+    assert_eq!(sc.recv_type("error").await["code"], "not_subscribed");
+    p.send(json!({"type":"publish","topic":"sport","data":"late","req":30}))
+        .await;
+    assert_eq!(sb.recv_type("publication").await["data"], "late");
+    assert_eq!(sa.recv_type("publication").await["data"], "late");
+    if let Some(v) = sc.try_recv(Duration::from_millis(300)).await {
+        panic!("reader-c unsubscribed: unexpected {v}");
+    }
+    // The topic ends: every subscriber, on every hub, is told.
+    p.send(json!({"type":"destroy_topic","topic":"sport","req":31}))
+        .await;
+    for s in [&mut sa, &mut sb] {
+        let v = s.recv_type("topic_ended").await;
+        assert_eq!(
+            (&v["service"], &v["topic"]),
+            (&json!("news"), &json!("sport")),
+            "{v}"
+        );
+    }
+}

@@ -38,7 +38,7 @@ use dashmap::DashMap;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use peermesh_cluster::{Claim, Cluster, ClusterError, Event};
-use peermesh_proto::{ClientId, ErrorCode, RoomName, ServerFrame};
+use peermesh_proto::{ClientId, ErrorCode, RoomName, ServerFrame, ServiceName, TopicName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -47,7 +47,7 @@ pub(crate) use handoff::{Handoff, Migration, MAX_HANDOFF_BYTES};
 pub(crate) use relay::Relay;
 
 use crate::conn::conn_of;
-use crate::registry::Control;
+use crate::registry::{ConnShared, Control};
 use crate::router::Router;
 
 /// Messages waiting to be published.
@@ -61,6 +61,8 @@ pub(crate) const MAX_RELAYED_ACKS: usize = 1 << 20;
 /// How often the hub compares its clients and rooms with the cluster's registry and repairs
 /// what a NATS outage left behind (releases that failed, claims lost with the server's store).
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// Subjects every topic publication goes to.
+const TOPIC_SUBJECTS: &str = "peermesh.topic.>";
 /// Subjects every room emit goes to.
 const ROOM_SUBJECTS: &str = "peermesh.room.>";
 
@@ -158,6 +160,10 @@ pub(crate) struct Backplane {
     /// Rotates calls over the hubs that offer a service.
     next_pick: AtomicU64,
     max_calls_per_provider: u32,
+    /// This hub's subscribers to topics of other hubs' providers.
+    remote_subs: DashMap<(ServiceName, TopicName), HashMap<u64, Arc<ConnShared>>>,
+    /// The same, by connection (for its limit and its end).
+    subs_of: DashMap<u64, HashSet<(ServiceName, TopicName)>>,
     pub(crate) counters: ClusterCounters,
     pending: Mutex<Option<Pending>>,
 }
@@ -186,6 +192,21 @@ fn migrate_subject(node: &str) -> String {
 
 /// How long hub B waits for hub A to hand a session over.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn push_hex(s: &mut String, text: &str) {
+    use std::fmt::Write;
+    for b in text.as_bytes() {
+        let _ = write!(s, "{b:02x}");
+    }
+}
+
+fn topic_subject(service: &ServiceName, topic: &TopicName) -> String {
+    let mut s = String::from("peermesh.topic.");
+    push_hex(&mut s, service.as_str());
+    s.push('.');
+    push_hex(&mut s, topic.as_str());
+    s
+}
 
 fn room_subject(room: &RoomName) -> String {
     use std::fmt::Write;
@@ -226,6 +247,8 @@ impl Backplane {
             next_relayed_call: std::sync::atomic::AtomicU32::new(rand::random()),
             next_pick: AtomicU64::new(0),
             max_calls_per_provider,
+            remote_subs: DashMap::new(),
+            subs_of: DashMap::new(),
             counters: ClusterCounters::default(),
             pending: Mutex::new(Some(Pending {
                 out: out_rx,
@@ -269,6 +292,13 @@ impl Backplane {
                 op: "subscribe",
                 reason: e.to_string(),
             })?;
+        let topics = nats
+            .subscribe(TOPIC_SUBJECTS)
+            .await
+            .map_err(|e| ClusterError::Nats {
+                op: "subscribe",
+                reason: e.to_string(),
+            })?;
         let migrations = nats
             .subscribe(migrate_subject(&self.node))
             .await
@@ -288,6 +318,7 @@ impl Backplane {
         spawn(Box::pin(publish(self.clone(), nats, p.out)));
         spawn(Box::pin(inbound(self.clone(), router.clone(), direct)));
         spawn(Box::pin(inbound(self.clone(), router.clone(), rooms)));
+        spawn(Box::pin(inbound(self.clone(), router.clone(), topics)));
         for rx in p.ops {
             spawn(Box::pin(id_worker(self.clone(), router.clone(), rx)));
         }
@@ -484,6 +515,117 @@ impl Backplane {
             }
             keep
         });
+    }
+
+    /// Subscribes local connection `conn` to a topic of another hub's provider; `None` when
+    /// no other hub offers that topic (the local refusal stands).
+    pub(crate) fn subscribe_remote(
+        &self,
+        service: &ServiceName,
+        topic: &TopicName,
+        conn: &Arc<ConnShared>,
+        max: usize,
+    ) -> Option<Result<(), crate::services::Refusal>> {
+        if !self.cluster.topic_offered(service.as_str(), topic.as_str()) {
+            return None;
+        }
+        let key = (service.clone(), topic.clone());
+        let mut mine = self.subs_of.entry(conn.conn).or_default();
+        if mine.contains(&key) {
+            return Some(Ok(()));
+        }
+        if mine.len() + conn.subscriptions.lock().len() >= max {
+            return Some(Err((
+                ErrorCode::TooManySubscriptions,
+                format!("already subscribed to {max} topics (max_subscriptions_per_client)"),
+            )));
+        }
+        mine.insert(key.clone());
+        drop(mine);
+        self.remote_subs
+            .entry(key)
+            .or_default()
+            .insert(conn.conn, conn.clone());
+        Some(Ok(()))
+    }
+
+    /// Ends a subscription made by [`Backplane::subscribe_remote`]; false if there was none.
+    pub(crate) fn unsubscribe_remote(
+        &self,
+        service: &ServiceName,
+        topic: &TopicName,
+        conn: u64,
+    ) -> bool {
+        let key = (service.clone(), topic.clone());
+        let had = self
+            .subs_of
+            .get_mut(&conn)
+            .is_some_and(|mut s| s.remove(&key));
+        if had {
+            self.remote_subs.remove_if_mut(&key, |_, m| {
+                m.remove(&conn);
+                m.is_empty()
+            });
+        }
+        had
+    }
+
+    /// Ends every remote subscription of a connection that is going away.
+    pub(crate) fn unsubscribe_all(&self, conn: u64) {
+        if let Some((_, keys)) = self.subs_of.remove(&conn) {
+            for key in keys {
+                self.remote_subs.remove_if_mut(&key, |_, m| {
+                    m.remove(&conn);
+                    m.is_empty()
+                });
+            }
+        }
+    }
+
+    /// Publishes a local `publication` or `topic_ended` for the other hubs' subscribers.
+    pub(crate) fn topic(&self, frame: &ServerFrame) {
+        let subject = match frame {
+            ServerFrame::Publication(p) => topic_subject(&p.service, &p.topic),
+            ServerFrame::TopicEnded { service, topic, .. } => topic_subject(service, topic),
+            _ => return,
+        };
+        let msg = Relay::Topic {
+            origin: self.node.clone(),
+            frame: frame.clone(),
+        }
+        .encode();
+        self.enqueue(subject, msg);
+    }
+
+    /// Delivers another hub's `publication` or `topic_ended` to this hub's subscribers.
+    fn deliver_topic(&self, router: &Router, frame: &ServerFrame) {
+        let (key, ended) = match frame {
+            ServerFrame::Publication(p) => ((p.service.clone(), p.topic.clone()), false),
+            ServerFrame::TopicEnded { service, topic, .. } => {
+                ((service.clone(), topic.clone()), true)
+            }
+            _ => return,
+        };
+        let subs: Vec<Arc<ConnShared>> = if ended {
+            let Some((_, m)) = self.remote_subs.remove(&key) else {
+                return;
+            };
+            for c in m.keys() {
+                if let Some(mut s) = self.subs_of.get_mut(c) {
+                    s.remove(&key);
+                }
+            }
+            m.into_values().collect()
+        } else {
+            match self.remote_subs.get(&key) {
+                Some(m) => m.values().cloned().collect(),
+                None => return,
+            }
+        };
+        let mut shared = crate::router::Shared::new(frame);
+        for c in subs {
+            let _ = router.to_conn(&c, shared.body(c.encoding));
+        }
     }
 
     /// Which hub answers a call of `service.method`: `None` for this one, else another hub
@@ -837,6 +979,11 @@ fn handle(bp: &Backplane, router: &Router, r: Relay) {
             invoke: ServerFrame::Invoke(invoke),
         } => bp.take_call(router, origin, timeout_ms, invoke),
         Relay::Call { .. } => {}
+        Relay::Topic { origin, frame } => {
+            if origin != bp.node {
+                bp.deliver_topic(router, &frame);
+            }
+        }
         Relay::CallDone { outcome } => {
             let (call, ctrl) = match outcome {
                 ServerFrame::CallResult { req, payload } => (

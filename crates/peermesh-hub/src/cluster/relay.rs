@@ -8,6 +8,7 @@
 //!   4 room      origin: str, room: str                        MessagePack server frame
 //!   5 call      origin: str, timeout_ms: u64                  `invoke` frame (call = caller's id)
 //!   6 call done —                                             `result` or `error` (req = call id)
+//!   7 topic     origin: str                                   `publication` or `topic_ended`
 //! ```
 //!
 //! A `str` is a big-endian `u16` length and UTF-8 bytes; a frame is the rest of the message,
@@ -50,6 +51,8 @@ pub(crate) enum Relay {
     },
     /// The outcome of a relayed call: a `result` or an `error`, whose `req` is the call's id.
     CallDone { outcome: ServerFrame },
+    /// A `publication` to a topic of a provider of hub `origin`, or its `topic_ended`.
+    Topic { origin: String, frame: ServerFrame },
 }
 
 /// Why a relay message could not be read.
@@ -126,6 +129,11 @@ impl Relay {
                 out.put_u8(6);
                 put_frame(&mut out, outcome);
             }
+            Relay::Topic { origin, frame } => {
+                out.put_u8(7);
+                put_str(&mut out, origin);
+                put_frame(&mut out, frame);
+            }
         }
         out.freeze()
     }
@@ -195,6 +203,15 @@ impl Relay {
                     "a call outcome must be a result or an error with its call id",
                 )),
             },
+            7 => {
+                let origin = get_str(&mut b, "origin")?;
+                match get_frame(b)? {
+                    frame @ (ServerFrame::Publication(_) | ServerFrame::TopicEnded { .. }) => {
+                        Ok(Relay::Topic { origin, frame })
+                    }
+                    _ => Err(err("a topic message must be a publication or topic_ended")),
+                }
+            }
             k => Err(err(format!("unknown kind {k}"))),
         }
     }
@@ -301,6 +318,14 @@ mod tests {
                     req: 3 << 32 | 1,
                     payload: Payload::Json(serde_json::json!(3)),
                 },
+            },
+            Relay::Topic {
+                origin: "hub-a".into(),
+                frame: ServerFrame::Publication(peermesh_proto::Publication {
+                    service: peermesh_proto::ServiceName::new("news").expect("service"),
+                    topic: peermesh_proto::TopicName::new("sport").expect("topic"),
+                    payload: Payload::Json(serde_json::json!({"goal": 1})),
+                }),
             },
             Relay::CallDone {
                 outcome: ServerFrame::Error(peermesh_proto::ErrorFrame::new(
