@@ -68,6 +68,11 @@ pub(crate) struct Accept {
 
 /// Capacity of a connection's notice queue: enough for every pending ack and every watched
 /// target to report at once, plus slack.
+/// The close reason of a session drained by a hub shutting down in a cluster (at most 123
+/// bytes, the limit of a close frame).
+pub(crate) const DRAIN_HINT: &str =
+    "server shutting down: reconnect to another hub of the cluster and resume there";
+
 /// The connection number recorded for a contact on another hub of the cluster (real
 /// connection numbers start at 1).
 const REMOTE: u64 = 0;
@@ -580,6 +585,7 @@ impl PreHello {
             takeover: None,
             migration: None,
             migrated: false,
+            draining: false,
             rtt: RttProbe::default(),
             pending_joins: sessions,
             ws: Some(self.ws),
@@ -732,6 +738,8 @@ struct Session {
     migration: Option<Box<crate::cluster::Migration>>,
     /// The session moved to another hub: it ends here without telling anyone it left.
     migrated: bool,
+    /// The hub is shutting down in a cluster: the session waits to move to another hub.
+    draining: bool,
     /// Round-trip measurement by WebSocket pings.
     rtt: RttProbe,
     /// Sessions of the handshake, joined once the round-trip time is measured.
@@ -810,6 +818,10 @@ impl Session {
                         }
                         if self.migration.is_some() {
                             // The client resumed on another hub: this socket is stale.
+                            break;
+                        }
+                        if self.draining {
+                            self.close_for_drain().await;
                             break;
                         }
                     }
@@ -937,7 +949,7 @@ impl Session {
         // Streams do not survive a drop: the other ends learn it now.
         self.streams.close(&self.conn.client, std::iter::empty());
         // A session about to move to another hub is not away for anyone.
-        if self.migration.is_none() {
+        if self.migration.is_none() && !self.draining {
             self.announce(true);
             self.hub.router.sessions.set_away(&self.conn, true);
         }
@@ -977,6 +989,19 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Closes the socket of a draining session with the reconnect hint (a close frame carries
+    /// no `seq`, so the session's numbering stays whole for the move).
+    async fn close_for_drain(&mut self) {
+        let Some(mut ws) = self.ws.take() else {
+            return;
+        };
+        let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: writer::close_code(ErrorCode::ShuttingDown),
+            reason: DRAIN_HINT.into(),
+        }));
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.send(close)).await;
     }
 
     /// Hands this session to another hub of the cluster, where the client resumed: the id
@@ -2081,6 +2106,7 @@ impl Session {
                 }
             }
             Control::Ok { req } => self.ok(req),
+            Control::Drain => self.draining = true,
             Control::CallFailed {
                 call,
                 code,

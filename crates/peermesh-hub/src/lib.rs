@@ -84,6 +84,8 @@ pub(crate) struct HubInner {
     pub(crate) version_req: semver::VersionReq,
     pub(crate) next_conn: AtomicU64,
     pub(crate) shutdown: CancellationToken,
+    /// Stops the cluster backplane: after the shutdown has drained the sessions.
+    pub(crate) cluster_stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) started: Instant,
 }
@@ -164,12 +166,13 @@ impl Hub {
             version_req,
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
+            cluster_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             started: Instant::now(),
             config,
         });
         if let Some(bp) = &backplane {
-            bp.start(inner.router.clone(), inner.shutdown.clone())
+            bp.start(inner.router.clone(), inner.cluster_stop.clone())
                 .await?;
             info!(node = bp.node(), "hub joined the cluster");
         }
@@ -257,15 +260,30 @@ impl Hub {
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await;
         let conns = inner.registry().all_conns();
+        // In a cluster with other live hubs, resumable sessions are drained, not ended: their
+        // sockets close with a hint to reconnect to another hub, and the sessions wait here
+        // (until `shutdown_grace_ms`) to move there with nothing lost.
+        let drain = inner
+            .router
+            .cluster
+            .as_ref()
+            .is_some_and(|bp| bp.cluster().members().len() > 1);
         info!(
             clients = conns.len(),
-            "shutting down: closing every connection"
+            drain, "shutting down: closing every connection"
         );
+        let close_all = |conns: &[Arc<registry::ConnShared>]| {
+            for c in conns {
+                c.close(
+                    peermesh_proto::ErrorCode::ShuttingDown,
+                    "server shutting down",
+                );
+            }
+        };
         for c in &conns {
-            c.close(
-                peermesh_proto::ErrorCode::ShuttingDown,
-                "server shutting down",
-            );
+            if !(drain && c.resumable && c.control(registry::Control::Drain)) {
+                close_all(std::slice::from_ref(c));
+            }
         }
         inner.tasks.close();
         let grace = Duration::from_millis(inner.config.shutdown_grace_ms);
@@ -273,12 +291,20 @@ impl Hub {
             .await
             .is_err()
         {
-            tracing::warn!("some connections did not finish within the shutdown grace time");
+            // Sessions no client took to another hub end now.
+            close_all(&inner.registry().all_conns());
+            if tokio::time::timeout(Duration::from_secs(1), inner.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some connections did not finish within the shutdown grace time");
+            }
         }
         sampler.abort();
         if let Some(bp) = &inner.router.cluster {
             bp.leave().await;
         }
+        inner.cluster_stop.cancel();
         drop(builtin);
         served.map_err(HubError::Serve)
     }

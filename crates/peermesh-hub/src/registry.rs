@@ -66,6 +66,9 @@ pub(crate) enum Control {
     },
     /// A new socket resumes this connection's session.
     Resume(Box<Takeover>),
+    /// The hub is shutting down in a cluster: close the socket with a hint to reconnect to
+    /// another hub, and keep the session until it moves there.
+    Drain,
     /// Another hub of the cluster resumes this session: hand it over.
     Migrate(Box<crate::cluster::Migration>),
 }
