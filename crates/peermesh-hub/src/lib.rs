@@ -73,6 +73,22 @@ pub use services::ServiceStats;
 pub use sessions::SessionStats;
 
 use registry::Registry;
+
+/// Entry points for the fuzz targets (`fuzz/`); not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Fuzz target `cluster_message`: byte 0's low bit chooses the hub-to-hub envelope (even)
+    /// or a session handoff answer (odd) for the rest. Never panics on bad input; what decodes
+    /// must survive encode → decode (panics if not). Returns whether it decoded.
+    pub fn check_cluster_message(data: &[u8]) -> bool {
+        crate::cluster::check_message(data)
+    }
+
+    /// Seed inputs: one of each message kind.
+    pub fn cluster_seeds() -> Vec<Vec<u8>> {
+        crate::cluster::seeds()
+    }
+}
 use router::Router;
 
 /// State shared by every task of one hub.
