@@ -129,3 +129,44 @@ fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
     assert!(metrics.contains("peermesh_cluster_sent_total"), "{metrics}");
     drop(carol_again);
 }
+
+#[test]
+fn serve_with_an_unreachable_cluster_fails_with_the_fix_and_cluster_wait_joins_later() {
+    let port = peermesh_testkit::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let p = Proc::spawn(
+        "serve",
+        &["serve", "--listen", "127.0.0.1:0", "--cluster", &url],
+    );
+    let (lines, status) = p.finish_keep_stderr();
+    assert!(!status.0.success(), "{lines:?}");
+    assert!(
+        status.1.contains(&url) && status.1.contains("--cluster-wait"),
+        "the error names the server and the fix: {}",
+        status.1
+    );
+
+    // With --cluster-wait the hub waits for NATS, then serves.
+    let waiting = Proc::spawn(
+        "serve",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            &url,
+            "--node-name",
+            "late",
+            "--cluster-wait",
+            "30s",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _nats = NatsServer::start_on(port, true);
+    let first = waiting.line();
+    assert_eq!(
+        (&first["type"], &first["node"]),
+        (&json!("listening"), &json!("late")),
+        "{first}"
+    );
+}

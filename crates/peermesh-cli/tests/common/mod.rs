@@ -142,6 +142,20 @@ impl Proc {
         }
     }
 
+    /// Like [`Proc::finish`], also returning everything the process wrote to stderr.
+    pub fn finish_keep_stderr(self) -> (Vec<Value>, (ExitStatus, String)) {
+        let stderr = self.stderr.clone();
+        let (lines, status) = self.finish();
+        // The reader thread may still be copying the last bytes: wait for it briefly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut text = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        while text.is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+            text = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        }
+        (lines, (status, text))
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
