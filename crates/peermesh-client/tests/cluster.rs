@@ -3,37 +3,17 @@
 //! `nats-server -js`, the client's path to its hub through a fault proxy that cuts it.
 //! Every wait is bounded; nothing sleeps to synchronise.
 
-use std::future::IntoFuture;
+mod common;
+
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _, Result};
-use peermesh_client::{Client, ClientEvent, ClientOptions, EventStream, ReconnectPolicy};
+use anyhow::{Context as _, Result};
+use peermesh_client::{Client, ClientEvent, ClientOptions, ReconnectPolicy};
 use peermesh_hub::{Hub, HubConfig, HubHandle};
 use peermesh_testkit::{FaultProxy, NatsServer};
 use serde_json::json;
 
-const LIMIT: Duration = Duration::from_secs(15);
-
-async fn within<T>(fut: impl IntoFuture<Output = T>) -> Result<T> {
-    tokio::time::timeout(LIMIT, fut)
-        .await
-        .map_err(|_| anyhow!("no result within {LIMIT:?}"))
-}
-
-async fn wait_for<T>(
-    events: &mut EventStream,
-    mut want: impl FnMut(&ClientEvent) -> Option<T>,
-) -> Result<T> {
-    within(async {
-        while let Some(e) = events.recv().await {
-            if let Some(t) = want(&e) {
-                return Ok(t);
-            }
-        }
-        bail!("the event stream ended")
-    })
-    .await?
-}
+use common::{wait_for, within};
 
 async fn hub(nats: &NatsServer, name: &str) -> Result<(std::net::SocketAddr, HubHandle)> {
     let hub = Hub::bind(HubConfig {
@@ -74,7 +54,11 @@ async fn cut_off_from_its_hub_a_client_resumes_its_session_on_another_hub() -> R
     let via_proxy = format!("ws://{}/ws", proxy.addr());
     let b_url = format!("ws://{b_addr}/ws");
 
-    let bob = within(Client::connect(options(&[b_url.clone()], "bob"))).await??;
+    let bob = within(Client::connect(options(
+        std::slice::from_ref(&b_url),
+        "bob",
+    )))
+    .await??;
     within(bob.join("lobby")).await??;
     let alice = within(Client::connect(ClientOptions {
         rooms: vec!["lobby".into()],

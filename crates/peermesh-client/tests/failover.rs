@@ -3,39 +3,20 @@
 //! reconnects to the next one (a fresh session there: the hubs share nothing) and works there.
 //! Every wait is bounded; nothing sleeps to synchronise.
 
+mod common;
+
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use peermesh_client::{
-    Client, ClientEvent, ClientOptions, EventStream, Payload, ReconnectPolicy, ResumeRefusal,
+    Client, ClientEvent, ClientOptions, Payload, ReconnectPolicy, ResumeRefusal,
 };
 use peermesh_hub::{Hub, HubConfig, HubError, HubHandle};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-const LIMIT: Duration = Duration::from_secs(15);
-
-async fn within<T>(fut: impl IntoFuture<Output = T>) -> Result<T> {
-    tokio::time::timeout(LIMIT, fut)
-        .await
-        .map_err(|_| anyhow!("no result within {LIMIT:?}"))
-}
-
-async fn wait_for<T>(
-    events: &mut EventStream,
-    mut want: impl FnMut(&ClientEvent) -> Option<T>,
-) -> Result<T> {
-    within(async {
-        while let Some(e) = events.recv().await {
-            if let Some(t) = want(&e) {
-                return Ok(t);
-            }
-        }
-        bail!("the event stream ended")
-    })
-    .await?
-}
+use common::{wait_for, within};
 
 struct TestHub {
     url: String,

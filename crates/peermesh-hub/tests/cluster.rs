@@ -43,6 +43,33 @@ async fn hello(hub: &TestHub, id: &str) -> (Raw, Value) {
     (c, first)
 }
 
+/// Resumes `id`'s session on `hub` after `last` (the hub must say `welcome`, resumed).
+async fn resume_on(hub: &TestHub, id: &str, secret: &Value, last: u64) -> (Raw, Value) {
+    let mut c = Raw::connect(&hub.url("")).await;
+    let w = c
+        .hello(json!({"id": id, "resume": true, "secret": secret, "last_seq": last}))
+        .await;
+    assert_eq!(
+        (&w["type"], &w["resumed"]),
+        (&json!("welcome"), &json!(true)),
+        "{w}"
+    );
+    c.last_seq = last;
+    (c, w)
+}
+
+/// The `data` of the next `n` messages `c` receives (other frames skipped).
+async fn messages(c: &mut Raw, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let v = c.recv().await;
+        if v["type"] == "message" {
+            got.push(v["data"].clone());
+        }
+    }
+    got
+}
+
 /// Whether `id` is known as connected somewhere in the cluster, seen from `hub`: an emit to it
 /// is accepted (`ok`) rather than refused with `unknown_target`.
 async fn reachable(from: &mut Raw, id: &str, req: u64) -> bool {
@@ -355,26 +382,13 @@ async fn a_session_resumes_on_another_hub_without_loss_or_duplicates() {
             .await;
     }
     // She resumes on hub-c: everything after `last`, exactly once, numbered on from there.
-    let mut alice = Raw::connect(&c.url("")).await;
-    let w = alice
-        .hello(json!({"id":"alice","resume":true,"secret":secret,"last_seq":last}))
-        .await;
-    assert_eq!(
-        (&w["type"], &w["resumed"]),
-        (&json!("welcome"), &json!(true)),
-        "{w}"
-    );
+    let (mut alice, w) = resume_on(&c, "alice", &secret, last).await;
     assert_eq!(w["secret"], secret, "the same session");
     assert_eq!(w["rooms"], json!(["r"]), "{w}");
-    alice.last_seq = last;
-    let mut got = Vec::new();
-    while got.len() < 5 {
-        let v = alice.recv().await;
-        if v["type"] == "message" {
-            got.push(v["data"].clone());
-        }
-    }
-    assert_eq!(got, [json!(4), json!(5), json!(6), json!(7), json!(8)]);
+    assert_eq!(
+        messages(&mut alice, 5).await,
+        [4, 5, 6, 7, 8].map(|i| json!(i))
+    );
     // New traffic reaches her on hub-c, direct and in the room.
     bob.send(json!({"type":"emit","to":"alice","event":"n","data":9}))
         .await;
@@ -674,24 +688,8 @@ async fn a_hub_shutting_down_hands_its_clients_a_hint_and_their_sessions_move() 
             .await;
     }
     // She resumes on hub-c: nothing lost, nothing twice; no one heard she left.
-    let mut alice = Raw::connect(&c.url("")).await;
-    let w = alice
-        .hello(json!({"id":"alice","resume":true,"secret":secret,"last_seq":last}))
-        .await;
-    assert_eq!(
-        (&w["type"], &w["resumed"]),
-        (&json!("welcome"), &json!(true)),
-        "{w}"
-    );
-    alice.last_seq = last;
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        let v = alice.recv().await;
-        if v["type"] == "message" {
-            got.push(v["data"].clone());
-        }
-    }
-    assert_eq!(got, [json!(3), json!(4), json!(5)]);
+    let (mut alice, _) = resume_on(&c, "alice", &secret, last).await;
+    assert_eq!(messages(&mut alice, 3).await, [3, 4, 5].map(|i| json!(i)));
     while let Some(v) = bob.try_recv(Duration::from_millis(300)).await {
         assert!(
             v["type"] != "peer_left",
