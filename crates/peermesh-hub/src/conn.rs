@@ -621,6 +621,10 @@ impl PreHello {
                 }
             }
             info!(id = %id, replayed, "resumed a session handed over by another hub");
+            if let Some(bp) = &hub.router.cluster {
+                // Messages that came for the client while its session was on its way.
+                bp.arrived(&hub.router, &id);
+            }
             return Some(session);
         }
         for room in rooms {
@@ -629,6 +633,17 @@ impl PreHello {
         }
         Some(session)
     }
+}
+
+/// Bytes of WebSocket messages.
+fn kept_bytes<'a>(frames: impl Iterator<Item = &'a Message>) -> usize {
+    frames
+        .map(|f| match f {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Writes a resumed `welcome` (outside the sequence: `seq` 0) and then the frames the client
@@ -1021,20 +1036,10 @@ impl Session {
         let Some(r) = self.resume.as_ref() else {
             return refuse(m, ResumeRefusal::Expired);
         };
-        let last_written = self.framer.seq();
-        if m.last_seq < lost || m.last_seq > last_written {
+        if m.last_seq < lost || m.last_seq > self.framer.seq() {
             return refuse(m, ResumeRefusal::Overflow);
         }
-        let frames: Vec<Message> = r.after(m.last_seq).cloned().collect();
-        let bytes: usize = frames
-            .iter()
-            .map(|f| match f {
-                Message::Text(t) => t.len(),
-                Message::Binary(b) => b.len(),
-                _ => 0,
-            })
-            .sum();
-        if bytes > MAX_HANDOFF_BYTES || frames.len() as u64 != last_written - m.last_seq {
+        if kept_bytes(r.after(m.last_seq)) > MAX_HANDOFF_BYTES {
             return refuse(m, ResumeRefusal::Overflow);
         }
         let Some(bp) = self.hub.router.cluster.clone() else {
@@ -1042,6 +1047,35 @@ impl Session {
         };
         if !bp.transfer(&self.conn.client, &m.to).await {
             return refuse(m, ResumeRefusal::Expired);
+        }
+        // The id is the other hub's now: no frame may stay behind here. Closing the mailbox
+        // makes later deliveries fail here and go to the other hub; what it holds joins the
+        // handoff, numbered on.
+        self.migrated = true;
+        for out in self.conn.mailbox.close() {
+            if let Outbound::Frame(body) = out {
+                if let (Some(msg), Some(r)) = (self.framer.message(&body), self.resume.as_mut()) {
+                    r.hold(self.framer.seq(), msg);
+                }
+            }
+        }
+        self.conn.close(
+            ErrorCode::Replaced,
+            format!("the session resumed on hub {:?}", m.to),
+        );
+        let last_written = self.framer.seq();
+        let Some(r) = self.resume.as_ref() else {
+            refuse(m, ResumeRefusal::Expired);
+            return true;
+        };
+        let frames: Vec<Message> = r.after(m.last_seq).cloned().collect();
+        if kept_bytes(frames.iter()) > MAX_HANDOFF_BYTES
+            || frames.len() as u64 != last_written - m.last_seq
+        {
+            // Too much arrived meanwhile: the other hub starts a fresh session (the id is
+            // already there) and tells the client `resume_rejected`.
+            refuse(m, ResumeRefusal::Overflow);
+            return true;
         }
         let handoff = Handoff {
             last_written,
@@ -1052,11 +1086,6 @@ impl Session {
         };
         info!(id = %self.conn.client, to = %m.to, last_seq = m.last_seq, last_written, "session handed to another hub");
         let _ = m.reply.send(Ok(handoff));
-        self.migrated = true;
-        self.conn.close(
-            ErrorCode::Replaced,
-            format!("the session resumed on hub {:?}", m.to),
-        );
         true
     }
 

@@ -82,9 +82,10 @@ impl Router {
     ) -> Result<Target, RouteError> {
         match self.to_local_client(to, frame) {
             Ok(conn) => Ok(Target::Local(conn)),
-            Err(RouteError::UnknownTarget) => {
+            // Not here, or closing here because its session just moved to another hub.
+            Err(e) => {
                 let Some(bp) = &self.cluster else {
-                    return Err(RouteError::UnknownTarget);
+                    return Err(e);
                 };
                 match bp.locate(to) {
                     Remote::On(node) => {
@@ -94,10 +95,9 @@ impl Router {
                             Err(RouteError::TargetUnavailable)
                         }
                     }
-                    Remote::Nowhere => Err(RouteError::UnknownTarget),
+                    Remote::Nowhere => Err(e),
                 }
             }
-            Err(e) => Err(e),
         }
     }
 

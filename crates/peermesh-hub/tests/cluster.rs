@@ -702,3 +702,60 @@ async fn a_hub_shutting_down_hands_its_clients_a_hint_and_their_sessions_move() 
         .expect("task")
         .expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_under_a_steady_stream_loses_nothing_and_repeats_nothing() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let mut alice = Raw::connect(&a.url("")).await;
+    let w = alice.hello(json!({"id": "alice", "resume": true})).await;
+    let secret = w["secret"].clone();
+    let (mut bob, _) = b.join("bob").await;
+    until(
+        "alice visible from hub-b",
+        Duration::from_secs(5),
+        async || reachable(&mut bob, "alice", 1).await,
+    )
+    .await;
+    while alice.try_recv(Duration::from_millis(300)).await.is_some() {}
+    // bob sends 1..=300, one every 2 ms, while alice moves from hub-a to hub-c.
+    let sender = tokio::spawn(async move {
+        for i in 1..=300 {
+            bob.send(json!({"type":"emit","to":"alice","event":"n","data":i}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        bob
+    });
+    let mut got: Vec<i64> = Vec::new();
+    while got.len() < 80 {
+        let v = alice.recv().await;
+        if v["type"] == "message" {
+            got.push(v["data"].as_i64().unwrap_or_default());
+        }
+    }
+    let last = alice.last_seq;
+    drop(alice);
+    let (mut alice, _) = resume_on(&c, "alice", &secret, last).await;
+    while got.len() < 300 {
+        let v = alice.recv().await;
+        if v["type"] == "message" {
+            got.push(v["data"].as_i64().unwrap_or_default());
+        }
+    }
+    let mut bob = sender.await.expect("sender");
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 300, "no message lost or repeated: {got:?}");
+    assert_eq!(sorted, (1..=300).collect::<Vec<i64>>());
+    if let Some(v) = alice.try_recv(Duration::from_millis(300)).await {
+        panic!("nothing more: {v}");
+    }
+    let out_of_order = got.windows(2).filter(|w| w[0] > w[1]).count();
+    eprintln!("300 messages across the move, {out_of_order} out of order");
+    assert!(bob
+        .try_recv(Duration::from_millis(100))
+        .await
+        .is_none_or(|v| v["type"] != "peer_left"));
+}

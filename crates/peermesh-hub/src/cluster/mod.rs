@@ -125,6 +125,21 @@ struct RelayedCall {
     until: Instant,
 }
 
+/// Messages held for a client whose session is on its way here.
+#[derive(Debug)]
+struct Arriving {
+    since: Instant,
+    held: Vec<(String, ServerFrame)>,
+}
+
+/// How long messages are held for a session that does not arrive (its handshake failed).
+const ARRIVING_FOR: Duration = Duration::from_secs(10);
+
+/// Most clients whose sessions are on their way here at once.
+const MAX_ARRIVING: usize = 4096;
+/// Most messages held for one arriving client.
+const MAX_HELD: usize = 1024;
+
 /// Most calls from other hubs in flight at once on this hub's providers.
 pub(crate) const MAX_RELAYED_CALLS: usize = 1 << 20;
 
@@ -160,6 +175,9 @@ pub(crate) struct Backplane {
     /// Rotates calls over the hubs that offer a service.
     next_pick: AtomicU64,
     max_calls_per_provider: u32,
+    /// Direct messages for clients whose session is on its way here from another hub, held
+    /// until it arrives (at most [`MAX_ARRIVING`] clients, [`MAX_HELD`] messages each).
+    arriving: Mutex<HashMap<ClientId, Arriving>>,
     /// This hub's subscribers to topics of other hubs' providers.
     remote_subs: DashMap<(ServiceName, TopicName), HashMap<u64, Arc<ConnShared>>>,
     /// The same, by connection (for its limit and its end).
@@ -247,6 +265,7 @@ impl Backplane {
             next_relayed_call: std::sync::atomic::AtomicU32::new(rand::random()),
             next_pick: AtomicU64::new(0),
             max_calls_per_provider,
+            arriving: Mutex::new(HashMap::new()),
             remote_subs: DashMap::new(),
             subs_of: DashMap::new(),
             counters: ClusterCounters::default(),
@@ -508,6 +527,9 @@ impl Backplane {
     fn expire_acks(&self) {
         let now = Instant::now();
         self.relayed_acks.lock().retain(|_, a| a.until > now);
+        self.arriving
+            .lock()
+            .retain(|_, a| now.saturating_duration_since(a.since) < ARRIVING_FOR);
         self.relayed_calls.lock().retain(|_, c| {
             let keep = c.until > now;
             if !keep {
@@ -834,6 +856,31 @@ impl Backplane {
         let Ok(body) = serde_json::to_vec(&req) else {
             return Err(ResumeRefusal::Expired);
         };
+        {
+            let mut arriving = self.arriving.lock();
+            if arriving.len() < MAX_ARRIVING {
+                arriving.insert(
+                    id.clone(),
+                    Arriving {
+                        since: Instant::now(),
+                        held: Vec::new(),
+                    },
+                );
+            }
+        }
+        let answer = self.ask_handoff(node, body).await;
+        if answer.is_err() {
+            self.arriving.lock().remove(id);
+        }
+        answer
+    }
+
+    async fn ask_handoff(
+        &self,
+        node: &str,
+        body: Vec<u8>,
+    ) -> Result<Handoff, peermesh_proto::ResumeRefusal> {
+        use peermesh_proto::ResumeRefusal;
         let ask = self
             .cluster
             .nats()
@@ -855,6 +902,40 @@ impl Backplane {
                 debug!(node, "the session handoff timed out");
                 Err(ResumeRefusal::Expired)
             }
+        }
+    }
+
+    /// Holds a direct message for a client whose session is on its way here; false when no
+    /// session of that id is expected.
+    fn hold_arriving(&self, to: &ClientId, origin: &str, frame: &ServerFrame) -> bool {
+        let mut arriving = self.arriving.lock();
+        match arriving.get_mut(to) {
+            Some(a) if a.held.len() < MAX_HELD => {
+                a.held.push((origin.to_owned(), frame.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The session of `id` arrived (it is registered here): delivers what was held for it.
+    pub(crate) fn arrived(&self, router: &Router, id: &ClientId) {
+        let held = self
+            .arriving
+            .lock()
+            .remove(id)
+            .map(|a| a.held)
+            .unwrap_or_default();
+        for (origin, frame) in held {
+            handle(
+                self,
+                router,
+                Relay::Direct {
+                    origin,
+                    to: id.clone(),
+                    frame,
+                },
+            );
         }
     }
 
@@ -927,6 +1008,8 @@ fn handle(bp: &Backplane, router: &Router, r: Relay) {
             };
             let delivered = match router.to_local_client(&to, &frame) {
                 Ok(_) => true,
+                // Its session is on its way here from another hub: held until it arrives.
+                Err(_) if bp.hold_arriving(&to, &origin, &frame) => return,
                 // The client is gone from here or closing because its session just moved to
                 // another hub (the sender's hub did not know yet): pass the frame on, once,
                 // with its origin.
