@@ -549,6 +549,7 @@ impl Cluster {
     /// Records that client `id` of this node left `room` (unless another node holds the entry
     /// now).
     pub async fn leave_room(&self, room: &str, id: &str) -> Result<(), ClusterError> {
+        self.check_connected("record a room leave")?;
         free_key(
             &self.shared,
             Registry::Rooms,
@@ -614,6 +615,7 @@ impl Cluster {
 
     /// Releases `id` if this node holds it.
     pub async fn release(&self, id: &str) -> Result<(), ClusterError> {
+        self.check_connected("release an id")?;
         release_key(&self.shared, &key_of(id), &self.shared.cfg.node)
             .await
             .map(|_| ())

@@ -309,6 +309,7 @@ async fn hubs_keep_serving_local_traffic_while_nats_restarts_and_then_reconnect(
     let (mut alice, _) = a.join("alice").await;
     let (mut ann, _) = a.join("ann").await;
     let (_bob, _) = b.join("bob").await;
+    let (carl, _) = a.join("carl").await;
     until(
         "bob visible from hub-a",
         Duration::from_secs(5),
@@ -317,6 +318,8 @@ async fn hubs_keep_serving_local_traffic_while_nats_restarts_and_then_reconnect(
     .await;
 
     nats.kill();
+    // carl leaves while the registry is unreachable: his id cannot be released now.
+    drop(carl);
     // Local traffic carries on.
     for i in 0..20 {
         alice
@@ -343,6 +346,14 @@ async fn hubs_keep_serving_local_traffic_while_nats_restarts_and_then_reconnect(
         reachable(&mut alice, "bob", n).await
     })
     .await;
+    // Reconciling after the outage releases carl's id: he can connect to another hub.
+    let took = until(
+        "carl's id released by reconciling",
+        Duration::from_secs(15),
+        async || hello(&b, "carl").await.1["type"] == "welcome",
+    )
+    .await;
+    eprintln!("carl's id was free again {took:?} after NATS came back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
