@@ -216,17 +216,25 @@ async fn open_bucket(
     if let Ok(kv) = js.get_key_value(bucket).await {
         return Ok(kv);
     }
-    js.create_key_value(kv::Config {
-        bucket: bucket.to_owned(),
-        history: 1,
-        description: description.to_owned(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::NoJetStream {
-        url: cfg.url.clone(),
-        reason: e.to_string(),
-    })
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            description: description.to_owned(),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(kv) => Ok(kv),
+        // Several nodes starting at once: another one created the bucket first.
+        Err(e) => js
+            .get_key_value(bucket)
+            .await
+            .map_err(|_| ClusterError::NoJetStream {
+                url: cfg.url.clone(),
+                reason: e.to_string(),
+            }),
+    }
 }
 
 async fn connect(cfg: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
