@@ -7,7 +7,10 @@
 //! hub against a plain TCP relay; (f) RPC calls through the hub against Socket.IO's
 //! `emitWithAck` answered by a second client; (g) delivery under drops: clients behind fault
 //! proxies that reset them periodically, against Socket.IO with and without connection state
-//! recovery. `docs/benchmarks.md` explains the method and holds measured figures.
+//! recovery; (i) a cluster of hubs on its own nats-server: direct messages on one hub against
+//! across hubs, room fan-out spread over the hubs against one hub, and the time until a
+//! killed hub's ids are accepted elsewhere. `docs/benchmarks.md` explains the method and holds
+//! measured figures.
 //!
 //! ```text
 //!  run ──► for each scenario ──► for each server (peermesh, socket.io)
@@ -22,11 +25,12 @@
 //! - `client`: opening clients from several loopback source addresses.
 //! - `target`: spawning/attaching servers; RSS and CPU time from `/proc`.
 //! - `stats`: clock, measurement windows, histograms, error logs.
-//! - `direct`, `fanout`, `idle`, `stream`, `session`, `drops`: the scenarios.
+//! - `direct`, `fanout`, `idle`, `stream`, `session`, `drops`, `cluster`: the scenarios.
 //! - `report`: JSON and the summary table.
 //! - `progress`: indicatif bars.
 
 mod client;
+mod cluster;
 mod dialect;
 mod direct;
 mod drops;
@@ -47,6 +51,7 @@ use anyhow::bail;
 use peermesh_proto::Encoding;
 
 use client::ConnectOpts;
+use cluster::ClusterConfig;
 use dialect::Dialect;
 use direct::{DirectConfig, Flavor, Rate};
 use drops::DropsConfig;
@@ -59,7 +64,8 @@ use target::{Launch, Server};
 
 /// Arguments of `peermesh bench`.
 ///
-/// Measures a hub (a running one at URL, or one it spawns with --spawn) and, unless
+/// Measures a hub (a running one at URL, or one it spawns with --spawn; the cluster scenario
+/// always spawns its own) and, unless
 /// --no-reference, a Socket.IO 4 server (bench/socketio, started with node) through the same
 /// scenarios, then prints a table of both side by side. Every step is bounded in time
 /// (--warmup + --duration + --drain) and in count (--max-messages).
@@ -68,7 +74,8 @@ use target::{Launch, Server};
     peermesh bench --spawn\n  \
     peermesh bench --spawn --no-reference --scenarios fanout --members 2000\n  \
     peermesh bench --spawn --scenario drops --clients 2000 --duration 60s\n  \
-    peermesh bench ws://127.0.0.1:7070/ws --hub-pid 1234 --json\n\n\
+    peermesh bench ws://127.0.0.1:7070/ws --hub-pid 1234 --json\n  \
+    peermesh bench --scenarios cluster --cluster-rate 10000 --duration 10s\n\n\
 The drops scenario (not in the default list): every client reaches the server through a TCP \
 fault proxy of its own that resets the connection every --cut-every (each client at its own \
 phase) and refuses it for --down after each cut; one publisher on a direct connection sends \
@@ -78,10 +85,18 @@ clients run twice, against the default server (a reconnection is a new session) 
 one with connection state recovery (reconnect with pid and offset). Reported per server: \
 messages sent, delivered exactly once, lost, duplicated, out of order, cuts, reconnects, \
 resumed or not, latency of ordinary deliveries and of replays (messages sent while their \
-client was away), server RSS and CPU.")]
+client was away), server RSS and CPU.\n\n\
+The cluster scenario (not in the default list; needs nats-server): starts nats-server -js and \
+--cluster-hubs `peermesh serve --cluster` processes of --hub-bin, then measures direct-message \
+round trips with both ends of every pair on one hub against ends on different hubs (--pairs, \
+--cluster-rate, --duration [default 10s]), room fan-out of --cluster-senders to \
+--cluster-members spread over the hubs against all on one hub and against a hub without \
+--cluster (deliveries/s, hub CPU per delivery), and the time until --cluster-ids ids of a hub \
+killed with SIGKILL are accepted by another hub.")]
 pub(crate) struct BenchArgs {
-    /// WebSocket URL of a running hub, e.g. ws://127.0.0.1:7070/ws (or use --spawn).
-    #[arg(required_unless_present = "spawn", conflicts_with = "spawn")]
+    /// WebSocket URL of a running hub, e.g. ws://127.0.0.1:7070/ws (or use --spawn; not
+    /// needed when only the cluster scenario runs).
+    #[arg(conflicts_with = "spawn")]
     url: Option<String>,
 
     /// Start `peermesh serve --listen 127.0.0.1:0` as a child process, a fresh one per
@@ -111,7 +126,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
 
-    /// Scenarios to run, comma-separated: direct, fanout, idle, stream, rpc, session, drops.
+    /// Scenarios to run, comma-separated: direct, fanout, idle, stream, rpc, session, drops,
+    /// cluster.
     #[arg(
         long,
         alias = "scenario",
@@ -156,6 +172,32 @@ pub(crate) struct BenchArgs {
     /// Session scenario: objects in the late-join session.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     session_objects: usize,
+
+    /// Cluster scenario: hubs in the cluster.
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u8).range(2..=16))]
+    cluster_hubs: u8,
+
+    /// Cluster scenario: offered messages per second (both legs of every round trip) of the
+    /// same-hub and the cross-hub direct steps.
+    #[arg(long, default_value = "10000", value_parser = parse_fixed_rate, value_name = "RATE")]
+    cluster_rate: u64,
+
+    /// Cluster scenario: room members, spread round robin over the hubs (or all on one).
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    cluster_members: usize,
+
+    /// Cluster scenario: room senders (one per hub by default), sharing --fanout-window.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    cluster_senders: usize,
+
+    /// Cluster scenario: clients on the hub that is killed (their ids must be accepted by
+    /// another hub).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    cluster_ids: usize,
+
+    /// Cluster scenario: the nats-server executable (started with -js on a free port).
+    #[arg(long, default_value = "nats-server", value_name = "PATH")]
+    nats_server: PathBuf,
 
     /// Skip the Socket.IO reference server.
     #[arg(long)]
@@ -308,6 +350,9 @@ enum Scenario {
     /// periodically, one publisher sending to each by id; against Socket.IO without and with
     /// connection state recovery.
     Drops,
+    /// A cluster of hubs on a nats-server it starts: direct messages on one hub against
+    /// across hubs, fan-out spread against one hub, a killed hub's ids.
+    Cluster,
 }
 
 impl Scenario {
@@ -320,6 +365,7 @@ impl Scenario {
             Scenario::Rpc => "rpc",
             Scenario::Session => "session",
             Scenario::Drops => "drops",
+            Scenario::Cluster => "cluster",
         }
     }
 }
@@ -331,7 +377,14 @@ impl BenchArgs {
     }
 }
 
-/// Parses `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
+/// A rate flag that must be a number: `10000` or `10k`.
+fn parse_fixed_rate(s: &str) -> Result<u64, String> {
+    match Rate::parse(s)? {
+        Rate::Fixed(n) => Ok(n),
+        Rate::Max => Err("expected a number of messages per second, e.g. 10000 or 10k".into()),
+    }
+}
+
 /// A duration flag: `250ms`, `5s`, `2m`, or a bare number of seconds (0 to 24 h).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -375,10 +428,24 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Rpc,
         Scenario::Session,
         Scenario::Drops,
+        Scenario::Cluster,
     ]
     .into_iter()
     .filter(|s| args.scenarios.contains(s))
     .collect();
+    if args.url.is_none() && !args.spawn && scenarios.iter().any(|s| *s != Scenario::Cluster) {
+        bail!(
+            "give the URL of a running hub, or --spawn to start one (only the cluster scenario \
+             starts hubs by itself)"
+        );
+    }
+    let with_cluster = scenarios.contains(&Scenario::Cluster);
+    if with_cluster && (args.cluster_members == 0 || args.cluster_senders == 0) {
+        bail!("--cluster-members and --cluster-senders must be at least 1");
+    }
+    if with_cluster && (args.cluster_ids == 0 || args.pairs == 0) {
+        bail!("--cluster-ids and --pairs must be at least 1");
+    }
 
     let drops = scenarios.contains(&Scenario::Drops);
     if drops && args.clients == 0 {
@@ -391,7 +458,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--cut-every must be longer than 0");
     }
     // The most clients any selected scenario connects at once.
-    let most_clients = args.idle_conns.max(args.members) + 2 * args.pairs;
+    let cluster_clients = if with_cluster {
+        (args.cluster_members + args.cluster_senders)
+            .max(args.cluster_ids)
+            .max(2 * args.pairs)
+    } else {
+        0
+    };
+    let most_clients = (args.idle_conns.max(args.members) + 2 * args.pairs).max(cluster_clients);
     // Every connection is a file descriptor here, and in a spawned server (which inherits it);
     // a drops client also holds its proxy's listener and the proxy's two sockets.
     let drops_fds = if drops { 4 * args.clients } else { 0 };
@@ -405,36 +479,42 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Err(e) => eprintln!("warning: cannot raise the open-files limit: {e}"),
     }
 
-    let hub_launch = match (&args.url, args.spawn) {
-        (Some(url), _) => Launch::Running {
+    // How a hub is spawned: by --spawn, and by the cluster scenario (always).
+    let hub_bin = match &args.hub_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let mut hub_args = Vec::new();
+    if !args.no_hub_limits {
+        // Twice the clients: hubs of this version count the reader and writer tasks of
+        // a connection against the limit while accepting new ones.
+        let clients = 2 * most_clients.max(if drops { args.clients } else { 0 }) + 2048;
+        hub_args.extend([
+            format!("--max-clients={clients}"),
+            "--rate-per-sec=100000000".to_owned(),
+            "--rate-burst=100000000".to_owned(),
+        ]);
+    }
+    hub_args.extend(args.hub_args.iter().cloned());
+    let hub_launch = match &args.url {
+        Some(url) => Launch::Running {
             url: url.clone(),
             pid: args.hub_pid,
         },
-        (None, _) => {
-            let bin = match &args.hub_bin {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()?,
-            };
-            let mut hub_args = Vec::new();
-            if !args.no_hub_limits {
-                // Twice the clients: hubs of this version count the reader and writer tasks of
-                // a connection against the limit while accepting new ones.
-                let clients = 2 * most_clients.max(if drops { args.clients } else { 0 }) + 2048;
-                hub_args.extend([
-                    format!("--max-clients={clients}"),
-                    "--rate-per-sec=100000000".to_owned(),
-                    "--rate-burst=100000000".to_owned(),
-                ]);
-            }
-            hub_args.extend(args.hub_args.iter().cloned());
-            Launch::Hub {
-                bin,
-                args: hub_args,
-            }
-        }
+        None => Launch::Hub {
+            bin: hub_bin.clone(),
+            args: hub_args.clone(),
+        },
     };
     let sio_dir = target::socketio_dir(args.socketio_dir.as_deref());
-    let sio_launch = if args.no_reference {
+    // Only these scenarios run against Socket.IO too.
+    let with_reference = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Direct | Scenario::Fanout | Scenario::Idle | Scenario::Rpc | Scenario::Drops
+        )
+    });
+    let sio_launch = if args.no_reference || !with_reference {
         None
     } else if let Some(url) = &args.socketio_url {
         Some(Launch::Running {
@@ -485,12 +565,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             // Measured on the hub only (the relay, or its own rooms, is the reference).
             Scenario::Stream | Scenario::Session => 0,
             Scenario::Drops => 1,
+            // Measured once, on its own hubs.
+            Scenario::Cluster => 0,
         })
         .sum::<u64>()
         + u64::from(scenarios.contains(&Scenario::Stream))
         + u64::from(scenarios.contains(&Scenario::Session));
     // The drops scenario runs Socket.IO twice (without and with connection state recovery).
-    let extra_steps = u64::from(drops && sio_launch.is_some());
+    let extra_steps =
+        u64::from(drops && sio_launch.is_some()) + if with_cluster { cluster::STEPS } else { 0 };
     let progress = Progress::new(steps_per_side * sides + extra_steps, args.quiet);
     let clock = Clock::new();
 
@@ -515,6 +598,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         session: None,
         rpc: None,
         drops: None,
+        cluster: None,
         ratios: Default::default(),
         targets: Vec::new(),
     };
@@ -527,6 +611,40 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for scenario in scenarios {
         if scenario == Scenario::Drops {
             report.drops = Some(run_drops(&servers, &args, clock, &progress, &mut run_no).await);
+            continue;
+        }
+        if scenario == Scenario::Cluster {
+            run_no += 1;
+            let tag = format!("r{}x{run_no}-", std::process::id());
+            let cfg = ClusterConfig {
+                hubs: usize::from(args.cluster_hubs),
+                nats_server: args.nats_server.clone(),
+                hub_bin: hub_bin.clone(),
+                hub_args: hub_args.clone(),
+                encoding,
+                pairs: args.pairs,
+                rate: args.cluster_rate,
+                members: args.cluster_members,
+                senders: args.cluster_senders,
+                fanout_window: args.fanout_window,
+                ids: args.cluster_ids,
+                poll: Duration::from_millis(100),
+                release_timeout: Duration::from_secs(30),
+                payload: args.payload_bytes.max(dialect::STAMP_DIGITS),
+                warmup: args.warmup,
+                duration: args.duration.unwrap_or(Duration::from_secs(10)),
+                drain: args.drain,
+                max_messages: args.max_messages,
+                tasks: args.tasks,
+                concurrency: args.connect_concurrency,
+                source_ips: args.source_ips,
+                connect_timeout: args.connect_timeout,
+            };
+            let r = cluster::run(&cfg, clock, &progress, &tag).await;
+            if let Err(e) = &r {
+                progress.println(&format!("cluster failed: {e:#}"));
+            }
+            report.cluster = Some(Outcome::from_result(r));
             continue;
         }
         let mut outcomes = Vec::new();
@@ -575,7 +693,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             Scenario::Fanout => {
                 report.fanout = Some(side(ours, theirs, |r| match r {
-                    ScenarioResult::Fanout(v) => Some(v),
+                    ScenarioResult::Fanout(v) => Some(*v),
                     _ => None,
                 }))
             }
@@ -598,7 +716,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 })))
             }
             // Run above.
-            Scenario::Drops => {}
+            Scenario::Drops | Scenario::Cluster => {}
         }
     }
     progress.finish();
@@ -691,7 +809,7 @@ async fn run_drops(
 
 enum ScenarioResult {
     Direct(Vec<direct::DirectStep>),
-    Fanout(fanout::FanoutResult),
+    Fanout(Box<fanout::FanoutResult>),
     Idle(idle::IdleResult),
     Stream(stream::StreamResult),
     Session(session::SessionResult),
@@ -741,23 +859,32 @@ async fn run_scenario(
                 max_messages: args.max_messages,
                 tasks: args.tasks,
                 connect,
+                echo_shift: 0,
+                label: scenario.name().to_owned(),
             };
-            ScenarioResult::Direct(direct::run(server, &cfg, clock, progress, tag).await?)
+            ScenarioResult::Direct(
+                direct::run(&server.targets(), &cfg, clock, progress, tag).await?,
+            )
         }
         Scenario::Fanout => {
             let cfg = FanoutConfig {
                 members: args.members,
+                senders: 1,
+                room: fanout::ROOM.to_owned(),
                 window: args.fanout_window,
                 payload,
                 warmup: args.warmup,
                 duration: args.step_duration(),
                 drain: args.drain,
                 max_messages: args.max_messages,
+                settle: Duration::from_millis(300),
                 tasks: args.tasks,
                 concurrency: args.connect_concurrency,
                 connect,
             };
-            ScenarioResult::Fanout(fanout::run(server, &cfg, clock, progress, tag).await?)
+            ScenarioResult::Fanout(Box::new(
+                fanout::run(&server.targets(), &cfg, clock, progress, tag).await?,
+            ))
         }
         Scenario::Idle => {
             let cfg = IdleConfig {
@@ -802,7 +929,9 @@ async fn run_scenario(
             progress.step_done();
             ScenarioResult::Session(r)
         }
-        Scenario::Drops => bail!("internal: the drops scenario runs through run_drops"),
+        Scenario::Drops | Scenario::Cluster => {
+            bail!("internal: the drops and cluster scenarios run by themselves")
+        }
     })
 }
 

@@ -209,3 +209,105 @@ fn bench_drops_tiny_run_delivers_every_message_once_in_order() {
         .map(|c| c["met"].clone());
     assert_eq!(met, Some(Value::Bool(true)), "{report}");
 }
+
+/// The cluster scenario in miniature: its own nats-server and three hubs (and a hub without a
+/// cluster), a few pairs at a low rate for 300 ms in each layout, a small room in three
+/// layouts, and six ids on a hub killed with SIGKILL. The dead hub's ids take the cluster's `dead_after` (5 s) to be released, so
+/// this run lasts about 15 s. Needs `nats-server` (scripts/test.sh installs it).
+#[test]
+fn bench_cluster_tiny_run_covers_every_part() {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_peermesh"))
+        .args([
+            "bench",
+            "--json",
+            "--quiet",
+            // No hub URL and no --spawn: the cluster scenario starts its own hubs.
+            "--scenarios",
+            "cluster",
+            "--pairs",
+            "3",
+            "--cluster-rate",
+            "300",
+            "--warmup",
+            "100ms",
+            "--duration",
+            "300ms",
+            "--drain",
+            "2s",
+            "--cluster-members",
+            "9",
+            "--fanout-window",
+            "2",
+            "--cluster-ids",
+            "6",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run peermesh bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "the tiny cluster run took {:?}",
+        start.elapsed()
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stderr}"));
+    let c = &report["cluster"];
+    assert_eq!(c["hubs"], 3, "{report}");
+
+    // Direct messages in both layouts and on a hub without a cluster: everything echoed,
+    // round trips measured; only the cross-hub step went through NATS.
+    let d = &c["direct"];
+    assert_eq!(d["offered_msgs_per_s"], 300, "{c}");
+    for layout in ["single_hub", "same_hub", "cross_hub"] {
+        let step = &d[layout];
+        assert!(step["sent"].as_u64().unwrap_or(0) > 0, "{layout}: {d}");
+        assert_eq!(step["lost"], 0, "{layout}: {d}");
+        assert_eq!(step["errors"], 0, "{layout}: {d}");
+        assert!(
+            step["rtt"]["samples"].as_u64().unwrap_or(0) > 0,
+            "{layout}: {d}"
+        );
+    }
+    assert_eq!(d["same_hub_relayed"], 0, "{d}");
+    assert!(d["cross_hub_relayed"].as_u64().unwrap_or(0) > 0, "{d}");
+    assert!(d["p99_ratio"].as_f64().is_some(), "{d}");
+
+    // Fan-out in three layouts: every member got every room message; CPU per delivery known.
+    for layout in ["single_hub", "cluster_one_hub", "cluster_spread"] {
+        let f = &c["fanout"][layout];
+        assert_eq!(f["members"], 9, "{layout}: {c}");
+        assert_eq!(f["senders"], 3, "{layout}: {f}");
+        assert!(f["deliveries_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{f}");
+        assert_eq!(f["lost"], 0, "{layout}: {f}");
+        assert_eq!(f["errors"], 0, "{layout}: {f}");
+        assert!(f["server_cpu_us_per_delivery"].is_number(), "{f}");
+    }
+    assert_eq!(c["fanout"]["cluster_spread"]["hubs"], 3, "{c}");
+    assert_eq!(c["fanout"]["cluster_one_hub"]["hubs"], 1, "{c}");
+
+    // The killed hub's ids were all accepted by the others, after the cluster's dead_after.
+    let dead = &c["dead_hub"];
+    assert_eq!(dead["clients"], 6, "{dead}");
+    assert_eq!(dead["accepted"], 6, "{dead}");
+    assert_eq!(dead["errors"], 0, "{dead}");
+    let all = dead["all_s"].as_f64().unwrap_or(f64::MAX);
+    assert!((1.0..20.0).contains(&all), "{dead}");
+    assert!(dead["refused"].as_u64().unwrap_or(0) > 0, "{dead}");
+
+    let cluster_targets = report["targets"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter(|c| {
+                    c["target"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("cluster"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(cluster_targets, 3, "{report}");
+}

@@ -1,5 +1,6 @@
 //! A real `nats-server` (with JetStream) on a loopback port, for cluster tests.
 
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
+    program: OsString,
     port: u16,
     jetstream: bool,
     store: tempfile::TempDir,
@@ -32,19 +34,34 @@ impl NatsServer {
 
     /// Starts a server on `port`, with or without JetStream, and waits until it listens.
     pub fn start_on(port: u16, jetstream: bool) -> NatsServer {
-        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("a temp dir: {e}"));
+        NatsServer::try_start_on("nats-server", port, jetstream).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `program` (a `nats-server` executable) with JetStream on a free port and waits
+    /// until it listens; an error in words when it cannot run or does not listen within 10 s.
+    pub fn try_start(program: impl Into<OsString>) -> Result<NatsServer, String> {
+        NatsServer::try_start_on(program, free_port(), true)
+    }
+
+    fn try_start_on(
+        program: impl Into<OsString>,
+        port: u16,
+        jetstream: bool,
+    ) -> Result<NatsServer, String> {
+        let store = tempfile::tempdir().map_err(|e| format!("a temp dir for nats-server: {e}"))?;
         let mut s = NatsServer {
             child: None,
+            program: program.into(),
             port,
             jetstream,
             store,
         };
-        s.spawn();
-        s
+        s.spawn()?;
+        Ok(s)
     }
 
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("nats-server");
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new(&self.program);
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         if self.jetstream {
             cmd.arg("-js").arg("-sd").arg(self.store.path());
@@ -53,19 +70,36 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run nats-server ({e}); scripts/test.sh installs it (apt-get install -y nats-server)")
-            });
+            .map_err(|e| {
+                format!(
+                    "cannot run {} ({e}); scripts/test.sh installs it (apt-get install -y nats-server)",
+                    self.program.to_string_lossy()
+                )
+            })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on port {} within 10 s",
-                self.port
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(format!(
+                    "nats-server exited ({status}) before listening on port {}",
+                    self.port
+                ));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "nats-server did not listen on port {} within 10 s",
+                    self.port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -76,6 +110,11 @@ impl NatsServer {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id (`None` once killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The store directory (JetStream data survives a [`NatsServer::restart`]).
@@ -94,7 +133,7 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.spawn().unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

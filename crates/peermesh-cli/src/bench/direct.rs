@@ -16,6 +16,10 @@
 //! delivered as `result`; scenario (f)); against Socket.IO, the originator's `emitWithAck` reaches the echoer
 //! through the server, which answers through the ack. Rates and throughput then count calls.
 //!
+//! Against several hubs of a cluster ([`Targets`] with more than one endpoint), originator `a<i>`
+//! connects to hub `i mod n` and echoer `b<i>` to hub `(i + echo_shift) mod n`: a shift of 0
+//! keeps every pair on one hub, a shift of 1 puts the two ends of every pair on different hubs.
+//!
 //! A fixed-rate step sends on a schedule (open loop; the connections' schedules are spread over
 //! the period so they do not fire together). The `max` step keeps `window` messages in flight per
 //! originator (closed loop) and reports what the server sustains.
@@ -37,7 +41,7 @@ use super::stats::{
     measure, new_histogram, split_groups, Clock, ErrorLog, Latency, Rates, Recorder, Senders,
     Window,
 };
-use super::target::Server;
+use super::target::Targets;
 use super::ws::{WsConn, WsError};
 
 /// An offered load.
@@ -121,6 +125,11 @@ pub(crate) struct DirectConfig {
     pub(crate) tasks: usize,
     /// How connections are opened.
     pub(crate) connect: ConnectOpts,
+    /// Echoer `b<i>` connects `echo_shift` servers after its originator (round robin over
+    /// the targets' endpoints; meaningless with one server).
+    pub(crate) echo_shift: usize,
+    /// What the progress display calls the steps (`direct`, `rpc`, …).
+    pub(crate) label: String,
 }
 
 /// The figures of one step.
@@ -153,15 +162,15 @@ struct Originator {
     index: usize,
 }
 
-/// Runs every step against `server`.
+/// Runs every step against `targets`.
 pub(crate) async fn run(
-    server: &Server,
+    targets: &Targets,
     cfg: &DirectConfig,
     clock: Clock,
     progress: &Progress,
     tag: &str,
 ) -> anyhow::Result<Vec<DirectStep>> {
-    let dialect = server.endpoint.dialect;
+    let dialect = targets.dialect();
     let delivered = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(ErrorLog::default());
     let cancel = CancellationToken::new();
@@ -171,7 +180,8 @@ pub(crate) async fn run(
     let mut echoers = Vec::with_capacity(cfg.pairs);
     for i in 0..cfg.pairs {
         let id = format!("{tag}b{i}");
-        let mut conn = open(&server.endpoint, &id, 2 * i, 16 << 10, &cfg.connect)
+        let at = targets.endpoint(i, cfg.echo_shift);
+        let mut conn = open(at, &id, 2 * i, 16 << 10, &cfg.connect)
             .await
             .with_context(|| format!("opening echoer {id}"))?;
         if cfg.flavor == Flavor::Rpc {
@@ -189,9 +199,15 @@ pub(crate) async fn run(
     let mut originators = Vec::with_capacity(cfg.pairs);
     for i in 0..cfg.pairs {
         let id = format!("{tag}a{i}");
-        let conn = open(&server.endpoint, &id, 2 * i + 1, 16 << 10, &cfg.connect)
-            .await
-            .with_context(|| format!("opening originator {id}"))?;
+        let conn = open(
+            targets.endpoint(i, 0),
+            &id,
+            2 * i + 1,
+            16 << 10,
+            &cfg.connect,
+        )
+        .await
+        .with_context(|| format!("opening originator {id}"))?;
         let tpl = match (cfg.flavor, dialect) {
             (Flavor::Direct, _) => dialect.direct_template(&format!("{tag}b{i}"), cfg.payload),
             (Flavor::Rpc, Dialect::SocketIo) => {
@@ -228,9 +244,14 @@ pub(crate) async fn run(
     let mut groups = split_groups(originators, cfg.tasks);
     let mut steps = Vec::new();
     for &rate in &cfg.rates {
-        progress.set_step(&format!("{}: direct {}", dialect.label(), rate.label()));
+        progress.set_step(&format!(
+            "{}: {} {}",
+            dialect.label(),
+            cfg.label,
+            rate.label()
+        ));
         let bar = progress.timed(
-            &format!("direct {}", rate.label()),
+            &format!("{} {}", cfg.label, rate.label()),
             cfg.warmup + cfg.duration,
         );
         let errors_before = errors.count();
@@ -261,7 +282,7 @@ pub(crate) async fn run(
                 })
             })
             .collect();
-        let rates = measure(&window, &delivered, server, &senders).await;
+        let rates = measure(&window, &delivered, &targets.measured, &senders).await;
         let mut hist: Histogram<u64> = new_histogram();
         let (mut sent, mut received) = (0, 0);
         for h in handles {

@@ -414,7 +414,7 @@ pub(crate) async fn run(
     let bar = progress.timed("sending under drops", cfg.duration);
     let rss_before = server.rss_kib();
     let mut rss_peak = rss_before;
-    let first = Sample::take(&shared.delivered, server);
+    let first = Sample::take(&shared.delivered, &server.measured());
     let start = Instant::now();
     let end = start + cfg.duration;
     let templates: Vec<_> = (0..cfg.clients)
@@ -459,7 +459,7 @@ pub(crate) async fn run(
             _ = tokio::time::sleep(Duration::from_millis(500)) => sample_rss(&mut rss_peak),
         }
     }
-    let last = Sample::take(&shared.delivered, server);
+    let last = Sample::take(&shared.delivered, &server.measured());
     let sent_total = sent.load(Ordering::SeqCst);
     progress::done(&bar);
 

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::cluster::ClusterResult;
 use super::direct::DirectStep;
 use super::drops::DropsResult;
 use super::fanout::FanoutResult;
@@ -35,7 +36,7 @@ impl<T> Outcome<T> {
         }
     }
 
-    fn ok(&self) -> Option<&T> {
+    pub(crate) fn ok(&self) -> Option<&T> {
         match self {
             Outcome::Ok(v) => Some(v),
             Outcome::Failed { .. } => None,
@@ -151,6 +152,8 @@ pub(crate) struct Report {
     pub(crate) rpc: Option<Side<Vec<DirectStep>>>,
     /// Scenario (g): delivery under drops.
     pub(crate) drops: Option<DropsSides>,
+    /// Scenario (i): a cluster of hubs.
+    pub(crate) cluster: Option<Outcome<ClusterResult>>,
     /// Ratios.
     pub(crate) ratios: Ratios,
     /// The issue's targets.
@@ -296,6 +299,9 @@ impl Report {
                         && a.out_of_order == 0
                 }),
             });
+        }
+        if let Some(outcome) = &self.cluster {
+            cluster_checks(outcome.ok(), &mut checks);
         }
         self.ratios = r;
         self.targets = checks;
@@ -519,6 +525,9 @@ impl Report {
         if let Some(sides) = &self.drops {
             drops_table(&mut out, sides);
         }
+        if let Some(outcome) = &self.cluster {
+            cluster_table(&mut out, outcome);
+        }
         if !self.targets.is_empty() {
             out.push_str("\ntargets\n");
             for c in &self.targets {
@@ -725,6 +734,248 @@ fn drops_table(out: &mut String, sides: &DropsSides) {
         }
     }
     push_drops_failures(out, &servers);
+}
+
+/// The cluster scenario's targets.
+fn cluster_checks(c: Option<&ClusterResult>, checks: &mut Vec<Check>) {
+    let direct = c.map(|c| &c.direct);
+    let same = direct.and_then(|d| d.same_hub.ok());
+    let cross = direct.and_then(|d| d.cross_hub.ok());
+    checks.push(Check {
+        target: format!(
+            "cluster: cross-hub direct p99 <= 2x same-hub p99 at {} msgs/s",
+            direct.map_or("?".to_owned(), |d| thousands(d.offered_msgs_per_s as f64))
+        ),
+        measured: match (same, cross, direct.and_then(|d| d.p99_ratio)) {
+            (Some(s), Some(x), Some(r)) => format!(
+                "p99 {} cross vs {} same, {r}x",
+                fmt_us(x.rtt.p99_us),
+                fmt_us(s.rtt.p99_us)
+            ),
+            _ => "not measured".into(),
+        },
+        met: direct.and_then(|d| d.p99_ratio).map(|r| r <= 2.0),
+    });
+    let fanout = c.map(|c| &c.fanout);
+    let spread = fanout.and_then(|f| f.cluster_spread.ok());
+    let single = fanout.and_then(|f| f.single_hub.ok());
+    let ratio = fanout.and_then(|f| f.cpu_ratio);
+    checks.push(Check {
+        target: "cluster: fan-out hub CPU per delivery (members on every hub) <= 2x a single hub"
+            .into(),
+        measured: match (spread, single, ratio) {
+            (Some(a), Some(b), Some(r)) => format!(
+                "{} vs {} per delivery, {r}x",
+                fmt_cpu_us(a.server_cpu_us_per_delivery),
+                fmt_cpu_us(b.server_cpu_us_per_delivery)
+            ),
+            _ => "not measured".into(),
+        },
+        met: ratio.map(|r| r <= 2.0),
+    });
+    let dead = c.and_then(|c| c.dead_hub.ok());
+    checks.push(Check {
+        target: "cluster: a killed hub's ids accepted by another hub within 10 s".into(),
+        measured: dead.map_or("not measured".into(), |d| match d.all_s {
+            Some(s) => format!("all {} ids after {s:.2} s", d.clients),
+            None => format!("{} of {} ids accepted", d.accepted, d.clients),
+        }),
+        met: dead.map(|d| d.all_s.is_some_and(|s| s <= 10.0)),
+    });
+}
+
+/// The tables of the cluster scenario: direct messages, fan-out, a killed hub's ids.
+fn cluster_table(out: &mut String, outcome: &Outcome<ClusterResult>) {
+    let c = match outcome {
+        Outcome::Ok(c) => c,
+        Outcome::Failed { error } => {
+            out.push_str(&format!("\n(i) cluster: failed: {error}\n"));
+            return;
+        }
+    };
+    out.push_str(&format!(
+        "\n(i) cluster: {} hubs (`peermesh serve --cluster`) on one {} (-js), all on this \
+         machine; {} s per step; nats% = nats-server's CPU, apart from the hubs'\n",
+        c.hubs, c.nats_server, c.duration_s
+    ));
+    let d = &c.direct;
+    out.push_str(&format!(
+        "direct messages: {} pairs spread over the hubs, {} msgs/s offered (both legs); \
+         latency = round trip, timed by the originator (one clock); relayed = messages the \
+         hubs published to each other\n",
+        d.pairs,
+        thousands(d.offered_msgs_per_s as f64)
+    ));
+    let head = [
+        "pair ends",
+        "msgs/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "lost",
+        "relayed",
+        "hubs cpu%",
+        "nats%",
+        "gen%",
+        "others%",
+    ];
+    let mut rows = Vec::new();
+    for (name, step, relayed) in [
+        ("single hub, no cluster", &d.single_hub, None),
+        ("cluster, same hub", &d.same_hub, d.same_hub_relayed),
+        ("cluster, different hubs", &d.cross_hub, d.cross_hub_relayed),
+    ] {
+        match step {
+            Outcome::Ok(x) => rows.push(vec![
+                name.to_owned(),
+                thousands(x.msgs_per_s),
+                fmt_us(x.rtt.p50_us),
+                fmt_us(x.rtt.p99_us),
+                fmt_us(x.rtt.p999_us),
+                x.lost.to_string(),
+                relayed.map_or("-".to_owned(), |v| thousands(v as f64)),
+                pct(x.window.server_cpu_pct),
+                pct(x.window.broker_cpu_pct),
+                pct(x.window.generator_cpu_pct),
+                others([Some(&x.window)]),
+            ]),
+            Outcome::Failed { error } => {
+                let mut row = vec![name.to_owned(), format!("failed: {error}")];
+                row.extend(std::iter::repeat_n(String::new(), head.len() - 2));
+                rows.push(row);
+            }
+        }
+    }
+    for (name, ratio) in [
+        ("p99 different / same hub", d.p99_ratio),
+        (
+            "p99 different hubs / no cluster",
+            d.cross_vs_single_p99_ratio,
+        ),
+    ] {
+        if let Some(r) = ratio {
+            let mut row = vec![name.to_owned(), String::new(), String::new()];
+            row.push(format!("{r}x"));
+            row.extend(std::iter::repeat_n(String::new(), head.len() - 4));
+            rows.push(row);
+        }
+    }
+    out.push_str(&grid(&head, &rows, &[0]));
+    for (name, step) in [
+        ("single hub", &d.single_hub),
+        ("same hub", &d.same_hub),
+        ("different hubs", &d.cross_hub),
+    ] {
+        if let Some(x) = step.ok() {
+            if let Some(e) = &x.first_error {
+                out.push_str(&format!("  {name}: {} errors, first: {e}\n", x.errors));
+            }
+        }
+    }
+    let f = &c.fanout;
+    let shape = [&f.cluster_spread, &f.cluster_one_hub, &f.single_hub]
+        .into_iter()
+        .find_map(Outcome::ok);
+    out.push_str(&format!(
+        "room fan-out: {} members, {} senders, {} room messages in flight; CPU per delivery = \
+         user+system time of the hubs (summed) / deliveries\n",
+        shape.map_or("?".to_owned(), |x| x.members.to_string()),
+        shape.map_or("?".to_owned(), |x| x.senders.to_string()),
+        shape.map_or("?".to_owned(), |x| x.in_flight.to_string()),
+    ));
+    let head = [
+        "layout",
+        "deliveries/s",
+        "p50",
+        "p99",
+        "lost",
+        "hubs cpu%",
+        "nats%",
+        "hub CPU/delivery",
+        "+nats",
+        "gen%",
+        "others%",
+    ];
+    let mut rows = Vec::new();
+    let spread_name = format!("cluster, spread over {} hubs", c.hubs);
+    for (name, o) in [
+        ("single hub, no cluster", &f.single_hub),
+        ("cluster, all on hub 1", &f.cluster_one_hub),
+        (spread_name.as_str(), &f.cluster_spread),
+    ] {
+        match o {
+            Outcome::Ok(x) => rows.push(vec![
+                name.to_owned(),
+                thousands(x.deliveries_per_s),
+                fmt_us(x.latency.p50_us),
+                fmt_us(x.latency.p99_us),
+                x.lost.to_string(),
+                pct(x.window.server_cpu_pct),
+                pct(x.window.broker_cpu_pct),
+                fmt_cpu_us(x.server_cpu_us_per_delivery),
+                fmt_cpu_us(x.with_broker_cpu_us_per_delivery),
+                pct(x.window.generator_cpu_pct),
+                others([Some(&x.window)]),
+            ]),
+            Outcome::Failed { error } => {
+                let mut row = vec![name.to_owned(), format!("failed: {error}")];
+                row.extend(std::iter::repeat_n(String::new(), head.len() - 2));
+                rows.push(row);
+            }
+        }
+    }
+    if let Some(r) = f.cpu_ratio {
+        let mut row = vec!["CPU/delivery ratio, spread / single".to_owned()];
+        row.extend(std::iter::repeat_n(String::new(), 6));
+        row.push(format!("{r}x"));
+        row.extend(std::iter::repeat_n(String::new(), head.len() - 8));
+        rows.push(row);
+    }
+    out.push_str(&grid(&head, &rows, &[0]));
+    for (name, o) in [
+        ("single hub", &f.single_hub),
+        ("cluster, one hub", &f.cluster_one_hub),
+        ("cluster, spread", &f.cluster_spread),
+    ] {
+        if let Some(x) = o.ok() {
+            if let Some(e) = &x.first_error {
+                out.push_str(&format!("  {name}: {} errors, first: {e}\n", x.errors));
+            }
+        }
+    }
+    match &c.dead_hub {
+        Outcome::Failed { error } => out.push_str(&format!("  dead hub: failed: {error}\n")),
+        Outcome::Ok(d) => {
+            out.push_str(&format!(
+                "dead hub: {} clients on hub {}, kill -9; hellos with their ids to the other hubs \
+                 every {} ms until accepted; seconds from the kill\n",
+                d.clients, c.hubs, d.poll_ms
+            ));
+            let head = [
+                "clients", "accepted", "first", "half", "all", "hellos", "id_taken", "errors",
+            ];
+            let s = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} s"));
+            let rows = vec![vec![
+                d.clients.to_string(),
+                d.accepted.to_string(),
+                s(d.first_s),
+                s(d.median_s),
+                s(d.all_s),
+                thousands(d.hellos as f64),
+                thousands(d.refused as f64),
+                d.errors.to_string(),
+            ]];
+            out.push_str(&grid(&head, &rows, &[]));
+            if let Some(e) = &d.first_error {
+                out.push_str(&format!("  dead hub: first error: {e}\n"));
+            }
+        }
+    }
+}
+
+/// CPU microseconds per delivery, e.g. `1.23µs`.
+fn fmt_cpu_us(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.2}µs"))
 }
 
 fn push_drops_failures(out: &mut String, servers: &[(&str, Option<&Outcome<DropsResult>>)]) {

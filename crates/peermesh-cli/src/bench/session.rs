@@ -17,7 +17,7 @@ use peermesh_client::{Client, ClientOptions, Encoding, SessionMode, SessionUpdat
 use serde::Serialize;
 use serde_json::json;
 
-use super::target::Server;
+use super::target::{http_get, Server};
 
 /// Settings of the session scenario.
 #[derive(Debug, Clone)]
@@ -243,28 +243,11 @@ pub(crate) async fn run(server: &Server, cfg: &SessionConfig) -> anyhow::Result<
 
 /// The hub's `bytes_out` for a client, from `/status.json` (`None` if unreadable).
 async fn bytes_out(server: &Server, id: &str) -> Option<u64> {
-    let body = http_get(&server.endpoint.url.host, "/status.json")
-        .await
-        .ok()?;
+    let body = http_get(server.http_host(), "/status.json").await.ok()?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["client_list"]
         .as_array()?
         .iter()
         .find(|c| c["id"] == id)?["bytes_out"]
         .as_u64()
-}
-
-/// A plain HTTP/1.0 GET on loopback; the body.
-async fn http_get(host: &str, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(host).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default())
 }

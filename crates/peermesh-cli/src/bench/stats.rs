@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::target::{cpu_time, Server};
+use super::target::{cpu_time, Measured};
 
 /// The bench's time origin: timestamps in payloads are nanoseconds since it.
 #[derive(Debug, Clone, Copy)]
@@ -177,6 +177,7 @@ pub(crate) struct Sample {
     at: Instant,
     delivered: u64,
     server_cpu: Option<(Duration, Duration)>,
+    broker_cpu: Option<Duration>,
     own_cpu: Option<Duration>,
     machine: Option<MachineCpu>,
 }
@@ -208,11 +209,12 @@ fn machine_cpu() -> Option<MachineCpu> {
 
 impl Sample {
     /// Takes a snapshot.
-    pub(crate) fn take(delivered: &AtomicU64, server: &Server) -> Self {
+    pub(crate) fn take(delivered: &AtomicU64, measured: &Measured) -> Self {
         Self {
             at: Instant::now(),
             delivered: delivered.load(Ordering::SeqCst),
-            server_cpu: server.cpu_times(),
+            server_cpu: measured.server_cpu(),
+            broker_cpu: measured.broker_cpu(),
             own_cpu: cpu_time("self"),
             machine: machine_cpu(),
         }
@@ -233,9 +235,13 @@ impl Sample {
         let server_cpu_pct = pct(total(self.server_cpu), total(later.server_cpu));
         let server_sys_pct = pct(sys(self.server_cpu), sys(later.server_cpu));
         let generator_cpu_pct = pct(self.own_cpu, later.own_cpu);
+        let broker_cpu_pct = pct(self.broker_cpu, later.broker_cpu);
         let busy_pct = pct(self.machine.map(|m| m.busy), later.machine.map(|m| m.busy));
         let other_cpu_pct = busy_pct.map(|b| {
-            let other = b - server_cpu_pct.unwrap_or(0.0) - generator_cpu_pct.unwrap_or(0.0);
+            let other = b
+                - server_cpu_pct.unwrap_or(0.0)
+                - generator_cpu_pct.unwrap_or(0.0)
+                - broker_cpu_pct.unwrap_or(0.0);
             (other.max(0.0) * 10.0).round() / 10.0
         });
         Rates {
@@ -248,6 +254,7 @@ impl Sample {
             },
             server_cpu_pct,
             server_sys_pct,
+            broker_cpu_pct,
             generator_cpu_pct,
             other_cpu_pct,
             steal_pct: pct(
@@ -271,9 +278,14 @@ pub(crate) struct Rates {
     pub(crate) server_cpu_pct: Option<f64>,
     /// Part of `server_cpu_pct` spent in the kernel (system calls, TCP).
     pub(crate) server_sys_pct: Option<f64>,
+    /// CPU used by the message broker of a cluster (nats-server), in percent of one core;
+    /// absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) broker_cpu_pct: Option<f64>,
     /// CPU used by this load generator, in percent of one core.
     pub(crate) generator_cpu_pct: Option<f64>,
-    /// CPU used by every other process on the machine, in percent of one core: anything
+    /// CPU used by every other process on the machine (not the servers, the broker or the
+    /// generator), in percent of one core: anything
     /// far from 0 means the figures were disturbed.
     pub(crate) other_cpu_pct: Option<f64>,
     /// CPU time the hypervisor took from this machine, in percent of one core.
@@ -321,7 +333,7 @@ impl Senders {
 pub(crate) async fn measure(
     window: &Window,
     delivered: &AtomicU64,
-    server: &Server,
+    measured: &Measured,
     senders: &Senders,
 ) -> Rates {
     let done = senders.all_done.notified();
@@ -334,12 +346,12 @@ pub(crate) async fn measure(
             return Rates::default();
         }
     }
-    let first = Sample::take(delivered, server);
+    let first = Sample::take(delivered, measured);
     tokio::select! {
         _ = tokio::time::sleep_until(window.end.into()) => {}
         _ = &mut done => {}
     }
-    let last = Sample::take(delivered, server);
+    let last = Sample::take(delivered, measured);
     first.rates(&last)
 }
 

@@ -123,9 +123,33 @@ impl Server {
         self.pid.and_then(rss_kib)
     }
 
-    /// CPU time (user, system) the server has used so far.
-    pub(crate) fn cpu_times(&self) -> Option<(Duration, Duration)> {
-        self.pid.and_then(|p| cpu_times(&p.to_string()))
+    /// The processes a measurement window reads the CPU time of: this server.
+    pub(crate) fn measured(&self) -> Measured {
+        Measured {
+            servers: self.pid.into_iter().collect(),
+            broker: Vec::new(),
+        }
+    }
+
+    /// Where clients of a scenario connect (this server only), and whose CPU is read.
+    pub(crate) fn targets(&self) -> Targets {
+        Targets {
+            endpoints: vec![self.endpoint.clone()],
+            measured: self.measured(),
+        }
+    }
+
+    /// The address of the server's HTTP side (`/status.json`): the WebSocket's host.
+    pub(crate) fn http_host(&self) -> &str {
+        &self.endpoint.url.host
+    }
+
+    /// Kills a spawned server at once with SIGKILL, as a crash (no goodbye to anyone).
+    pub(crate) async fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        }
     }
 
     /// Stops a spawned server (no-op for an attached one).
@@ -142,6 +166,76 @@ impl Server {
             }
         }
     }
+}
+
+/// The processes whose CPU time a measurement window reads.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Measured {
+    /// The servers under test (several hubs of a cluster are summed).
+    pub(crate) servers: Vec<u32>,
+    /// A message broker they use (the cluster's nats-server), reported apart.
+    pub(crate) broker: Vec<u32>,
+}
+
+impl Measured {
+    /// User and system CPU time of the servers, summed (`None` when none can be read).
+    pub(crate) fn server_cpu(&self) -> Option<(Duration, Duration)> {
+        sum_cpu(&self.servers)
+    }
+
+    /// User + system CPU time of the broker (`None` without one).
+    pub(crate) fn broker_cpu(&self) -> Option<Duration> {
+        sum_cpu(&self.broker).map(|(u, s)| u + s)
+    }
+}
+
+fn sum_cpu(pids: &[u32]) -> Option<(Duration, Duration)> {
+    pids.iter()
+        .filter_map(|p| cpu_times(&p.to_string()))
+        .fold(None, |acc, (u, s)| {
+            let (au, as_) = acc.unwrap_or_default();
+            Some((au + u, as_ + s))
+        })
+}
+
+/// Where the clients of a scenario connect, and whose CPU time is measured: one server, or
+/// the hubs of a cluster (clients are spread over `endpoints` as the scenario says).
+#[derive(Debug, Clone)]
+pub(crate) struct Targets {
+    /// The servers' endpoints (all in the same dialect).
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// The processes measured.
+    pub(crate) measured: Measured,
+}
+
+impl Targets {
+    /// The protocol the servers speak.
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.endpoints
+            .first()
+            .map_or(Dialect::Peermesh(Encoding::Json), |e| e.dialect)
+    }
+
+    /// The endpoint of client number `i` when clients go round robin over the servers,
+    /// starting `shift` servers further.
+    pub(crate) fn endpoint(&self, i: usize, shift: usize) -> &Endpoint {
+        &self.endpoints[(i + shift) % self.endpoints.len()]
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body.
+pub(crate) async fn http_get(host: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
 }
 
 async fn spawn_and_read_line(
