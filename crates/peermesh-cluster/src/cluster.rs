@@ -240,8 +240,11 @@ async fn open_bucket(
 async fn connect(cfg: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
     let deadline = cfg.wait.map(|w| Instant::now() + w);
     loop {
+        // No echo: a hub never needs its own messages back (room emits and publications go to
+        // subjects it subscribes to as well; registry watches are deliveries of the server).
         let opts = async_nats::ConnectOptions::new()
             .name(format!("peermesh {}", cfg.node))
+            .no_echo()
             .connection_timeout(Duration::from_secs(2));
         match opts.connect(cfg.url.as_str()).await {
             Ok(c) => return Ok(c),

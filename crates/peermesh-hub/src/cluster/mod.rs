@@ -163,6 +163,8 @@ pub(crate) struct Backplane {
     cluster: Cluster,
     node: String,
     out: mpsc::Sender<(String, Bytes)>,
+    /// Messages in `out` or being published by the publisher task.
+    queued: Arc<AtomicU64>,
     ops: Vec<mpsc::Sender<Op>>,
     /// Local connections that sent to a client of another hub, told when its id is released.
     remote_watchers: DashMap<ClientId, HashSet<u64>>,
@@ -257,6 +259,7 @@ impl Backplane {
             node: cluster.node().to_owned(),
             cluster,
             out,
+            queued: Arc::new(AtomicU64::new(0)),
             ops,
             remote_watchers: DashMap::new(),
             relayed_acks: Mutex::new(HashMap::new()),
@@ -353,8 +356,29 @@ impl Backplane {
         Ok(())
     }
 
+    /// Publishes a message: straight into the NATS client when nothing of this hub waits in
+    /// the queue (one task hop less), else behind what waits, so messages leave in order.
     fn enqueue(&self, subject: String, msg: Bytes) -> bool {
+        use futures_util::FutureExt;
         let len = msg.len() as u64;
+        if self.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            let now = self
+                .cluster
+                .nats()
+                .publish(subject.clone(), msg.clone())
+                .now_or_never();
+            if let Some(done) = now {
+                if done.is_err() {
+                    self.counters.dropped.fetch_add(1, Relaxed);
+                    return false;
+                }
+                self.counters.sent.fetch_add(1, Relaxed);
+                self.counters.sent_bytes.fetch_add(len, Relaxed);
+                return true;
+            }
+        }
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         match self.out.try_send((subject, msg)) {
             Ok(()) => {
                 self.counters.sent.fetch_add(1, Relaxed);
@@ -362,6 +386,8 @@ impl Backplane {
                 true
             }
             Err(_) => {
+                self.queued
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 self.counters.dropped.fetch_add(1, Relaxed);
                 false
             }
@@ -772,6 +798,7 @@ impl Backplane {
                     payload: invoke.payload,
                 };
                 let out = self.out.clone();
+                let queued = self.queued.clone();
                 let subject = node_subject(&origin);
                 let wait = Duration::from_millis(timeout_ms);
                 tokio::spawn(async move {
@@ -786,7 +813,13 @@ impl Backplane {
                             Some(call),
                         )),
                     };
-                    let _ = out.try_send((subject, Relay::CallDone { outcome }.encode()));
+                    queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    if out
+                        .try_send((subject, Relay::CallDone { outcome }.encode()))
+                        .is_err()
+                    {
+                        queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    }
                 });
             }
             Ok(Route::Client(provider)) => {
@@ -971,6 +1004,7 @@ async fn publish(
             bp.counters.dropped.fetch_add(1, Relaxed);
             debug!(error = %e, "a cluster message was not published");
         }
+        bp.queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
