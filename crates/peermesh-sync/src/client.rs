@@ -812,7 +812,12 @@ impl<W: World> Client<W> {
             let host_now = self
                 .host_tick_now(now)
                 .map_or(tick, |h| h.max(0.0).ceil() as u64);
-            let target = host_now.max(tick).saturating_add(self.lead_ticks());
+            // At most the predicted ticks kept: a host tick claimed far ahead (a broken or
+            // hostile datagram) must not make the client step, record and allocate without end.
+            let target = host_now
+                .max(tick)
+                .saturating_add(self.lead_ticks())
+                .min(tick.saturating_add(PREDICTED_KEPT as u64));
             let peer = self.peer.unwrap_or(PeerId::HOST);
             for t in tick.saturating_add(1)..target {
                 self.world.step(t, &[]);
