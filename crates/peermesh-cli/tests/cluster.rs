@@ -1,11 +1,13 @@
 //! Three `peermesh serve --cluster` processes on a real `nats-server -js`, with `peermesh
 //! connect` clients: messages and rooms across hubs, the cluster on `/status.json` and
-//! `/metrics`, and `kill -9` of a hub (its ids and room members released within 10 s).
+//! `/metrics`, and `kill -9` of a hub (its ids and room members released within 10 s); pipes
+//! (streams) between clients of different hubs, and what `kill -9` of a hub does to them.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::side::{collect, feed, Gen, Side};
 use common::{http_get, Proc};
 use peermesh_testkit::NatsServer;
 use serde_json::{json, Value};
@@ -169,4 +171,53 @@ fn serve_with_an_unreachable_cluster_fails_with_the_fix_and_cluster_wait_joins_l
         (&json!("listening"), &json!("late")),
         "{first}"
     );
+}
+
+#[test]
+fn pipes_cross_hubs_and_a_killed_hub_ends_its_streams_with_peer_left() {
+    let nats = NatsServer::start();
+    let (_a, a_addr, a_ws) = hub(&nats, "hub-a");
+    let (_b, _b_addr, b_ws) = hub(&nats, "hub-b");
+    let (mut c, _c_addr, c_ws) = hub(&nats, "hub-c");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes(&a_addr).len() < 3 {
+        assert!(Instant::now() < deadline, "hub-a sees {:?}", nodes(&a_addr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 3 MiB one way, 15 KB the other, between processes on hub-a and hub-b.
+    let mut bob = Side::spawn(&b_ws, &["--id", "bob", "--accept-pipe"]);
+    bob.wait_for("\"type\":\"connected\"");
+    let mut alice = Side::spawn(&a_ws, &["--id", "alice", "--pipe", "bob"]);
+    let mut to_bob = vec![0u8; 3 << 20];
+    Gen(7).fill(&mut to_bob);
+    let to_alice = b"thanks, got it\n".repeat(1000);
+    let w1 = feed(&mut alice, to_bob.clone());
+    let w2 = feed(&mut bob, to_alice.clone());
+    let at_bob = collect(&mut bob);
+    let at_alice = collect(&mut alice);
+    assert_eq!(alice.exit_code(), 0, "alice's stderr:\n{}", alice.stderr());
+    assert_eq!(bob.exit_code(), 0, "bob's stderr:\n{}", bob.stderr());
+    w1.join().expect("writer");
+    w2.join().expect("writer");
+    assert!(
+        at_bob.join().expect("reader") == to_bob,
+        "bob's stdout is exactly alice's stdin, across two hubs"
+    );
+    assert_eq!(at_alice.join().expect("reader"), to_alice);
+
+    // A pipe to a client of hub-c, then kill -9 of hub-c: the other end learns peer_left
+    // once the cluster declares hub-c dead.
+    let carol = Side::spawn(&c_ws, &["--id", "carol", "--accept-pipe"]);
+    carol.wait_for("\"type\":\"connected\"");
+    let mut dave = Side::spawn(&a_ws, &["--id", "dave", "--pipe", "carol"]);
+    dave.wait_for("\"type\":\"stream\"");
+    c.kill();
+    let killed = Instant::now();
+    assert_eq!(dave.exit_code(), 1, "dave's stderr:\n{}", dave.stderr());
+    let took = killed.elapsed();
+    assert!(dave.stderr().contains("peer_left"), "{}", dave.stderr());
+    eprintln!("the stream's other end learned peer_left {took:?} after kill -9 of its hub");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(carol);
 }

@@ -9,7 +9,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -135,6 +135,8 @@ struct Shared {
     services: Mutex<(Services, Services)>,
     /// Set by [`Cluster::leave`]: no more heartbeats.
     left: std::sync::atomic::AtomicBool,
+    /// Counts the moments messages to or from NATS may have been lost.
+    interruptions: Arc<watch::Sender<u64>>,
 }
 
 /// A node of a cluster; see the [crate docs](crate). Dropping it stops its heartbeats (the
@@ -237,15 +239,30 @@ async fn open_bucket(
     }
 }
 
-async fn connect(cfg: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+async fn connect(
+    cfg: &ClusterConfig,
+    interruptions: &Arc<watch::Sender<u64>>,
+) -> Result<async_nats::Client, ClusterError> {
     let deadline = cfg.wait.map(|w| Instant::now() + w);
     loop {
         // No echo: a hub never needs its own messages back (room emits and publications go to
         // subjects it subscribes to as well; registry watches are deliveries of the server).
+        let counter = interruptions.clone();
         let opts = async_nats::ConnectOptions::new()
             .name(format!("peermesh {}", cfg.node))
             .no_echo()
-            .connection_timeout(Duration::from_secs(2));
+            .connection_timeout(Duration::from_secs(2))
+            .event_callback(move |event| {
+                // Messages may have been lost on the way: a lost connection drops what was
+                // buffered, a slow consumer drops what did not fit.
+                if matches!(
+                    event,
+                    async_nats::Event::Disconnected | async_nats::Event::SlowConsumer(_)
+                ) {
+                    counter.send_modify(|n| *n += 1);
+                }
+                async {}
+            });
         match opts.connect(cfg.url.as_str()).await {
             Ok(c) => return Ok(c),
             Err(e) => {
@@ -268,7 +285,8 @@ impl Cluster {
     /// starts the heartbeats, the member table and the reaper.
     pub async fn join(cfg: ClusterConfig) -> Result<Cluster, ClusterError> {
         cfg.validate()?;
-        let client = connect(&cfg).await?;
+        let interruptions = Arc::new(watch::Sender::new(0));
+        let client = connect(&cfg, &interruptions).await?;
         let js = async_nats::jetstream::new(client.clone());
         let kv = open_bucket(
             &js,
@@ -297,6 +315,7 @@ impl Cluster {
             started: Instant::now(),
             left: std::sync::atomic::AtomicBool::new(false),
             services: Mutex::new((Services::new(), Services::new())),
+            interruptions,
         });
         let mut tasks = Vec::new();
         // Listen to heartbeats before sending ours, and long enough to hear every live node.
@@ -338,6 +357,23 @@ impl Cluster {
     /// Reports this node's client count (sent with the next heartbeats).
     pub fn set_clients(&self, n: u64) {
         self.shared.clients.store(n, Relaxed);
+    }
+
+    /// Counts the moments when messages between this node and NATS may have been lost (the
+    /// connection dropped, or a subscription overflowed): whoever relies on every message
+    /// arriving (a stream across nodes) learns it here.
+    pub fn interruptions(&self) -> watch::Receiver<u64> {
+        self.shared.interruptions.subscribe()
+    }
+
+    /// Whether `node` is a live member of the cluster (this node included).
+    pub fn is_member(&self, node: &str) -> bool {
+        node == self.shared.cfg.node
+            || self
+                .shared
+                .state
+                .lock()
+                .is_ok_and(|st| st.members.contains_key(node))
     }
 
     /// Ids of dead nodes this node released so far.

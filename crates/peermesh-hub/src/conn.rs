@@ -577,6 +577,14 @@ impl PreHello {
                 cfg.max_stream_window_bytes,
                 cfg.stream_open_timeout(),
                 hub.router.metrics.clone(),
+                hub.router
+                    .cluster
+                    .clone()
+                    .map(|bp| crate::streams::Relayer {
+                        bp,
+                        client: id.clone(),
+                        conn: conn_no,
+                    }),
             ),
             last_seen: now,
             rate_notice: None,
@@ -1143,11 +1151,8 @@ impl Session {
                 // A stream offered to an away client is refused at once; other stream items
                 // belong to streams reset at the drop.
                 Outbound::Stream(StreamItem::Incoming(inc)) => {
-                    let _ = inc.opener.mailbox.push_stream(StreamItem::Reset {
-                        stream: inc.opener_stream,
-                        code: ErrorCode::PeerLeft,
-                        reason: format!("{} is away", self.conn.client).into(),
-                    });
+                    let reason = format!("{} is away", self.conn.client).into();
+                    self.streams.refuse(*inc, ErrorCode::PeerLeft, reason);
                 }
                 Outbound::Stream(_) => {}
             }
@@ -1716,7 +1721,20 @@ impl Session {
                 }
             }
             ClientFrame::StreamOpen(open) => {
-                let target = self.hub.registry().client(&open.to);
+                use crate::streams::Target;
+                let target = match self.hub.registry().client(&open.to) {
+                    Some(c) => Target::Local(c),
+                    None => match self
+                        .hub
+                        .router
+                        .cluster
+                        .as_ref()
+                        .map(|bp| bp.locate(&open.to))
+                    {
+                        Some(crate::cluster::Remote::On(node)) => Target::Remote(node),
+                        _ => Target::Nowhere,
+                    },
+                };
                 let outcome = self.streams.open(&self.conn, target, open, now);
                 self.stream_outcome(0, outcome);
             }
@@ -2160,6 +2178,27 @@ impl Session {
             Control::Resume(t) => {
                 // A newer takeover wins; an older socket waiting here is dropped.
                 self.takeover = Some(t);
+            }
+            Control::StreamPeerGone { id, node } => {
+                let why = format!("{id} disconnected: its hub {node:?} left the cluster");
+                let frames = self.streams.reset_remote(
+                    |r| r.client == id && r.node == node,
+                    ErrorCode::PeerLeft,
+                    &why,
+                );
+                for f in frames {
+                    self.send(&f);
+                }
+            }
+            Control::StreamsInterrupted => {
+                let why = "the link between this hub and the cluster was interrupted, so data \
+                           of this stream to or from another hub may be lost; open it again";
+                let frames =
+                    self.streams
+                        .reset_remote(|_| true, ErrorCode::ClusterUnavailable, why);
+                for f in frames {
+                    self.send(&f);
+                }
             }
             Control::PeerGone { id, conn } => {
                 for req in self.acks.fail_target(&id) {

@@ -71,6 +71,12 @@ pub(crate) enum Control {
     Drain,
     /// Another hub of the cluster resumes this session: hand it over.
     Migrate(Box<crate::cluster::Migration>),
+    /// Client `id` of hub `node`, the other end of streams of this connection, is gone with
+    /// its hub.
+    StreamPeerGone { id: ClientId, node: String },
+    /// Messages between this hub and the cluster may have been lost: streams with an end on
+    /// another hub are reset.
+    StreamsInterrupted,
 }
 
 /// A socket that resumes a session: handed from the handshake to the session's task.

@@ -25,6 +25,16 @@
 //! (it may have crossed a reset on the wire), one naming an id never allocated is
 //! `unknown_stream`.
 //!
+//! In a cluster the other end may be a connection of another hub ([`Peer::Remote`]): what
+//! one end tells the other then crosses NATS as a relayed stream item (`cluster::relay`),
+//! addressed by the other end's client id, connection number and stream id, and the
+//! receiving hub puts it in the same mailbox FIFO as a local end would. The opener picks
+//! only its own id; the target's hub picks the target's, and the opener learns it with the
+//! acceptance (a reset before that names the opener's id, and the target's task finds the
+//! stream by it). Credit travels as the bytes granted. Flow control is end to end: the
+//! sender's hub checks every data frame against the credit the receiver granted across the
+//! hubs, so what waits in NATS and in the receiving hub is bounded by the window as well.
+//!
 //! Bounds: a stream's data queued in a mailbox is at most the credit its receiver granted
 //! (≤ `max_stream_window_bytes`); credits are coalesced in the shared [`Link`] so at most one
 //! credit item per stream waits in a mailbox; each stream sends at most one `Incoming`,
@@ -40,8 +50,78 @@ use peermesh_proto::{
     ClientId, EncodedBody, ErrorCode, ErrorFrame, ServerFrame, StreamOpen, StreamRequest,
 };
 
+use crate::cluster::relay::{StreamMsg, StreamWire};
+use crate::cluster::Backplane;
 use crate::metrics::Metrics;
 use crate::registry::ConnShared;
+
+/// The other end of a stream.
+#[derive(Debug)]
+pub(crate) enum Peer {
+    /// A connection of this hub.
+    Local(Arc<ConnShared>),
+    /// A connection of another hub of the cluster.
+    Remote(Box<RemoteEnd>),
+}
+
+/// The end of a stream on another hub.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RemoteEnd {
+    /// Its hub.
+    pub(crate) node: String,
+    pub(crate) client: ClientId,
+    /// Its connection number on that hub; 0 until the target accepts the stream.
+    pub(crate) conn: u64,
+}
+
+/// Where a `stream_open` goes.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// No client with that id is connected anywhere.
+    Nowhere,
+    Local(Arc<ConnShared>),
+    /// A client of hub `node`.
+    Remote(String),
+}
+
+/// What this connection needs to relay stream items to another hub: the backplane and its
+/// own address there.
+#[derive(Debug, Clone)]
+pub(crate) struct Relayer {
+    pub(crate) bp: Arc<Backplane>,
+    pub(crate) client: ClientId,
+    pub(crate) conn: u64,
+}
+
+impl Relayer {
+    /// Sends `item` about our stream `ours` to the remote end; false when the queue to NATS
+    /// is full.
+    fn send(&self, to: &RemoteEnd, peer_stream: u64, ours: u64, item: StreamWire) -> bool {
+        self.bp.stream(
+            &to.node,
+            StreamMsg {
+                to: to.client.clone(),
+                conn: to.conn,
+                stream: peer_stream,
+                origin: self.bp.node().to_owned(),
+                from: self.client.clone(),
+                from_conn: self.conn,
+                from_stream: ours,
+                item,
+            },
+        )
+    }
+}
+
+/// What one end of a stream tells the other.
+#[derive(Debug)]
+enum Say {
+    Accepted { window: u64 },
+    Credit { bytes: u64 },
+    Data(bytes::Bytes),
+    End,
+    Reset { code: ErrorCode, reason: Box<str> },
+}
 
 /// Credit granted to each side and not yet applied by that side's task.
 #[derive(Debug, Default)]
@@ -56,10 +136,26 @@ pub(crate) enum StreamItem {
     Data(EncodedBody),
     /// Another connection opens a stream to this one.
     Incoming(Box<Incoming>),
-    /// The target accepted the stream `stream` (ours) and grants `window`.
-    Accepted { stream: u64, window: u64 },
+    /// The target accepted the stream `stream` (ours) and grants `window`; a target on
+    /// another hub also tells its stream id and connection number there.
+    Accepted {
+        stream: u64,
+        window: u64,
+        remote: Option<(u64, u64)>,
+    },
     /// Credit for `stream` waits in its link.
     Credit { stream: u64 },
+    /// The other end, on another hub, grants `bytes` more on `stream`.
+    Granted { stream: u64, bytes: u64 },
+    /// The opener on hub `node` (connection `conn`) reset its stream `stream` before it
+    /// learned our id.
+    Cancel {
+        node: String,
+        conn: u64,
+        stream: u64,
+        code: ErrorCode,
+        reason: Box<str>,
+    },
     /// The other end ended its direction of `stream`.
     End { stream: u64 },
     /// The other end rejected, reset or left `stream`.
@@ -86,11 +182,11 @@ impl StreamItem {
 pub(crate) struct Incoming {
     /// The id in the target's space.
     pub(crate) stream: u64,
-    pub(crate) opener: Arc<ConnShared>,
+    pub(crate) opener: Peer,
     pub(crate) opener_stream: u64,
     pub(crate) from: ClientId,
     pub(crate) meta: Option<serde_json::Value>,
-    meta_len: usize,
+    pub(crate) meta_len: usize,
     /// Credit the opener grants the target.
     pub(crate) window: u64,
     pub(crate) link: Arc<Link>,
@@ -108,7 +204,8 @@ enum State {
 
 #[derive(Debug)]
 struct Entry {
-    peer: Arc<ConnShared>,
+    peer: Peer,
+    /// The other end's id of the stream (0 while a remote target has not answered).
     peer_stream: u64,
     link: Arc<Link>,
     /// 0: we opened it, 1: we accepted it.
@@ -119,9 +216,82 @@ struct Entry {
 }
 
 impl Entry {
-    /// Tells the other end; a closed mailbox means it is leaving and cleans up itself.
-    fn tell(&self, item: StreamItem) {
-        let _ = self.peer.mailbox.push_stream(item);
+    /// Tells the other end (`ours` is our id of the stream); false when it could not be
+    /// relayed to another hub. A closed local mailbox means the other end is leaving and
+    /// cleans up itself.
+    fn tell(&self, relay: Option<&Relayer>, ours: u64, say: Say) -> bool {
+        match &self.peer {
+            Peer::Local(c) => {
+                let stream = self.peer_stream;
+                let item = match say {
+                    Say::Accepted { window } => StreamItem::Accepted {
+                        stream,
+                        window,
+                        remote: None,
+                    },
+                    Say::Credit { bytes } => {
+                        let other = 1 - self.side;
+                        let before = self.link.pending[other]
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                                Some(v.saturating_add(bytes))
+                            })
+                            .unwrap_or(u64::MAX);
+                        if before != 0 {
+                            // A credit item already waits for the other end: it takes this too.
+                            return true;
+                        }
+                        StreamItem::Credit { stream }
+                    }
+                    Say::Data(data) => StreamItem::Data(EncodedBody::data(stream, data)),
+                    Say::End => StreamItem::End { stream },
+                    Say::Reset { code, reason } => StreamItem::Reset {
+                        stream,
+                        code,
+                        reason,
+                    },
+                };
+                let _ = c.mailbox.push_stream(item);
+                true
+            }
+            Peer::Remote(r) => {
+                let Some(relay) = relay else {
+                    return false;
+                };
+                let item = match say {
+                    Say::Accepted { window } => StreamWire::Accepted { window },
+                    Say::Credit { bytes } => StreamWire::Credit { bytes },
+                    Say::Data(data) => StreamWire::Data(data),
+                    Say::End => StreamWire::End,
+                    Say::Reset { code, reason } => StreamWire::Reset {
+                        code,
+                        reason: reason.into(),
+                    },
+                };
+                relay.send(r, self.peer_stream, ours, item)
+            }
+        }
+    }
+}
+
+/// Refuses a stream offered to a connection without an entry for it.
+fn refuse(relay: Option<&Relayer>, inc: Incoming, code: ErrorCode, reason: Box<str>) {
+    match inc.opener {
+        Peer::Local(c) => {
+            let _ = c.mailbox.push_stream(StreamItem::Reset {
+                stream: inc.opener_stream,
+                code,
+                reason,
+            });
+        }
+        Peer::Remote(r) => {
+            if let Some(relay) = relay {
+                let item = StreamWire::Reset {
+                    code,
+                    reason: reason.into(),
+                };
+                relay.send(&r, inc.opener_stream, inc.stream, item);
+            }
+        }
     }
 }
 
@@ -145,6 +315,8 @@ pub(crate) struct Streams {
     max_window: u64,
     open_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Set in a cluster: streams to clients of other hubs.
+    relay: Option<Relayer>,
 }
 
 fn reset_frame(stream: u64, code: ErrorCode, reason: impl Into<String>) -> ServerFrame {
@@ -165,6 +337,7 @@ impl Streams {
         max_window: u64,
         open_timeout: Duration,
         metrics: Arc<Metrics>,
+        relay: Option<Relayer>,
     ) -> Self {
         Self {
             entries: HashMap::new(),
@@ -173,12 +346,16 @@ impl Streams {
             max_window,
             open_timeout,
             metrics,
+            relay,
         }
     }
 
     fn insert(&mut self, stream: u64, e: Entry) {
         if let State::Opening { deadline, .. } = e.state {
             self.deadlines.insert((deadline, stream));
+        }
+        if let (Peer::Remote(r), Some(relay)) = (&e.peer, &self.relay) {
+            relay.bp.stream_opened(&r.client, relay.conn);
         }
         self.entries.insert(stream, e);
         self.metrics.add_streams(1);
@@ -189,8 +366,42 @@ impl Streams {
         if let State::Opening { deadline, .. } = e.state {
             self.deadlines.remove(&(deadline, stream));
         }
+        if let (Peer::Remote(r), Some(relay)) = (&e.peer, &self.relay) {
+            relay.bp.stream_closed(&r.client, relay.conn);
+        }
         self.metrics.sub_streams(1);
         Some(e)
+    }
+
+    /// Tells the other end of `stream`; when that fails (the queue to the cluster is full),
+    /// the stream is reset on both ends with `cluster_unavailable`.
+    fn tell(&mut self, stream: u64, say: Say) -> Outcome {
+        let Some(e) = self.entries.get(&stream) else {
+            return Outcome::Done;
+        };
+        if e.tell(self.relay.as_ref(), stream, say) {
+            return Outcome::Done;
+        }
+        self.broken(stream)
+    }
+
+    /// The stream could not be relayed to its other end on another hub: both ends are reset.
+    fn broken(&mut self, stream: u64) -> Outcome {
+        let why = "the stream's other end is on another hub, and the link to it through the \
+                   cluster failed; open the stream again";
+        let Some(e) = self.remove(stream) else {
+            return Outcome::Done;
+        };
+        let reset = Say::Reset {
+            code: ErrorCode::ClusterUnavailable,
+            reason: why.into(),
+        };
+        let _ = e.tell(self.relay.as_ref(), stream, reset);
+        self.metrics.inc_error(ErrorCode::ClusterUnavailable);
+        Outcome::Reply(Box::new(match e.state {
+            State::Opening { req, .. } => error_frame(ErrorCode::ClusterUnavailable, why, req),
+            _ => reset_frame(stream, ErrorCode::ClusterUnavailable, why),
+        }))
     }
 
     fn known(me: &ConnShared, stream: u64) -> Outcome {
@@ -206,11 +417,11 @@ impl Streams {
         let Some(e) = self.remove(stream) else {
             return Outcome::Done;
         };
-        e.tell(StreamItem::Reset {
-            stream: e.peer_stream,
+        let reset = Say::Reset {
             code,
             reason: format!("the other end broke the stream's rules: {why}").into(),
-        });
+        };
+        let _ = e.tell(self.relay.as_ref(), stream, reset);
         self.metrics.inc_error(code);
         Outcome::Reply(Box::new(match e.state {
             State::Opening { req, .. } => error_frame(code, why, req),
@@ -230,7 +441,7 @@ impl Streams {
     pub(crate) fn open(
         &mut self,
         me: &Arc<ConnShared>,
-        target: Option<Arc<ConnShared>>,
+        target: Target,
         open: StreamOpen,
         now: Instant,
     ) -> Outcome {
@@ -249,9 +460,13 @@ impl Streams {
             );
             return Outcome::Reply(Box::new(error_frame(ErrorCode::InvalidField, m, req)));
         }
-        let Some(target) = target else {
-            let m = format!("no client with id {:?} is connected", open.to.as_str());
-            return Outcome::Reply(Box::new(error_frame(ErrorCode::UnknownTarget, m, req)));
+        let target = match target {
+            Target::Local(c) => c,
+            Target::Remote(node) => return self.open_remote(me, node, open, now),
+            Target::Nowhere => {
+                let m = format!("no client with id {:?} is connected", open.to.as_str());
+                return Outcome::Reply(Box::new(error_frame(ErrorCode::UnknownTarget, m, req)));
+            }
         };
         let ours = me.alloc_stream();
         let theirs = target.alloc_stream();
@@ -259,7 +474,7 @@ impl Streams {
         let meta_len = open.meta.as_ref().map_or(0, |m| m.to_string().len());
         let incoming = Incoming {
             stream: theirs,
-            opener: me.clone(),
+            opener: Peer::Local(me.clone()),
             opener_stream: ours,
             from: me.client.clone(),
             meta: open.meta,
@@ -282,12 +497,61 @@ impl Streams {
         self.insert(
             ours,
             Entry {
-                peer: target,
+                peer: Peer::Local(target),
                 peer_stream: theirs,
                 link,
                 side: 0,
                 state: State::Opening { req, deadline },
                 send,
+                ends: HalfClose::default(),
+            },
+        );
+        Outcome::Done
+    }
+
+    /// `stream_open` to a client of hub `node`: the offer is relayed there, whose hub picks
+    /// the target's id and tells it with the answer.
+    fn open_remote(
+        &mut self,
+        me: &Arc<ConnShared>,
+        node: String,
+        open: StreamOpen,
+        now: Instant,
+    ) -> Outcome {
+        let req = open.req;
+        let Some(relay) = self.relay.clone() else {
+            let m = format!("no client with id {:?} is connected", open.to.as_str());
+            return Outcome::Reply(Box::new(error_frame(ErrorCode::UnknownTarget, m, req)));
+        };
+        let ours = me.alloc_stream();
+        let remote = RemoteEnd {
+            node,
+            client: open.to.clone(),
+            conn: 0,
+        };
+        let item = StreamWire::Open {
+            window: open.window,
+            meta: open.meta,
+        };
+        if !relay.send(&remote, 0, ours, item) {
+            let m = format!(
+                "{:?} is on another hub and the hub's queue to the cluster is full; try again",
+                open.to.as_str()
+            );
+            self.metrics.inc_error(ErrorCode::ClusterUnavailable);
+            return Outcome::Reply(Box::new(error_frame(ErrorCode::ClusterUnavailable, m, req)));
+        }
+        self.metrics.inc_streams_opened();
+        let deadline = now + self.open_timeout;
+        self.insert(
+            ours,
+            Entry {
+                peer: Peer::Remote(Box::new(remote)),
+                peer_stream: 0,
+                link: Arc::new(Link::default()),
+                side: 0,
+                state: State::Opening { req, deadline },
+                send: SendCredit::none(self.max_window),
                 ends: HalfClose::default(),
             },
         );
@@ -317,11 +581,7 @@ impl Streams {
         };
         e.send = send;
         e.state = State::Open;
-        e.tell(StreamItem::Accepted {
-            stream: e.peer_stream,
-            window,
-        });
-        Outcome::Done
+        self.tell(stream, Say::Accepted { window })
     }
 
     /// `stream_reject` and `stream_reset`.
@@ -344,11 +604,12 @@ impl Streams {
             _ => ErrorCode::PeerReset,
         };
         if let Some(e) = self.remove(stream) {
-            e.tell(StreamItem::Reset {
-                stream: e.peer_stream,
+            let reset = Say::Reset {
                 code,
                 reason: reason.into(),
-            });
+            };
+            // The stream is over here whatever happens to this last word.
+            let _ = e.tell(self.relay.as_ref(), stream, reset);
         }
         Outcome::Done
     }
@@ -366,18 +627,7 @@ impl Streams {
             // Nothing more will come on this direction: the credit is moot.
             return Outcome::Done;
         }
-        let other = 1 - e.side;
-        let before = e.link.pending[other]
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(v.saturating_add(bytes))
-            })
-            .unwrap_or(u64::MAX);
-        if before == 0 {
-            e.tell(StreamItem::Credit {
-                stream: e.peer_stream,
-            });
-        }
-        Outcome::Done
+        self.tell(stream, Say::Credit { bytes })
     }
 
     /// `stream_end`.
@@ -393,13 +643,12 @@ impl Streams {
             let why = format!("stream {stream} was already ended by this client");
             return self.violation(stream, ErrorCode::StreamState, why);
         }
-        e.tell(StreamItem::End {
-            stream: e.peer_stream,
-        });
-        if e.ends.finished() {
+        let finished = e.ends.finished();
+        let outcome = self.tell(stream, Say::End);
+        if finished {
             self.remove(stream);
         }
-        Outcome::Done
+        outcome
     }
 
     /// A data frame from the client: checks it and queues it for the other end.
@@ -420,8 +669,7 @@ impl Streams {
             return self.violation(stream, ErrorCode::FlowControl, err.to_string());
         }
         self.metrics.inc_stream_bytes(len);
-        e.tell(StreamItem::Data(EncodedBody::data(e.peer_stream, data)));
-        Outcome::Done
+        self.tell(stream, Say::Data(data))
     }
 
     /// A data frame is about to be written: whether its stream is still ours.
@@ -434,6 +682,19 @@ impl Streams {
         match item {
             StreamItem::Data(_) => None,
             StreamItem::Incoming(inc) => {
+                if self.entries.len() >= self.max_streams {
+                    let reason = format!(
+                        "the target already has {} streams (max_streams_per_client)",
+                        self.entries.len()
+                    );
+                    refuse(
+                        self.relay.as_ref(),
+                        *inc,
+                        ErrorCode::TooManyStreams,
+                        reason.into(),
+                    );
+                    return None;
+                }
                 let Incoming {
                     stream,
                     opener,
@@ -444,19 +705,6 @@ impl Streams {
                     link,
                     ..
                 } = *inc;
-                if self.entries.len() >= self.max_streams {
-                    let reason = format!(
-                        "{} already has {} streams (max_streams_per_client)",
-                        from,
-                        self.entries.len()
-                    );
-                    let _ = opener.mailbox.push_stream(StreamItem::Reset {
-                        stream: opener_stream,
-                        code: ErrorCode::TooManyStreams,
-                        reason: reason.into(),
-                    });
-                    return None;
-                }
                 self.insert(
                     stream,
                     Entry {
@@ -476,12 +724,20 @@ impl Streams {
                     window,
                 }))
             }
-            StreamItem::Accepted { stream, window } => {
+            StreamItem::Accepted {
+                stream,
+                window,
+                remote,
+            } => {
                 let max = self.max_window;
                 let e = self.entries.get_mut(&stream)?;
                 let State::Opening { req, deadline } = e.state else {
                     return None;
                 };
+                if let (Some((peer_stream, conn)), Peer::Remote(r)) = (remote, &mut e.peer) {
+                    e.peer_stream = peer_stream;
+                    r.conn = conn;
+                }
                 e.send = SendCredit::new(window, max).ok()?;
                 e.state = State::Open;
                 self.deadlines.remove(&(deadline, stream));
@@ -492,26 +748,11 @@ impl Streams {
                 })
             }
             StreamItem::Credit { stream } => {
-                let e = self.entries.get_mut(&stream)?;
+                let e = self.entries.get(&stream)?;
                 let bytes = e.link.pending[e.side].swap(0, Ordering::AcqRel);
-                if bytes == 0 || !e.ends.may_send() {
-                    return None;
-                }
-                if let Err(err) = e.send.grant(bytes) {
-                    let why = format!("the other end granted too much credit: {err}");
-                    let peer_stream = e.peer_stream;
-                    if let Some(e) = self.remove(stream) {
-                        e.tell(StreamItem::Reset {
-                            stream: peer_stream,
-                            code: ErrorCode::FlowControl,
-                            reason: err.to_string().into(),
-                        });
-                    }
-                    self.metrics.inc_error(ErrorCode::FlowControl);
-                    return Some(reset_frame(stream, ErrorCode::FlowControl, why));
-                }
-                Some(ServerFrame::StreamCredit { stream, bytes })
+                self.granted(stream, bytes)
             }
+            StreamItem::Granted { stream, bytes } => self.granted(stream, bytes),
             StreamItem::End { stream } => {
                 let e = self.entries.get_mut(&stream)?;
                 e.ends.end_remote();
@@ -531,7 +772,54 @@ impl Streams {
                     _ => reset_frame(stream, code, reason),
                 })
             }
+            StreamItem::Cancel {
+                node,
+                conn,
+                stream: theirs,
+                code,
+                reason,
+            } => {
+                let stream = self.entries.iter().find_map(|(id, e)| match &e.peer {
+                    Peer::Remote(r)
+                        if e.side == 1
+                            && e.peer_stream == theirs
+                            && r.conn == conn
+                            && r.node == node =>
+                    {
+                        Some(*id)
+                    }
+                    _ => None,
+                })?;
+                self.remove(stream)?;
+                Some(reset_frame(stream, code, reason))
+            }
         }
+    }
+
+    /// The other end granted `bytes` more on `stream`.
+    fn granted(&mut self, stream: u64, bytes: u64) -> Option<ServerFrame> {
+        let e = self.entries.get_mut(&stream)?;
+        if bytes == 0 || !e.ends.may_send() || !matches!(e.state, State::Open) {
+            return None;
+        }
+        if let Err(err) = e.send.grant(bytes) {
+            let why = format!("the other end granted too much credit: {err}");
+            if let Some(e) = self.remove(stream) {
+                let reset = Say::Reset {
+                    code: ErrorCode::FlowControl,
+                    reason: err.to_string().into(),
+                };
+                let _ = e.tell(self.relay.as_ref(), stream, reset);
+            }
+            self.metrics.inc_error(ErrorCode::FlowControl);
+            return Some(reset_frame(stream, ErrorCode::FlowControl, why));
+        }
+        Some(ServerFrame::StreamCredit { stream, bytes })
+    }
+
+    /// Refuses a stream offered to this connection that it will never see.
+    pub(crate) fn refuse(&self, inc: Incoming, code: ErrorCode, reason: Box<str>) {
+        refuse(self.relay.as_ref(), inc, code, reason);
     }
 
     /// The earliest open deadline.
@@ -554,17 +842,50 @@ impl Streams {
                 continue;
             };
             let secs = self.open_timeout.as_secs_f64();
-            e.tell(StreamItem::Reset {
-                stream: e.peer_stream,
+            let reset = Say::Reset {
                 code: ErrorCode::StreamTimeout,
                 reason: format!("the stream from {me} was not answered within {secs} s").into(),
-            });
+            };
+            let _ = e.tell(self.relay.as_ref(), stream, reset);
             self.metrics.inc_error(ErrorCode::StreamTimeout);
             let m = format!(
                 "{} did not accept or reject the stream within {secs} s",
-                e.peer.client
+                e.peer_client()
             );
             out.push(error_frame(ErrorCode::StreamTimeout, m, req));
+        }
+        out
+    }
+
+    /// Resets the streams whose other end is a client of another hub that matches `which`,
+    /// with `code` and `reason`: the frames for this client.
+    pub(crate) fn reset_remote(
+        &mut self,
+        which: impl Fn(&RemoteEnd) -> bool,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Vec<ServerFrame> {
+        let ids: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.peer, Peer::Remote(r) if which(r)))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for stream in ids {
+            let Some(e) = self.remove(stream) else {
+                continue;
+            };
+            // Tell the other end as well, in case it can still hear us.
+            let reset = Say::Reset {
+                code,
+                reason: reason.into(),
+            };
+            let _ = e.tell(self.relay.as_ref(), stream, reset);
+            out.push(match e.state {
+                State::Opening { req, .. } => error_frame(code, reason, req),
+                _ => reset_frame(stream, code, reason),
+            });
         }
         out
     }
@@ -576,22 +897,33 @@ impl Streams {
         let ids: Vec<u64> = self.entries.keys().copied().collect();
         for id in ids {
             if let Some(e) = self.remove(id) {
-                e.tell(StreamItem::Reset {
-                    stream: e.peer_stream,
+                let reset = Say::Reset {
                     code: ErrorCode::PeerLeft,
                     reason: reason.clone(),
-                });
+                };
+                let _ = e.tell(self.relay.as_ref(), id, reset);
             }
         }
         self.deadlines.clear();
         for item in unread {
             if let StreamItem::Incoming(inc) = item {
-                let _ = inc.opener.mailbox.push_stream(StreamItem::Reset {
-                    stream: inc.opener_stream,
-                    code: ErrorCode::PeerLeft,
-                    reason: reason.clone(),
-                });
+                refuse(
+                    self.relay.as_ref(),
+                    *inc,
+                    ErrorCode::PeerLeft,
+                    reason.clone(),
+                );
             }
+        }
+    }
+}
+
+impl Entry {
+    /// The other end's client id.
+    fn peer_client(&self) -> &ClientId {
+        match &self.peer {
+            Peer::Local(c) => &c.client,
+            Peer::Remote(r) => &r.client,
         }
     }
 }
@@ -641,7 +973,7 @@ mod tests {
         fn new(no: u64, id: &str, metrics: &Arc<Metrics>) -> Self {
             Self {
                 conn: conn(no, id),
-                streams: Streams::new(4, 100, Duration::from_secs(1), metrics.clone()),
+                streams: Streams::new(4, 100, Duration::from_secs(1), metrics.clone(), None),
             }
         }
 
@@ -683,9 +1015,12 @@ mod tests {
         let mut a = End::new(1, "alice", &metrics);
         let mut b = End::new(2, "bob", &metrics);
         let now = Instant::now();
-        let o = a
-            .streams
-            .open(&a.conn, Some(b.conn.clone()), open_req("bob", 10), now);
+        let o = a.streams.open(
+            &a.conn,
+            Target::Local(b.conn.clone()),
+            open_req("bob", 10),
+            now,
+        );
         assert_eq!(o, Outcome::Done);
         let frames = b.pump();
         let [ServerFrame::StreamRequest(r)] = &frames[..] else {
@@ -739,8 +1074,12 @@ mod tests {
         let mut a = End::new(1, "alice", &metrics);
         let mut b = End::new(2, "bob", &metrics);
         let now = Instant::now();
-        a.streams
-            .open(&a.conn, Some(b.conn.clone()), open_req("bob", 0), now);
+        a.streams.open(
+            &a.conn,
+            Target::Local(b.conn.clone()),
+            open_req("bob", 0),
+            now,
+        );
         let sb = match &b.pump()[..] {
             [ServerFrame::StreamRequest(r)] => r.stream,
             other => panic!("{other:?}"),
@@ -772,8 +1111,12 @@ mod tests {
         assert_eq!(metrics.stream_ends(), 0);
 
         // An offered stream whose target leaves: the opener's request fails with peer_left.
-        a.streams
-            .open(&a.conn, Some(b.conn.clone()), open_req("bob", 0), now);
+        a.streams.open(
+            &a.conn,
+            Target::Local(b.conn.clone()),
+            open_req("bob", 0),
+            now,
+        );
         let unread = b.conn.mailbox.close();
         let unread = unread.into_iter().filter_map(|o| match o {
             Outbound::Stream(i) => Some(i),

@@ -75,7 +75,11 @@ async fn messages(c: &mut Raw, n: usize) -> Vec<Value> {
 async fn reachable(from: &mut Raw, id: &str, req: u64) -> bool {
     from.send(json!({"type":"emit","to":id,"event":"probe","req":req}))
         .await;
-    let v = from.recv().await;
+    // Presence of earlier contacts (`peer_left`, …) may come first.
+    let mut v = from.recv().await;
+    while v["req"].is_null() {
+        v = from.recv().await;
+    }
     assert_eq!(v["req"], req, "{v}");
     v["type"] == "ok"
 }
@@ -769,4 +773,289 @@ async fn a_session_moving_under_a_steady_stream_loses_nothing_and_repeats_nothin
         .try_recv(Duration::from_millis(100))
         .await
         .is_none_or(|v| v["type"] != "peer_left"));
+}
+
+/// Opens a stream from `a` to `to` (its client `b`) with windows `wa` (the opener's) and `wb`
+/// (the target's): returns (a's id, b's id) of the stream.
+async fn open_stream(a: &mut Raw, b: &mut Raw, to: &str, req: u64, wa: u64, wb: u64) -> (u64, u64) {
+    a.send(json!({"type":"stream_open","req":req,"to":to,"meta":{"file":"x.bin","n":[1,2.5]},"window":wa}))
+        .await;
+    let r = b.recv_type("stream_request").await;
+    assert_eq!(
+        (&r["meta"], &r["window"]),
+        (&json!({"file":"x.bin","n":[1,2.5]}), &json!(wa)),
+        "{r}"
+    );
+    let sb = r["stream"].as_u64().expect("stream id");
+    b.send(json!({"type":"stream_accept","stream":sb,"window":wb}))
+        .await;
+    let acc = a.recv_type("stream_accepted").await;
+    assert_eq!(
+        (&acc["req"], &acc["window"]),
+        (&json!(req), &json!(wb)),
+        "{acc}"
+    );
+    (acc["stream"].as_u64().expect("stream id"), sb)
+}
+
+async fn no_streams_left(hubs: &[&TestHub]) {
+    until(
+        "every stream end freed",
+        Duration::from_secs(5),
+        async || hubs.iter().all(|h| h.handle.stream_ends() == 0),
+    )
+    .await;
+}
+
+/// Sends `total` bytes on stream `s` as the credit allows (starting from `credit`), in chunks
+/// of at most `chunk`, then ends the stream.
+async fn send_all(mut a: Raw, s: u64, mut credit: u64, total: usize, chunk: usize) -> Raw {
+    let data = pattern(total);
+    let mut at = 0;
+    while at < total {
+        while credit == 0 {
+            let v = a.recv().await;
+            if v["type"] == "stream_credit" {
+                assert_eq!(v["stream"], s, "{v}");
+                credit += v["bytes"].as_u64().expect("bytes");
+            } else {
+                assert_ne!(v["type"], "stream_reset", "{v}");
+            }
+        }
+        let n = chunk.min(total - at).min(credit as usize);
+        a.send_raw(common::data_frame(s, &data[at..at + n])).await;
+        at += n;
+        credit -= n as u64;
+    }
+    a.send(json!({"type":"stream_end","stream":s})).await;
+    a
+}
+
+/// Reads stream `s` to its end, granting each frame's bytes back: returns the bytes.
+async fn read_all(mut b: Raw, s: u64) -> (Raw, Vec<u8>) {
+    let mut got = Vec::new();
+    loop {
+        let v = b.recv().await;
+        match v["type"].as_str() {
+            Some("$data") => {
+                assert_eq!(v["stream"], s, "{v}");
+                let len = v["len"].as_u64().expect("len");
+                got.extend_from_slice(v["data"].as_str().expect("data").as_bytes());
+                b.send(json!({"type":"stream_credit","stream":s,"bytes":len}))
+                    .await;
+            }
+            Some("stream_end") => {
+                assert_eq!(v["stream"], s, "{v}");
+                return (b, got);
+            }
+            Some("stream_reset") => panic!("the stream was reset: {v}"),
+            _ => {}
+        }
+    }
+}
+
+/// ASCII digits, so the test client's text view of a data frame is exact.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'0' + (i * 7 % 10) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cross_hubs_with_flow_control_end_to_end() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    let (mut bob, _) = b.join_msgpack("bob").await;
+    let (mut carol, _) = c.join("carol").await;
+    until(
+        "bob visible from hub-a and hub-c",
+        Duration::from_secs(5),
+        async || reachable(&mut alice, "bob", 1).await && reachable(&mut carol, "bob", 2).await,
+    )
+    .await;
+    while bob.try_recv(Duration::from_millis(200)).await.is_some() {}
+
+    // A refusal crosses back with the target's reason.
+    carol
+        .send(json!({"type":"stream_open","req":5,"to":"bob"}))
+        .await;
+    let r = bob.recv_type("stream_request").await;
+    assert_eq!(r["from"], "carol");
+    bob.send(json!({"type":"stream_reject","stream":r["stream"],"reason":"not you"}))
+        .await;
+    let e = carol.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["req"], &e["message"]),
+        (&json!("stream_rejected"), &json!(5), &json!("not you"))
+    );
+
+    // The target's window is enforced at the opener's hub: 10 bytes pass, the 11th resets
+    // both ends with flow_control.
+    let (sa, sb) = open_stream(&mut alice, &mut bob, "bob", 6, 1000, 10).await;
+    alice.send_raw(common::data_frame(sa, b"0123456789")).await;
+    let d = bob.recv_type("$data").await;
+    assert_eq!(
+        (&d["stream"], &d["data"]),
+        (&json!(sb), &json!("0123456789"))
+    );
+    alice.send_raw(common::data_frame(sa, b"!")).await;
+    assert_eq!(
+        alice.recv_type("stream_reset").await["code"],
+        "flow_control"
+    );
+    let rb = bob.recv_type("stream_reset").await;
+    assert_eq!(
+        (&rb["stream"], &rb["code"]),
+        (&json!(sb), &json!("flow_control"))
+    );
+    no_streams_left(&[&a, &b]).await;
+
+    // Credit granted on hub-b reaches alice on hub-a; both directions carry data.
+    let (sa, sb) = open_stream(&mut alice, &mut bob, "bob", 7, 100, 4).await;
+    bob.send_raw(common::data_frame(sb, b"pong")).await;
+    let d = alice.recv_type("$data").await;
+    assert_eq!((&d["stream"], &d["data"]), (&json!(sa), &json!("pong")));
+    bob.send(json!({"type":"stream_credit","stream":sb,"bytes":6}))
+        .await;
+    let cr = alice.recv_type("stream_credit").await;
+    assert_eq!((&cr["stream"], &cr["bytes"]), (&json!(sa), &json!(6)));
+    bob.send(json!({"type":"stream_end","stream":sb})).await;
+    assert_eq!(alice.recv_type("stream_end").await["stream"], sa);
+
+    alice.send(json!({"type":"stream_end","stream":sa})).await;
+    assert_eq!(bob.recv_type("stream_end").await["stream"], sb);
+    no_streams_left(&[&a, &b]).await;
+
+    // 1 MiB through a 64 KiB window, complete and in order.
+    let total = 1 << 20;
+    let (sa, sb) = open_stream(&mut alice, &mut bob, "bob", 8, 0, 65_536).await;
+    let (alice, (bob, got)) = tokio::join!(
+        send_all(alice, sa, 65_536, total, 16_384),
+        read_all(bob, sb)
+    );
+    assert_eq!(got.len(), total);
+    assert!(
+        got == pattern(total),
+        "the bytes arrive in order, unchanged"
+    );
+    let (mut alice, mut bob) = (alice, bob);
+    bob.send(json!({"type":"stream_end","stream":sb})).await;
+    assert_eq!(alice.recv_type("stream_end").await["stream"], sa);
+    no_streams_left(&[&a, &b]).await;
+
+    // An open stream whose other end disconnects: peer_left on the other hub.
+    let (sa, _) = open_stream(&mut alice, &mut bob, "bob", 9, 10, 10).await;
+    drop(bob);
+    let r = alice.recv_type("stream_reset").await;
+    assert_eq!(
+        (&r["stream"], &r["code"]),
+        (&json!(sa), &json!("peer_left")),
+        "{r}"
+    );
+    // An open whose target disconnects before answering fails with peer_left.
+    let (mut dave, _) = b.join("dave").await;
+    until(
+        "dave visible from hub-c",
+        Duration::from_secs(5),
+        async || reachable(&mut carol, "dave", 20).await,
+    )
+    .await;
+    carol
+        .send(json!({"type":"stream_open","req":21,"to":"dave"}))
+        .await;
+    dave.recv_type("stream_request").await;
+    drop(dave);
+    let e = carol.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("peer_left"), &json!(21)),
+        "{e}"
+    );
+    no_streams_left(&[&a, &b, &c]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_across_hubs_times_out_on_both_ends() {
+    let nats = NatsServer::start();
+    let cfg = |name: &str| HubConfig {
+        cluster: Some(nats.url()),
+        node_name: Some(name.into()),
+        stream_open_timeout_ms: 500,
+        ..HubConfig::default()
+    };
+    let (a, b) = tokio::join!(TestHub::start(cfg("hub-a")), TestHub::start(cfg("hub-b")));
+    let (mut alice, _) = a.join("alice").await;
+    let (mut bob, _) = b.join("bob").await;
+    until(
+        "bob visible from hub-a",
+        Duration::from_secs(5),
+        async || reachable(&mut alice, "bob", 1).await,
+    )
+    .await;
+    alice
+        .send(json!({"type":"stream_open","req":2,"to":"bob"}))
+        .await;
+    let r = bob.recv_type("stream_request").await;
+    // bob never answers: alice's open fails, and bob's offer is withdrawn (the opener's
+    // reset names only its own id: bob's hub finds the stream by it).
+    let e = alice.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("stream_timeout"), &json!(2)),
+        "{e}"
+    );
+    let x = bob.recv_type("stream_reset").await;
+    assert_eq!(
+        (&x["stream"], &x["code"]),
+        (&r["stream"], &json!("stream_timeout")),
+        "{x}"
+    );
+    // A late answer is ignored.
+    bob.send(json!({"type":"stream_accept","stream":r["stream"],"window":5}))
+        .await;
+    alice.expect_silence(Duration::from_millis(300)).await;
+    no_streams_left(&[&a, &b]).await;
+    // Still served.
+    alice
+        .send(json!({"type":"stream_open","req":3,"to":"nobody"}))
+        .await;
+    let e = alice.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("unknown_target"), &json!(3))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_across_hubs_are_reset_when_nats_goes_away_never_left_with_a_gap() {
+    let mut nats = NatsServer::start();
+    let (a, b) = tokio::join!(hub(&nats, "hub-a"), hub(&nats, "hub-b"));
+    let (mut alice, _) = a.join("alice").await;
+    let (mut bob, _) = b.join("bob").await;
+    let (mut ann, _) = a.join("ann").await;
+    until(
+        "bob visible from hub-a",
+        Duration::from_secs(5),
+        async || reachable(&mut alice, "bob", 1).await,
+    )
+    .await;
+    while bob.try_recv(Duration::from_millis(200)).await.is_some() {}
+    let (sa, sb) = open_stream(&mut alice, &mut bob, "bob", 2, 100, 100).await;
+    // A stream within hub-a is not affected.
+    let (la, _) = open_stream(&mut alice, &mut ann, "ann", 3, 100, 100).await;
+    nats.kill();
+    let r = alice.recv_type("stream_reset").await;
+    assert_eq!(
+        (&r["stream"], &r["code"]),
+        (&json!(sa), &json!("cluster_unavailable")),
+        "{r}"
+    );
+    let r = bob.recv_type("stream_reset").await;
+    assert_eq!(
+        (&r["stream"], &r["code"]),
+        (&json!(sb), &json!("cluster_unavailable")),
+        "{r}"
+    );
+    alice.send_raw(common::data_frame(la, b"local")).await;
+    assert_eq!(ann.recv_type("$data").await["data"], "local");
+    drop(nats);
 }

@@ -172,7 +172,7 @@ error_codes! {
     NotMember => "not_member", false, "the named client is not a member of the session";
     /// The hub is part of a cluster and cannot reach it to register the client id (NATS is
     /// down or restarting); the connection is refused. Try again, or another hub.
-    ClusterUnavailable => "cluster_unavailable", true, "the hub cannot reach its cluster to register the client id";
+    ClusterUnavailable => "cluster_unavailable", true, "the hub cannot reach its cluster (to register the client id, or to carry a stream to another hub)";
     /// An internal error; the hub logs the details.
     Internal => "internal", false, "an internal error occurred in the hub";
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod side;
+
 pub const LIMIT: Duration = Duration::from_secs(15);
 pub const BIN: &str = env!("CARGO_BIN_EXE_peermesh");
 

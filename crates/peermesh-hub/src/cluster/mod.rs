@@ -21,12 +21,16 @@
 //!   are cluster-wide, and `member_joined` / `member_left` of other hubs' clients come from its
 //!   changes (a dead hub's members leave when its entries are released).
 //!
+//! - **Streams.** Stream items between ends on different hubs go the direct way, hub to hub;
+//!   see `streams`.
+//!
 //! Limits: [`OUT_QUEUE`] messages wait for NATS (a full queue fails the send with an error,
 //! it never blocks a connection); [`MAX_RELAYED_ACKS`] acknowledgements of other hubs'
 //! messages are awaited at once.
 
 mod handoff;
-mod relay;
+pub(crate) mod relay;
+mod streams;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -184,6 +188,9 @@ pub(crate) struct Backplane {
     remote_subs: DashMap<(ServiceName, TopicName), HashMap<u64, Arc<ConnShared>>>,
     /// The same, by connection (for its limit and its end).
     subs_of: DashMap<u64, HashSet<(ServiceName, TopicName)>>,
+    /// Clients of other hubs that local connections hold streams with: the connections and
+    /// how many streams each holds (an entry lives as long as such a stream).
+    stream_peers: DashMap<ClientId, HashMap<u64, u32>>,
     pub(crate) counters: ClusterCounters,
     pending: Mutex<Option<Pending>>,
 }
@@ -271,6 +278,7 @@ impl Backplane {
             arriving: Mutex::new(HashMap::new()),
             remote_subs: DashMap::new(),
             subs_of: DashMap::new(),
+            stream_peers: DashMap::new(),
             counters: ClusterCounters::default(),
             pending: Mutex::new(Some(Pending {
                 out: out_rx,
@@ -351,6 +359,10 @@ impl Backplane {
             self.clone(),
             router.clone(),
             migrations,
+        )));
+        spawn(Box::pin(streams::watch_interruptions(
+            self.clone(),
+            router.clone(),
         )));
         spawn(Box::pin(reconcile(self.clone(), router)));
         Ok(())
@@ -1101,6 +1113,7 @@ fn handle(bp: &Backplane, router: &Router, r: Relay) {
                 bp.deliver_topic(router, &frame);
             }
         }
+        Relay::Stream(m) => bp.stream_in(router, *m),
         Relay::CallDone { outcome } => {
             let (call, ctrl) = match outcome {
                 ServerFrame::CallResult { req, payload } => (
@@ -1249,6 +1262,7 @@ async fn events(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Event
         match ev {
             Event::IdReleased { id, node } if node != bp.node => {
                 let Ok(id) = ClientId::new(&id) else { continue };
+                bp.stream_peer_released(&router, &id, &node);
                 if let Some((_, conns)) = bp.remote_watchers.remove(&id) {
                     for conn in conns {
                         router.control(
@@ -1405,7 +1419,7 @@ pub(crate) fn check_message(data: &[u8]) -> bool {
         return false;
     };
     if first & 1 == 0 {
-        let Ok(r) = Relay::decode(rest) else {
+        let Ok(r) = Relay::decode(&Bytes::copy_from_slice(rest)) else {
             return false;
         };
         let again = Relay::decode(&r.encode());
@@ -1460,12 +1474,38 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             from: bob.clone(),
             payload: Payload::Bin(Bytes::from_static(b"ok")),
         },
-        Relay::AckFailed { ack_id: 3, to: bob },
+        Relay::AckFailed {
+            ack_id: 3,
+            to: bob.clone(),
+        },
         Relay::Room {
             origin: "hub-b".into(),
             room,
             frame: msg,
         },
+        Relay::Stream(Box::new(relay::StreamMsg {
+            to: bob.clone(),
+            conn: 0,
+            stream: 0,
+            origin: "hub-a".into(),
+            from: alice.clone(),
+            from_conn: 4,
+            from_stream: 1,
+            item: relay::StreamWire::Open {
+                window: 65_536,
+                meta: Some(serde_json::json!({"file": "x.bin"})),
+            },
+        })),
+        Relay::Stream(Box::new(relay::StreamMsg {
+            to: bob,
+            conn: 2,
+            stream: 3,
+            origin: "hub-a".into(),
+            from: alice.clone(),
+            from_conn: 4,
+            from_stream: 1,
+            item: relay::StreamWire::Data(Bytes::from_static(b"hello")),
+        })),
     ];
     let mut out: Vec<Vec<u8>> = relays
         .iter()

@@ -9,7 +9,15 @@
 //!   5 call      origin: str, timeout_ms: u64                  `invoke` frame (call = caller's id)
 //!   6 call done —                                             `result` or `error` (req = call id)
 //!   7 topic     origin: str                                   `publication` or `topic_ended`
+//!   8 stream    to: str, conn: u64, stream: u64,              one stream item (below)
+//!               origin: str, from: str, from_conn: u64, from_stream: u64
 //! ```
+//!
+//! A stream item is a tag and its fields: 1 open (window: u64, meta: u32 length and JSON
+//! text, length 0 for none), 2 accepted (window: u64), 3 credit (bytes: u64), 4 data (the
+//! rest of the message), 5 end, 6 reset (code: str, reason: str). `conn` and `stream` name the
+//! receiving connection and its stream id, 0 when the sender does not know them yet (an open;
+//! a reset by the opener before the target answered).
 //!
 //! A `str` is a big-endian `u16` length and UTF-8 bytes; a frame is the rest of the message,
 //! written by the hub's own MessagePack codec (with `seq` 0), so every frame kind and payload
@@ -17,7 +25,7 @@
 //! from a broken or hostile publisher is an error, never a panic.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use peermesh_proto::{ClientId, Encoding, Payload, RoomName, ServerFrame};
+use peermesh_proto::{ClientId, Encoding, ErrorCode, Payload, RoomName, ServerFrame};
 
 /// A message from one hub to another (or to every hub, for rooms).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +61,50 @@ pub(crate) enum Relay {
     CallDone { outcome: ServerFrame },
     /// A `publication` to a topic of a provider of hub `origin`, or its `topic_ended`.
     Topic { origin: String, frame: ServerFrame },
+    /// One end of a stream tells the other, on the receiving hub.
+    Stream(Box<StreamMsg>),
 }
+
+/// A stream item between the two ends of a stream on different hubs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StreamMsg {
+    /// The receiving client.
+    pub(crate) to: ClientId,
+    /// Its connection number on the receiving hub; 0 when the sender does not know it yet.
+    pub(crate) conn: u64,
+    /// The stream's id on that connection; 0 when the sender does not know it yet.
+    pub(crate) stream: u64,
+    /// The sending hub.
+    pub(crate) origin: String,
+    /// The sending client, its connection number and its id of the stream.
+    pub(crate) from: ClientId,
+    pub(crate) from_conn: u64,
+    pub(crate) from_stream: u64,
+    pub(crate) item: StreamWire,
+}
+
+/// What one end of a stream says.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StreamWire {
+    /// The opener offers the stream and grants `window`.
+    Open {
+        window: u64,
+        meta: Option<serde_json::Value>,
+    },
+    /// The target accepted and grants `window`.
+    Accepted { window: u64 },
+    /// The receiver grants `bytes` more.
+    Credit { bytes: u64 },
+    /// Bytes of the stream.
+    Data(Bytes),
+    /// The sender's direction is over.
+    End,
+    /// The stream is over, for `code`.
+    Reset { code: ErrorCode, reason: String },
+}
+
+/// Longest `meta` of a relayed stream open, in bytes of JSON (a client's frame is smaller).
+const MAX_META: usize = 16 << 20;
 
 /// Why a relay message could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,12 +185,14 @@ impl Relay {
                 put_str(&mut out, origin);
                 put_frame(&mut out, frame);
             }
+            Relay::Stream(m) => m.encode_into(&mut out),
         }
         out.freeze()
     }
 
-    /// Reads a message.
-    pub(crate) fn decode(mut b: &[u8]) -> Result<Relay, RelayError> {
+    /// Reads a message (stream data is shared with `whole`, not copied).
+    pub(crate) fn decode(whole: &Bytes) -> Result<Relay, RelayError> {
+        let mut b: &[u8] = whole;
         if !b.has_remaining() {
             return Err(err("empty message"));
         }
@@ -212,8 +265,131 @@ impl Relay {
                     _ => Err(err("a topic message must be a publication or topic_ended")),
                 }
             }
+            8 => StreamMsg::decode(whole, b).map(|m| Relay::Stream(Box::new(m))),
             k => Err(err(format!("unknown kind {k}"))),
         }
+    }
+}
+
+impl StreamMsg {
+    fn encode_into(&self, out: &mut BytesMut) {
+        out.put_u8(8);
+        put_str(out, self.to.as_str());
+        out.put_u64(self.conn);
+        out.put_u64(self.stream);
+        put_str(out, &self.origin);
+        put_str(out, self.from.as_str());
+        out.put_u64(self.from_conn);
+        out.put_u64(self.from_stream);
+        match &self.item {
+            StreamWire::Open { window, meta } => {
+                out.put_u8(1);
+                out.put_u64(*window);
+                let text = meta
+                    .as_ref()
+                    .map(|m| m.to_string().into_bytes())
+                    .unwrap_or_default();
+                out.put_u32(u32::try_from(text.len()).unwrap_or(u32::MAX));
+                out.put_slice(&text);
+            }
+            StreamWire::Accepted { window } => {
+                out.put_u8(2);
+                out.put_u64(*window);
+            }
+            StreamWire::Credit { bytes } => {
+                out.put_u8(3);
+                out.put_u64(*bytes);
+            }
+            StreamWire::Data(data) => {
+                out.put_u8(4);
+                out.put_slice(data);
+            }
+            StreamWire::End => out.put_u8(5),
+            StreamWire::Reset { code, reason } => {
+                out.put_u8(6);
+                put_str(out, code.as_str());
+                put_str(out, reason);
+            }
+        }
+    }
+
+    /// Reads the fields after the kind byte; `b` is the rest of `whole`.
+    fn decode(whole: &Bytes, mut b: &[u8]) -> Result<StreamMsg, RelayError> {
+        let to = get_id(&mut b, "to")?;
+        let conn = get_u64(&mut b)?;
+        let stream = get_u64(&mut b)?;
+        let origin = get_str(&mut b, "origin")?;
+        let from = get_id(&mut b, "from")?;
+        let from_conn = get_u64(&mut b)?;
+        let from_stream = get_u64(&mut b)?;
+        if from_conn == 0 || from_stream == 0 {
+            return Err(err(
+                "a stream item must name its sender's connection and stream",
+            ));
+        }
+        if !b.has_remaining() {
+            return Err(err("a stream item without its tag"));
+        }
+        let item = match b.get_u8() {
+            1 => {
+                let window = get_u64(&mut b)?;
+                if b.remaining() < 4 {
+                    return Err(err("truncated meta length"));
+                }
+                let len = b.get_u32() as usize;
+                if len > MAX_META || b.remaining() < len {
+                    return Err(err("truncated or oversized meta"));
+                }
+                let meta = if len == 0 {
+                    None
+                } else {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&b[..len]).map_err(|e| err(format!("meta: {e}")))?;
+                    Some(v)
+                };
+                b.advance(len);
+                StreamWire::Open { window, meta }
+            }
+            2 => StreamWire::Accepted {
+                window: get_u64(&mut b)?,
+            },
+            3 => StreamWire::Credit {
+                bytes: get_u64(&mut b)?,
+            },
+            4 => {
+                if !b.has_remaining() {
+                    return Err(err("stream data without bytes"));
+                }
+                let at = whole.len() - b.len();
+                let data = whole.slice(at..);
+                b = &[];
+                StreamWire::Data(data)
+            }
+            5 => StreamWire::End,
+            6 => {
+                let code = get_str(&mut b, "code")?;
+                let code = code.parse().unwrap_or(ErrorCode::Unknown);
+                let reason = get_str(&mut b, "reason")?;
+                StreamWire::Reset { code, reason }
+            }
+            t => return Err(err(format!("unknown stream item {t}"))),
+        };
+        if b.has_remaining() {
+            return Err(err("bytes after a stream item"));
+        }
+        if stream == 0 && !matches!(item, StreamWire::Open { .. } | StreamWire::Reset { .. }) {
+            return Err(err("only an open or a reset may leave the stream unnamed"));
+        }
+        Ok(StreamMsg {
+            to,
+            conn,
+            stream,
+            origin,
+            from,
+            from_conn,
+            from_stream,
+            item,
+        })
     }
 }
 
@@ -335,8 +511,93 @@ mod tests {
                 )),
             },
         ];
-        for r in all {
+        for r in all.into_iter().chain(stream_samples()) {
             assert_eq!(Relay::decode(&r.encode()), Ok(r));
+        }
+    }
+
+    fn stream_samples() -> Vec<Relay> {
+        let items = [
+            StreamWire::Open {
+                window: 65_536,
+                meta: Some(serde_json::json!({"file": "x.bin", "n": [1, 2.5]})),
+            },
+            StreamWire::Open {
+                window: 0,
+                meta: None,
+            },
+            StreamWire::Accepted { window: 10 },
+            StreamWire::Credit { bytes: 1 << 20 },
+            StreamWire::Data(Bytes::from_static(&[0, 1, 255])),
+            StreamWire::End,
+            StreamWire::Reset {
+                code: peermesh_proto::ErrorCode::PeerLeft,
+                reason: "bob disconnected".into(),
+            },
+        ];
+        items
+            .into_iter()
+            .map(|item| {
+                Relay::Stream(Box::new(StreamMsg {
+                    to: id("bob"),
+                    conn: 3,
+                    stream: 7,
+                    origin: "hub-a".into(),
+                    from: id("alice"),
+                    from_conn: 9,
+                    from_stream: 2,
+                    item,
+                }))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn damaged_stream_items_are_errors() {
+        for r in stream_samples() {
+            let good = r.encode();
+            for cut in 0..good.len() - 1 {
+                // A data item's bytes are the rest of the message: any cut after its tag and
+                // first byte is still a valid (shorter) item.
+                if let Ok(Relay::Stream(m)) = Relay::decode(&good.slice(..cut)) {
+                    assert!(matches!(m.item, StreamWire::Data(_)), "cut at {cut}: {m:?}");
+                }
+            }
+        }
+        // Only an open or a reset may leave the receiving stream unnamed.
+        let unnamed = Relay::Stream(Box::new(StreamMsg {
+            to: id("bob"),
+            conn: 0,
+            stream: 0,
+            origin: "hub-a".into(),
+            from: id("alice"),
+            from_conn: 1,
+            from_stream: 1,
+            item: StreamWire::End,
+        }));
+        assert!(Relay::decode(&unnamed.encode()).is_err());
+        // An unknown reset code is kept as `unknown`, not refused.
+        let mut odd = BytesMut::new();
+        odd.put_u8(8);
+        put_str(&mut odd, "bob");
+        odd.put_u64(1);
+        odd.put_u64(1);
+        put_str(&mut odd, "hub-a");
+        put_str(&mut odd, "alice");
+        odd.put_u64(1);
+        odd.put_u64(1);
+        odd.put_u8(6);
+        put_str(&mut odd, "from_the_future");
+        put_str(&mut odd, "?");
+        match Relay::decode(&odd.freeze()) {
+            Ok(Relay::Stream(m)) => assert_eq!(
+                m.item,
+                StreamWire::Reset {
+                    code: peermesh_proto::ErrorCode::Unknown,
+                    reason: "?".into()
+                }
+            ),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -349,9 +610,9 @@ mod tests {
         }
         .encode();
         for cut in 0..good.len() {
-            assert!(Relay::decode(&good[..cut]).is_err(), "cut at {cut}");
+            assert!(Relay::decode(&good.slice(..cut)).is_err(), "cut at {cut}");
         }
-        assert!(Relay::decode(&[9]).is_err());
+        assert!(Relay::decode(&Bytes::from_static(&[9])).is_err());
         let mut extra = Relay::AckFailed {
             ack_id: 1,
             to: id("x"),
@@ -359,13 +620,13 @@ mod tests {
         .encode()
         .to_vec();
         extra.push(0);
-        assert!(Relay::decode(&extra).is_err());
+        assert!(Relay::decode(&Bytes::from(extra)).is_err());
     }
 
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = Relay::decode(&bytes);
+            let _ = Relay::decode(&Bytes::from(bytes));
         }
 
         #[test]
