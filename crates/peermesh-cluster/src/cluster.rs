@@ -170,6 +170,15 @@ fn key_of(id: &str) -> String {
     k
 }
 
+/// The key of the hub that holds session `name`: `s.<hex name>` (in the ids bucket, so a dead
+/// node's sessions are released with its ids).
+fn session_key(name: &str) -> String {
+    let mut k = String::with_capacity(name.len() * 2 + 2);
+    k.push_str("s.");
+    push_hex(&mut k, name);
+    k
+}
+
 /// The key of `id`'s membership of `room`: `r.<hex room>.<hex id>`.
 fn room_key(room: &str, id: &str) -> String {
     let mut k = String::with_capacity(room.len() * 2 + id.len() * 2 + 3);
@@ -426,8 +435,31 @@ impl Cluster {
     /// the key's subject), from "free" (no key, a delete marker or an empty value) to this
     /// node's name; of several at once, the server accepts exactly one.
     pub async fn claim(&self, id: &str) -> Result<Claim, ClusterError> {
+        self.claim_key(key_of(id)).await
+    }
+
+    /// Claims session `name` for this node, the same way as an id: of several nodes creating
+    /// it at once exactly one holds it; the others learn which ([`Claim::Taken`]).
+    pub async fn claim_session(&self, name: &str) -> Result<Claim, ClusterError> {
+        self.claim_key(session_key(name)).await
+    }
+
+    /// The node that holds session `name`, as far as this node has heard.
+    pub fn session_home(&self, name: &str) -> Option<String> {
+        let st = self.shared.state.lock().ok()?;
+        st.owners.get(&session_key(name)).cloned()
+    }
+
+    /// Releases session `name` if this node holds it (its last member left).
+    pub async fn release_session(&self, name: &str) -> Result<(), ClusterError> {
+        self.check_connected("release a session")?;
+        release_key(&self.shared, &session_key(name), &self.shared.cfg.node)
+            .await
+            .map(|_| ())
+    }
+
+    async fn claim_key(&self, key: String) -> Result<Claim, ClusterError> {
         self.check_connected("claim an id")?;
-        let key = key_of(id);
         let me = self.shared.cfg.node.clone();
         for _ in 0..5 {
             let entry = self

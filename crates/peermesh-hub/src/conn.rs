@@ -593,6 +593,7 @@ impl PreHello {
             takeover: None,
             migration: None,
             migrated: false,
+            migrated_to: None,
             draining: false,
             rtt: RttProbe::default(),
             pending_joins: sessions,
@@ -632,6 +633,7 @@ impl PreHello {
             if let Some(bp) = &hub.router.cluster {
                 // Messages that came for the client while its session was on its way.
                 bp.arrived(&hub.router, &id);
+                bp.sessions_arrived(&hub.router, &session.conn, &h.sessions);
             }
             return Some(session);
         }
@@ -761,6 +763,8 @@ struct Session {
     migration: Option<Box<crate::cluster::Migration>>,
     /// The session moved to another hub: it ends here without telling anyone it left.
     migrated: bool,
+    /// The hub the session moved to.
+    migrated_to: Option<String>,
     /// The hub is shutting down in a cluster: the session waits to move to another hub.
     draining: bool,
     /// Round-trip measurement by WebSocket pings.
@@ -975,6 +979,9 @@ impl Session {
         if self.migration.is_none() && !self.draining {
             self.announce(true);
             self.hub.router.sessions.set_away(&self.conn, true);
+            if let Some(bp) = &self.hub.router.cluster {
+                bp.session_member_away(&self.conn, true);
+            }
         }
         let conn = self.conn.clone();
         loop {
@@ -1060,6 +1067,7 @@ impl Session {
         // makes later deliveries fail here and go to the other hub; what it holds joins the
         // handoff, numbered on.
         self.migrated = true;
+        self.migrated_to = Some(m.to.clone());
         for out in self.conn.mailbox.close() {
             if let Outbound::Frame(body) = out {
                 if let (Some(msg), Some(r)) = (self.framer.message(&body), self.resume.as_mut()) {
@@ -1091,6 +1099,7 @@ impl Session {
             secret: self.conn.secret.clone(),
             rooms: self.conn.rooms.lock().iter().cloned().collect(),
             frames,
+            sessions: self.conn.sessions.lock().iter().cloned().collect(),
         };
         info!(id = %self.conn.client, to = %m.to, last_seq = m.last_seq, last_written, "session handed to another hub");
         let _ = m.reply.send(Ok(handoff));
@@ -1208,6 +1217,9 @@ impl Session {
         if was_away {
             self.announce(false);
             self.hub.router.sessions.set_away(&self.conn, false);
+            if let Some(bp) = &self.hub.router.cluster {
+                bp.session_member_away(&self.conn, false);
+            }
         }
         Resumed::Yes
     }
@@ -1458,6 +1470,14 @@ impl Session {
             return self.error(ErrorCode::TooManySessions, m, req);
         }
         let rtt = self.rtt();
+        if let Some(bp) = &self.hub.router.cluster {
+            if !self.hub.router.sessions.holds(&name) {
+                // Created here once claimed in the cluster, or joined at its home hub; the
+                // answer (snapshot or error) comes when that is done.
+                bp.join_session(&self.hub.router, &self.conn, name, mode, rtt, req);
+                return;
+            }
+        }
         if let Err((code, m)) = self
             .hub
             .router
@@ -1466,6 +1486,18 @@ impl Session {
         {
             self.error(code, m, req);
         }
+    }
+
+    /// The home hub of a session held by another hub that this client is a member of.
+    fn session_home(&self, name: &SessionName) -> Option<String> {
+        if self.hub.router.sessions.holds(name) {
+            return None;
+        }
+        self.hub
+            .router
+            .cluster
+            .as_ref()?
+            .session_home_of(name, &self.conn.client)
     }
 
     /// A counted client frame arrived (handled, or refused with an error).
@@ -1709,12 +1741,24 @@ impl Session {
                 self.join_session(name, mode.unwrap_or_default(), req);
             }
             ClientFrame::SessionLeave { session, req } => {
+                if let (Some(home), Some(bp)) =
+                    (self.session_home(&session), &self.hub.router.cluster)
+                {
+                    let frame = ClientFrame::SessionLeave { session, req };
+                    return bp.forward_session_frame(&home, &self.conn, frame);
+                }
                 match self.hub.router.sessions.leave(&session, &self.conn) {
                     Ok(()) => self.ok(req),
                     Err((code, m)) => self.error(code, m, req),
                 }
             }
             ClientFrame::SessionOp { session, op, req } => {
+                if let (Some(home), Some(bp)) =
+                    (self.session_home(&session), &self.hub.router.cluster)
+                {
+                    let frame = ClientFrame::SessionOp { session, op, req };
+                    return bp.forward_session_frame(&home, &self.conn, frame);
+                }
                 match self.hub.router.sessions.apply(&session, &self.conn, op) {
                     Ok(_) => self.ok(req),
                     Err((code, m)) => self.error(code, m, req),
@@ -2223,7 +2267,14 @@ impl Session {
                 bp.provider_gone(self.conn.conn);
             }
         }
-        hub.router.sessions.leave_all(&self.conn);
+        match &self.migrated_to {
+            // It stays a member of its sessions, reached on its new hub from now on.
+            Some(to) => hub.router.sessions.rehome(&self.conn, to),
+            None => hub.router.sessions.leave_all(&self.conn),
+        }
+        if let Some(bp) = &hub.router.cluster {
+            bp.session_member_gone(&self.conn, self.migrated);
+        }
         let owned = registry.unregister(&self.conn);
         self.conn.cancel.cancel();
         let rooms: Vec<RoomName> = self.conn.rooms.lock().drain().collect();

@@ -176,6 +176,7 @@ impl Hub {
                     config.max_session_members,
                     config.max_session_objects,
                     config.max_object_bytes,
+                    backplane.clone(),
                 )),
             },
             auth,

@@ -11,6 +11,14 @@
 //! (each queue push only appends, never waits), so every member sees the same order, and a
 //! joiner's snapshot is queued under the same lock as its membership: the events after the
 //! snapshot's revision follow it with no gap and no duplicate, however busy the session is.
+//!
+//! In a cluster a session lives on one hub, its *home* (the hub that created it, recorded by
+//! compare-and-set in the cluster's registry, so of several hubs creating it at once exactly
+//! one holds it). Members on other hubs are [`Member::Remote`]: their joins, operations,
+//! leaves, drops and resumes come as requests relayed from their hub
+//! (`cluster::sessions`), and what they receive — snapshots, answers, events — is published
+//! once per hub with members, under the same lock, in the same order. So there is one
+//! authority and one revision sequence per session, whichever hub a member is on.
 
 mod patch;
 // The member-side `View`, digests and a few helpers serve the tests (and clients' mirrors).
@@ -28,6 +36,8 @@ use peermesh_proto::{
     SessionMode, SessionName, SessionObject, SessionOp, SessionState as WireState,
 };
 
+use crate::cluster::relay::Relay;
+use crate::cluster::Backplane;
 use crate::registry::ConnShared;
 use crate::router::Shared;
 use state::{
@@ -73,6 +83,8 @@ pub(crate) struct Session {
 struct Inner {
     state: SessionState,
     conns: HashMap<ClientId, Arc<ConnShared>>,
+    /// Members on other hubs of the cluster: their hub.
+    remote: HashMap<ClientId, String>,
     /// The last member left: the session is being removed; a join must create a new one.
     closed: bool,
 }
@@ -93,10 +105,46 @@ pub struct SessionStats {
 pub(crate) struct Sessions {
     map: DashMap<SessionName, Arc<Session>>,
     limits: Limits,
+    /// Set in a cluster: members on other hubs.
+    cluster: Option<Arc<Backplane>>,
+}
+
+/// A member of a session held by this hub.
+#[derive(Debug, Clone)]
+pub(crate) enum Member<'a> {
+    /// A client of this hub.
+    Local(&'a Arc<ConnShared>),
+    /// Client `client` (connection `conn`) of hub `node`.
+    Remote {
+        client: &'a ClientId,
+        node: &'a str,
+        conn: u64,
+    },
+}
+
+impl Member<'_> {
+    fn client(&self) -> &ClientId {
+        match self {
+            Member::Local(c) => &c.client,
+            Member::Remote { client, .. } => client,
+        }
+    }
+
+    fn conn_no(&self) -> u64 {
+        match self {
+            Member::Local(c) => c.conn,
+            Member::Remote { conn, .. } => *conn,
+        }
+    }
 }
 
 impl Sessions {
-    pub(crate) fn new(max_members: usize, max_objects: usize, max_value_bytes: usize) -> Self {
+    pub(crate) fn new(
+        max_members: usize,
+        max_objects: usize,
+        max_value_bytes: usize,
+        cluster: Option<Arc<Backplane>>,
+    ) -> Self {
         Self {
             map: DashMap::new(),
             limits: Limits {
@@ -104,7 +152,13 @@ impl Sessions {
                 max_objects,
                 max_value_bytes,
             },
+            cluster,
         }
+    }
+
+    /// Whether this hub holds session `name`.
+    pub(crate) fn holds(&self, name: &SessionName) -> bool {
+        self.map.contains_key(name)
     }
 
     /// Joins `conn` to a session (created with `mode` if new): queues its snapshot (carrying
@@ -117,16 +171,34 @@ impl Sessions {
         rtt: Option<Duration>,
         req: Option<u64>,
     ) -> Result<u64, SessionError> {
+        let rev = self.join_member(name, mode, Member::Local(conn), rtt, req)?;
+        conn.sessions.lock().insert(name.clone());
+        Ok(rev)
+    }
+
+    /// Joins a member, local or on another hub, to a session held here (created with `mode`
+    /// if new). The snapshot goes to the member first, then the events that follow it.
+    pub(crate) fn join_member(
+        &self,
+        name: &SessionName,
+        mode: SessionMode,
+        member: Member<'_>,
+        rtt: Option<Duration>,
+        req: Option<u64>,
+    ) -> Result<u64, SessionError> {
         loop {
+            let mut created = false;
             let session = self
                 .map
                 .entry(name.clone())
                 .or_insert_with(|| {
+                    created = true;
                     Arc::new(Session {
                         name: name.clone(),
                         inner: Mutex::new(Inner {
                             state: SessionState::new(self.limits),
                             conns: HashMap::new(),
+                            remote: HashMap::new(),
                             closed: false,
                         }),
                     })
@@ -139,21 +211,106 @@ impl Sessions {
                 self.map.remove_if(name, |_, s| Arc::ptr_eq(s, &session));
                 continue;
             }
+            if created {
+                self.reclaim(name);
+            }
             let mode = match mode {
                 SessionMode::Authoritative => Mode::PeerAuthoritative,
                 SessionMode::Relay => Mode::Relay,
             };
+            let client = member.client().clone();
             let joined = inner
                 .state
-                .join(conn.client.clone(), conn.conn, rtt, mode)
+                .join(client.clone(), member.conn_no(), rtt, mode)
                 .map_err(refusal)?;
             let rev = joined.snapshot.seq;
             // The snapshot goes first, then the events that follow it.
-            queue_snapshot(name, &joined.snapshot, conn, req);
-            inner.conns.insert(conn.client.clone(), conn.clone());
-            session.fan_out(&inner, &joined.events, Some(&conn.client));
-            conn.sessions.lock().insert(name.clone());
+            self.send_snapshot(name, &joined.snapshot, &member, req);
+            match member {
+                Member::Local(conn) => {
+                    inner.remote.remove(&client);
+                    inner.conns.insert(client.clone(), conn.clone());
+                }
+                Member::Remote { node, .. } => {
+                    inner.conns.remove(&client);
+                    inner.remote.insert(client.clone(), node.to_owned());
+                }
+            }
+            session.fan_out(
+                &inner,
+                &joined.events,
+                Some(&client),
+                self.cluster.as_deref(),
+            );
             return Ok(rev);
+        }
+    }
+
+    /// In a cluster, makes sure the registry names this hub as the home of a session it
+    /// (re)created: normally already so (a hub creates a session only after claiming it);
+    /// after a release raced with a join, this claims it again.
+    fn reclaim(&self, name: &SessionName) {
+        let Some(bp) = self.cluster.clone() else {
+            return;
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            match bp.cluster().claim_session(name.as_str()).await {
+                Ok(peermesh_cluster::Claim::Won) => {}
+                Ok(peermesh_cluster::Claim::Taken { node }) => tracing::warn!(
+                    session = %name.as_str(), %node,
+                    "a session this hub holds is recorded for another hub"
+                ),
+                Err(e) => {
+                    tracing::debug!(session = %name.as_str(), error = %e, "cannot record a session's home")
+                }
+            }
+        });
+    }
+
+    /// The session closed with its last member: the cluster forgets its home.
+    fn released(&self, name: &SessionName) {
+        let Some(bp) = self.cluster.clone() else {
+            return;
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bp.cluster().release_session(name.as_str()).await {
+                tracing::debug!(session = %name.as_str(), error = %e, "cannot release a session's home");
+            }
+        });
+    }
+
+    /// Queues (or, for a member on another hub, relays) a snapshot in chunks.
+    fn send_snapshot(
+        &self,
+        name: &SessionName,
+        snap: &state::Snapshot,
+        member: &Member<'_>,
+        req: Option<u64>,
+    ) {
+        let frames = snapshot_frames(name, snap, req);
+        match member {
+            Member::Local(conn) => {
+                for f in &frames {
+                    let body = EncodedBody::encode(conn.encoding, f);
+                    let _ = conn.mailbox.push_frame_unbounded(body);
+                }
+            }
+            Member::Remote { client, node, .. } => {
+                if let Some(bp) = &self.cluster {
+                    for frame in frames {
+                        let out = Relay::SessionOut {
+                            origin: bp.node().to_owned(),
+                            session: name.clone(),
+                            to: Some((*client).clone()),
+                            skip: None,
+                            frame,
+                        };
+                        bp.session_out(node, out.encode());
+                    }
+                }
+            }
         }
     }
 
@@ -166,11 +323,43 @@ impl Sessions {
         op: SessionOp,
     ) -> Result<u64, SessionError> {
         let session = self.member_of(name, conn)?;
+        self.apply_on(&session, &conn.client, None, op)
+    }
+
+    /// An operation of member `client` of hub `node` on a session held here.
+    pub(crate) fn apply_remote(
+        &self,
+        name: &SessionName,
+        client: &ClientId,
+        node: &str,
+        op: SessionOp,
+    ) -> Result<u64, SessionError> {
+        let session = self.get(name)?;
+        self.apply_on(&session, client, Some(node), op)
+    }
+
+    fn apply_on(
+        &self,
+        session: &Session,
+        client: &ClientId,
+        node: Option<&str>,
+        op: SessionOp,
+    ) -> Result<u64, SessionError> {
         let op = to_op(op).map_err(refusal)?;
         let inner = &mut *session.inner.lock();
-        let event = inner.state.apply(&conn.client, op).map_err(refusal)?;
+        if let Some(node) = node {
+            if inner.remote.get(client).map(String::as_str) != Some(node) {
+                return Err(unknown_session(&session.name));
+            }
+        }
+        let event = inner.state.apply(client, op).map_err(refusal)?;
         let rev = event.seq;
-        session.fan_out(inner, std::slice::from_ref(&event), None);
+        session.fan_out(
+            inner,
+            std::slice::from_ref(&event),
+            None,
+            self.cluster.as_deref(),
+        );
         Ok(rev)
     }
 
@@ -178,18 +367,46 @@ impl Sessions {
     pub(crate) fn leave(&self, name: &SessionName, conn: &ConnShared) -> Result<(), SessionError> {
         let session = self.member_of(name, conn)?;
         conn.sessions.lock().remove(name);
+        self.leave_on(&session, &conn.client, None)
+    }
+
+    /// Member `client` of hub `node` leaves a session held here for good.
+    pub(crate) fn leave_remote(
+        &self,
+        name: &SessionName,
+        client: &ClientId,
+        node: &str,
+    ) -> Result<(), SessionError> {
+        let session = self.get(name)?;
+        self.leave_on(&session, client, Some(node))
+    }
+
+    fn leave_on(
+        &self,
+        session: &Arc<Session>,
+        client: &ClientId,
+        node: Option<&str>,
+    ) -> Result<(), SessionError> {
         let closed = {
             let inner = &mut *session.inner.lock();
-            let left = inner.state.leave(&conn.client).map_err(refusal)?;
-            inner.conns.remove(&conn.client);
-            session.fan_out(inner, &left.events, None);
+            if let Some(node) = node {
+                if inner.remote.get(client).map(String::as_str) != Some(node) {
+                    return Err(unknown_session(&session.name));
+                }
+            }
+            let left = inner.state.leave(client).map_err(refusal)?;
+            inner.conns.remove(client);
+            inner.remote.remove(client);
+            session.fan_out(inner, &left.events, None, self.cluster.as_deref());
             if left.closed {
                 inner.closed = true;
             }
             left.closed
         };
         if closed {
-            self.map.remove_if(name, |_, s| Arc::ptr_eq(s, &session));
+            self.map
+                .remove_if(&session.name, |_, s| Arc::ptr_eq(s, session));
+            self.released(&session.name);
         }
         Ok(())
     }
@@ -205,21 +422,103 @@ impl Sessions {
     /// `conn` dropped and may resume (`away`), or resumed.
     pub(crate) fn set_away(&self, conn: &ConnShared, away: bool) {
         let names: Vec<SessionName> = conn.sessions.lock().iter().cloned().collect();
-        let now = Instant::now();
+        for name in names {
+            self.away_as(&name, &conn.client, None, conn.conn, away);
+        }
+    }
+
+    /// Member `client` (of hub `node`, or of this hub) dropped and may resume, or resumed.
+    pub(crate) fn away_as(
+        &self,
+        name: &SessionName,
+        client: &ClientId,
+        node: Option<&str>,
+        conn: u64,
+        away: bool,
+    ) {
+        let Some(session) = self.map.get(name).map(|s| s.value().clone()) else {
+            return;
+        };
+        let inner = &mut *session.inner.lock();
+        if node.is_some() && inner.remote.get(client).map(String::as_str) != node {
+            return;
+        }
+        let events = if away {
+            inner.state.away(client, Instant::now())
+        } else {
+            inner.state.back(client, conn)
+        };
+        if let Ok(events) = events {
+            session.fan_out(inner, &events, None, self.cluster.as_deref());
+        }
+    }
+
+    /// Member `client`'s hub session moved to another hub (it resumed there): it is back,
+    /// reached through `to` from now on, and gets a fresh snapshot (events sent meanwhile
+    /// went to its old hub).
+    pub(crate) fn moved(&self, name: &SessionName, to: Member<'_>) -> Result<(), SessionError> {
+        let session = self.get(name)?;
+        let inner = &mut *session.inner.lock();
+        let client = to.client().clone();
+        if !inner.conns.contains_key(&client) && !inner.remote.contains_key(&client) {
+            return Err(unknown_session(name));
+        }
+        if let Ok(events) = inner.state.back(&client, to.conn_no()) {
+            session.fan_out(inner, &events, Some(&client), self.cluster.as_deref());
+        }
+        let snap = inner.state.snapshot();
+        self.send_snapshot(name, &snap, &to, None);
+        match to {
+            Member::Local(conn) => {
+                inner.remote.remove(&client);
+                inner.conns.insert(client, conn.clone());
+            }
+            Member::Remote { node, .. } => {
+                inner.conns.remove(&client);
+                inner.remote.insert(client, node.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Local client `conn`'s session moved to hub `to`: in the sessions held here it stays a
+    /// member, reached there (the new hub then asks for a fresh snapshot).
+    pub(crate) fn rehome(&self, conn: &ConnShared, to: &str) {
+        let names: Vec<SessionName> = conn.sessions.lock().iter().cloned().collect();
         for name in names {
             let Some(session) = self.map.get(&name).map(|s| s.value().clone()) else {
                 continue;
             };
             let inner = &mut *session.inner.lock();
-            let events = if away {
-                inner.state.away(&conn.client, now)
-            } else {
-                inner.state.back(&conn.client, conn.conn)
-            };
-            if let Ok(events) = events {
-                session.fan_out(inner, &events, None);
+            if inner
+                .conns
+                .get(&conn.client)
+                .is_some_and(|c| c.conn == conn.conn)
+            {
+                inner.conns.remove(&conn.client);
+                inner.remote.insert(conn.client.clone(), to.to_owned());
             }
         }
+    }
+
+    /// Client `id` of hub `node` is gone with its hub: it leaves the sessions held here.
+    pub(crate) fn remote_gone(&self, id: &ClientId, node: &str) {
+        let sessions: Vec<Arc<Session>> = self
+            .map
+            .iter()
+            .filter(|s| s.inner.lock().remote.get(id).map(String::as_str) == Some(node))
+            .map(|s| s.value().clone())
+            .collect();
+        for s in sessions {
+            let _ = self.leave_on(&s, id, Some(node));
+        }
+    }
+
+    fn get(&self, name: &SessionName) -> Result<Arc<Session>, SessionError> {
+        self.map
+            .get(name)
+            .map(|s| s.value().clone())
+            .ok_or_else(|| unknown_session(name))
     }
 
     fn member_of(
@@ -270,9 +569,21 @@ impl Sessions {
 }
 
 impl Session {
-    /// Queues events to the members (except `skip`), each encoded once per encoding. Called
-    /// with the session locked.
-    fn fan_out(&self, inner: &Inner, events: &[Event], skip: Option<&ClientId>) {
+    /// Queues events to the members (except `skip`), each encoded once per encoding, and
+    /// publishes each once to every other hub with members. Called with the session locked.
+    fn fan_out(
+        &self,
+        inner: &Inner,
+        events: &[Event],
+        skip: Option<&ClientId>,
+        cluster: Option<&Backplane>,
+    ) {
+        let mut nodes: Vec<&str> = Vec::new();
+        for (id, node) in &inner.remote {
+            if Some(id) != skip && !nodes.contains(&node.as_str()) {
+                nodes.push(node);
+            }
+        }
         for e in events {
             let frame = wire_event(&self.name, e);
             let mut shared = Shared::new(&frame);
@@ -283,12 +594,29 @@ impl Session {
                 // A full queue closes that member as a slow consumer; the others carry on.
                 let _ = conn.send(shared.body(conn.encoding));
             }
+            if let (Some(bp), false) = (cluster, nodes.is_empty()) {
+                let out = Relay::SessionOut {
+                    origin: bp.node().to_owned(),
+                    session: self.name.clone(),
+                    to: None,
+                    skip: skip.cloned(),
+                    frame,
+                }
+                .encode();
+                for node in &nodes {
+                    bp.session_out(node, out.clone());
+                }
+            }
         }
     }
 }
 
-/// Queues a snapshot in chunks of about [`CHUNK_BYTES`].
-fn queue_snapshot(name: &SessionName, snap: &state::Snapshot, conn: &ConnShared, req: Option<u64>) {
+/// A snapshot as `session_state` frames of about [`CHUNK_BYTES`] each.
+fn snapshot_frames(
+    name: &SessionName,
+    snap: &state::Snapshot,
+    req: Option<u64>,
+) -> Vec<peermesh_proto::ServerFrame> {
     let members: Vec<SessionMember> = snap
         .members
         .iter()
@@ -317,10 +645,9 @@ fn queue_snapshot(name: &SessionName, snap: &state::Snapshot, conn: &ConnShared,
     };
     let mut chunks = snap.chunks(CHUNK_BYTES).peekable();
     if chunks.peek().is_none() {
-        let body = EncodedBody::encode(conn.encoding, &header(Vec::new(), false));
-        let _ = conn.mailbox.push_frame_unbounded(body);
-        return;
+        return vec![header(Vec::new(), false)];
     }
+    let mut out = Vec::new();
     while let Some(chunk) = chunks.next() {
         let objects = chunk
             .iter()
@@ -335,9 +662,9 @@ fn queue_snapshot(name: &SessionName, snap: &state::Snapshot, conn: &ConnShared,
             })
             .collect();
         let more = chunks.peek().is_some();
-        let body = EncodedBody::encode(conn.encoding, &header(objects, more));
-        let _ = conn.mailbox.push_frame_unbounded(body);
+        out.push(header(objects, more));
     }
+    out
 }
 
 fn wire_owner_leave(p: OwnerLeave) -> WireOwnerLeave {

@@ -1059,3 +1059,276 @@ async fn streams_across_hubs_are_reset_when_nats_goes_away_never_left_with_a_gap
     assert_eq!(ann.recv_type("$data").await["data"], "local");
     drop(nats);
 }
+
+/// Joins session `name` and returns its snapshot (one chunk).
+async fn join_session(c: &mut Raw, name: &str, req: u64) -> Value {
+    c.send(json!({"type":"session_join","session":name,"req":req}))
+        .await;
+    loop {
+        let v = c.recv().await;
+        if v["type"] == "error" {
+            panic!("join refused: {v}");
+        }
+        if v["type"] == "session_state" && v["req"] == req {
+            assert_eq!(v["more"], false, "{v}");
+            return v;
+        }
+    }
+}
+
+/// The next `session_event` of `c`.
+async fn session_event(c: &mut Raw) -> Value {
+    c.recv_type("session_event").await
+}
+
+fn roster(snap: &Value) -> Vec<String> {
+    snap["roster"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| m["id"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_spans_hubs_with_one_authority_one_order_and_late_joins_anywhere() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    let (mut bob, _) = b.join_msgpack("bob").await;
+    let (mut carol, _) = c.join("carol").await;
+
+    let s = join_session(&mut alice, "game", 1).await;
+    assert_eq!(
+        (&s["authority"], &s["epoch"]),
+        (&json!("alice"), &json!(1)),
+        "{s}"
+    );
+    // bob and carol join at hub-a's session from their hubs: one session, one authority.
+    let s = join_session(&mut bob, "game", 1).await;
+    assert_eq!(roster(&s), ["alice", "bob"], "{s}");
+    assert_eq!(s["authority"], "alice", "{s}");
+    let e = session_event(&mut alice).await;
+    assert_eq!(
+        (&e["event"], &e["member"]),
+        (&json!("member_joined"), &json!("bob")),
+        "{e}"
+    );
+    let s = join_session(&mut carol, "game", 1).await;
+    assert_eq!(roster(&s), ["alice", "bob", "carol"]);
+    for m in [&mut alice, &mut bob] {
+        let e = session_event(m).await;
+        assert_eq!(
+            (&e["event"], &e["member"]),
+            (&json!("member_joined"), &json!("carol"))
+        );
+    }
+
+    // Operations from any hub are ordered by the one session: every member sees the same
+    // revisions, and the actor gets the event before its ok.
+    bob.send(json!({"type":"session_op","session":"game","op":"create","object":"ball","data":{"x":1},"req":2}))
+        .await;
+    let mut revs = Vec::new();
+    for m in [&mut alice, &mut bob, &mut carol] {
+        let e = session_event(m).await;
+        assert_eq!(
+            (&e["event"], &e["object"], &e["by"], &e["owner"]),
+            (
+                &json!("created"),
+                &json!("ball"),
+                &json!("bob"),
+                &json!("bob")
+            ),
+            "{e}"
+        );
+        revs.push(e["rev"].clone());
+    }
+    assert_eq!(
+        bob.recv().await,
+        json!({"seq": bob.last_seq, "type":"ok","req":2})
+    );
+    carol
+        .send(json!({"type":"session_op","session":"game","op":"patch","object":"ball","data":{"y":2},"req":3}))
+        .await;
+    let e = carol.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("not_owner"), &json!(3)),
+        "{e}"
+    );
+    carol
+        .send(json!({"type":"session_op","session":"game","op":"create","object":"flag","data":"red","req":4}))
+        .await;
+    for m in [&mut alice, &mut bob, &mut carol] {
+        let e = session_event(m).await;
+        assert_eq!(
+            (&e["object"], &e["by"]),
+            (&json!("flag"), &json!("carol")),
+            "{e}"
+        );
+        revs.push(e["rev"].clone());
+    }
+    assert_eq!(revs[0], revs[1]);
+    assert_eq!(revs[1], revs[2]);
+    assert_eq!(revs[3], revs[4]);
+    assert_eq!(revs[4], revs[5]);
+    assert!(revs[3].as_u64() > revs[0].as_u64());
+
+    // A late joiner on any hub gets the whole state at the latest revision.
+    let (mut dave, _) = c.join("dave").await;
+    let s = join_session(&mut dave, "game", 5).await;
+    assert_eq!(roster(&s), ["alice", "bob", "carol", "dave"]);
+    assert!(s["rev"].as_u64() >= revs[5].as_u64(), "{s}");
+    let objects: Vec<&str> = s["objects"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|x| x["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(objects, ["ball", "flag"], "{s}");
+
+    // The authority (on the session's hub) leaves: exactly one other member takes over,
+    // and everyone hears it in the same order.
+    alice
+        .send(json!({"type":"session_leave","session":"game","req":6}))
+        .await;
+    assert_eq!(alice.recv_type("ok").await["req"], 6);
+    let mut authorities = Vec::new();
+    for m in [&mut bob, &mut carol, &mut dave] {
+        let e = loop {
+            let e = session_event(m).await;
+            if e["event"] == "authority" {
+                break e;
+            }
+        };
+        authorities.push((e["member"].clone(), e["epoch"].clone()));
+    }
+    assert_eq!(authorities[0], authorities[1]);
+    assert_eq!(authorities[1], authorities[2]);
+    assert_eq!(authorities[0].1, 2);
+
+    // A member on another hub disconnects: it leaves for good, everyone hears it.
+    drop(carol);
+    for m in [&mut bob, &mut dave] {
+        loop {
+            let e = session_event(m).await;
+            if e["event"] == "member_left" && e["member"] == "carol" {
+                break;
+            }
+        }
+    }
+    // bob leaves from hub-b; the session lives on with dave.
+    bob.send(json!({"type":"session_leave","session":"game","req":7}))
+        .await;
+    assert_eq!(bob.recv_type("ok").await["req"], 7);
+    let e = loop {
+        let e = session_event(&mut dave).await;
+        if e["event"] == "member_left" {
+            break e;
+        }
+    };
+    assert_eq!(e["member"], "bob");
+    bob.send(json!({"type":"session_op","session":"game","op":"delete","object":"flag","req":8}))
+        .await;
+    let e = bob.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("unknown_session"), &json!(8)),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_creating_one_session_at_once_make_one_session() {
+    let nats = NatsServer::start();
+    let [a, b, _c] = three(&nats).await;
+    for i in 0..5 {
+        let name = format!("race-{i}");
+        let (mut alice, _) = a.join(&format!("alice-{i}")).await;
+        let (mut bob, _) = b.join(&format!("bob-{i}")).await;
+        let (sa, sb) = tokio::join!(
+            join_session(&mut alice, &name, 1),
+            join_session(&mut bob, &name, 1)
+        );
+        // Whoever came second sees the first in its snapshot; the first hears the second join.
+        let (first, second) = if roster(&sa).len() == 1 {
+            (sa, sb)
+        } else {
+            (sb, sa)
+        };
+        assert_eq!(roster(&first).len(), 1, "{first}");
+        assert_eq!(roster(&second).len(), 2, "one session, not two: {second}");
+        assert_eq!(first["authority"], second["authority"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_membership_follows_a_client_to_another_hub_and_ends_with_its_home() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    join_session(&mut alice, "game", 1).await;
+    let mut bob = Raw::connect(&b.url("")).await;
+    let w = bob.hello(json!({"id": "bob", "resume": true})).await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let secret = w["secret"].clone();
+    join_session(&mut bob, "game", 1).await;
+    assert_eq!(session_event(&mut alice).await["member"], "bob");
+
+    // bob's connection to hub-b breaks; he resumes on hub-c. He stays a member (no one hears
+    // he left), gets a fresh snapshot there, and the session's events reach him on hub-c.
+    let last = bob.last_seq;
+    drop(bob);
+    let e = session_event(&mut alice).await;
+    assert_eq!(
+        (&e["event"], &e["member"]),
+        (&json!("member_away"), &json!("bob")),
+        "{e}"
+    );
+    let (mut bob, _) = resume_on(&c, "bob", &secret, last).await;
+    let s = bob.recv_type("session_state").await;
+    assert_eq!(
+        (&s["session"], &s["req"]),
+        (&json!("game"), &Value::Null),
+        "{s}"
+    );
+    assert_eq!(roster(&s), ["alice", "bob"]);
+    let e = session_event(&mut alice).await;
+    assert_eq!(
+        (&e["event"], &e["member"]),
+        (&json!("member_back"), &json!("bob")),
+        "{e}"
+    );
+    alice
+        .send(json!({"type":"session_op","session":"game","op":"create","object":"o","data":1,"req":2}))
+        .await;
+    let e = session_event(&mut bob).await;
+    assert_eq!(
+        (&e["event"], &e["object"]),
+        (&json!("created"), &json!("o")),
+        "{e}"
+    );
+    assert_eq!(session_event(&mut alice).await["object"], "o");
+    assert_eq!(alice.recv_type("ok").await["req"], 2);
+    // His operations go from hub-c to the session's hub.
+    bob.send(
+        json!({"type":"session_op","session":"game","op":"create","object":"p","data":2,"req":3}),
+    )
+    .await;
+    assert_eq!(session_event(&mut alice).await["object"], "p");
+    assert_eq!(bob.recv_type("ok").await["req"], 3);
+
+    // The session's hub leaves the cluster: its state is gone, and bob is told so.
+    a.handle.shutdown();
+    let took = until(
+        "bob told the session is gone",
+        Duration::from_secs(12),
+        async || match bob.try_recv(Duration::from_millis(100)).await {
+            Some(v) => v["type"] == "error" && v["code"] == "unknown_session",
+            None => false,
+        },
+    )
+    .await;
+    eprintln!("bob learned his session's hub left after {took:?}");
+    drop(b);
+}

@@ -11,12 +11,13 @@
 //!   request  JSON {"id", "secret", "last_seq", "enc", "to"}
 //!   answer   0, refusal: str                                  (a `resume_rejected` reason)
 //!            1, last_written u64, in_count u64, secret: str, rooms: u16 × str,
-//!               frames: u32 × (kind u8: 0 text / 1 binary, len u32, bytes)
+//!               frames: u32 × (kind u8: 0 text / 1 binary, len u32, bytes),
+//!               sessions: u16 × str (the hub sessions it is a member of)
 //! ```
 
 use axum::extract::ws::Message;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use peermesh_proto::{ClientId, Encoding, ResumeRefusal, RoomName};
+use peermesh_proto::{ClientId, Encoding, ResumeRefusal, RoomName, SessionName};
 use serde::{Deserialize, Serialize};
 
 use super::relay::{err, get_str, get_u64, put_str, RelayError};
@@ -53,6 +54,8 @@ pub(crate) struct Handoff {
     pub(crate) rooms: Vec<RoomName>,
     /// The frames after the client's `last_seq`, oldest first (`last_seq + 1 ..= last_written`).
     pub(crate) frames: Vec<Message>,
+    /// The hub sessions (shared state) it is a member of.
+    pub(crate) sessions: Vec<SessionName>,
 }
 
 /// Encodes A's answer.
@@ -82,6 +85,10 @@ pub(crate) fn encode_answer(answer: &Result<Handoff, ResumeRefusal>) -> Bytes {
                 out.put_u8(kind);
                 out.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
                 out.put_slice(bytes);
+            }
+            out.put_u16(u16::try_from(h.sessions.len()).unwrap_or(u16::MAX));
+            for s in h.sessions.iter().take(usize::from(u16::MAX)) {
+                put_str(&mut out, s.as_str());
             }
         }
     }
@@ -133,8 +140,17 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                     k => return Err(err(format!("unknown frame kind {k}"))),
                 });
             }
+            if b.remaining() < 2 {
+                return Err(err("truncated sessions"));
+            }
+            let n = b.get_u16();
+            let mut sessions = Vec::with_capacity(usize::from(n).min(1024));
+            for _ in 0..n {
+                let s = get_str(&mut b, "session")?;
+                sessions.push(SessionName::new(&s).map_err(|e| err(format!("session: {e}")))?);
+            }
             if b.has_remaining() {
-                return Err(err("bytes after the frames"));
+                return Err(err("bytes after the sessions"));
             }
             if frames.len() as u64 > last_written {
                 return Err(err("more frames than were ever written"));
@@ -145,6 +161,7 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 secret,
                 rooms,
                 frames,
+                sessions,
             }))
         }
         k => Err(err(format!("unknown answer kind {k}"))),
@@ -191,6 +208,7 @@ mod tests {
                 Message::Text("{\"seq\":41}".into()),
                 Message::Binary(Bytes::from_static(&[0x81, 1, 2])),
             ],
+            sessions: vec![SessionName::new("game-7").expect("session")],
         };
         let ok = encode_answer(&Ok(h.clone()));
         assert_eq!(decode_answer(&ok), Ok(Ok(h)));

@@ -30,6 +30,7 @@
 
 mod handoff;
 pub(crate) mod relay;
+mod sessions;
 mod streams;
 
 use std::collections::{HashMap, HashSet};
@@ -191,6 +192,8 @@ pub(crate) struct Backplane {
     /// Clients of other hubs that local connections hold streams with: the connections and
     /// how many streams each holds (an entry lives as long as such a stream).
     stream_peers: DashMap<ClientId, HashMap<u64, u32>>,
+    /// Sessions held by other hubs that local clients are members of.
+    held: DashMap<peermesh_proto::SessionName, sessions::Held>,
     pub(crate) counters: ClusterCounters,
     pending: Mutex<Option<Pending>>,
 }
@@ -279,6 +282,7 @@ impl Backplane {
             remote_subs: DashMap::new(),
             subs_of: DashMap::new(),
             stream_peers: DashMap::new(),
+            held: DashMap::new(),
             counters: ClusterCounters::default(),
             pending: Mutex::new(Some(Pending {
                 out: out_rx,
@@ -1114,6 +1118,20 @@ fn handle(bp: &Backplane, router: &Router, r: Relay) {
             }
         }
         Relay::Stream(m) => bp.stream_in(router, *m),
+        Relay::SessionAsk {
+            origin,
+            client,
+            conn,
+            rtt_ms,
+            ask,
+        } => bp.session_ask(router, origin, client, conn, rtt_ms, ask),
+        Relay::SessionOut {
+            origin,
+            session,
+            to,
+            skip,
+            frame,
+        } => bp.session_in(router, origin, session, to, skip, frame),
         Relay::CallDone { outcome } => {
             let (call, ctrl) = match outcome {
                 ServerFrame::CallResult { req, payload } => (
@@ -1263,6 +1281,10 @@ async fn events(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Event
             Event::IdReleased { id, node } if node != bp.node => {
                 let Ok(id) = ClientId::new(&id) else { continue };
                 bp.stream_peer_released(&router, &id, &node);
+                if !bp.cluster.is_member(&node) {
+                    // Its hub died: it leaves the sessions held here.
+                    router.sessions.remote_gone(&id, &node);
+                }
                 if let Some((_, conns)) = bp.remote_watchers.remove(&id) {
                     for conn in conns {
                         router.control(
@@ -1312,6 +1334,7 @@ async fn reconcile(bp: Arc<Backplane>, router: Router) {
         if !bp.cluster.connected() {
             continue;
         }
+        bp.drop_orphaned_sessions();
         let owned: HashSet<String> = bp.cluster.owned_ids().into_iter().collect();
         let recorded: HashSet<(String, String)> =
             bp.cluster.owned_memberships().into_iter().collect();
@@ -1521,6 +1544,9 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
         secret: "0123".into(),
         rooms: RoomName::new("lobby").into_iter().collect(),
         frames: vec![axum::extract::ws::Message::Text("{\"seq\":9}".into())],
+        sessions: peermesh_proto::SessionName::new("game-1")
+            .into_iter()
+            .collect(),
     });
     let mut v = vec![1u8];
     v.extend_from_slice(&handoff::encode_answer(&handoff));

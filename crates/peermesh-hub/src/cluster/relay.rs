@@ -13,6 +13,14 @@
 //!               origin: str, from: str, from_conn: u64, from_stream: u64
 //! ```
 //!
+//!   9 session   origin: str, client: str, conn: u64,          a member's request to the
+//!     ask       rtt_ms: u64 (MAX: none), tag u8: 1 frame      session's home hub: its
+//!               (the rest: `session_join` / `session_op` /    `session_*` frame, or away /
+//!               `session_leave`), 2 away, 3 back,             back / moved with the session
+//!               4 moved (session: str)
+//!  10 session   origin: str, session: str, to: opt str,      a frame of the home hub for
+//!     out       skip: opt str (u8 0 / 1 and str)              members on the receiving hub
+//!
 //! A stream item is a tag and its fields: 1 open (window: u64, meta: u32 length and JSON
 //! text, length 0 for none), 2 accepted (window: u64), 3 credit (bytes: u64), 4 data (the
 //! rest of the message), 5 end, 6 reset (code: str, reason: str). `conn` and `stream` name the
@@ -25,7 +33,9 @@
 //! from a broken or hostile publisher is an error, never a panic.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use peermesh_proto::{ClientId, Encoding, ErrorCode, Payload, RoomName, ServerFrame};
+use peermesh_proto::{
+    ClientFrame, ClientId, Encoding, ErrorCode, Payload, RoomName, ServerFrame, SessionName,
+};
 
 /// A message from one hub to another (or to every hub, for rooms).
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +73,63 @@ pub(crate) enum Relay {
     Topic { origin: String, frame: ServerFrame },
     /// One end of a stream tells the other, on the receiving hub.
     Stream(Box<StreamMsg>),
+    /// Client `client` (connection `conn`) of hub `origin` asks the session's home hub.
+    SessionAsk {
+        origin: String,
+        client: ClientId,
+        conn: u64,
+        rtt_ms: Option<u64>,
+        ask: Ask,
+    },
+    /// A frame of session `session`'s home hub for its members on the receiving hub: for
+    /// `to` alone (a snapshot, an answer), or for all of them but `skip` (an event).
+    SessionOut {
+        origin: String,
+        session: SessionName,
+        to: Option<ClientId>,
+        skip: Option<ClientId>,
+        frame: ServerFrame,
+    },
+}
+
+/// What a member on another hub asks of a session's home hub.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Ask {
+    /// Its `session_join`, `session_op` or `session_leave`.
+    Frame(ClientFrame),
+    /// It dropped and may resume.
+    Away(SessionName),
+    /// It resumed on the same hub.
+    Back(SessionName),
+    /// Its session moved to the sending hub (it resumed there): events go there now, after a
+    /// fresh snapshot.
+    Moved(SessionName),
+}
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn get_opt_id(b: &mut &[u8], what: &str) -> Result<Option<ClientId>, RelayError> {
+    if !b.has_remaining() {
+        return Err(err(format!("truncated {what}")));
+    }
+    match b.get_u8() {
+        0 => Ok(None),
+        1 => get_id(b, what).map(Some),
+        _ => Err(err(format!("bad flag of {what}"))),
+    }
+}
+
+fn get_session(b: &mut &[u8]) -> Result<SessionName, RelayError> {
+    let s = get_str(b, "session")?;
+    SessionName::new(&s).map_err(|e| err(format!("session: {e}")))
 }
 
 /// A stream item between the two ends of a stream on different hubs.
@@ -186,6 +253,47 @@ impl Relay {
                 put_frame(&mut out, frame);
             }
             Relay::Stream(m) => m.encode_into(&mut out),
+            Relay::SessionAsk {
+                origin,
+                client,
+                conn,
+                rtt_ms,
+                ask,
+            } => {
+                out.put_u8(9);
+                put_str(&mut out, origin);
+                put_str(&mut out, client.as_str());
+                out.put_u64(*conn);
+                out.put_u64(rtt_ms.unwrap_or(u64::MAX));
+                match ask {
+                    Ask::Frame(f) => {
+                        out.put_u8(1);
+                        out.put_slice(&peermesh_proto::encode_client(Encoding::MsgPack, f));
+                    }
+                    Ask::Away(s) | Ask::Back(s) | Ask::Moved(s) => {
+                        out.put_u8(match ask {
+                            Ask::Away(_) => 2,
+                            Ask::Back(_) => 3,
+                            _ => 4,
+                        });
+                        put_str(&mut out, s.as_str());
+                    }
+                }
+            }
+            Relay::SessionOut {
+                origin,
+                session,
+                to,
+                skip,
+                frame,
+            } => {
+                out.put_u8(10);
+                put_str(&mut out, origin);
+                put_str(&mut out, session.as_str());
+                put_opt_str(&mut out, to.as_ref().map(ClientId::as_str));
+                put_opt_str(&mut out, skip.as_ref().map(ClientId::as_str));
+                put_frame(&mut out, frame);
+            }
         }
         out.freeze()
     }
@@ -266,6 +374,64 @@ impl Relay {
                 }
             }
             8 => StreamMsg::decode(whole, b).map(|m| Relay::Stream(Box::new(m))),
+            9 => {
+                let origin = get_str(&mut b, "origin")?;
+                let client = get_id(&mut b, "client")?;
+                let conn = get_u64(&mut b)?;
+                let rtt_ms = Some(get_u64(&mut b)?).filter(|r| *r != u64::MAX);
+                if !b.has_remaining() {
+                    return Err(err("a session request without its tag"));
+                }
+                let ask = match b.get_u8() {
+                    1 => match peermesh_proto::decode_client(Encoding::MsgPack, b) {
+                        Ok(
+                            f @ (ClientFrame::SessionJoin {
+                                session: Some(_), ..
+                            }
+                            | ClientFrame::SessionOp { .. }
+                            | ClientFrame::SessionLeave { .. }),
+                        ) => {
+                            b = &[];
+                            Ask::Frame(f)
+                        }
+                        Ok(_) => return Err(err("a session request must carry a session frame")),
+                        Err(e) => return Err(err(format!("session frame: {e}"))),
+                    },
+                    t @ 2..=4 => {
+                        let s = get_session(&mut b)?;
+                        match t {
+                            2 => Ask::Away(s),
+                            3 => Ask::Back(s),
+                            _ => Ask::Moved(s),
+                        }
+                    }
+                    t => return Err(err(format!("unknown session request {t}"))),
+                };
+                if b.has_remaining() {
+                    return Err(err("bytes after a session request"));
+                }
+                Ok(Relay::SessionAsk {
+                    origin,
+                    client,
+                    conn,
+                    rtt_ms,
+                    ask,
+                })
+            }
+            10 => {
+                let origin = get_str(&mut b, "origin")?;
+                let session = get_session(&mut b)?;
+                let to = get_opt_id(&mut b, "to")?;
+                let skip = get_opt_id(&mut b, "skip")?;
+                let frame = get_frame(b)?;
+                Ok(Relay::SessionOut {
+                    origin,
+                    session,
+                    to,
+                    skip,
+                    frame,
+                })
+            }
             k => Err(err(format!("unknown kind {k}"))),
         }
     }
