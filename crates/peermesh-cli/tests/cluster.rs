@@ -1,6 +1,7 @@
 //! Three `peermesh serve --cluster` processes on a real `nats-server -js`, with `peermesh
 //! connect` clients: messages and rooms across hubs, the cluster on `/status.json` and
-//! `/metrics`, and `kill -9` of a hub (its ids and room members released within 10 s); pipes
+//! `/metrics`, and `kill -9` of a hub (its ids, room members and session members released
+//! within 10 s); pipes
 //! (streams) between clients of different hubs, and what `kill -9` of a hub does to them.
 
 mod common;
@@ -92,6 +93,17 @@ fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
         alice.expect_type("message"),
         json!({"type": "message", "from": "carol", "event": "e", "data": "hi", "room": "r"})
     );
+    // A hub session held by hub-a, with a member on hub-c.
+    alice.send(r#"{"op":"session_join","session":"game","req":2}"#);
+    assert_eq!(alice.expect_type("session_state")["authority"], "alice");
+    carol.send(r#"{"op":"session_join","session":"game","req":2}"#);
+    let s = carol.expect_type("session_state");
+    assert_eq!(s["authority"], "alice", "one session across hubs: {s}");
+    let e = alice.expect_type("session_event");
+    assert_eq!(
+        (&e["event"], &e["member"]),
+        (&json!("member_joined"), &json!("carol"))
+    );
     // The same id on another hub is refused while carol holds it.
     let taken = Proc::spawn("carol-2", &["connect", &b_ws, "--id", "carol"]);
     let e = taken.expect_type("error");
@@ -102,10 +114,17 @@ fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
     c.kill();
     let killed = Instant::now();
     carol.kill();
-    assert_eq!(
-        alice.expect_type("member_left"),
-        json!({"type": "member_left", "room": "r", "id": "carol"})
-    );
+    // The room and the session both lose carol (in either order): her hub is dead.
+    let (mut room_left, mut session_left) = (false, false);
+    while !(room_left && session_left) {
+        let v = alice.line();
+        if v == json!({"type": "member_left", "room": "r", "id": "carol"}) {
+            room_left = true;
+        } else if v["type"] == "session_event" && v["event"] == "member_left" {
+            assert_eq!(v["member"], "carol", "{v}");
+            session_left = true;
+        }
+    }
     let members_gone = killed.elapsed();
     // carol's id is free: she connects to hub-b.
     let carol_again = loop {

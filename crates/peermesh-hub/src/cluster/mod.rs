@@ -43,7 +43,9 @@ use dashmap::DashMap;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use peermesh_cluster::{Claim, Cluster, ClusterError, Event};
-use peermesh_proto::{ClientId, ErrorCode, RoomName, ServerFrame, ServiceName, TopicName};
+use peermesh_proto::{
+    ClientFrame, ClientId, ErrorCode, RoomName, ServerFrame, ServiceName, TopicName,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -1519,6 +1521,27 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
                 meta: Some(serde_json::json!({"file": "x.bin"})),
             },
         })),
+        Relay::SessionAsk {
+            origin: "hub-b".into(),
+            client: alice.clone(),
+            conn: 3,
+            rtt_ms: Some(20),
+            ask: relay::Ask::Frame(ClientFrame::SessionJoin {
+                session: peermesh_proto::SessionName::new("game").ok(),
+                mode: None,
+                req: Some(1),
+            }),
+        },
+        Relay::SessionOut {
+            origin: "hub-a".into(),
+            session: match peermesh_proto::SessionName::new("game") {
+                Ok(s) => s,
+                Err(_) => return Vec::new(),
+            },
+            to: None,
+            skip: Some(alice.clone()),
+            frame: ServerFrame::Ok { req: 1 },
+        },
         Relay::Stream(Box::new(relay::StreamMsg {
             to: bob,
             conn: 2,

@@ -677,7 +677,11 @@ mod tests {
                 )),
             },
         ];
-        for r in all.into_iter().chain(stream_samples()) {
+        for r in all
+            .into_iter()
+            .chain(stream_samples())
+            .chain(session_samples())
+        {
             assert_eq!(Relay::decode(&r.encode()), Ok(r));
         }
     }
@@ -716,6 +720,75 @@ mod tests {
                 }))
             })
             .collect()
+    }
+
+    fn session_samples() -> Vec<Relay> {
+        let name = SessionName::new("game-1").expect("session");
+        let asks = [
+            Ask::Frame(ClientFrame::SessionJoin {
+                session: Some(name.clone()),
+                mode: Some(peermesh_proto::SessionMode::Relay),
+                req: Some(4),
+            }),
+            Ask::Frame(ClientFrame::SessionLeave {
+                session: name.clone(),
+                req: None,
+            }),
+            Ask::Away(name.clone()),
+            Ask::Back(name.clone()),
+            Ask::Moved(name.clone()),
+        ];
+        let mut out: Vec<Relay> = asks
+            .into_iter()
+            .map(|ask| Relay::SessionAsk {
+                origin: "hub-b".into(),
+                client: id("bob"),
+                conn: 12,
+                rtt_ms: Some(30),
+                ask,
+            })
+            .collect();
+        out.push(Relay::SessionOut {
+            origin: "hub-a".into(),
+            session: name.clone(),
+            to: None,
+            skip: Some(id("carol")),
+            frame: ServerFrame::Ok { req: 3 },
+        });
+        out.push(Relay::SessionOut {
+            origin: "hub-a".into(),
+            session: name,
+            to: Some(id("bob")),
+            skip: None,
+            frame: ServerFrame::Pong { req: Some(1) },
+        });
+        out
+    }
+
+    #[test]
+    fn damaged_session_messages_are_errors() {
+        for r in session_samples() {
+            let good = r.encode();
+            for cut in 0..good.len() {
+                assert!(
+                    Relay::decode(&good.slice(..cut)).is_err(),
+                    "cut at {cut}: {r:?}"
+                );
+            }
+        }
+        // A session request must carry a session frame, not any client frame.
+        let mut bad = BytesMut::new();
+        bad.put_u8(9);
+        put_str(&mut bad, "hub-b");
+        put_str(&mut bad, "bob");
+        bad.put_u64(1);
+        bad.put_u64(u64::MAX);
+        bad.put_u8(1);
+        bad.put_slice(&peermesh_proto::encode_client(
+            Encoding::MsgPack,
+            &ClientFrame::Ping { req: Some(1) },
+        ));
+        assert!(Relay::decode(&bad.freeze()).is_err());
     }
 
     #[test]
