@@ -104,6 +104,34 @@ fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
         (&e["event"], &e["member"]),
         (&json!("member_joined"), &json!("carol"))
     );
+    // A topic of a provider on hub-c, with a subscriber on hub-a.
+    carol.send(r#"{"op":"provide","service":"news","methods":["get"],"req":3}"#);
+    assert_eq!(carol.expect_type("ok")["req"], 3);
+    carol.send(r#"{"op":"create_topic","topic":"sport","req":4}"#);
+    assert_eq!(carol.expect_type("ok")["req"], 4);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        alice.send(r#"{"op":"subscribe","service":"news","topic":"sport","req":5}"#);
+        let v = loop {
+            let v = alice.line();
+            if v["req"] == 5 {
+                break v;
+            }
+        };
+        if v["type"] == "ok" {
+            break;
+        }
+        // Until hub-c's heartbeat advertised the topic.
+        assert!(
+            v["code"] == "unknown_topic" || v["code"] == "unknown_service",
+            "{v}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the topic was never offered to hub-a"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The same id on another hub is refused while carol holds it.
     let taken = Proc::spawn("carol-2", &["connect", &b_ws, "--id", "carol"]);
     let e = taken.expect_type("error");
@@ -114,18 +142,28 @@ fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
     c.kill();
     let killed = Instant::now();
     carol.kill();
-    // The room and the session both lose carol (in either order): her hub is dead.
-    let (mut room_left, mut session_left) = (false, false);
-    while !(room_left && session_left) {
+    // The room and the session lose carol, and her topic ends (in any order): her hub is dead.
+    let (mut room_left, mut session_left, mut topic_ended) = (false, false, false);
+    let mut members_gone = Duration::ZERO;
+    while !(room_left && session_left && topic_ended) {
         let v = alice.line();
         if v == json!({"type": "member_left", "room": "r", "id": "carol"}) {
             room_left = true;
+            members_gone = killed.elapsed();
         } else if v["type"] == "session_event" && v["event"] == "member_left" {
             assert_eq!(v["member"], "carol", "{v}");
             session_left = true;
+        } else if v["type"] == "topic_ended" {
+            assert_eq!(
+                v,
+                json!({"type": "topic_ended", "service": "news", "topic": "sport", "reason": "service_gone"})
+            );
+            topic_ended = true;
+            let took = killed.elapsed();
+            eprintln!("topic_ended {took:?} after kill -9");
+            assert!(took < Duration::from_secs(10), "{took:?}");
         }
     }
-    let members_gone = killed.elapsed();
     // carol's id is free: she connects to hub-b.
     let carol_again = loop {
         let p = Proc::spawn("carol-3", &["connect", &b_ws, "--id", "carol"]);

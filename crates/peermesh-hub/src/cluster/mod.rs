@@ -694,6 +694,25 @@ impl Backplane {
         }
     }
 
+    /// Topics of other hubs' providers that no live hub offers any more (their hub died
+    /// without a word): their subscribers here get `topic_ended` (`service_gone`).
+    fn end_orphaned_topics(&self, router: &Router) {
+        let orphaned: Vec<(ServiceName, TopicName)> = self
+            .remote_subs
+            .iter()
+            .map(|e| e.key().clone())
+            .filter(|(svc, topic)| !self.cluster.topic_offered(svc.as_str(), topic.as_str()))
+            .collect();
+        for (service, topic) in orphaned {
+            let ended = ServerFrame::TopicEnded {
+                service,
+                topic,
+                reason: peermesh_proto::TopicEnd::ServiceGone,
+            };
+            self.deliver_topic(router, &ended);
+        }
+    }
+
     /// Which hub answers a call of `service.method`: `None` for this one, else another hub
     /// that offers it. The hub's own handlers answer first; client providers share the calls
     /// with the other hubs that offer the method, in turn.
@@ -1278,6 +1297,8 @@ async fn id_worker(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Op
 }
 
 async fn events(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Event>) {
+    // A dead hub's ids come released one by one: sweep its topics and sessions once.
+    let mut swept: Option<(String, Instant)> = None;
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::IdReleased { id, node } if node != bp.node => {
@@ -1286,6 +1307,14 @@ async fn events(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Event
                 if !bp.cluster.is_member(&node) {
                     // Its hub died: it leaves the sessions held here.
                     router.sessions.remote_gone(&id, &node);
+                    let fresh = swept
+                        .as_ref()
+                        .is_some_and(|(n, at)| *n == node && at.elapsed() < Duration::from_secs(1));
+                    if !fresh {
+                        bp.end_orphaned_topics(&router);
+                        bp.drop_orphaned_sessions();
+                        swept = Some((node.clone(), Instant::now()));
+                    }
                 }
                 if let Some((_, conns)) = bp.remote_watchers.remove(&id) {
                     for conn in conns {
@@ -1337,6 +1366,7 @@ async fn reconcile(bp: Arc<Backplane>, router: Router) {
             continue;
         }
         bp.drop_orphaned_sessions();
+        bp.end_orphaned_topics(&router);
         let owned: HashSet<String> = bp.cluster.owned_ids().into_iter().collect();
         let recorded: HashSet<(String, String)> =
             bp.cluster.owned_memberships().into_iter().collect();
