@@ -269,15 +269,17 @@ async fn session(args: &ConnectArgs, out: Output) -> anyhow::Result<()> {
             return Err(anyhow!("cannot connect to {}: {e}", args.describe_urls()));
         }
     };
+    // Listen before saying `connected`: whoever reads that line and then breaks the
+    // connection must see every event after it (a `reconnecting` could otherwise come before
+    // the event stream exists, and be missed).
+    let mut messages = client.on_any();
+    let mut events = client.events();
+    let mut invocations = client.invocations();
     let url = client.current_url();
     tracing::info!(id = %client.id(), url, "connected");
     let several = args.hub_urls().len() > 1;
     out.line(output::connected(client.id(), several.then_some(url)))
         .await;
-
-    let mut messages = client.on_any();
-    let mut events = client.events();
-    let mut invocations = client.invocations();
     let forward_invocations = {
         let out = out.clone();
         tokio::spawn(async move {
