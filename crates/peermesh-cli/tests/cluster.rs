@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::side::{collect, feed, Gen, Side};
+use common::side::{exchange, Side};
 use common::{http_get, Proc};
 use peermesh_testkit::NatsServer;
 use serde_json::{json, Value};
@@ -38,6 +38,18 @@ fn hub(nats: &NatsServer, name: &str) -> (Proc, String, String) {
     (p, addr, ws)
 }
 
+/// hub-a, hub-b and hub-c, once hub-a sees all three.
+fn three(nats: &NatsServer) -> [(Proc, String, String); 3] {
+    let all = ["hub-a", "hub-b", "hub-c"].map(|n| hub(nats, n));
+    let a_addr = &all[0].1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes(a_addr).len() < 3 {
+        assert!(Instant::now() < deadline, "hub-a sees {:?}", nodes(a_addr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    all
+}
+
 fn connect(url: &str, id: &str, args: &[&str]) -> Proc {
     let mut all = vec!["connect", url, "--id", id];
     all.extend_from_slice(args);
@@ -62,14 +74,7 @@ fn nodes(addr: &str) -> Vec<String> {
 #[test]
 fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
     let nats = NatsServer::start();
-    let (_a, a_addr, a_ws) = hub(&nats, "hub-a");
-    let (_b, _b_addr, b_ws) = hub(&nats, "hub-b");
-    let (mut c, _c_addr, c_ws) = hub(&nats, "hub-c");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while nodes(&a_addr).len() < 3 {
-        assert!(Instant::now() < deadline, "hub-a sees {:?}", nodes(&a_addr));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let [(_a, a_addr, a_ws), (_b, _, b_ws), (mut c, _, c_ws)] = three(&nats);
     assert_eq!(nodes(&a_addr), ["hub-a", "hub-b", "hub-c"]);
 
     let mut alice = connect(&a_ws, "alice", &["--room", "r"]);
@@ -233,35 +238,10 @@ fn serve_with_an_unreachable_cluster_fails_with_the_fix_and_cluster_wait_joins_l
 #[test]
 fn pipes_cross_hubs_and_a_killed_hub_ends_its_streams_with_peer_left() {
     let nats = NatsServer::start();
-    let (_a, a_addr, a_ws) = hub(&nats, "hub-a");
-    let (_b, _b_addr, b_ws) = hub(&nats, "hub-b");
-    let (mut c, _c_addr, c_ws) = hub(&nats, "hub-c");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while nodes(&a_addr).len() < 3 {
-        assert!(Instant::now() < deadline, "hub-a sees {:?}", nodes(&a_addr));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let [(_a, _, a_ws), (_b, _, b_ws), (mut c, _, c_ws)] = three(&nats);
 
     // 3 MiB one way, 15 KB the other, between processes on hub-a and hub-b.
-    let mut bob = Side::spawn(&b_ws, &["--id", "bob", "--accept-pipe"]);
-    bob.wait_for("\"type\":\"connected\"");
-    let mut alice = Side::spawn(&a_ws, &["--id", "alice", "--pipe", "bob"]);
-    let mut to_bob = vec![0u8; 3 << 20];
-    Gen(7).fill(&mut to_bob);
-    let to_alice = b"thanks, got it\n".repeat(1000);
-    let w1 = feed(&mut alice, to_bob.clone());
-    let w2 = feed(&mut bob, to_alice.clone());
-    let at_bob = collect(&mut bob);
-    let at_alice = collect(&mut alice);
-    assert_eq!(alice.exit_code(), 0, "alice's stderr:\n{}", alice.stderr());
-    assert_eq!(bob.exit_code(), 0, "bob's stderr:\n{}", bob.stderr());
-    w1.join().expect("writer");
-    w2.join().expect("writer");
-    assert!(
-        at_bob.join().expect("reader") == to_bob,
-        "bob's stdout is exactly alice's stdin, across two hubs"
-    );
-    assert_eq!(at_alice.join().expect("reader"), to_alice);
+    exchange(&a_ws, &b_ws, 7);
 
     // A pipe to a client of hub-c, then kill -9 of hub-c: the other end learns peer_left
     // once the cluster declares hub-c dead.

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Raw, TestHub};
+use common::{open_stream, Raw, TestHub};
 use peermesh_hub::HubConfig;
 use peermesh_testkit::NatsServer;
 use serde_json::{json, Value};
@@ -84,6 +84,16 @@ async fn reachable(from: &mut Raw, id: &str, req: u64) -> bool {
     v["type"] == "ok"
 }
 
+/// Waits (up to 5 s) until `id` is reachable from `from`'s hub.
+async fn await_visible(from: &mut Raw, id: &str, req: u64) {
+    until(
+        &format!("{id} visible"),
+        Duration::from_secs(5),
+        async || reachable(from, id, req).await,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_hellos_with_one_id_on_three_hubs_have_exactly_one_winner() {
     let nats = NatsServer::start();
@@ -115,12 +125,7 @@ async fn direct_messages_acks_and_peer_left_cross_hubs() {
     let [a, b, _c] = three(&nats).await;
     let (mut alice, _) = a.join("alice").await;
     let (mut bob, _) = b.join_msgpack("bob").await;
-    until(
-        "bob visible from hub-a",
-        Duration::from_secs(5),
-        async || reachable(&mut alice, "bob", 1).await,
-    )
-    .await;
+    await_visible(&mut alice, "bob", 1).await;
     while bob.try_recv(Duration::from_millis(200)).await.is_some() {}
 
     alice
@@ -314,12 +319,7 @@ async fn hubs_keep_serving_local_traffic_while_nats_restarts_and_then_reconnect(
     let (mut ann, _) = a.join("ann").await;
     let (_bob, _) = b.join("bob").await;
     let (carl, _) = a.join("carl").await;
-    until(
-        "bob visible from hub-a",
-        Duration::from_secs(5),
-        async || reachable(&mut alice, "bob", 1).await,
-    )
-    .await;
+    await_visible(&mut alice, "bob", 1).await;
 
     nats.kill();
     // carl leaves while the registry is unreachable: his id cannot be released now.
@@ -373,12 +373,7 @@ async fn a_session_resumes_on_another_hub_without_loss_or_duplicates() {
     let (mut bob, _) = b.join("bob").await;
     bob.send(json!({"type":"join","room":"r","req":1})).await;
     assert_eq!(bob.recv_type("ok").await["req"], 1);
-    until(
-        "alice visible from hub-b",
-        Duration::from_secs(5),
-        async || reachable(&mut bob, "alice", 2).await,
-    )
-    .await;
+    await_visible(&mut bob, "alice", 2).await;
     while alice.try_recv(Duration::from_millis(300)).await.is_some() {}
 
     // alice reads 1..=3 of bob's messages, then her connection to hub-a breaks.
@@ -677,12 +672,7 @@ async fn a_hub_shutting_down_hands_its_clients_a_hint_and_their_sessions_move() 
     let w = alice.hello(json!({"id": "alice", "resume": true})).await;
     let secret = w["secret"].clone();
     let (mut bob, _) = b.join("bob").await;
-    until(
-        "alice visible from hub-b",
-        Duration::from_secs(5),
-        async || reachable(&mut bob, "alice", 1).await,
-    )
-    .await;
+    await_visible(&mut bob, "alice", 1).await;
     while alice.try_recv(Duration::from_millis(300)).await.is_some() {}
     for i in 1..=2 {
         bob.send(json!({"type":"emit","to":"alice","event":"n","data":i}))
@@ -726,12 +716,7 @@ async fn a_session_moving_under_a_steady_stream_loses_nothing_and_repeats_nothin
     let w = alice.hello(json!({"id": "alice", "resume": true})).await;
     let secret = w["secret"].clone();
     let (mut bob, _) = b.join("bob").await;
-    until(
-        "alice visible from hub-b",
-        Duration::from_secs(5),
-        async || reachable(&mut bob, "alice", 1).await,
-    )
-    .await;
+    await_visible(&mut bob, "alice", 1).await;
     while alice.try_recv(Duration::from_millis(300)).await.is_some() {}
     // bob sends 1..=300, one every 2 ms, while alice moves from hub-a to hub-c.
     let sender = tokio::spawn(async move {
@@ -773,29 +758,6 @@ async fn a_session_moving_under_a_steady_stream_loses_nothing_and_repeats_nothin
         .try_recv(Duration::from_millis(100))
         .await
         .is_none_or(|v| v["type"] != "peer_left"));
-}
-
-/// Opens a stream from `a` to `to` (its client `b`) with windows `wa` (the opener's) and `wb`
-/// (the target's): returns (a's id, b's id) of the stream.
-async fn open_stream(a: &mut Raw, b: &mut Raw, to: &str, req: u64, wa: u64, wb: u64) -> (u64, u64) {
-    a.send(json!({"type":"stream_open","req":req,"to":to,"meta":{"file":"x.bin","n":[1,2.5]},"window":wa}))
-        .await;
-    let r = b.recv_type("stream_request").await;
-    assert_eq!(
-        (&r["meta"], &r["window"]),
-        (&json!({"file":"x.bin","n":[1,2.5]}), &json!(wa)),
-        "{r}"
-    );
-    let sb = r["stream"].as_u64().expect("stream id");
-    b.send(json!({"type":"stream_accept","stream":sb,"window":wb}))
-        .await;
-    let acc = a.recv_type("stream_accepted").await;
-    assert_eq!(
-        (&acc["req"], &acc["window"]),
-        (&json!(req), &json!(wb)),
-        "{acc}"
-    );
-    (acc["stream"].as_u64().expect("stream id"), sb)
 }
 
 async fn no_streams_left(hubs: &[&TestHub]) {
@@ -866,12 +828,8 @@ async fn streams_cross_hubs_with_flow_control_end_to_end() {
     let (mut alice, _) = a.join("alice").await;
     let (mut bob, _) = b.join_msgpack("bob").await;
     let (mut carol, _) = c.join("carol").await;
-    until(
-        "bob visible from hub-a and hub-c",
-        Duration::from_secs(5),
-        async || reachable(&mut alice, "bob", 1).await && reachable(&mut carol, "bob", 2).await,
-    )
-    .await;
+    await_visible(&mut alice, "bob", 1).await;
+    await_visible(&mut carol, "bob", 2).await;
     while bob.try_recv(Duration::from_millis(200)).await.is_some() {}
 
     // A refusal crosses back with the target's reason.
@@ -953,12 +911,7 @@ async fn streams_cross_hubs_with_flow_control_end_to_end() {
     );
     // An open whose target disconnects before answering fails with peer_left.
     let (mut dave, _) = b.join("dave").await;
-    until(
-        "dave visible from hub-c",
-        Duration::from_secs(5),
-        async || reachable(&mut carol, "dave", 20).await,
-    )
-    .await;
+    await_visible(&mut carol, "dave", 20).await;
     carol
         .send(json!({"type":"stream_open","req":21,"to":"dave"}))
         .await;
@@ -985,12 +938,7 @@ async fn a_stream_open_across_hubs_times_out_on_both_ends() {
     let (a, b) = tokio::join!(TestHub::start(cfg("hub-a")), TestHub::start(cfg("hub-b")));
     let (mut alice, _) = a.join("alice").await;
     let (mut bob, _) = b.join("bob").await;
-    until(
-        "bob visible from hub-a",
-        Duration::from_secs(5),
-        async || reachable(&mut alice, "bob", 1).await,
-    )
-    .await;
+    await_visible(&mut alice, "bob", 1).await;
     alice
         .send(json!({"type":"stream_open","req":2,"to":"bob"}))
         .await;
@@ -1032,12 +980,7 @@ async fn streams_across_hubs_are_reset_when_nats_goes_away_never_left_with_a_gap
     let (mut alice, _) = a.join("alice").await;
     let (mut bob, _) = b.join("bob").await;
     let (mut ann, _) = a.join("ann").await;
-    until(
-        "bob visible from hub-a",
-        Duration::from_secs(5),
-        async || reachable(&mut alice, "bob", 1).await,
-    )
-    .await;
+    await_visible(&mut alice, "bob", 1).await;
     while bob.try_recv(Duration::from_millis(200)).await.is_some() {}
     let (sa, sb) = open_stream(&mut alice, &mut bob, "bob", 2, 100, 100).await;
     // A stream within hub-a is not affected.

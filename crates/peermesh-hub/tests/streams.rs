@@ -12,20 +12,7 @@ use serde_json::{json, Value};
 
 /// alice opens a stream to bob, bob accepts: returns (alice's id, bob's id).
 async fn open(a: &mut Raw, b: &mut Raw, to: &str, wa: u64, wb: u64) -> (u64, u64) {
-    a.send(json!({"type":"stream_open","req":11,"to":to,"meta":{"file":"x.bin"},"window":wa}))
-        .await;
-    let r = b.recv_type("stream_request").await;
-    assert_eq!(r["meta"], json!({"file":"x.bin"}), "{r}");
-    assert_eq!(r["window"], wa, "{r}");
-    let sb = r["stream"].as_u64().unwrap();
-    b.send(json!({"type":"stream_accept","stream":sb,"window":wb}))
-        .await;
-    let acc = a.recv_type("stream_accepted").await;
-    assert_eq!(
-        (acc["req"].clone(), acc["window"].clone()),
-        (json!(11), json!(wb))
-    );
-    (acc["stream"].as_u64().unwrap(), sb)
+    common::open_stream(a, b, to, 11, wa, wb).await
 }
 
 async fn until_no_streams(hub: &TestHub) {

@@ -115,3 +115,29 @@ pub fn collect(side: &mut Side) -> thread::JoinHandle<Vec<u8>> {
         all
     })
 }
+
+/// `bob` (on `bob_url`) accepts a pipe from `alice` (on `alice_url`); 3 MiB of `Gen(seed)`
+/// bytes go to bob and 15 KB back, both must arrive byte for byte and both ends exit 0.
+/// Returns alice's stderr.
+pub fn exchange(alice_url: &str, bob_url: &str, seed: u64) -> String {
+    let mut bob = Side::spawn(bob_url, &["--id", "bob", "--accept-pipe"]);
+    bob.wait_for("\"type\":\"connected\"");
+    let mut alice = Side::spawn(alice_url, &["--id", "alice", "--pipe", "bob"]);
+    let mut to_bob = vec![0u8; 3 << 20];
+    Gen(seed).fill(&mut to_bob);
+    let to_alice = b"thanks, got it\n".repeat(1000);
+    let w1 = feed(&mut alice, to_bob.clone());
+    let w2 = feed(&mut bob, to_alice.clone());
+    let at_bob = collect(&mut bob);
+    let at_alice = collect(&mut alice);
+    assert_eq!(alice.exit_code(), 0, "alice's stderr:\n{}", alice.stderr());
+    assert_eq!(bob.exit_code(), 0, "bob's stderr:\n{}", bob.stderr());
+    w1.join().expect("writer");
+    w2.join().expect("writer");
+    assert!(
+        at_bob.join().expect("reader") == to_bob,
+        "bob's stdout is exactly alice's stdin"
+    );
+    assert_eq!(at_alice.join().expect("reader"), to_alice);
+    alice.stderr()
+}

@@ -236,3 +236,30 @@ pub fn data_frame(stream: u64, data: &[u8]) -> Message {
     v.extend_from_slice(data);
     Message::Binary(v.into())
 }
+
+/// `a` opens a stream to `to` (its client `b`) with `req`, its own window `wa`, and metadata;
+/// `b` accepts with window `wb`. Returns (a's id, b's id) of the stream.
+pub async fn open_stream(
+    a: &mut Raw,
+    b: &mut Raw,
+    to: &str,
+    req: u64,
+    wa: u64,
+    wb: u64,
+) -> (u64, u64) {
+    let meta = json!({"file": "x.bin", "n": [1, 2.5]});
+    a.send(json!({"type":"stream_open","req":req,"to":to,"meta":meta,"window":wa}))
+        .await;
+    let r = b.recv_type("stream_request").await;
+    assert_eq!((&r["meta"], &r["window"]), (&meta, &json!(wa)), "{r}");
+    let sb = r["stream"].as_u64().unwrap();
+    b.send(json!({"type":"stream_accept","stream":sb,"window":wb}))
+        .await;
+    let acc = a.recv_type("stream_accepted").await;
+    assert_eq!(
+        (&acc["req"], &acc["window"]),
+        (&json!(req), &json!(wb)),
+        "{acc}"
+    );
+    (acc["stream"].as_u64().unwrap(), sb)
+}
