@@ -833,18 +833,7 @@ async fn streams_cross_hubs_with_flow_control_end_to_end() {
     while bob.try_recv(Duration::from_millis(200)).await.is_some() {}
 
     // A refusal crosses back with the target's reason.
-    carol
-        .send(json!({"type":"stream_open","req":5,"to":"bob"}))
-        .await;
-    let r = bob.recv_type("stream_request").await;
-    assert_eq!(r["from"], "carol");
-    bob.send(json!({"type":"stream_reject","stream":r["stream"],"reason":"not you"}))
-        .await;
-    let e = carol.recv_type("error").await;
-    assert_eq!(
-        (&e["code"], &e["req"], &e["message"]),
-        (&json!("stream_rejected"), &json!(5), &json!("not you"))
-    );
+    common::rejected_open(&mut carol, &mut bob, "carol", "bob", 5).await;
 
     // The target's window is enforced at the opener's hub: 10 bytes pass, the 11th resets
     // both ends with flow_control.

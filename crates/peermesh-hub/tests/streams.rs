@@ -37,18 +37,7 @@ async fn data_end_and_credit_cross_between_json_and_msgpack_with_rewritten_ids()
     let (mut bob, _) = hub.join_msgpack("bob").await;
     let (mut carol, _) = hub.join("carol").await;
     // carol's stream to bob takes bob's first id, so alice's and bob's ids differ.
-    carol
-        .send(json!({"type":"stream_open","req":1,"to":"bob"}))
-        .await;
-    let r = bob.recv_type("stream_request").await;
-    assert_eq!(r["from"], "carol");
-    bob.send(json!({"type":"stream_reject","stream":r["stream"],"reason":"not you"}))
-        .await;
-    let e = carol.recv_type("error").await;
-    assert_eq!(
-        (e["code"].clone(), e["req"].clone(), e["message"].clone()),
-        (json!("stream_rejected"), json!(1), json!("not you"))
-    );
+    common::rejected_open(&mut carol, &mut bob, "carol", "bob", 1).await;
 
     let (sa, sb) = open(&mut alice, &mut bob, "bob", 1000, 10).await;
     assert_ne!(sa, sb, "each connection has its own ids");

@@ -263,3 +263,19 @@ pub async fn open_stream(
     );
     (acc["stream"].as_u64().unwrap(), sb)
 }
+
+/// `a` (client `from`) opens a stream to `to` (its client `b`) with `req`, `b` rejects it
+/// with a reason: `a` gets `stream_rejected` with that reason.
+pub async fn rejected_open(a: &mut Raw, b: &mut Raw, from: &str, to: &str, req: u64) {
+    a.send(json!({"type":"stream_open","req":req,"to":to}))
+        .await;
+    let r = b.recv_type("stream_request").await;
+    assert_eq!(r["from"], from);
+    b.send(json!({"type":"stream_reject","stream":r["stream"],"reason":"not you"}))
+        .await;
+    let e = a.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["req"], &e["message"]),
+        (&json!("stream_rejected"), &json!(req), &json!("not you"))
+    );
+}
