@@ -1264,3 +1264,42 @@ async fn session_membership_follows_a_client_to_another_hub_and_ends_with_its_ho
     eprintln!("bob learned his session's hub left after {took:?}");
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_the_sessions_home_hub_for_another_stays_a_member() {
+    let nats = NatsServer::start();
+    let [a, b, _c] = three(&nats).await;
+    // bob creates the session on hub-b (its home), alice joins from hub-a.
+    let mut bob = Raw::connect(&b.url("")).await;
+    let w = bob.hello(json!({"id": "bob", "resume": true})).await;
+    let secret = w["secret"].clone();
+    join_session(&mut bob, "match", 1).await;
+    let (mut alice, _) = a.join("alice").await;
+    let s = join_session(&mut alice, "match", 1).await;
+    assert_eq!(roster(&s), ["bob", "alice"]);
+    assert_eq!(session_event(&mut bob).await["member"], "alice");
+
+    // bob's session moves from the home hub to hub-a: he stays a member (and authority).
+    let last = bob.last_seq;
+    drop(bob);
+    assert_eq!(session_event(&mut alice).await["event"], "member_away");
+    let (mut bob, _) = resume_on(&a, "bob", &secret, last).await;
+    let s = bob.recv_type("session_state").await;
+    assert_eq!(
+        (&s["authority"], &s["req"]),
+        (&json!("bob"), &Value::Null),
+        "{s}"
+    );
+    assert_eq!(session_event(&mut alice).await["event"], "member_back");
+    bob.send(json!({"type":"session_op","session":"match","op":"create","object":"score","data":0,"req":2}))
+        .await;
+    for m in [&mut alice, &mut bob] {
+        let e = session_event(m).await;
+        assert_eq!(
+            (&e["event"], &e["object"]),
+            (&json!("created"), &json!("score")),
+            "{e}"
+        );
+    }
+    assert_eq!(bob.recv_type("ok").await["req"], 2);
+}
