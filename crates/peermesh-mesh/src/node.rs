@@ -1032,12 +1032,18 @@ impl Node {
             // Answers: control messages other than requests being relayed (the origin of a
             // request sends it the way back as well as greedily: its target may be a
             // newcomer).
-            let request = relaying && is_request(data);
+            // (Both rules below are peermesh's, for tables that cover the k-buckets; the
+            // closest-only rule of `peermesh sim --rule closest` keeps routing every control
+            // message the way back, as peer-relay prefers its remembered paths: its tables
+            // have no links into the far halves of the id space, so greedy requests dead-end.)
+            let buckets = self.cfg.rule == ConnectionRule::Buckets;
+            let request = buckets && relaying && is_request(data);
             let answer = !(user || request);
             // The previous hop is closer to the target than we are: a node where greedy
             // routing ended sent the message back (along the way back, or around). Greedy
             // routing would take it back there; the way back, where we know it, goes on.
-            let returning = relaying && to.distance(&path[path.len() - 2]) < to.distance(&self.id);
+            let returning =
+                buckets && relaying && to.distance(&path[path.len() - 2]) < to.distance(&self.id);
             match back {
                 // A relay sends an answer only the way back: one copy more per hop would
                 // spread it over the region around a newcomer.
@@ -1225,8 +1231,9 @@ impl Node {
             // carry greedily toward that id: the node where it ends, the closest to us that
             // greedy routing reaches and so where everyone's messages to us end as well,
             // answers it, learns the way back to us and links to us, one trip after our first
-            // link rather than after several rounds of lookups. A peer-relay relay routes it
-            // like any message and it is lost, or comes back to us and is dropped as seen.
+            // link rather than after several rounds of lookups. A peer-relay relay forwards it
+            // like any message, to its closest links not on the path (so never back to us),
+            // until a peermesh node answers it or the hop limit or its nonce memory drops it.
             self.originate(me, &Message::FindPeers(me), now);
         }
         let queued: Vec<Queued> = self.queue.drain(..).collect();
