@@ -60,6 +60,13 @@ const REFUSE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most peer URLs remembered for rejoining.
 const REJOIN_URLS: usize = 16;
 
+/// Whether a message asks something of its target (a lookup or a handshake offer) rather than
+/// answering it.
+fn is_request(data: &RawJson) -> bool {
+    let d = data.get();
+    d.starts_with(r#"{"type":"findPeers""#) || d.starts_with(r#"{"type":"handshake-offer""#)
+}
+
 /// A link's number, unique within a node.
 pub type LinkId = u64;
 
@@ -646,6 +653,15 @@ impl Node {
             self.learn(env.from, peer, now);
         }
         if env.to != self.id {
+            if env.to == env.from && !self.has_closer_peer(&env.to, &env.path) {
+                // A node's lookup of its own id, carried toward that id (see `on_peer_up`):
+                // greedy routing ends here, at the closest node to it we can reach, which
+                // answers, as in Kademlia's recursive lookups.
+                if let Ok(Message::FindPeers(target)) = Message::decode(&env.data) {
+                    self.on_find_peers(env.from, target, now);
+                    return;
+                }
+            }
             self.stats.relayed += 1;
             let routed = Routed {
                 to: env.to,
@@ -959,7 +975,9 @@ impl Node {
         path.push(self.id);
         let mut next: Vec<(NodeId, LinkId)> = Vec::with_capacity(fanout + 1);
         let via_link = via.and_then(|v| self.by_peer.get(&v).map(|l| (v, *l)));
-        if let Some(&link) = self.by_peer.get(&to) {
+        // A lookup of its origin's own id goes toward that id, not to it.
+        let own_lookup = to == from;
+        if let (false, Some(&link)) = (own_lookup, self.by_peer.get(&to)) {
             next.push((to, link));
         } else if let Some(hop) = via_link {
             next.push(hop);
@@ -967,7 +985,12 @@ impl Node {
             // The `fanout` (`relay_fanout` when relaying) linked peers closest to the target among those closer to it than
             // this node (so every copy makes progress and none loops); when no peer is closer,
             // the single closest one not on the path (the table may be incomplete).
-            let mine = to.distance(&self.id);
+            let mine = if to == self.id {
+                // Our own lookup: every peer is a way toward our id.
+                [0xff; 20]
+            } else {
+                to.distance(&self.id)
+            };
             let mut best: Vec<([u8; 20], NodeId, LinkId)> = Vec::with_capacity(fanout);
             let mut fallback: Option<([u8; 20], NodeId, LinkId)> = None;
             for (p, &l) in &self.by_peer {
@@ -990,26 +1013,45 @@ impl Node {
                     best.insert(at, (d, *p, l));
                 }
             }
-            // The way back: the neighbour the target's own messages last came through. Control
-            // messages (handshake answers, peer lists) take it as well as the greedy hop, since
-            // they mostly answer a newcomer that greedy routing cannot reach yet; user
-            // messages take it only where greedy routing has no closer peer, so that they do
-            // not spread beyond their greedy paths.
+            // The way back: the neighbour the target's own messages last came through. Answers
+            // (handshake answers, peer lists) take it as well as the greedy hop, since they
+            // mostly answer a newcomer that greedy routing cannot reach yet; user messages and
+            // requests (lookups, handshake offers) take it only where greedy routing has no
+            // closer peer, or once such a place sent them back, so that they do not spread
+            // beyond their greedy paths. (A relay's way back to an established node is the
+            // reverse of whichever message of it came last, often a long detour: requests
+            // relayed that way took 6 hops where greedy routing takes 3-4.)
             let back = self
                 .paths
                 .get(&to, now)
                 .and_then(|hop| self.by_peer.get(&hop).map(|l| (hop, *l)))
-                .filter(|(hop, _)| !path.contains(hop) && !best.iter().any(|b| b.1 == *hop));
+                .filter(|(hop, _)| !path.contains(hop) && !best.iter().any(|b| b.1 == *hop))
+                .filter(|_| !own_lookup);
             let user = data.get().starts_with(r#"{"type":"user""#);
             let relaying = path.len() > 1;
+            // Answers: control messages other than requests being relayed (the origin of a
+            // request sends it the way back as well as greedily: its target may be a
+            // newcomer).
+            // (Both rules below are peermesh's, for tables that cover the k-buckets; the
+            // closest-only rule of `peermesh sim --rule closest` keeps routing every control
+            // message the way back, as peer-relay prefers its remembered paths: its tables
+            // have no links into the far halves of the id space, so greedy requests dead-end.)
+            let buckets = self.cfg.rule == ConnectionRule::Buckets;
+            let request = buckets && relaying && is_request(data);
+            let answer = !(user || request);
+            // The previous hop is closer to the target than we are: a node where greedy
+            // routing ended sent the message back (along the way back, or around). Greedy
+            // routing would take it back there; the way back, where we know it, goes on.
+            let returning =
+                buckets && relaying && to.distance(&path[path.len() - 2]) < to.distance(&self.id);
             match back {
-                // A relay sends a control message only the way back: one copy more per
-                // hop would spread it over the region around a newcomer.
-                Some(hop) if !user && relaying => {
+                // A relay sends an answer only the way back: one copy more per hop would
+                // spread it over the region around a newcomer.
+                Some(hop) if (answer && relaying) || returning => {
                     next.push(hop);
                     best.clear();
                 }
-                Some(hop) if !user || best.is_empty() => next.push(hop),
+                Some(hop) if answer || best.is_empty() => next.push(hop),
                 _ => {}
             }
             if next.is_empty() && best.is_empty() {
@@ -1084,6 +1126,14 @@ impl Node {
                 break;
             }
         }
+    }
+
+    /// Whether a linked peer not on `path` is closer to `target` than this node.
+    fn has_closer_peer(&self, target: &NodeId, path: &[NodeId]) -> bool {
+        let mine = target.distance(&self.id);
+        self.by_peer
+            .keys()
+            .any(|p| !path.contains(p) && target.distance(p) < mine)
     }
 
     fn closest_peer(&self, target: &NodeId) -> Option<NodeId> {
@@ -1166,7 +1216,8 @@ impl Node {
     }
 
     fn on_peer_up(&mut self, id: NodeId, now: Instant) {
-        if self.by_peer.len() == 1 {
+        let first = self.by_peer.len() == 1;
+        if first {
             // The first link: fill the table right away rather than at the next refresh.
             self.schedule_repair(now);
         }
@@ -1175,6 +1226,16 @@ impl Node {
         // peer-relay asks every new peer for the peers near our id.
         let me = self.id;
         self.originate(id, &Message::FindPeers(me), now);
+        if first && self.cfg.rule == ConnectionRule::Buckets {
+            // And a lookup addressed to our own id (`to` = `from`), which peermesh relays
+            // carry greedily toward that id: the node where it ends, the closest to us that
+            // greedy routing reaches and so where everyone's messages to us end as well,
+            // answers it, learns the way back to us and links to us, one trip after our first
+            // link rather than after several rounds of lookups. A peer-relay relay forwards it
+            // like any message, to its closest links not on the path (so never back to us),
+            // until a peermesh node answers it or the hop limit or its nonce memory drops it.
+            self.originate(me, &Message::FindPeers(me), now);
+        }
         let queued: Vec<Queued> = self.queue.drain(..).collect();
         for q in queued {
             let routed = Routed {

@@ -463,3 +463,115 @@ fn an_isolated_node_waiting_for_a_dial_never_reports_a_past_timer() {
         assert!(wakeups < 10_000, "too many wake-ups: {wakeups}");
     }
 }
+
+fn transmitted(n: &mut Node) -> Vec<(LinkId, String)> {
+    outputs(n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit { link, frame } => {
+                Some((link, String::from_utf8_lossy(&frame).into_owned()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lookup_of_its_own_id_goes_toward_it_and_the_node_where_it_ends_answers() {
+    let now = Instant::now();
+    let newcomer = NodeId([0x11; 20]);
+    // The newcomer's first link: besides peer-relay's lookup sent to that peer, a lookup
+    // addressed to its own id.
+    let mut n = Node::with_id(newcomer, NodeConfig::default(), None, now, 1).unwrap();
+    link_from(&mut n, NodeId([0xf0; 20]), now);
+    let own = format!(r#""to":"{newcomer}","from":"{newcomer}""#);
+    assert!(
+        transmitted(&mut n)
+            .iter()
+            .any(|(_, f)| f.contains(&own) && f.contains("findPeers")),
+        "no lookup of its own id"
+    );
+    // A relay linked to the newcomer carries it on toward the newcomer's id, not back to it.
+    let mut relay = Node::with_id(NodeId([0xf0; 20]), NodeConfig::default(), None, now, 2).unwrap();
+    let to_newcomer = link_from(&mut relay, newcomer, now);
+    let closer = link_from(&mut relay, NodeId([0x13; 20]), now);
+    outputs(&mut relay);
+    let lookup = format!(r#"{{"type":"findPeers","data":"{newcomer}"}}"#);
+    relay.handle_frame(to_newcomer, &routed(newcomer, newcomer, "s1", &lookup), now);
+    assert_eq!(relayed_links(&mut relay), vec![closer]);
+    // The node where greedy routing toward the newcomer ends answers with the nodes it knows
+    // closest to it, the way the lookup came.
+    let mut end = Node::with_id(NodeId([0x13; 20]), NodeConfig::default(), None, now, 3).unwrap();
+    let back = link_from(&mut end, NodeId([0xf0; 20]), now);
+    let other = NodeId([0x80; 20]);
+    link_from(&mut end, other, now);
+    outputs(&mut end);
+    let frame = format!(
+        r#"{{"to":"{newcomer}","from":"{newcomer}","path":["{newcomer}","{}"],"nonce":"s1","data":{lookup}}}"#,
+        NodeId([0xf0; 20])
+    );
+    end.handle_frame(back, frame.as_bytes(), now);
+    let sent = transmitted(&mut end);
+    assert!(
+        sent.iter().all(|(_, f)| !f.contains(r#""nonce":"s1""#)),
+        "the lookup went on: {sent:?}"
+    );
+    let answer = sent
+        .iter()
+        .find(|(_, f)| f.contains(r#""type":"foundPeers""#))
+        .expect("no answer");
+    assert_eq!(answer.0, back);
+    assert!(answer.1.contains(&other.to_string()), "{answer:?}");
+    assert!(
+        answer.1.contains(&format!(r#""to":"{newcomer}""#)),
+        "{answer:?}"
+    );
+    // It has an empty bucket where the newcomer is: it offers it a link as well.
+    assert!(
+        sent.iter()
+            .any(|(l, f)| *l == back && f.contains(r#""type":"handshake-offer""#)),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn relays_take_requests_greedily_and_the_way_back_after_a_dead_end() {
+    let now = Instant::now();
+    let target = NodeId([0x20; 20]);
+    let mut n = Node::with_id(NodeId([0x80; 20]), NodeConfig::default(), None, now, 4).unwrap();
+    // Distances to the target: the relay 0xa0.., `back` 0x60.., `closest` 0x01..,
+    // `near` 0x02.., `far` 0xe0...
+    let back = link_from(&mut n, NodeId([0x40; 20]), now);
+    let closest = link_from(&mut n, NodeId([0x21; 20]), now);
+    let near = link_from(&mut n, NodeId([0x22; 20]), now);
+    let far = link_from(&mut n, NodeId([0xc0; 20]), now);
+    outputs(&mut n);
+    // The target's last message came through `back`: that is the way back to it.
+    let user = r#"{"type":"user","data":1}"#;
+    n.handle_frame(back, &routed(NodeId([0xc0; 20]), target, "p1", user), now);
+    assert_eq!(relayed_links(&mut n), vec![far]);
+    let origin = NodeId([0xc1; 20]);
+    // A handshake offer (a request) goes greedily, not the long way back.
+    let offer = r#"{"type":"handshake-offer","data":{"ws":"ws://x"}}"#;
+    n.handle_frame(far, &routed(target, origin, "o1", offer), now);
+    assert_eq!(relayed_links(&mut n), vec![closest]);
+    // So does a lookup.
+    let lookup = format!(r#"{{"type":"findPeers","data":"{origin}"}}"#);
+    n.handle_frame(far, &routed(target, origin, "f1", &lookup), now);
+    assert_eq!(relayed_links(&mut n), vec![closest]);
+    // An answer takes the way back only, as before.
+    let found = r#"{"type":"foundPeers","data":[]}"#;
+    n.handle_frame(far, &routed(target, origin, "a1", found), now);
+    assert_eq!(relayed_links(&mut n), vec![back]);
+    // A user message coming from a node closer to the target than us (greedy routing ended
+    // there and sent it back) follows the way back rather than returning greedily.
+    let returned = format!(
+        r#"{{"to":"{target}","from":"{origin}","path":["{origin}","{}"],"nonce":"u1","data":{user}}}"#,
+        NodeId([0x22; 20])
+    );
+    n.handle_frame(near, returned.as_bytes(), now);
+    assert_eq!(relayed_links(&mut n), vec![back]);
+    // One making progress goes greedily.
+    n.handle_frame(far, &routed(target, origin, "u2", user), now);
+    assert_eq!(relayed_links(&mut n), vec![closest]);
+}
