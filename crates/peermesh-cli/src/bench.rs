@@ -36,6 +36,7 @@ mod direct;
 mod drops;
 mod fanout;
 mod idle;
+mod nats_floor;
 mod progress;
 mod report;
 mod session;

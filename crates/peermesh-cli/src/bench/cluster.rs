@@ -45,6 +45,7 @@ use super::client::{open, ConnectOpts};
 use super::dialect::{Dialect, SetupError};
 use super::direct::{self, DirectConfig, DirectStep, Flavor, Rate};
 use super::fanout::{self, FanoutConfig, FanoutResult};
+use super::nats_floor::{self, FloorConfig, NatsFloor};
 use super::progress::{self, Progress};
 use super::report::Outcome;
 use super::stats::{Clock, ErrorLog};
@@ -100,8 +101,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) connect_timeout: Duration,
 }
 
-/// Steps the progress display counts: 3 direct, 3 fan-out, 1 dead hub.
-pub(crate) const STEPS: u64 = 7;
+/// Steps the progress display counts: 3 direct, NATS alone, 3 fan-out, 1 dead hub.
+pub(crate) const STEPS: u64 = 8;
 
 /// The figures of the cluster scenario.
 #[derive(Debug, Clone, Serialize)]
@@ -139,6 +140,9 @@ pub(crate) struct ClusterDirect {
     pub(crate) cross_hub: Outcome<DirectStep>,
     /// Messages the hubs relayed through NATS during the cross-hub step.
     pub(crate) cross_hub_relayed: Option<u64>,
+    /// The reference under the cross-hub figures: two plain NATS clients, a round trip
+    /// through the same nats-server at the same offered rate (no hub).
+    pub(crate) nats_alone: Outcome<NatsFloor>,
     /// Cross-hub p99 ÷ same-hub p99 (both in the cluster).
     pub(crate) p99_ratio: Option<f64>,
     /// Cross-hub p99 ÷ the p99 of the hub without a cluster.
@@ -268,6 +272,26 @@ pub(crate) async fn run(
     )
     .await;
 
+    // What the two crossings of the broker cost without any hub, at the same rate.
+    let floor = nats_floor::run(
+        &FloorConfig {
+            url: cluster.nats.url(),
+            rate: cfg.rate,
+            payload: cfg.payload,
+            warmup: cfg.warmup,
+            duration: cfg.duration,
+            drain: cfg.drain,
+        },
+        &cluster.measured(),
+        clock,
+        progress,
+    )
+    .await;
+    if let Err(e) = &floor {
+        progress.step_done();
+        progress.println(&format!("nats-server alone failed: {e:#}"));
+    }
+
     // 2. Fan-out, spread and on one hub of the cluster.
     let spread = fanout_step(
         &cluster.targets(cfg.hubs),
@@ -372,6 +396,7 @@ pub(crate) async fn run(
             same_hub_relayed: same_relayed,
             cross_hub: Outcome::from_result(cross),
             cross_hub_relayed: cross_relayed,
+            nats_alone: Outcome::from_result(floor),
         },
         fanout: ClusterFanout {
             single_hub: Outcome::from_result(single),

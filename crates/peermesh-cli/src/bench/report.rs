@@ -748,9 +748,15 @@ fn cluster_checks(c: Option<&ClusterResult>, checks: &mut Vec<Check>) {
         ),
         measured: match (same, cross, direct.and_then(|d| d.p99_ratio)) {
             (Some(s), Some(x), Some(r)) => format!(
-                "p99 {} cross vs {} same, {r}x",
+                "p99 {} cross vs {} same, {r}x{}",
                 fmt_us(x.rtt.p99_us),
-                fmt_us(s.rtt.p99_us)
+                fmt_us(s.rtt.p99_us),
+                direct
+                    .and_then(|d| d.nats_alone.ok())
+                    .map_or(String::new(), |n| format!(
+                        " (nats-server alone, no hub: p99 {})",
+                        fmt_us(n.rtt.p99_us)
+                    ))
             ),
             _ => "not measured".into(),
         },
@@ -802,7 +808,9 @@ fn cluster_table(out: &mut String, outcome: &Outcome<ClusterResult>) {
     out.push_str(&format!(
         "direct messages: {} pairs spread over the hubs, {} msgs/s offered (both legs); \
          latency = round trip, timed by the originator (one clock); relayed = messages the \
-         hubs published to each other\n",
+         hubs published to each other; nats-server alone = two async-nats clients, a round \
+         trip through the broker at the same rate (the two crossings a cross-hub round trip \
+         makes, without the hubs)\n",
         d.pairs,
         thousands(d.offered_msgs_per_s as f64)
     ));
@@ -844,6 +852,26 @@ fn cluster_table(out: &mut String, outcome: &Outcome<ClusterResult>) {
                 row.extend(std::iter::repeat_n(String::new(), head.len() - 2));
                 rows.push(row);
             }
+        }
+    }
+    match &d.nats_alone {
+        Outcome::Ok(x) => rows.push(vec![
+            "nats-server alone, no hub".to_owned(),
+            thousands(x.msgs_per_s),
+            fmt_us(x.rtt.p50_us),
+            fmt_us(x.rtt.p99_us),
+            fmt_us(x.rtt.p999_us),
+            x.lost.to_string(),
+            "-".to_owned(),
+            pct(x.window.server_cpu_pct),
+            pct(x.window.broker_cpu_pct),
+            pct(x.window.generator_cpu_pct),
+            others([Some(&x.window)]),
+        ]),
+        Outcome::Failed { error } => {
+            let mut row = vec!["nats-server alone".to_owned(), format!("failed: {error}")];
+            row.extend(std::iter::repeat_n(String::new(), head.len() - 2));
+            rows.push(row);
         }
     }
     for (name, ratio) in [
