@@ -414,7 +414,10 @@ impl PreHello {
                         // The session lives on another hub: ask it to hand the session over.
                         Some((bp, node)) => {
                             match bp.migrate(&node, &id, secret, last_seq, self.enc).await {
-                                Ok(h) => handoff = Some(h),
+                                Ok(h) if bp.can_catch_up(&h) => handoff = Some(h),
+                                // More room emits passed than this hub keeps while the
+                                // session moved: a fresh session, never a silent gap.
+                                Ok(_) => refusal = Some(ResumeRefusal::Overflow),
                                 Err(r) => refusal = Some(r),
                             }
                         }
@@ -615,10 +618,29 @@ impl PreHello {
                     r.keep(first + i as u64, f.clone());
                 }
             }
-            for room in &rooms {
-                session.conn.rooms.lock().insert(room.clone());
-                let _ = hub.registry().join(room, &session.conn);
-                if let Some(bp) = &hub.router.cluster {
+            session.conn.rooms.lock().extend(rooms.iter().cloned());
+            if let Some(bp) = &hub.router.cluster {
+                // Members of its rooms here, with the room emits it missed between the two
+                // hubs queued first (after the replay below, which goes out directly).
+                match bp.install_rooms(&hub.router, &session.conn, &rooms, &h) {
+                    Ok(n) if n > 0 => debug!(id = %id, n, "room emits replayed after a move"),
+                    Ok(_) => {}
+                    Err(gap) => {
+                        // Evicted between the check above and now: the client cannot have
+                        // them, so its session cannot be resumed again without saying so.
+                        warn!(id = %id, origin = %gap.origin, "room emits lost in a move; the next resume of this session is refused");
+                        session
+                            .conn
+                            .lost_upto
+                            .store(u64::MAX, std::sync::atomic::Ordering::Release);
+                        session.conn.close(
+                            ErrorCode::SlowConsumer,
+                            "room traffic outran the hub's history while your session moved; \
+                             reconnect for a fresh session and resync",
+                        );
+                    }
+                }
+                for room in &rooms {
                     bp.joined(room, &session.conn.client, None);
                 }
             }
@@ -1068,7 +1090,14 @@ impl Session {
         // handoff, numbered on.
         self.migrated = true;
         self.migrated_to = Some(m.to.clone());
-        for out in self.conn.mailbox.close() {
+        // Closed under the write locks of its rooms, with the cut of the room emits taken in
+        // the same step: each emit to them reached the client here, or will on the other hub.
+        let rooms: Vec<RoomName> = self.conn.rooms.lock().iter().cloned().collect();
+        let (left, cut) = self
+            .hub
+            .registry()
+            .with_rooms_locked(&rooms, None, || (self.conn.mailbox.close(), bp.room_cut()));
+        for out in left {
             if let Outbound::Frame(body) = out {
                 if let (Some(msg), Some(r)) = (self.framer.message(&body), self.resume.as_mut()) {
                     r.hold(self.framer.seq(), msg);
@@ -1100,6 +1129,8 @@ impl Session {
             rooms: self.conn.rooms.lock().iter().cloned().collect(),
             frames,
             sessions: self.conn.sessions.lock().iter().cloned().collect(),
+            cut,
+            mark: Vec::new(),
         };
         info!(id = %self.conn.client, to = %m.to, last_seq = m.last_seq, last_written, "session handed to another hub");
         let _ = m.reply.send(Ok(handoff));

@@ -368,6 +368,8 @@ fn cluster_json(hub: &HubInner) -> serde_json::Value {
         "dropped": c.dropped.load(Ordering::Relaxed),
         "malformed": c.malformed.load(Ordering::Relaxed),
         "registry_errors": c.registry_errors.load(Ordering::Relaxed),
+        "room_emits_replayed": c.room_replayed.load(Ordering::Relaxed),
+        "room_emits_skipped": c.room_skipped.load(Ordering::Relaxed),
         "ids_released_for_dead_nodes": bp.cluster().released(),
     })
 }
@@ -429,6 +431,16 @@ fn cluster_metrics(text: &mut String, bp: &crate::cluster::Backplane) {
             "cluster_registry_errors_total",
             "Key-value operations of the cluster registry that failed.",
             c.registry_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_room_emits_replayed_total",
+            "Room emits replayed to sessions that moved here (missed between the two hubs).",
+            c.room_replayed.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_room_emits_skipped_total",
+            "Room emits not delivered again to sessions that moved here (the old hub had).",
+            c.room_skipped.load(Ordering::Relaxed),
         ),
         (
             "cluster_ids_released_total",

@@ -166,6 +166,10 @@ pub(crate) struct ConnShared {
     /// The highest `seq` dropped from the resume buffer before the client confirmed it: a
     /// resume from an earlier `seq` is impossible.
     pub(crate) lost_upto: AtomicU64,
+    /// After a session moved here from another hub: per origin hub, the last room emit the
+    /// old hub already delivered, not to be delivered again here (empty almost always).
+    room_skip: Mutex<Vec<(Arc<str>, u64)>>,
+    has_room_skip: AtomicBool,
     close: OnceLock<CloseReason>,
 }
 
@@ -210,8 +214,39 @@ impl ConnShared {
             resumable,
             away: AtomicBool::new(false),
             lost_upto: AtomicU64::new(0),
+            room_skip: Mutex::new(Vec::new()),
+            has_room_skip: AtomicBool::new(false),
             close: OnceLock::new(),
         }
+    }
+
+    /// Sets the room emits this connection already received on another hub (see
+    /// `room_skip`).
+    pub(crate) fn skip_room_emits(&self, skip: Vec<(Arc<str>, u64)>) {
+        let any = !skip.is_empty();
+        *self.room_skip.lock() = skip;
+        self.has_room_skip.store(any, Ordering::Release);
+    }
+
+    /// Whether room emit `seq` of hub `origin` already reached this connection on another
+    /// hub. One hub's emits come in order, so an origin is forgotten at its first emit past
+    /// the mark.
+    pub(crate) fn skips_room_emit(&self, origin: &str, seq: u64) -> bool {
+        if !self.has_room_skip.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut skip = self.room_skip.lock();
+        let Some(i) = skip.iter().position(|(o, _)| &**o == origin) else {
+            return false;
+        };
+        if seq <= skip[i].1 {
+            return true;
+        }
+        skip.swap_remove(i);
+        if skip.is_empty() {
+            self.has_room_skip.store(false, Ordering::Release);
+        }
+        false
     }
 
     /// Takes a fresh stream id in this connection's id space.
@@ -265,6 +300,16 @@ impl ConnShared {
 #[derive(Debug, Default)]
 pub(crate) struct Room {
     pub(crate) members: RwLock<HashMap<ClientId, Arc<ConnShared>>>,
+    /// Set (under the members' write lock) when the room left the registry, empty: a holder
+    /// of an old `Arc` must look the room up again.
+    dead: AtomicBool,
+}
+
+impl Room {
+    /// Whether the room left the registry (read it under the members' lock).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
 }
 
 /// Why a client could not be registered.
@@ -282,6 +327,8 @@ pub(crate) struct Registry {
     by_slot: DashMap<u32, Arc<ConnShared>>,
     slots: Mutex<SlotAllocator>,
     rooms: DashMap<RoomName, Arc<Room>>,
+    /// Bumped by every [`Registry::with_rooms_locked`], before its step runs.
+    rooms_epoch: AtomicU64,
     count: AtomicUsize,
     tombstones: Mutex<Tombstones>,
 }
@@ -452,9 +499,55 @@ impl Registry {
                 members.remove(&conn.client);
                 removed = true;
             }
-            members.is_empty()
+            let empty = members.is_empty();
+            if empty {
+                r.dead.store(true, Ordering::Release);
+            }
+            empty
         });
         removed
+    }
+
+    /// Runs `f` while holding the write locks of `rooms` (with `conn`: created when missing
+    /// and `conn` added to each first; without: those that exist): no emit to those rooms is half delivered while `f`
+    /// runs, and none is delivered to `conn` before `f` has run.
+    pub(crate) fn with_rooms_locked<R>(
+        &self,
+        rooms: &[RoomName],
+        conn: Option<&Arc<ConnShared>>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let mut names: Vec<&RoomName> = rooms.iter().collect();
+        names.sort();
+        names.dedup();
+        loop {
+            // Never hold a map shard while waiting for a room's lock (`leave` does the
+            // opposite): take the rooms first, then their locks, and retry if one died.
+            let held: Vec<Arc<Room>> = names
+                .iter()
+                .filter_map(|n| match conn {
+                    Some(_) => Some(self.rooms.entry((*n).clone()).or_default().value().clone()),
+                    None => self.room(n),
+                })
+                .collect();
+            let mut guards: Vec<_> = held.iter().map(|r| r.members.write()).collect();
+            if held.iter().any(|r| r.is_dead()) {
+                continue;
+            }
+            self.rooms_epoch.fetch_add(1, Ordering::AcqRel);
+            if let Some(conn) = conn {
+                for g in guards.iter_mut() {
+                    g.insert(conn.client.clone(), conn.clone());
+                }
+            }
+            return f();
+        }
+    }
+
+    /// Changes whenever [`Registry::with_rooms_locked`] runs: a step that found no room by
+    /// some name compares it before and after to know whether one may have appeared.
+    pub(crate) fn rooms_created(&self) -> u64 {
+        self.rooms_epoch.load(Ordering::Acquire)
     }
 
     /// A room, if it exists.
@@ -530,4 +623,76 @@ pub(crate) fn constant_eq(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(no: u64, id: &str) -> Arc<ConnShared> {
+        let info = ConnInfo {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            ip: "127.0.0.1".into(),
+            meta: Vec::new(),
+            version: "1.0.0".into(),
+            connected_at: SystemTime::now(),
+        };
+        let limits = MailboxLimits {
+            frames: 16,
+            bytes: 1 << 20,
+            notices: 16,
+        };
+        let id = ClientId::new(id).unwrap_or_else(|_| unreachable!());
+        Arc::new(ConnShared::new(
+            no,
+            no as u32,
+            id,
+            Encoding::Json,
+            String::new(),
+            info,
+            limits,
+            false,
+        ))
+    }
+
+    #[test]
+    fn room_emits_already_delivered_elsewhere_are_skipped_once_per_origin() {
+        let c = conn(1, "alice");
+        assert!(!c.skips_room_emit("a", 1));
+        c.skip_room_emits(vec![(Arc::from("a"), 10), (Arc::from("b"), 3)]);
+        assert!(c.skips_room_emit("a", 9));
+        assert!(c.skips_room_emit("a", 10));
+        assert!(!c.skips_room_emit("c", 1), "another origin is not affected");
+        assert!(!c.skips_room_emit("a", 11), "past the mark");
+        assert!(!c.skips_room_emit("a", 5), "forgotten after the mark");
+        assert!(c.skips_room_emit("b", 3));
+        assert!(!c.skips_room_emit("b", 4));
+        assert!(
+            !c.has_room_skip.load(Ordering::Acquire),
+            "nothing left to check"
+        );
+    }
+
+    #[test]
+    fn rooms_locked_for_a_move_get_the_member_and_dead_rooms_are_not_reused() {
+        let reg = Registry::default();
+        let bob = conn(2, "bob");
+        let lobby = RoomName::new("lobby").unwrap_or_else(|_| unreachable!());
+        assert!(reg.join(&lobby, &bob).is_ok());
+        let old = reg.room(&lobby).unwrap_or_else(|| unreachable!());
+        assert!(reg.leave(&lobby, &bob));
+        assert!(old.is_dead() && reg.room(&lobby).is_none());
+        let alice = conn(1, "alice");
+        let before = reg.rooms_created();
+        let n = reg.with_rooms_locked(&[lobby.clone(), lobby.clone()], Some(&alice), || 7);
+        assert_eq!(n, 7);
+        assert!(reg.rooms_created() > before);
+        let room = reg.room(&lobby).unwrap_or_else(|| unreachable!());
+        assert!(!room.is_dead());
+        assert!(room.members.read().contains_key(&alice.client));
+        // Without a member to add, missing rooms are not created.
+        let other = RoomName::new("other").unwrap_or_else(|_| unreachable!());
+        reg.with_rooms_locked(std::slice::from_ref(&other), None, || ());
+        assert!(reg.room(&other).is_none());
+    }
 }

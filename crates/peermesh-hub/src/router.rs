@@ -136,10 +136,10 @@ impl Router {
         frame: &ServerFrame,
         except: Option<u64>,
     ) -> usize {
-        if let Some(bp) = &self.cluster {
-            bp.room(room, frame);
+        match &self.cluster {
+            Some(bp) => bp.emit_room(self, room, frame, except),
+            None => self.to_room(room, frame, except),
         }
-        self.to_room(room, frame, except)
     }
 
     /// Delivers a frame to every member of a room on this hub except connection `except`;
@@ -153,20 +153,41 @@ impl Router {
         let Some(room) = self.registry.room(room) else {
             return 0;
         };
+        let members = room.members.read();
+        self.deliver_room(&members, frame, except, None)
+    }
+
+    /// Delivers a frame to `members` (under the caller's lock of the room) except connection
+    /// `except`, and except members that already got room emit `from` = (origin hub, seq) on
+    /// another hub; returns the number reached.
+    pub(crate) fn deliver_room(
+        &self,
+        members: &std::collections::HashMap<peermesh_proto::ClientId, Arc<ConnShared>>,
+        frame: &ServerFrame,
+        except: Option<u64>,
+        from: Option<(&str, u64)>,
+    ) -> usize {
         let mut shared = Shared::new(frame);
         let mut reached = 0;
         let mut slow = 0;
-        {
-            let members = room.members.read();
-            for conn in members.values() {
-                if Some(conn.conn) == except {
+        for conn in members.values() {
+            if Some(conn.conn) == except {
+                continue;
+            }
+            if let Some((origin, seq)) = from {
+                if conn.skips_room_emit(origin, seq) {
+                    if let Some(bp) = &self.cluster {
+                        bp.counters
+                            .room_skipped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     continue;
                 }
-                match conn.send(shared.body(conn.encoding)) {
-                    Ok(()) => reached += 1,
-                    Err(QueueError::SlowConsumer) => slow += 1,
-                    Err(QueueError::Closed) => {}
-                }
+            }
+            match conn.send(shared.body(conn.encoding)) {
+                Ok(()) => reached += 1,
+                Err(QueueError::SlowConsumer) => slow += 1,
+                Err(QueueError::Closed) => {}
             }
         }
         self.metrics.inc_deliveries(reached as u64);

@@ -12,7 +12,9 @@
 //!   answer   0, refusal: str                                  (a `resume_rejected` reason)
 //!            1, last_written u64, in_count u64, secret: str, rooms: u16 × str,
 //!               frames: u32 × (kind u8: 0 text / 1 binary, len u32, bytes),
-//!               sessions: u16 × str (the hub sessions it is a member of)
+//!               sessions: u16 × str (the hub sessions it is a member of),
+//!               cut: u16 × (origin: str, seq: u64) (the last room emit of each hub that A
+//!               handled when it closed the client's queue: see `fanlog`)
 //! ```
 
 use axum::extract::ws::Message;
@@ -56,6 +58,10 @@ pub(crate) struct Handoff {
     pub(crate) frames: Vec<Message>,
     /// The hub sessions (shared state) it is a member of.
     pub(crate) sessions: Vec<SessionName>,
+    /// A's cut of the room emits: what reached the client there.
+    pub(crate) cut: super::fanlog::Cut,
+    /// B's own picture of the room emits when it asked (not sent: B fills it in).
+    pub(crate) mark: super::fanlog::Cut,
 }
 
 /// Encodes A's answer.
@@ -89,6 +95,11 @@ pub(crate) fn encode_answer(answer: &Result<Handoff, ResumeRefusal>) -> Bytes {
             out.put_u16(u16::try_from(h.sessions.len()).unwrap_or(u16::MAX));
             for s in h.sessions.iter().take(usize::from(u16::MAX)) {
                 put_str(&mut out, s.as_str());
+            }
+            out.put_u16(u16::try_from(h.cut.len()).unwrap_or(u16::MAX));
+            for (origin, seq) in h.cut.iter().take(usize::from(u16::MAX)) {
+                put_str(&mut out, origin);
+                out.put_u64(*seq);
             }
         }
     }
@@ -149,8 +160,17 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 let s = get_str(&mut b, "session")?;
                 sessions.push(SessionName::new(&s).map_err(|e| err(format!("session: {e}")))?);
             }
+            if b.remaining() < 2 {
+                return Err(err("truncated cut"));
+            }
+            let n = b.get_u16();
+            let mut cut = Vec::with_capacity(usize::from(n).min(1024));
+            for _ in 0..n {
+                let origin = get_str(&mut b, "origin")?;
+                cut.push((origin, get_u64(&mut b)?));
+            }
             if b.has_remaining() {
-                return Err(err("bytes after the sessions"));
+                return Err(err("bytes after the cut"));
             }
             if frames.len() as u64 > last_written {
                 return Err(err("more frames than were ever written"));
@@ -162,6 +182,8 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 rooms,
                 frames,
                 sessions,
+                cut,
+                mark: Vec::new(),
             }))
         }
         k => Err(err(format!("unknown answer kind {k}"))),
@@ -209,6 +231,8 @@ mod tests {
                 Message::Binary(Bytes::from_static(&[0x81, 1, 2])),
             ],
             sessions: vec![SessionName::new("game-7").expect("session")],
+            cut: vec![("hub-a".into(), 1 << 60), ("hub-c".into(), 0)],
+            mark: Vec::new(),
         };
         let ok = encode_answer(&Ok(h.clone()));
         assert_eq!(decode_answer(&ok), Ok(Ok(h)));

@@ -28,8 +28,10 @@
 //! it never blocks a connection); [`MAX_RELAYED_ACKS`] acknowledgements of other hubs'
 //! messages are awaited at once.
 
+mod fanlog;
 mod handoff;
 pub(crate) mod relay;
+mod rooms;
 mod sessions;
 mod streams;
 
@@ -86,6 +88,11 @@ pub(crate) struct ClusterCounters {
     pub(crate) malformed: AtomicU64,
     /// Key-value operations that failed (a room member not recorded, an id not released).
     pub(crate) registry_errors: AtomicU64,
+    /// Room emits replayed to sessions that moved here (handled here before they arrived,
+    /// after their old hub's cut).
+    pub(crate) room_replayed: AtomicU64,
+    /// Room emits not delivered again to sessions that moved here (their old hub had).
+    pub(crate) room_skipped: AtomicU64,
 }
 
 enum Op {
@@ -197,6 +204,8 @@ pub(crate) struct Backplane {
     /// Sessions held by other hubs that local clients are members of.
     held: DashMap<peermesh_proto::SessionName, sessions::Held>,
     pub(crate) counters: ClusterCounters,
+    /// This hub's room-emit numbering and recent history of every hub's room emits.
+    room_log: fanlog::FanLog,
     pending: Mutex<Option<Pending>>,
 }
 
@@ -267,6 +276,7 @@ impl Backplane {
         let (ops, ops_rx): (Vec<_>, Vec<_>) =
             (0..ID_WORKERS).map(|_| mpsc::channel(OPS_QUEUE)).unzip();
         let events = cluster.take_events();
+        let room_log = fanlog::FanLog::new(cluster.node(), fanlog::FanLog::start_now());
         Backplane {
             node: cluster.node().to_owned(),
             cluster,
@@ -286,6 +296,7 @@ impl Backplane {
             stream_peers: DashMap::new(),
             held: DashMap::new(),
             counters: ClusterCounters::default(),
+            room_log,
             pending: Mutex::new(Some(Pending {
                 out: out_rx,
                 ops: ops_rx,
@@ -491,17 +502,6 @@ impl Backplane {
         }
         .encode();
         self.enqueue(node_subject(node), msg)
-    }
-
-    /// Publishes a room frame to the other hubs' members.
-    pub(crate) fn room(&self, room: &RoomName, frame: &ServerFrame) {
-        let msg = Relay::Room {
-            origin: self.node.clone(),
-            room: room.clone(),
-            frame: frame.clone(),
-        }
-        .encode();
-        self.enqueue(room_subject(room), msg);
     }
 
     /// Local connection `conn` sent to `id` on another hub: tell it when `id` leaves.
@@ -938,11 +938,17 @@ impl Backplane {
                 );
             }
         }
+        // This hub's picture of the room emits before asking: for a hub the other one never
+        // heard from, the emits handled here since are owed to the client.
+        let mark = self.room_cut();
         let answer = self.ask_handoff(node, body).await;
         if answer.is_err() {
             self.arriving.lock().remove(id);
         }
-        answer
+        answer.map(|mut h| {
+            h.mark = mark;
+            h
+        })
     }
 
     async fn ask_handoff(
@@ -1057,6 +1063,16 @@ async fn inbound(
             .received_bytes
             .fetch_add(msg.payload.len() as u64, Relaxed);
         match Relay::decode(&msg.payload) {
+            Ok(Relay::Room {
+                seq,
+                origin,
+                room,
+                frame,
+            }) => {
+                if origin != bp.node {
+                    bp.room_in(&router, &origin, seq, &room, &frame, &msg.payload);
+                }
+            }
             Ok(r) => handle(&bp, &router, r),
             Err(e) => {
                 bp.counters.malformed.fetch_add(1, Relaxed);
@@ -1118,15 +1134,8 @@ fn handle(bp: &Backplane, router: &Router, r: Relay) {
         Relay::AckFailed { ack_id, to } => {
             router.control_slot(conn_of(ack_id), Control::AckFailed { ack_id, to });
         }
-        Relay::Room {
-            origin,
-            room,
-            frame,
-        } => {
-            if origin != bp.node {
-                router.to_room(&room, &frame, None);
-            }
-        }
+        // Handled by `inbound`, which has the message's bytes.
+        Relay::Room { .. } => {}
         Relay::Call {
             origin,
             timeout_ms,
@@ -1534,6 +1543,7 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             to: bob.clone(),
         },
         Relay::Room {
+            seq: 42,
             origin: "hub-b".into(),
             room,
             frame: msg,
@@ -1600,6 +1610,8 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
         sessions: peermesh_proto::SessionName::new("game-1")
             .into_iter()
             .collect(),
+        cut: vec![("hub-a".into(), 77)],
+        mark: Vec::new(),
     });
     let mut v = vec![1u8];
     v.extend_from_slice(&handoff::encode_answer(&handoff));

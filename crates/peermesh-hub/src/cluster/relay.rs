@@ -5,7 +5,7 @@
 //!   1 direct    origin: str, to: str                          MessagePack server frame
 //!   2 ack reply ack_id: u64, from: str                        `ack` frame (req = ack_id)
 //!   3 ack fail  ack_id: u64, to: str                          —
-//!   4 room      origin: str, room: str                        MessagePack server frame
+//!   4 room      seq: u64, origin: str, room: str              MessagePack server frame
 //!   5 call      origin: str, timeout_ms: u64                  `invoke` frame (call = caller's id)
 //!   6 call done —                                             `result` or `error` (req = call id)
 //!   7 topic     origin: str                                   `publication` or `topic_ended`
@@ -54,8 +54,10 @@ pub(crate) enum Relay {
     },
     /// The acknowledged message `ack_id` could not be delivered to `to`.
     AckFailed { ack_id: u64, to: ClientId },
-    /// A frame for the members of `room` on every other hub.
+    /// A frame for the members of `room` on every other hub; `seq` numbers the room emits
+    /// of `origin` (always bytes 1..9 of the message, see [`ROOM_SEQ_AT`]).
     Room {
+        seq: u64,
         origin: String,
         room: RoomName,
         frame: ServerFrame,
@@ -193,9 +195,25 @@ fn put_frame(out: &mut BytesMut, frame: &ServerFrame) {
     out.put_slice(&peermesh_proto::encode_server(Encoding::MsgPack, 0, frame));
 }
 
+/// Where a room message carries its `seq` (after the kind byte), so a hub can encode the
+/// message first and number it at the moment it publishes it.
+pub(crate) const ROOM_SEQ_AT: std::ops::Range<usize> = 1..9;
+
+/// Writes `seq` into an encoded room message.
+pub(crate) fn set_room_seq(msg: &mut [u8], seq: u64) {
+    if let Some(at) = msg.get_mut(ROOM_SEQ_AT) {
+        at.copy_from_slice(&seq.to_be_bytes());
+    }
+}
+
 impl Relay {
     /// The message's bytes.
     pub(crate) fn encode(&self) -> Bytes {
+        self.encode_mut().freeze()
+    }
+
+    /// The message's bytes, still writable.
+    pub(crate) fn encode_mut(&self) -> BytesMut {
         let mut out = BytesMut::with_capacity(128);
         match self {
             Relay::Direct { origin, to, frame } => {
@@ -224,11 +242,13 @@ impl Relay {
                 put_str(&mut out, to.as_str());
             }
             Relay::Room {
+                seq,
                 origin,
                 room,
                 frame,
             } => {
                 out.put_u8(4);
+                out.put_u64(*seq);
                 put_str(&mut out, origin);
                 put_str(&mut out, room.as_str());
                 put_frame(&mut out, frame);
@@ -295,7 +315,7 @@ impl Relay {
                 put_frame(&mut out, frame);
             }
         }
-        out.freeze()
+        out
     }
 
     /// Reads a message (stream data is shared with `whole`, not copied).
@@ -333,11 +353,13 @@ impl Relay {
                 Ok(Relay::AckFailed { ack_id, to })
             }
             4 => {
+                let seq = get_u64(&mut b)?;
                 let origin = get_str(&mut b, "origin")?;
                 let room = get_str(&mut b, "room")?;
                 let room = RoomName::new(&room).map_err(|e| err(format!("room: {e}")))?;
                 let frame = get_frame(b)?;
                 Ok(Relay::Room {
+                    seq,
                     origin,
                     room,
                     frame,
@@ -640,6 +662,7 @@ mod tests {
                 to: id("carol"),
             },
             Relay::Room {
+                seq: 1 << 50 | 3,
                 origin: "hub-b".into(),
                 room: RoomName::new("lobby").expect("room"),
                 frame: message("dave", Some("lobby"), None, Payload::NULL),
