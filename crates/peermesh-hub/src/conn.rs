@@ -643,6 +643,7 @@ impl PreHello {
                 for room in &rooms {
                     bp.joined(room, &session.conn.client, None);
                 }
+                session.resubscribe(&h.topics);
             }
             let welcome = welcome_frame(&hub, &session.conn, rooms, Some(h.in_count));
             let replayed = h.frames.len();
@@ -1131,6 +1132,14 @@ impl Session {
             sessions: self.conn.sessions.lock().iter().cloned().collect(),
             cut,
             mark: Vec::new(),
+            topics: self
+                .conn
+                .subscriptions
+                .lock()
+                .keys()
+                .cloned()
+                .chain(bp.remote_topics_of(self.conn.conn))
+                .collect(),
         };
         info!(id = %self.conn.client, to = %m.to, last_seq = m.last_seq, last_written, "session handed to another hub");
         let _ = m.reply.send(Ok(handoff));
@@ -1138,6 +1147,32 @@ impl Session {
     }
 
     /// Tells rooms and recent contacts that this client is away, or back.
+    /// Subscribes again, on this hub, to the topics a session that moved here had on its
+    /// old hub; one that no provider offers any more is reported ended (`topic_ended`).
+    fn resubscribe(&mut self, topics: &[(peermesh_proto::ServiceName, peermesh_proto::TopicName)]) {
+        let max = self.hub.config.max_subscriptions_per_client;
+        for (service, topic) in topics {
+            let mut out = self.services().subscribe(service, topic, &self.conn, max);
+            if let (Err(_), Some(bp)) = (&out, &self.hub.router.cluster) {
+                if let Some(r) = bp.subscribe_remote(service, topic, &self.conn, max) {
+                    out = r;
+                }
+            }
+            if let Err((code, m)) = out {
+                debug!(id = %self.conn.client, service = %service.as_str(), topic = %topic.as_str(), %m, "a subscription did not survive a move");
+                let reason = match code {
+                    ErrorCode::UnknownService => peermesh_proto::TopicEnd::ServiceGone,
+                    _ => peermesh_proto::TopicEnd::Destroyed,
+                };
+                self.send(&ServerFrame::TopicEnded {
+                    service: service.clone(),
+                    topic: topic.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+
     fn announce(&self, away: bool) {
         let hub = &self.hub;
         let id = self.conn.client.clone();

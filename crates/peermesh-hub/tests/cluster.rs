@@ -1498,3 +1498,60 @@ async fn room_emits_reach_a_member_moving_between_hubs_exactly_once() {
     }
     eprintln!("3 moves under 3 x {N} room emits: {replayed} replayed, {skipped} skipped");
 }
+
+/// A subscriber whose session moves keeps its subscriptions: to a topic of its old hub's
+/// provider (then remote), and back to the provider's hub (then local again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_move_with_a_session_to_another_hub_and_back() {
+    let nats = NatsServer::start();
+    let [a, b, _c] = three(&nats).await;
+    let (mut p, _) = a.join("newsroom").await;
+    p.send(json!({"type":"provide","service":"news","methods":["ask"],"req":1}))
+        .await;
+    assert_eq!(p.recv_type("ok").await["req"], 1);
+    for (req, topic) in [(2, "sport"), (3, "weather")] {
+        p.send(json!({"type":"create_topic","topic":topic,"req":req}))
+            .await;
+        assert_eq!(p.recv_type("ok").await["req"], req);
+    }
+    let mut r = Raw::connect(&a.url("")).await;
+    let w = r.hello(json!({"id": "reader", "resume": true})).await;
+    let secret = w["secret"].clone();
+    subscribe_sport(&mut r).await;
+    r.send(json!({"type":"subscribe","service":"news","topic":"weather","req":7}))
+        .await;
+    assert_eq!(r.recv_type("ok").await["req"], 7);
+    // Wait until hub-b knows the topics, so the move finds them offered there.
+    let (mut probe, _) = b.join("probe").await;
+    subscribe_sport(&mut probe).await;
+    let mut n = 0;
+    for (hub, name) in [(&b, "hub-b"), (&a, "hub-a")] {
+        let last = r.last_seq;
+        drop(r);
+        r = resume_on(hub, "reader", &secret, last).await.0;
+        n += 1;
+        p.send(json!({"type":"publish","topic":"sport","data":n,"req":100 + n}))
+            .await;
+        let v = r.recv_type("publication").await;
+        assert_eq!(
+            (&v["topic"], &v["data"]),
+            (&json!("sport"), &json!(n)),
+            "on {name}: {v}"
+        );
+        if name == "hub-b" {
+            // The weather topic ends while the reader is on hub-b: it is told there (the
+            // subscription moved with it).
+            p.send(json!({"type":"destroy_topic","topic":"weather","req":50}))
+                .await;
+            let v = r.recv_type("topic_ended").await;
+            assert_eq!(v["topic"], "weather", "{v}");
+        }
+    }
+    // Subscribed once on hub-a again: one publication, one delivery.
+    p.send(json!({"type":"publish","topic":"sport","data":"last","req":200}))
+        .await;
+    assert_eq!(r.recv_type("publication").await["data"], "last");
+    if let Some(v) = r.try_recv(Duration::from_millis(300)).await {
+        panic!("nothing more: {v}");
+    }
+}

@@ -14,12 +14,15 @@
 //!               frames: u32 × (kind u8: 0 text / 1 binary, len u32, bytes),
 //!               sessions: u16 × str (the hub sessions it is a member of),
 //!               cut: u16 × (origin: str, seq: u64) (the last room emit of each hub that A
-//!               handled when it closed the client's queue: see `fanlog`)
+//!               handled when it closed the client's queue: see `fanlog`),
+//!               topics: u16 × (service: str, topic: str) (its subscriptions)
 //! ```
 
 use axum::extract::ws::Message;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use peermesh_proto::{ClientId, Encoding, ResumeRefusal, RoomName, SessionName};
+use peermesh_proto::{
+    ClientId, Encoding, ResumeRefusal, RoomName, ServiceName, SessionName, TopicName,
+};
 use serde::{Deserialize, Serialize};
 
 use super::relay::{err, get_str, get_u64, put_str, RelayError};
@@ -62,6 +65,8 @@ pub(crate) struct Handoff {
     pub(crate) cut: super::fanlog::Cut,
     /// B's own picture of the room emits when it asked (not sent: B fills it in).
     pub(crate) mark: super::fanlog::Cut,
+    /// The topics it subscribed to (on any hub's providers).
+    pub(crate) topics: Vec<(ServiceName, TopicName)>,
 }
 
 /// Encodes A's answer.
@@ -100,6 +105,11 @@ pub(crate) fn encode_answer(answer: &Result<Handoff, ResumeRefusal>) -> Bytes {
             for (origin, seq) in h.cut.iter().take(usize::from(u16::MAX)) {
                 put_str(&mut out, origin);
                 out.put_u64(*seq);
+            }
+            out.put_u16(u16::try_from(h.topics.len()).unwrap_or(u16::MAX));
+            for (service, topic) in h.topics.iter().take(usize::from(u16::MAX)) {
+                put_str(&mut out, service.as_str());
+                put_str(&mut out, topic.as_str());
             }
         }
     }
@@ -169,8 +179,21 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 let origin = get_str(&mut b, "origin")?;
                 cut.push((origin, get_u64(&mut b)?));
             }
+            if b.remaining() < 2 {
+                return Err(err("truncated topics"));
+            }
+            let n = b.get_u16();
+            let mut topics = Vec::with_capacity(usize::from(n).min(1024));
+            for _ in 0..n {
+                let service = get_str(&mut b, "service")?;
+                let service =
+                    ServiceName::new(&service).map_err(|e| err(format!("service: {e}")))?;
+                let topic = get_str(&mut b, "topic")?;
+                let topic = TopicName::new(&topic).map_err(|e| err(format!("topic: {e}")))?;
+                topics.push((service, topic));
+            }
             if b.has_remaining() {
-                return Err(err("bytes after the cut"));
+                return Err(err("bytes after the topics"));
             }
             if frames.len() as u64 > last_written {
                 return Err(err("more frames than were ever written"));
@@ -184,6 +207,7 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 sessions,
                 cut,
                 mark: Vec::new(),
+                topics,
             }))
         }
         k => Err(err(format!("unknown answer kind {k}"))),
@@ -233,6 +257,10 @@ mod tests {
             sessions: vec![SessionName::new("game-7").expect("session")],
             cut: vec![("hub-a".into(), 1 << 60), ("hub-c".into(), 0)],
             mark: Vec::new(),
+            topics: vec![(
+                ServiceName::new("sport").expect("service"),
+                TopicName::new("scores").expect("topic"),
+            )],
         };
         let ok = encode_answer(&Ok(h.clone()));
         assert_eq!(decode_answer(&ok), Ok(Ok(h)));

@@ -615,6 +615,14 @@ impl Backplane {
         Some(Ok(()))
     }
 
+    /// The topics of other hubs' providers that local connection `conn` subscribed to.
+    pub(crate) fn remote_topics_of(&self, conn: u64) -> Vec<(ServiceName, TopicName)> {
+        self.subs_of
+            .get(&conn)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Ends a subscription made by [`Backplane::subscribe_remote`]; false if there was none.
     pub(crate) fn unsubscribe_remote(
         &self,
@@ -1612,6 +1620,10 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             .collect(),
         cut: vec![("hub-a".into(), 77)],
         mark: Vec::new(),
+        topics: ServiceName::new("sport")
+            .into_iter()
+            .zip(TopicName::new("scores"))
+            .collect(),
     });
     let mut v = vec![1u8];
     v.extend_from_slice(&handoff::encode_answer(&handoff));
