@@ -1668,4 +1668,65 @@ async fn a_burst_beyond_the_frames_a_join_holds_is_refused_for_the_excess_only()
         "bob",
     );
     assert_eq!(bob.recv().await["req"], 2000);
+
+    // The frames held behind a join are bounded in bytes too (4 MiB): of five operations of
+    // 900 kB each, four are held (and then refused by the home: each value is larger than an
+    // object may be), the fifth is refused at once.
+    join_session(&mut alice, "heavy", 2).await;
+    let big = "x".repeat(900_000);
+    let mut frames = vec![json!({"type":"session_join","session":"heavy","req":1})];
+    frames.extend((0..5).map(|i| {
+        json!({"type":"session_op","session":"heavy","op":"create","object":format!("big-{i}"),"data":big,"req":i + 2})
+    }));
+    nats.freeze();
+    burst(&mut bob, &frames).await;
+    let e = bob.recv().await;
+    assert_eq!(
+        (&e["type"], &e["code"], &e["req"]),
+        (&json!("error"), &json!("rate_limited"), &json!(6)),
+        "{e}"
+    );
+    nats.thaw();
+    snapshot_of(&mut bob, 1, &["alice", "bob"]).await;
+    for req in 2..6 {
+        let e = bob.recv().await;
+        assert_eq!(
+            (&e["code"], &e["req"]),
+            (&json!("object_too_large"), &json!(req)),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_the_registry_cannot_resolve_fails_with_every_frame_behind_it() {
+    let mut nats = NatsServer::start();
+    let b = hub(&nats, "hub-b").await;
+    let (mut bob, _) = b.join("bob").await;
+    let (ops, _) = dependent_ops("lost", "b", 2);
+    let join = json!({"type":"session_join","session":"lost","req":1});
+    nats.freeze();
+    burst(
+        &mut bob,
+        &[vec![join], ops, vec![json!({"type":"ping","req":20})]].concat(),
+    )
+    .await;
+    assert_eq!(bob.recv().await["type"], "pong");
+    // The claim of the session's name was sent; NATS dies before answering it. When the
+    // request gives up (its timeout: about 10 s in all), the join and each operation behind
+    // it fail with cluster_unavailable, in order, and the connection stays open.
+    nats.kill();
+    for req in 1..=8 {
+        let e = bob
+            .try_recv(Duration::from_secs(20))
+            .await
+            .expect("an answer once the claim gives up");
+        assert_eq!(
+            (&e["type"], &e["code"], &e["req"]),
+            (&json!("error"), &json!("cluster_unavailable"), &json!(req)),
+            "{e}"
+        );
+    }
+    bob.send(json!({"type":"ping","req":21})).await;
+    assert_eq!(bob.recv().await["type"], "pong");
 }
