@@ -1529,6 +1529,17 @@ impl Session {
     }
 
     fn join_session(&mut self, name: SessionName, mode: SessionMode, req: Option<u64>) {
+        if let Some(bp) = &self.hub.router.cluster {
+            // Created here once claimed in the cluster, or joined at its home hub; the answer
+            // (snapshot or error) may come later, and this connection's later frames for the
+            // session wait for it.
+            let frame = ClientFrame::SessionJoin {
+                session: Some(name),
+                mode: Some(mode),
+                req,
+            };
+            return bp.session_frame(&self.hub.router, &self.conn, frame);
+        }
         let held = self.conn.sessions.lock().len();
         let max = self.hub.config.max_sessions_per_client;
         if held >= max && !self.conn.sessions.lock().contains(&name) {
@@ -1536,14 +1547,6 @@ impl Session {
             return self.error(ErrorCode::TooManySessions, m, req);
         }
         let rtt = self.rtt();
-        if let Some(bp) = &self.hub.router.cluster {
-            if !self.hub.router.sessions.holds(&name) {
-                // Created here once claimed in the cluster, or joined at its home hub; the
-                // answer (snapshot or error) comes when that is done.
-                bp.join_session(&self.hub.router, &self.conn, name, mode, rtt, req);
-                return;
-            }
-        }
         if let Err((code, m)) = self
             .hub
             .router
@@ -1552,18 +1555,6 @@ impl Session {
         {
             self.error(code, m, req);
         }
-    }
-
-    /// The home hub of a session held by another hub that this client is a member of.
-    fn session_home(&self, name: &SessionName) -> Option<String> {
-        if self.hub.router.sessions.holds(name) {
-            return None;
-        }
-        self.hub
-            .router
-            .cluster
-            .as_ref()?
-            .session_home_of(name, &self.conn.client)
     }
 
     /// A counted client frame arrived (handled, or refused with an error).
@@ -1807,11 +1798,9 @@ impl Session {
                 self.join_session(name, mode.unwrap_or_default(), req);
             }
             ClientFrame::SessionLeave { session, req } => {
-                if let (Some(home), Some(bp)) =
-                    (self.session_home(&session), &self.hub.router.cluster)
-                {
+                if let Some(bp) = &self.hub.router.cluster {
                     let frame = ClientFrame::SessionLeave { session, req };
-                    return bp.forward_session_frame(&home, &self.conn, frame);
+                    return bp.session_frame(&self.hub.router, &self.conn, frame);
                 }
                 match self.hub.router.sessions.leave(&session, &self.conn) {
                     Ok(()) => self.ok(req),
@@ -1819,11 +1808,9 @@ impl Session {
                 }
             }
             ClientFrame::SessionOp { session, op, req } => {
-                if let (Some(home), Some(bp)) =
-                    (self.session_home(&session), &self.hub.router.cluster)
-                {
+                if let Some(bp) = &self.hub.router.cluster {
                     let frame = ClientFrame::SessionOp { session, op, req };
-                    return bp.forward_session_frame(&home, &self.conn, frame);
+                    return bp.session_frame(&self.hub.router, &self.conn, frame);
                 }
                 match self.hub.router.sessions.apply(&session, &self.conn, op) {
                     Ok(_) => self.ok(req),
@@ -2332,6 +2319,10 @@ impl Session {
             if let Some(bp) = &hub.router.cluster {
                 bp.provider_gone(self.conn.conn);
             }
+        }
+        if let Some(bp) = &hub.router.cluster {
+            // First: no pending join completes after the connection left its sessions.
+            bp.session_joins_ended(&self.conn);
         }
         match &self.migrated_to {
             // It stays a member of its sessions, reached on its new hub from now on.

@@ -162,6 +162,7 @@ impl Hub {
                     cluster,
                     ttl,
                     config.max_calls_per_provider,
+                    config.max_sessions_per_client,
                 )))
             }
             None => None,

@@ -157,6 +157,8 @@ pub(crate) struct ConnShared {
     pub(crate) subscriptions: Mutex<HashMap<(ServiceName, TopicName), Arc<crate::services::Topic>>>,
     /// Sessions this connection is in.
     pub(crate) sessions: Mutex<HashSet<SessionName>>,
+    /// In a cluster: its `session_join`s not resolved yet, and its frames waiting behind them.
+    pub(crate) joins: Mutex<crate::cluster::Joins>,
     /// Round-trip time to the client in µs, from WebSocket pings (0 until measured).
     pub(crate) rtt_us: AtomicU64,
     /// The client asked to resume after drops (`hello.resume`, and the hub allows it).
@@ -210,6 +212,7 @@ impl ConnShared {
             call_watchers: Mutex::new(HashSet::new()),
             subscriptions: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashSet::new()),
+            joins: Mutex::new(crate::cluster::Joins::default()),
             rtt_us: AtomicU64::new(0),
             resumable,
             away: AtomicBool::new(false),

@@ -397,7 +397,12 @@ impl Sessions {
             let left = inner.state.leave(client).map_err(refusal)?;
             inner.conns.remove(client);
             inner.remote.remove(client);
-            session.fan_out(inner, &left.events, None, self.cluster.as_deref());
+            // Not for the leaver: on its hub too, when that is another (it stops counting it
+            // as a member when told below, after these).
+            session.fan_out(inner, &left.events, Some(client), self.cluster.as_deref());
+            if let (Some(node), Some(bp)) = (node, self.cluster.as_deref()) {
+                bp.session_left(node, &session.name, client);
+            }
             if left.closed {
                 inner.closed = true;
             }

@@ -1555,3 +1555,350 @@ async fn subscriptions_move_with_a_session_to_another_hub_and_back() {
         panic!("nothing more: {v}");
     }
 }
+
+/// Sends `frames` back to back in one write, reading nothing in between: the hub has them all
+/// before it can have answered any.
+async fn burst(c: &mut Raw, frames: &[Value]) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    for f in frames {
+        let msg = if c.msgpack {
+            Message::Binary(rmp_serde::to_vec_named(f).expect("msgpack").into())
+        } else {
+            Message::Text(f.to_string().into())
+        };
+        c.ws.feed(msg).await.expect("a frame queued");
+    }
+    c.ws.flush().await.expect("the burst written");
+}
+
+/// What a session operation of a burst should produce: the event, the object, its new value.
+type Expected = (&'static str, String, Option<Value>);
+
+/// Seven operations on objects `<p>-1` and `<p>-2` of session `session` with reqs `req..`,
+/// each depending on the one before (applied in another order, one of them fails), and the
+/// events they make.
+fn dependent_ops(session: &str, p: &str, req: u64) -> (Vec<Value>, Vec<Expected>) {
+    let (o1, o2) = (format!("{p}-1"), format!("{p}-2"));
+    let ops = vec![
+        json!({"op":"create","object":o1,"data":{"n":0}}),
+        json!({"op":"patch","object":o1,"data":{"n":1}}),
+        json!({"op":"update","object":o1,"data":{"n":2}}),
+        json!({"op":"create","object":o2,"data":"x"}),
+        json!({"op":"delete","object":o2}),
+        json!({"op":"create","object":o2,"data":"y"}),
+        json!({"op":"transfer","object":o1}),
+    ];
+    let frames = ops
+        .into_iter()
+        .zip(req..)
+        .map(|(mut op, req)| {
+            op["type"] = json!("session_op");
+            op["session"] = json!(session);
+            op["req"] = json!(req);
+            op
+        })
+        .collect();
+    let events = vec![
+        ("created", o1.clone(), Some(json!({"n":0}))),
+        ("updated", o1.clone(), Some(json!({"n":1}))),
+        ("updated", o1.clone(), Some(json!({"n":2}))),
+        ("created", o2.clone(), Some(json!("x"))),
+        ("deleted", o2.clone(), None),
+        ("created", o2, Some(json!("y"))),
+        ("transferred", o1, None),
+    ];
+    (frames, events)
+}
+
+/// Checks that `event` is `want` by `by`.
+fn check_event(event: &Value, want: &Expected, by: &str) {
+    let (kind, object, data) = want;
+    assert_eq!(
+        (
+            &event["type"],
+            &event["event"],
+            &event["object"],
+            &event["by"]
+        ),
+        (
+            &json!("session_event"),
+            &json!(kind),
+            &json!(object),
+            &json!(by)
+        ),
+        "expected {kind} {object} by {by}, got {event}"
+    );
+    if let Some(data) = data {
+        assert_eq!(&event["data"], data, "{event}");
+    }
+}
+
+/// The actor of a burst: its next frames are exactly, for each operation, its event and the
+/// `ok` of its req (from `req` on). Returns the events' revisions.
+async fn actor_sees(c: &mut Raw, by: &str, want: &[Expected], req: u64) -> Vec<u64> {
+    let mut revs = Vec::new();
+    for (w, req) in want.iter().zip(req..) {
+        let e = c.recv().await;
+        check_event(&e, w, by);
+        revs.push(e["rev"].as_u64().expect("a rev"));
+        assert_eq!(
+            c.recv().await,
+            json!({"seq": c.last_seq, "type": "ok", "req": req}),
+            "the ok of operation {req}"
+        );
+    }
+    revs
+}
+
+/// Another member: its next session events are the burst's, with the same revisions.
+async fn member_sees(c: &mut Raw, by: &str, want: &[Expected], revs: &[u64]) {
+    for (w, rev) in want.iter().zip(revs) {
+        let e = session_event(c).await;
+        check_event(&e, w, by);
+        assert_eq!(e["rev"], *rev, "{e}");
+    }
+}
+
+/// The next frame of `c` is the snapshot answering `req`, with roster `members`.
+async fn snapshot_of(c: &mut Raw, req: u64, members: &[&str]) -> Value {
+    let s = c.recv().await;
+    assert_eq!(
+        (&s["type"], &s["req"], &s["more"]),
+        (&json!("session_state"), &json!(req), &json!(false)),
+        "the join's snapshot first, got {s}"
+    );
+    assert_eq!(roster(&s), members, "{s}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_sent_right_behind_a_session_join_are_applied_in_order_on_any_hub() {
+    let nats = NatsServer::start();
+    let [a, b, c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    join_session(&mut alice, "game", 1).await;
+    let (mut bob, _) = b.join_msgpack("bob").await;
+
+    // 1. The session lives on hub-a; bob, on hub-b, joins it and operates in one burst. NATS
+    // is frozen meanwhile, so hub-b is still asking the registry where the session lives
+    // when the operations arrive; a frame for another session and a ping are answered at once.
+    let join = json!({"type":"session_join","session":"game","req":1});
+    let (ops, want) = dependent_ops("game", "b", 2);
+    let other =
+        json!({"type":"session_op","session":"elsewhere","op":"delete","object":"x","req":90});
+    let ping = json!({"type":"ping","req":91});
+    nats.freeze();
+    burst(&mut bob, &[vec![join], ops, vec![other, ping]].concat()).await;
+    let e = bob.recv().await;
+    assert_eq!(
+        (&e["type"], &e["code"], &e["req"]),
+        (&json!("error"), &json!("unknown_session"), &json!(90)),
+        "only the frame for another session is answered while the join waits: {e}"
+    );
+    assert_eq!(bob.recv().await["type"], "pong");
+    nats.thaw();
+    snapshot_of(&mut bob, 1, &["alice", "bob"]).await;
+    let revs = actor_sees(&mut bob, "bob", &want, 2).await;
+    let e = session_event(&mut alice).await;
+    assert_eq!(
+        (&e["event"], &e["member"]),
+        (&json!("member_joined"), &json!("bob"))
+    );
+    member_sees(&mut alice, "bob", &want, &revs).await;
+
+    // 2. bob creates a session on hub-b in the same burst as its operations (hub-b wins the
+    // claim while they wait).
+    let join = json!({"type":"session_join","session":"fresh","req":11});
+    let (ops, want) = dependent_ops("fresh", "f", 12);
+    nats.freeze();
+    burst(
+        &mut bob,
+        &[vec![join], ops, vec![json!({"type":"ping","req":92})]].concat(),
+    )
+    .await;
+    assert_eq!(bob.recv().await["type"], "pong");
+    nats.thaw();
+    snapshot_of(&mut bob, 11, &["bob"]).await;
+    actor_sees(&mut bob, "bob", &want, 12).await;
+
+    // 3. dave, on hub-c, joins it; then carol, also on hub-c, joins and operates in one burst
+    // and leaves at its end. Hub-c knows the session's home from dave's membership, so her
+    // operations go there before her snapshot is back (NATS is frozen); her leave waits for
+    // the snapshot.
+    let (mut dave, _) = c.join("dave").await;
+    join_session(&mut dave, "fresh", 1).await;
+    assert_eq!(session_event(&mut bob).await["member"], "dave");
+    let (mut carol, _) = c.join("carol").await;
+    let join = json!({"type":"session_join","session":"fresh","req":1});
+    let (ops, want) = dependent_ops("fresh", "c", 2);
+    let leave = json!({"type":"session_leave","session":"fresh","req":9});
+    nats.freeze();
+    burst(
+        &mut carol,
+        &[
+            vec![join],
+            ops,
+            vec![leave, json!({"type":"ping","req":10})],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(carol.recv().await["type"], "pong");
+    nats.thaw();
+    snapshot_of(&mut carol, 1, &["bob", "dave", "carol"]).await;
+    let revs = actor_sees(&mut carol, "carol", &want, 2).await;
+    assert_eq!(carol.recv().await["req"], 9, "the leave's ok");
+    for m in [&mut bob, &mut dave] {
+        let e = session_event(m).await;
+        assert_eq!(
+            (&e["event"], &e["member"]),
+            (&json!("member_joined"), &json!("carol"))
+        );
+        member_sees(m, "carol", &want, &revs).await;
+        // Her leave: her object c-2 goes to the authority (c-1 has no owner since the
+        // transfer), then she is gone.
+        let e = session_event(m).await;
+        assert_eq!(
+            (&e["event"], &e["object"], &e["owner"]),
+            (&json!("transferred"), &json!("c-2"), &json!("bob")),
+            "{e}"
+        );
+        let e = session_event(m).await;
+        assert_eq!(
+            (&e["event"], &e["member"]),
+            (&json!("member_left"), &json!("carol")),
+            "{e}"
+        );
+    }
+    // Hub-c does not count her as a member: dave's next event does not reach her, and her
+    // operations are refused as a non-member's.
+    dave.send(
+        json!({"type":"session_op","session":"fresh","op":"create","object":"d","data":1,"req":2}),
+    )
+    .await;
+    assert_eq!(session_event(&mut dave).await["object"], "d");
+    carol.send(json!({"type":"ping","req":11})).await;
+    assert_eq!(
+        carol.recv().await["type"],
+        "pong",
+        "nothing of the session after her leave"
+    );
+    carol
+        .send(json!({"type":"session_op","session":"fresh","op":"delete","object":"d","req":12}))
+        .await;
+    let e = carol.recv().await;
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("unknown_session"), &json!(12)),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_frames_a_join_holds_is_refused_for_the_excess_only() {
+    const HELD: usize = 256;
+    const SENT: usize = 300;
+    let nats = NatsServer::start();
+    let [a, b, _c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    join_session(&mut alice, "crowd", 1).await;
+    let (mut bob, _) = b.join("bob").await;
+
+    let mut frames = vec![json!({"type":"session_join","session":"crowd","req":1})];
+    frames.extend((0..SENT).map(|i| {
+        json!({"type":"session_op","session":"crowd","op":"create","object":format!("o-{i}"),"data":i,"req":i + 2})
+    }));
+    frames.push(json!({"type":"ping","req":1000}));
+    nats.freeze();
+    burst(&mut bob, &frames).await;
+    // While the join waits for the registry, the first 256 operations wait with it; the rest
+    // are refused at once, each with its req.
+    for i in HELD..SENT {
+        let e = bob.recv().await;
+        assert_eq!(
+            (&e["type"], &e["code"], &e["req"]),
+            (&json!("error"), &json!("rate_limited"), &json!(i + 2)),
+            "{e}"
+        );
+    }
+    assert_eq!(bob.recv().await["type"], "pong");
+    nats.thaw();
+    snapshot_of(&mut bob, 1, &["alice", "bob"]).await;
+    let want: Vec<Expected> = (0..HELD)
+        .map(|i| ("created", format!("o-{i}"), Some(json!(i))))
+        .collect();
+    let revs = actor_sees(&mut bob, "bob", &want, 2).await;
+    assert_eq!(session_event(&mut alice).await["member"], "bob");
+    member_sees(&mut alice, "bob", &want, &revs).await;
+    // The refused ones changed nothing: the first of them can be made now.
+    bob.send(json!({"type":"session_op","session":"crowd","op":"create","object":format!("o-{HELD}"),"data":0,"req":2000}))
+        .await;
+    check_event(
+        &bob.recv().await,
+        &("created", format!("o-{HELD}"), None),
+        "bob",
+    );
+    assert_eq!(bob.recv().await["req"], 2000);
+
+    // The frames held behind a join are bounded in bytes too (4 MiB): of five operations of
+    // 900 kB each, four are held (and then refused by the home: each value is larger than an
+    // object may be), the fifth is refused at once.
+    join_session(&mut alice, "heavy", 2).await;
+    let big = "x".repeat(900_000);
+    let mut frames = vec![json!({"type":"session_join","session":"heavy","req":1})];
+    frames.extend((0..5).map(|i| {
+        json!({"type":"session_op","session":"heavy","op":"create","object":format!("big-{i}"),"data":big,"req":i + 2})
+    }));
+    nats.freeze();
+    burst(&mut bob, &frames).await;
+    let e = bob.recv().await;
+    assert_eq!(
+        (&e["type"], &e["code"], &e["req"]),
+        (&json!("error"), &json!("rate_limited"), &json!(6)),
+        "{e}"
+    );
+    nats.thaw();
+    snapshot_of(&mut bob, 1, &["alice", "bob"]).await;
+    for req in 2..6 {
+        let e = bob.recv().await;
+        assert_eq!(
+            (&e["code"], &e["req"]),
+            (&json!("object_too_large"), &json!(req)),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_the_registry_cannot_resolve_fails_with_every_frame_behind_it() {
+    let mut nats = NatsServer::start();
+    let b = hub(&nats, "hub-b").await;
+    let (mut bob, _) = b.join("bob").await;
+    let (ops, _) = dependent_ops("lost", "b", 2);
+    let join = json!({"type":"session_join","session":"lost","req":1});
+    nats.freeze();
+    burst(
+        &mut bob,
+        &[vec![join], ops, vec![json!({"type":"ping","req":20})]].concat(),
+    )
+    .await;
+    assert_eq!(bob.recv().await["type"], "pong");
+    // The claim of the session's name was sent; NATS dies before answering it. When the
+    // request gives up (its timeout: about 10 s in all), the join and each operation behind
+    // it fail with cluster_unavailable, in order, and the connection stays open.
+    nats.kill();
+    for req in 1..=8 {
+        let e = bob
+            .try_recv(Duration::from_secs(20))
+            .await
+            .expect("an answer once the claim gives up");
+        assert_eq!(
+            (&e["type"], &e["code"], &e["req"]),
+            (&json!("error"), &json!("cluster_unavailable"), &json!(req)),
+            "{e}"
+        );
+    }
+    bob.send(json!({"type":"ping","req":21})).await;
+    assert_eq!(bob.recv().await["type"], "pong");
+}

@@ -130,6 +130,31 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server's process (`SIGSTOP`) without closing anything: its clients stay
+    /// connected, their messages wait in the sockets, and every request (a key-value
+    /// compare-and-set, …) waits for an answer until [`NatsServer::thaw`]. Keep it short: the
+    /// hubs' heartbeats stop too, and after 5 s they count each other as dead.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [frozen](NatsServer::freeze) server run again (`SIGCONT`): what waited is
+    /// handled in order.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let Some(pid) = self.pid() else {
+            panic!("nats-server is not running: cannot send it {signal}");
+        };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill {signal} {pid}: {e}"));
+        assert!(status.success(), "kill {signal} {pid}: {status}");
+    }
+
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();

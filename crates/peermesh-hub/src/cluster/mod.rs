@@ -54,6 +54,7 @@ use tracing::{debug, warn};
 
 pub(crate) use handoff::{Handoff, Migration, MAX_HANDOFF_BYTES};
 pub(crate) use relay::Relay;
+pub(crate) use sessions::Joins;
 
 use crate::conn::conn_of;
 use crate::registry::{ConnShared, Control};
@@ -203,6 +204,8 @@ pub(crate) struct Backplane {
     stream_peers: DashMap<ClientId, HashMap<u64, u32>>,
     /// Sessions held by other hubs that local clients are members of.
     held: DashMap<peermesh_proto::SessionName, sessions::Held>,
+    /// `max_sessions_per_client`: pending joins count.
+    max_sessions_per_client: usize,
     pub(crate) counters: ClusterCounters,
     /// This hub's room-emit numbering and recent history of every hub's room emits.
     room_log: fanlog::FanLog,
@@ -271,6 +274,7 @@ impl Backplane {
         cluster: Cluster,
         ack_ttl: Duration,
         max_calls_per_provider: u32,
+        max_sessions_per_client: usize,
     ) -> Backplane {
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let (ops, ops_rx): (Vec<_>, Vec<_>) =
@@ -295,6 +299,7 @@ impl Backplane {
             subs_of: DashMap::new(),
             stream_peers: DashMap::new(),
             held: DashMap::new(),
+            max_sessions_per_client,
             counters: ClusterCounters::default(),
             room_log,
             pending: Mutex::new(Some(Pending {
@@ -1003,7 +1008,7 @@ impl Backplane {
     }
 
     /// The session of `id` arrived (it is registered here): delivers what was held for it.
-    pub(crate) fn arrived(&self, router: &Router, id: &ClientId) {
+    pub(crate) fn arrived(self: &Arc<Self>, router: &Router, id: &ClientId) {
         let held = self
             .arriving
             .lock()
@@ -1094,7 +1099,7 @@ async fn inbound(
     }
 }
 
-fn handle(bp: &Backplane, router: &Router, r: Relay) {
+fn handle(bp: &Arc<Backplane>, router: &Router, r: Relay) {
     match r {
         Relay::Direct { origin, to, frame } => {
             let ack_id = match &frame {
@@ -1170,6 +1175,11 @@ fn handle(bp: &Backplane, router: &Router, r: Relay) {
             skip,
             frame,
         } => bp.session_in(router, origin, session, to, skip, frame),
+        Relay::SessionLeft {
+            origin,
+            session,
+            client,
+        } => bp.session_left_in(origin, session, client),
         Relay::CallDone { outcome } => {
             let (call, ctrl) = match outcome {
                 ServerFrame::CallResult { req, payload } => (
@@ -1390,6 +1400,7 @@ async fn reconcile(bp: Arc<Backplane>, router: Router) {
         let conns = router.registry.all_conns();
         let mut local_rooms: HashSet<(String, String)> = HashSet::new();
         for c in &conns {
+            bp.drop_orphaned_joins(&router, c);
             if !owned.contains(c.client.as_str()) {
                 bp.op(
                     &c.client,
@@ -1589,6 +1600,14 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             to: None,
             skip: Some(alice.clone()),
             frame: ServerFrame::Ok { req: 1 },
+        },
+        Relay::SessionLeft {
+            origin: "hub-a".into(),
+            session: match peermesh_proto::SessionName::new("game") {
+                Ok(s) => s,
+                Err(_) => return Vec::new(),
+            },
+            client: alice.clone(),
         },
         Relay::Stream(Box::new(relay::StreamMsg {
             to: bob,

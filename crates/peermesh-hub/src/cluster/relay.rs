@@ -20,6 +20,9 @@
 //!               4 moved (session: str)
 //!  10 session   origin: str, session: str, to: opt str,      a frame of the home hub for
 //!     out       skip: opt str (u8 0 / 1 and str)              members on the receiving hub
+//!  11 session   origin: str, session: str, client: str       the home hub had member
+//!     left                                                    `client` leave: nothing more
+//!                                                             of the session is for it
 //!
 //! A stream item is a tag and its fields: 1 open (window: u64, meta: u32 length and JSON
 //! text, length 0 for none), 2 accepted (window: u64), 3 credit (bytes: u64), 4 data (the
@@ -91,6 +94,14 @@ pub(crate) enum Relay {
         to: Option<ClientId>,
         skip: Option<ClientId>,
         frame: ServerFrame,
+    },
+    /// Member `client` of the receiving hub left session `session` at its home hub `origin`:
+    /// sent under the session's lock right after the leave's events, so what follows on this
+    /// subject is not for it.
+    SessionLeft {
+        origin: String,
+        session: SessionName,
+        client: ClientId,
     },
 }
 
@@ -314,6 +325,16 @@ impl Relay {
                 put_opt_str(&mut out, skip.as_ref().map(ClientId::as_str));
                 put_frame(&mut out, frame);
             }
+            Relay::SessionLeft {
+                origin,
+                session,
+                client,
+            } => {
+                out.put_u8(11);
+                put_str(&mut out, origin);
+                put_str(&mut out, session.as_str());
+                put_str(&mut out, client.as_str());
+            }
         }
         out
     }
@@ -452,6 +473,19 @@ impl Relay {
                     to,
                     skip,
                     frame,
+                })
+            }
+            11 => {
+                let origin = get_str(&mut b, "origin")?;
+                let session = get_session(&mut b)?;
+                let client = get_id(&mut b, "client")?;
+                if b.has_remaining() {
+                    return Err(err("bytes after a session leave"));
+                }
+                Ok(Relay::SessionLeft {
+                    origin,
+                    session,
+                    client,
                 })
             }
             k => Err(err(format!("unknown kind {k}"))),
@@ -780,10 +814,15 @@ mod tests {
         });
         out.push(Relay::SessionOut {
             origin: "hub-a".into(),
-            session: name,
+            session: name.clone(),
             to: Some(id("bob")),
             skip: None,
             frame: ServerFrame::Pong { req: Some(1) },
+        });
+        out.push(Relay::SessionLeft {
+            origin: "hub-a".into(),
+            session: name,
+            client: id("bob"),
         });
         out
     }

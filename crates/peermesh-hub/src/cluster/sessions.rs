@@ -17,8 +17,32 @@
 //! the session's lock produced it. A member whose hub dies leaves the sessions with it (its id
 //! is released); a session whose home dies is gone, and its members elsewhere are told so
 //! with an `unknown_session` error (at the next reconcile, within 5 s of the release).
+//!
+//! A connection's frames for one session are handled in the order it sent them, as on one
+//! hub, although its `session_join` is resolved asynchronously (a registry round trip, then
+//! possibly the home's answer). While the join is pending ([`Joins`], in the connection's
+//! `ConnShared`), the connection's later frames for that session wait behind it, at most
+//! [`MAX_WAITING`] of them and [`MAX_WAITING_BYTES`] (beyond: `rate_limited`), and run in
+//! order when it is resolved:
+//!
+//! ```text
+//!   session_join ─► Claiming ── won ──► joined here, then the waiting frames here
+//!                      │ ─────── error ─► cluster_unavailable for the join and each waiting frame
+//!                      └─ taken ─► Asked{home}: SessionAsk{join}, then the waiting frames to home
+//!   Asked{home}: session_op ──────────────► straight to the home (it handles them after the join)
+//!                session_join / _leave ───► wait for the home's answer (they change the
+//!                                           membership this hub records), and all after them
+//!   home's answer (last snapshot chunk or error) ─► membership recorded (or not), the waiting
+//!                                                   frames run in order
+//! ```
+//!
+//! The order to the home holds because one connection's frames for a session are published
+//! under its `Joins` lock while the join is pending, and in its task after; the publisher keeps
+//! this hub's order (`Backplane::enqueue` publishes directly only when nothing waits in its
+//! queue), NATS keeps the order of one connection's messages on one subject, and the home's
+//! inbound task handles `peermesh.node.<home>` messages one at a time, in arrival order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -39,6 +63,100 @@ pub(crate) struct Held {
     home: String,
     /// Local members, by client id.
     conns: HashMap<ClientId, Arc<ConnShared>>,
+}
+
+/// Most frames of one connection that wait behind one of its pending `session_join`s; a
+/// frame beyond it is dropped and answered with `rate_limited`.
+pub(crate) const MAX_WAITING: usize = 256;
+/// Most bytes of them (each frame counted at its MessagePack size), likewise.
+pub(crate) const MAX_WAITING_BYTES: usize = 4 << 20;
+
+/// A connection's `session_join`s in a cluster that are not resolved yet, and its frames for
+/// those sessions that wait behind them. Kept in the connection's `ConnShared`; its lock is
+/// never held across an await.
+#[derive(Debug, Default)]
+pub(crate) struct Joins {
+    pending: HashMap<SessionName, Pending>,
+    /// The connection ended: nothing is pending, and no membership is recorded for it.
+    ended: bool,
+}
+
+/// One pending `session_join`.
+#[derive(Debug)]
+enum Pending {
+    /// Claiming the session's name in the registry: every later frame of the connection for
+    /// the session waits.
+    Claiming { waiting: Waiting },
+    /// Hub `home` holds the session and was asked to join; its answer (the snapshot, or an
+    /// error) has not come back. Operations go straight to the home while nothing waits; a
+    /// join or leave waits for the answer (it changes the membership this hub records when
+    /// the answer arrives), and so does everything after it.
+    Asked { home: String, waiting: Waiting },
+}
+
+impl Pending {
+    fn waiting(&mut self) -> &mut Waiting {
+        match self {
+            Pending::Claiming { waiting } | Pending::Asked { waiting, .. } => waiting,
+        }
+    }
+}
+
+/// Frames waiting behind a pending join, in order.
+#[derive(Debug, Default)]
+struct Waiting {
+    frames: VecDeque<ClientFrame>,
+    /// Their size, as [`MAX_WAITING_BYTES`] counts it.
+    bytes: usize,
+}
+
+impl IntoIterator for Waiting {
+    type Item = ClientFrame;
+    type IntoIter = std::collections::vec_deque::IntoIter<ClientFrame>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.frames.into_iter()
+    }
+}
+
+/// The session a session frame names (a `session_join` here always names one).
+fn session_of(frame: &ClientFrame) -> Option<&SessionName> {
+    match frame {
+        ClientFrame::SessionJoin { session, .. } => session.as_ref(),
+        ClientFrame::SessionOp { session, .. } | ClientFrame::SessionLeave { session, .. } => {
+            Some(session)
+        }
+        _ => None,
+    }
+}
+
+fn rtt_of(conn: &ConnShared) -> Option<std::time::Duration> {
+    match conn.rtt_us.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        us => Some(std::time::Duration::from_micros(us)),
+    }
+}
+
+/// Answers a frame of a local connection (as its own task would).
+fn answer(router: &Router, conn: &ConnShared, frame: &ServerFrame) {
+    if let ServerFrame::Error(e) = frame {
+        router.metrics.inc_error(e.code);
+    }
+    let _ = router.to_conn(conn, EncodedBody::encode(conn.encoding, frame));
+}
+
+fn refuse(router: &Router, conn: &ConnShared, code: ErrorCode, m: String, req: Option<u64>) {
+    answer(router, conn, &error(code, m, req));
+}
+
+fn ok(router: &Router, conn: &ConnShared, req: Option<u64>) {
+    if let Some(req) = req {
+        answer(router, conn, &ServerFrame::Ok { req });
+    }
+}
+
+fn queue_full() -> String {
+    "the hub's queue to the cluster is full; try again".to_owned()
 }
 
 /// Queues a frame for a client from outside its task.
@@ -73,65 +191,337 @@ impl Backplane {
         self.enqueue(node_subject(home), msg.encode())
     }
 
-    /// `session_join` of a local client in a cluster: the session is created here if no hub
-    /// holds it, else joined at its home.
-    pub(crate) fn join_session(
+    /// A `session_join` (naming its session), `session_op` or `session_leave` of a local
+    /// connection in a cluster: handled in the order the connection sent them, as on one hub,
+    /// though a join may be resolved later (see the module's documentation).
+    pub(crate) fn session_frame(
+        self: &Arc<Self>,
+        router: &Router,
+        conn: &Arc<ConnShared>,
+        frame: ClientFrame,
+    ) {
+        let mut joins = conn.joins.lock();
+        self.route(router, conn, &mut joins, frame);
+    }
+
+    /// [`Backplane::session_frame`] with the connection's `Joins` locked.
+    fn route(
+        self: &Arc<Self>,
+        router: &Router,
+        conn: &Arc<ConnShared>,
+        joins: &mut Joins,
+        frame: ClientFrame,
+    ) {
+        let Some(name) = session_of(&frame).cloned() else {
+            return;
+        };
+        if let Some(pending) = joins.pending.get_mut(&name) {
+            return self.behind_join(router, conn, pending, &name, frame);
+        }
+        match frame {
+            ClientFrame::SessionJoin { mode, req, .. } => {
+                self.join(router, conn, joins, name, mode.unwrap_or_default(), req)
+            }
+            ClientFrame::SessionOp { session, op, req } => {
+                if let Some(home) = self.home_for(router, &session, &conn.client) {
+                    let frame = ClientFrame::SessionOp { session, op, req };
+                    self.forward(router, &home, conn, frame);
+                    return;
+                }
+                match router.sessions.apply(&session, conn, op) {
+                    Ok(_) => ok(router, conn, req),
+                    Err((code, m)) => refuse(router, conn, code, m, req),
+                }
+            }
+            ClientFrame::SessionLeave { session, req } => {
+                if let Some(home) = self.home_for(router, &session, &conn.client) {
+                    let frame = ClientFrame::SessionLeave { session, req };
+                    self.forward(router, &home, conn, frame);
+                    return;
+                }
+                match router.sessions.leave(&session, conn) {
+                    Ok(()) => ok(router, conn, req),
+                    Err((code, m)) => refuse(router, conn, code, m, req),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The home of a session held by another hub that local client `id` is a member of.
+    fn home_for(&self, router: &Router, name: &SessionName, id: &ClientId) -> Option<String> {
+        if router.sessions.holds(name) {
+            return None;
+        }
+        self.session_home_of(name, id)
+    }
+
+    /// A frame of a connection for a session it has a pending join of.
+    fn behind_join(
+        &self,
+        router: &Router,
+        conn: &ConnShared,
+        pending: &mut Pending,
+        name: &SessionName,
+        frame: ClientFrame,
+    ) {
+        if let Pending::Asked { home, waiting } = pending {
+            if waiting.frames.is_empty() && matches!(frame, ClientFrame::SessionOp { .. }) {
+                // The home handles it after the join it was asked first.
+                self.forward(router, home, conn, frame);
+                return;
+            }
+        }
+        let waiting = pending.waiting();
+        let size = peermesh_proto::encode_client(peermesh_proto::Encoding::MsgPack, &frame).len();
+        if waiting.frames.len() >= MAX_WAITING || waiting.bytes + size > MAX_WAITING_BYTES {
+            let m = format!(
+                "{} frames ({} bytes) for session {:?} already wait for its session_join to be \
+                 answered (at most {MAX_WAITING} frames, {MAX_WAITING_BYTES} bytes): this {} \
+                 was dropped; wait for the join's answer before sending more",
+                waiting.frames.len(),
+                waiting.bytes,
+                name.as_str(),
+                frame.type_name()
+            );
+            return refuse(router, conn, ErrorCode::RateLimited, m, frame.req());
+        }
+        waiting.bytes += size;
+        waiting.frames.push_back(frame);
+    }
+
+    /// A `session_join` of a connection without a pending join of that session.
+    fn join(
+        self: &Arc<Self>,
+        router: &Router,
+        conn: &Arc<ConnShared>,
+        joins: &mut Joins,
+        name: SessionName,
+        mode: SessionMode,
+        req: Option<u64>,
+    ) {
+        {
+            // Pending joins count: as on one hub, where a join is answered at once.
+            let sessions = conn.sessions.lock();
+            let count = sessions.len()
+                + joins
+                    .pending
+                    .keys()
+                    .filter(|n| !sessions.contains(*n))
+                    .count();
+            let max = self.max_sessions_per_client;
+            if count >= max && !sessions.contains(&name) {
+                drop(sessions);
+                let m = format!("already in {count} sessions (max_sessions_per_client is {max})");
+                return refuse(router, conn, ErrorCode::TooManySessions, m, req);
+            }
+        }
+        let rtt = rtt_of(conn);
+        if router.sessions.holds(&name) {
+            if let Err((code, m)) = router.sessions.join(&name, mode, conn, rtt, req) {
+                refuse(router, conn, code, m, req);
+            }
+            return;
+        }
+        let frame = ClientFrame::SessionJoin {
+            session: Some(name.clone()),
+            mode: Some(mode),
+            req,
+        };
+        if let Some(home) = self.session_home_of(&name, &conn.client) {
+            // A member already: its home sends a fresh snapshot.
+            self.forward(router, &home, conn, frame);
+            return;
+        }
+        let known = self.held.get(&name).map(|h| h.home.clone());
+        if let Some(home) = known {
+            // Other local clients are members: the home is known.
+            if self.forward(router, &home, conn, frame) {
+                let waiting = Waiting::default();
+                joins.pending.insert(name, Pending::Asked { home, waiting });
+            }
+            return;
+        }
+        // Created here once claimed in the cluster, or joined at its home hub; the answer
+        // (snapshot or error) comes when that is done.
+        let waiting = Waiting::default();
+        joins
+            .pending
+            .insert(name.clone(), Pending::Claiming { waiting });
+        let bp = self.clone();
+        let router = router.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let claim = bp.cluster.claim_session(name.as_str()).await;
+            bp.claimed(&router, &conn, name, mode, req, claim);
+        });
+    }
+
+    /// The registry answered the claim of a connection's pending join: it is joined here, or
+    /// asked at its home, and the frames that waited behind it follow.
+    fn claimed(
         self: &Arc<Self>,
         router: &Router,
         conn: &Arc<ConnShared>,
         name: SessionName,
         mode: SessionMode,
-        rtt: Option<std::time::Duration>,
         req: Option<u64>,
+        claim: Result<peermesh_cluster::Claim, peermesh_cluster::ClusterError>,
     ) {
-        let bp = self.clone();
-        let router = router.clone();
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            let home = match bp.held.get(&name).map(|h| h.home.clone()) {
-                Some(home) => Ok(peermesh_cluster::Claim::Taken { node: home }),
-                None => bp.cluster.claim_session(name.as_str()).await,
-            };
-            match home {
-                Ok(peermesh_cluster::Claim::Won) => {
-                    match router.sessions.join(&name, mode, &conn, rtt, req) {
-                        Ok(_) => {}
-                        Err((code, m)) => tell(&conn, &error(code, m, req)),
-                    }
+        let mut joins = conn.joins.lock();
+        let waiting = match joins.pending.remove(&name) {
+            Some(Pending::Claiming { waiting }) => waiting,
+            other => {
+                if let Some(p) = other {
+                    // Not this claim's (cannot happen: a name is claimed once at a time).
+                    joins.pending.insert(name, p);
+                    return;
                 }
-                Ok(peermesh_cluster::Claim::Taken { node }) => {
-                    let frame = ClientFrame::SessionJoin {
-                        session: Some(name.clone()),
-                        mode: Some(mode),
-                        req,
-                    };
-                    let rtt_ms = rtt.map(|d| d.as_millis() as u64);
-                    if !bp.ask(&node, &conn, rtt_ms, Ask::Frame(frame)) {
-                        let m = "the hub's queue to the cluster is full; try again".to_owned();
-                        tell(&conn, &error(ErrorCode::ClusterUnavailable, m, req));
-                    }
+                // The connection ended meanwhile. A session name won for it is given back
+                // unless a session of that name lives here now.
+                drop(joins);
+                if matches!(claim, Ok(peermesh_cluster::Claim::Won))
+                    && !router.sessions.holds(&name)
+                {
+                    let bp = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = bp.cluster.release_session(name.as_str()).await {
+                            tracing::debug!(session = %name.as_str(), error = %e, "cannot release a session's home");
+                        }
+                    });
                 }
-                Err(e) => {
-                    let m = format!(
-                        "the hub cannot reach its cluster to find session {:?} ({e}); try again",
-                        name.as_str()
-                    );
-                    tell(&conn, &error(ErrorCode::ClusterUnavailable, m, req));
+                return;
+            }
+        };
+        match claim {
+            Ok(peermesh_cluster::Claim::Won) => {
+                if let Err((code, m)) = router.sessions.join(&name, mode, conn, rtt_of(conn), req) {
+                    refuse(router, conn, code, m, req);
                 }
             }
-        });
+            Ok(peermesh_cluster::Claim::Taken { node }) => {
+                let frame = ClientFrame::SessionJoin {
+                    session: Some(name.clone()),
+                    mode: Some(mode),
+                    req,
+                };
+                if !self.forward(router, &node, conn, frame) {
+                    let why = queue_full();
+                    for f in waiting {
+                        refuse(
+                            router,
+                            conn,
+                            ErrorCode::ClusterUnavailable,
+                            why.clone(),
+                            f.req(),
+                        );
+                    }
+                    return;
+                }
+                let asked = Pending::Asked {
+                    home: node,
+                    waiting: Waiting::default(),
+                };
+                joins.pending.insert(name, asked);
+            }
+            Err(e) => {
+                let m = format!(
+                    "the hub cannot reach its cluster to find session {:?} ({e}); try again",
+                    name.as_str()
+                );
+                refuse(router, conn, ErrorCode::ClusterUnavailable, m.clone(), req);
+                for f in waiting {
+                    refuse(
+                        router,
+                        conn,
+                        ErrorCode::ClusterUnavailable,
+                        m.clone(),
+                        f.req(),
+                    );
+                }
+                return;
+            }
+        }
+        for f in waiting {
+            self.route(router, conn, &mut joins, f);
+        }
     }
 
-    /// `session_op` or `session_leave` of a local member of a session held by hub `home`.
-    pub(crate) fn forward_session_frame(&self, home: &str, conn: &ConnShared, frame: ClientFrame) {
+    /// Sends a session frame of a local connection to the session's home (false, and the
+    /// frame answered with `cluster_unavailable`, when the queue to NATS is full).
+    fn forward(&self, router: &Router, home: &str, conn: &ConnShared, frame: ClientFrame) -> bool {
         let req = frame.req();
-        if let ClientFrame::SessionLeave { session, .. } = &frame {
-            self.forget_member(session, &conn.client);
-            conn.sessions.lock().remove(session);
+        let rtt_ms = match &frame {
+            ClientFrame::SessionJoin { .. } => rtt_of(conn).map(|d| d.as_millis() as u64),
+            ClientFrame::SessionLeave { session, .. } => {
+                // Left, as far as the client and its count of sessions go; the session's
+                // events still reach it until the home has handled the leave (`SessionLeft`),
+                // as the events of its operations before the leave are for it.
+                conn.sessions.lock().remove(session);
+                None
+            }
+            _ => None,
+        };
+        if self.ask(home, conn, rtt_ms, Ask::Frame(frame)) {
+            return true;
         }
-        if !self.ask(home, conn, None, Ask::Frame(frame)) {
-            let m = "the hub's queue to the cluster is full; try again".to_owned();
-            tell(conn, &error(ErrorCode::ClusterUnavailable, m, req));
+        refuse(
+            router,
+            conn,
+            ErrorCode::ClusterUnavailable,
+            queue_full(),
+            req,
+        );
+        false
+    }
+
+    /// A local connection ended: its pending joins are dropped with what waited behind them,
+    /// and a home already asked is told it left (after the join, in order), so no member is
+    /// left behind there. Called before the connection leaves its sessions.
+    pub(crate) fn session_joins_ended(&self, conn: &ConnShared) {
+        let pending = {
+            let mut joins = conn.joins.lock();
+            joins.ended = true;
+            std::mem::take(&mut joins.pending)
+        };
+        for (name, p) in pending {
+            if let Pending::Asked { home, .. } = p {
+                let frame = ClientFrame::SessionLeave {
+                    session: name,
+                    req: None,
+                };
+                self.ask(&home, conn, None, Ask::Frame(frame));
+            }
+        }
+    }
+
+    /// A local connection's pending joins asked at a hub that left the cluster: no answer
+    /// will come, the session's state is gone with that hub. The join fails with
+    /// `unknown_session` (as a member's session does), and what waited runs (as a
+    /// non-member's frames).
+    pub(crate) fn drop_orphaned_joins(self: &Arc<Self>, router: &Router, conn: &Arc<ConnShared>) {
+        let mut joins = conn.joins.lock();
+        let orphaned: Vec<SessionName> = joins
+            .pending
+            .iter()
+            .filter(
+                |(_, p)| matches!(p, Pending::Asked { home, .. } if !self.cluster.is_member(home)),
+            )
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in orphaned {
+            let Some(Pending::Asked { home, waiting }) = joins.pending.remove(&name) else {
+                continue;
+            };
+            let m = format!(
+                "session {:?} was held by hub {home:?}, which left the cluster before it \
+                 answered the session_join: its state is lost; join it again to start it anew",
+                name.as_str()
+            );
+            refuse(router, conn, ErrorCode::UnknownSession, m, None);
+            for f in waiting {
+                self.route(router, conn, &mut joins, f);
+            }
         }
     }
 
@@ -258,6 +648,32 @@ impl Backplane {
         self.session_reply(&origin, &session, &client, frame);
     }
 
+    /// Tells hub `node` that its client `client` left `session`, held here (under the
+    /// session's lock, after the leave's events).
+    pub(crate) fn session_left(&self, node: &str, session: &SessionName, client: &ClientId) {
+        let out = Relay::SessionLeft {
+            origin: self.node.clone(),
+            session: session.clone(),
+            client: client.clone(),
+        };
+        self.session_out(node, out.encode());
+    }
+
+    /// The home of `session` had local client `client` leave it: nothing more of the session
+    /// is for it here (until it joins again).
+    pub(crate) fn session_left_in(&self, origin: String, session: SessionName, client: ClientId) {
+        let mut gone = None;
+        self.held.remove_if_mut(&session, |_, h| {
+            if h.home == origin {
+                gone = h.conns.remove(&client);
+            }
+            h.conns.is_empty()
+        });
+        if let Some(conn) = gone {
+            conn.sessions.lock().remove(&session);
+        }
+    }
+
     fn session_reply(&self, node: &str, session: &SessionName, to: &ClientId, frame: ServerFrame) {
         let out = Relay::SessionOut {
             origin: self.node.clone(),
@@ -271,7 +687,7 @@ impl Backplane {
 
     /// A frame from the home of `session` for local members.
     pub(crate) fn session_in(
-        &self,
+        self: &Arc<Self>,
         router: &Router,
         origin: String,
         session: SessionName,
@@ -284,7 +700,26 @@ impl Backplane {
                 let Some(conn) = router.registry.client(&id) else {
                     return;
                 };
-                if matches!(frame, ServerFrame::SessionState(_)) {
+                // The answer to a join asked there: its last snapshot chunk, or an error.
+                let last_chunk = matches!(&frame, ServerFrame::SessionState(s) if !s.more);
+                let is_answer = last_chunk || matches!(frame, ServerFrame::Error(_));
+                let mut joins = conn.joins.lock();
+                if joins.ended {
+                    return;
+                }
+                let (register, waiting) = match joins.pending.get(&session) {
+                    None => (last_chunk, None),
+                    Some(Pending::Asked { home, .. }) if is_answer && *home == origin => {
+                        match joins.pending.remove(&session) {
+                            Some(Pending::Asked { waiting, .. }) => (last_chunk, Some(waiting)),
+                            _ => (last_chunk, None),
+                        }
+                    }
+                    // A join or leave of this client waits to be sent: it decides the
+                    // membership, not this.
+                    Some(_) => (false, None),
+                };
+                if register {
                     // A snapshot: from now on the client gets the session's events here.
                     self.held
                         .entry(session.clone())
@@ -294,9 +729,33 @@ impl Backplane {
                         })
                         .conns
                         .insert(id, conn.clone());
-                    conn.sessions.lock().insert(session);
+                    conn.sessions.lock().insert(session.clone());
                 }
                 tell(&conn, &frame);
+                let Some(waiting) = waiting else {
+                    return;
+                };
+                if last_chunk {
+                    // Member now: what waited goes to the home, in order.
+                    for f in waiting {
+                        self.route(router, &conn, &mut joins, f);
+                    }
+                    return;
+                }
+                // The join failed there. What waited goes there too, so that the home answers
+                // it after the operations it already has (a `session_op` or `session_leave`
+                // of a non-member: `unknown_session`), up to another join, which starts anew.
+                let mut rest = waiting.into_iter();
+                while let Some(f) = rest.next() {
+                    if matches!(f, ClientFrame::SessionJoin { .. }) {
+                        self.route(router, &conn, &mut joins, f);
+                        for f in rest.by_ref() {
+                            self.route(router, &conn, &mut joins, f);
+                        }
+                        break;
+                    }
+                    self.forward(router, &origin, &conn, f);
+                }
             }
             None => {
                 let Some(held) = self.held.get(&session) else {
