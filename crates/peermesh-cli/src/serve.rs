@@ -28,6 +28,10 @@ pub(crate) struct ServeArgs {
     /// TOML configuration file; every key is shown with its default in peermesh.example.toml.
     #[arg(long, env = "PEERMESH_CONFIG")]
     config: Option<PathBuf>,
+    /// Worker threads of the hub's runtime [default: one per core]. Fewer than cores helps
+    /// when several hubs (or a hub and its broker) share a small machine.
+    #[arg(long, env = "PEERMESH_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
     /// Address to listen on [default: 127.0.0.1:7070].
     #[arg(long, env = "PEERMESH_LISTEN")]
     listen: Option<std::net::SocketAddr>,
