@@ -13,7 +13,8 @@ use common::{http_get, Proc};
 use peermesh_testkit::NatsServer;
 use serde_json::{json, Value};
 
-/// `peermesh serve --cluster URL --node-name NAME`; returns it, its address and its ws URL.
+/// `peermesh serve --cluster URL --node-name NAME --threads 1` (three hubs share the test
+/// machine); returns it, its address and its ws URL.
 fn hub(nats: &NatsServer, name: &str) -> (Proc, String, String) {
     let p = Proc::spawn(
         name,
@@ -25,6 +26,8 @@ fn hub(nats: &NatsServer, name: &str) -> (Proc, String, String) {
             &nats.url(),
             "--node-name",
             name,
+            "--threads",
+            "1",
         ],
     );
     let first = p.line();
@@ -192,6 +195,21 @@ fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
     assert!(metrics.contains("peermesh_cluster_nodes 2"), "{metrics}");
     assert!(metrics.contains("peermesh_cluster_sent_total"), "{metrics}");
     drop(carol_again);
+}
+
+#[test]
+fn serve_refuses_zero_worker_threads() {
+    let p = Proc::spawn(
+        "serve",
+        &["serve", "--listen", "127.0.0.1:0", "--threads", "0"],
+    );
+    let (lines, status) = p.finish_keep_stderr();
+    assert!(!status.0.success(), "{lines:?}");
+    assert!(
+        status.1.contains("--threads") && status.1.contains("1..=1024"),
+        "the error names the flag and its range: {}",
+        status.1
+    );
 }
 
 #[test]
