@@ -19,6 +19,12 @@
 //!                                 (if here(O) < cut(O): skip s ≤ cut(O) when it comes)
 //! ```
 //!
+//! An origin the old hub never heard from (absent from the cut): only the emits this hub
+//! handled since it asked for the session are owed. Emits of such a hub that reached this hub
+//! before the ask and the old hub not at all by its cut would be missed; that needs the old
+//! hub never to have received a room emit from that hub in its life, and to be behind this hub
+//! on it by the whole time the handover takes.
+//!
 //! Limits: the history keeps the last [`MAX_ENTRIES`] emits and at most [`MAX_BYTES`] bytes;
 //! at most [`MAX_ORIGINS`] origin hubs are tracked. A catch-up that needs an emit already
 //! dropped from the history is a [`Gap`]: the move is refused (`resume_rejected`, a fresh
@@ -310,6 +316,162 @@ mod tests {
             .catch_up(&vec![("o".into(), 20)], &vec![])
             .expect("kept");
         assert_eq!(c.replay.len(), MAX_ENTRIES - 10);
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step of the world: an origin publishes, a hub handles the next emit of an
+        /// origin, or the move goes one step on (ask, cut, install).
+        #[derive(Debug, Clone)]
+        enum Step {
+            Publish(usize),
+            Handle { hub: usize, origin: usize },
+            Move,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (0..5usize).prop_map(Step::Publish),
+                ((0..2usize), (0..5usize)).prop_map(|(hub, origin)| Step::Handle { hub, origin }),
+                Just(Step::Move),
+            ]
+        }
+
+        /// Hubs 0 (A, the old hub) and 1 (B, the new one) are origins 0 and 1 too; 2..5 are
+        /// other hubs. The client is a member throughout: on A until the cut, on B from the
+        /// install. Each emit must reach it exactly once.
+        fn run(steps: &[Step]) -> Result<(), TestCaseError> {
+            let names = ["a", "b", "o2", "o3", "o4"];
+            let logs = [FanLog::new("a", 1000), FanLog::new("b", 5000)];
+            let mut next = [1000u64, 5000, 0, 100, 7];
+            let mut published: Vec<Vec<u64>> = vec![Vec::new(); 5];
+            let mut handled = [[0usize; 5]; 2];
+            let mut got: Vec<(usize, u64)> = Vec::new();
+            let mut phase = 0;
+            let (mut mark, mut cut): (Cut, Cut) = (Vec::new(), Vec::new());
+            let mut skip: HashMap<String, u64> = HashMap::new();
+            let wire = |o: usize, seq: u64| Bytes::from(format!("{o}:{seq}"));
+            // Every hub has heard from every origin before the move (the documented case).
+            let mut script: Vec<Step> = Vec::new();
+            for o in 0..5 {
+                script.push(Step::Publish(o));
+                for hub in 0..2 {
+                    script.push(Step::Handle { hub, origin: o });
+                }
+            }
+            script.extend(steps.iter().cloned());
+            script.extend([Step::Move, Step::Move, Step::Move]);
+            // In the end every hub handles everything.
+            for o in 0..5 {
+                for _ in 0..=steps.len() {
+                    script.push(Step::Handle { hub: 1, origin: o });
+                }
+            }
+            let deliver = |hub: usize,
+                           o: usize,
+                           seq: u64,
+                           phase: usize,
+                           skip: &mut HashMap<String, u64>,
+                           got: &mut Vec<(usize, u64)>| {
+                if hub == 0 && phase < 2 {
+                    got.push((o, seq));
+                } else if hub == 1 && phase == 3 {
+                    match skip.get(names[o]) {
+                        Some(upto) if seq <= *upto => {}
+                        _ => {
+                            skip.remove(names[o]);
+                            got.push((o, seq));
+                        }
+                    }
+                }
+            };
+            for s in script {
+                match s {
+                    Step::Publish(o) => {
+                        if o < 2 {
+                            let mut seq = 0;
+                            logs[o].local(
+                                || false,
+                                |s| {
+                                    seq = s;
+                                    Some(wire(o, s))
+                                },
+                            );
+                            published[o].push(seq);
+                            handled[o][o] += 1;
+                            deliver(o, o, seq, phase, &mut skip, &mut got);
+                        } else {
+                            next[o] += 1;
+                            published[o].push(next[o]);
+                        }
+                    }
+                    Step::Handle { hub, origin } => {
+                        if origin == hub || handled[hub][origin] >= published[origin].len() {
+                            continue;
+                        }
+                        let seq = published[origin][handled[hub][origin]];
+                        handled[hub][origin] += 1;
+                        logs[hub].remote(names[origin], seq, &wire(origin, seq), || false);
+                        deliver(hub, origin, seq, phase, &mut skip, &mut got);
+                    }
+                    Step::Move => {
+                        match phase {
+                            0 => mark = logs[1].cut(),
+                            1 => cut = logs[0].cut(),
+                            2 => {
+                                let owed = logs[1]
+                                    .catch_up(&cut, &mark)
+                                    .map_err(|g| TestCaseError::fail(format!("gap: {g:?}")))?;
+                                for m in &owed.replay {
+                                    let text = String::from_utf8_lossy(m);
+                                    let (o, seq) = text.split_once(':').unwrap_or_default();
+                                    got.push((o.parse().unwrap_or(99), seq.parse().unwrap_or(0)));
+                                }
+                                skip = owed.skip.iter().map(|(o, s)| (o.to_string(), *s)).collect();
+                            }
+                            _ => continue,
+                        }
+                        phase += 1;
+                    }
+                }
+            }
+            let mut want: Vec<(usize, u64)> = published
+                .iter()
+                .enumerate()
+                .flat_map(|(o, v)| v.iter().map(move |s| (o, *s)))
+                .collect();
+            want.sort_unstable();
+            let mut sorted = got.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, want, "received {:?}", got);
+            // Each origin's emits arrive in order.
+            for o in 0..5 {
+                let mine: Vec<u64> = got
+                    .iter()
+                    .filter(|(x, _)| *x == o)
+                    .map(|(_, s)| *s)
+                    .collect();
+                prop_assert!(
+                    mine.windows(2).all(|w| w[0] < w[1]),
+                    "origin {}: {:?}",
+                    o,
+                    mine
+                );
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn a_moving_member_gets_every_emit_exactly_once_in_order(
+                steps in proptest::collection::vec(step(), 0..80)
+            ) {
+                run(&steps)?;
+            }
+        }
     }
 
     #[test]
