@@ -271,6 +271,13 @@ fn bench_cluster_tiny_run_covers_every_part() {
             "{layout}: {d}"
         );
     }
+    // The reference: NATS alone, the same rate, every probe echoed.
+    let n = &d["nats_alone"];
+    assert_eq!(n["offered_msgs_per_s"], 300, "{d}");
+    assert!(n["sent"].as_u64().unwrap_or(0) > 0, "{n}");
+    assert_eq!(n["lost"], 0, "{n}");
+    assert!(n["rtt"]["samples"].as_u64().unwrap_or(0) > 0, "{n}");
+    assert!(n["rtt"]["p50_us"].as_f64().unwrap_or(0.0) > 0.0, "{n}");
     assert_eq!(d["same_hub_relayed"], 0, "{d}");
     assert!(d["cross_hub_relayed"].as_u64().unwrap_or(0) > 0, "{d}");
     assert!(d["p99_ratio"].as_f64().is_some(), "{d}");
