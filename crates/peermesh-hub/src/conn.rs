@@ -643,7 +643,7 @@ impl PreHello {
                 for room in &rooms {
                     bp.joined(room, &session.conn.client, None);
                 }
-                session.resubscribe(&h.topics);
+                session.resubscribe(bp, &h);
             }
             let welcome = welcome_frame(&hub, &session.conn, rooms, Some(h.in_count));
             let replayed = h.frames.len();
@@ -1091,13 +1091,16 @@ impl Session {
         // handoff, numbered on.
         self.migrated = true;
         self.migrated_to = Some(m.to.clone());
-        // Closed under the write locks of its rooms, with the cut of the room emits taken in
-        // the same step: each emit to them reached the client here, or will on the other hub.
+        // Closed under the write locks of its rooms and then of its topics, with the cuts of
+        // the room emits and of the topic messages taken in the same step: each emit or
+        // publication for it reached the client here, or will on the other hub.
         let rooms: Vec<RoomName> = self.conn.rooms.lock().iter().cloned().collect();
-        let (left, cut) = self
-            .hub
-            .registry()
-            .with_rooms_locked(&rooms, None, || (self.conn.mailbox.close(), bp.room_cut()));
+        let ((left, cut, topic_cut), topics) =
+            self.hub.registry().with_rooms_locked(&rooms, None, || {
+                bp.with_topics_of_locked(&self.conn, || {
+                    (self.conn.mailbox.close(), bp.room_cut(), bp.topic_cut())
+                })
+            });
         for out in left {
             if let Outbound::Frame(body) = out {
                 if let (Some(msg), Some(r)) = (self.framer.message(&body), self.resume.as_mut()) {
@@ -1132,47 +1135,61 @@ impl Session {
             sessions: self.conn.sessions.lock().iter().cloned().collect(),
             cut,
             mark: Vec::new(),
-            topics: self
-                .conn
-                .subscriptions
-                .lock()
-                .keys()
-                .cloned()
-                .chain(bp.remote_topics_of(self.conn.conn))
-                .collect(),
+            topics,
+            topic_cut,
+            topic_mark: Vec::new(),
         };
         info!(id = %self.conn.client, to = %m.to, last_seq = m.last_seq, last_written, "session handed to another hub");
         let _ = m.reply.send(Ok(handoff));
         true
     }
 
-    /// Tells rooms and recent contacts that this client is away, or back.
     /// Subscribes again, on this hub, to the topics a session that moved here had on its
-    /// old hub; one that no provider offers any more is reported ended (`topic_ended`).
-    fn resubscribe(&mut self, topics: &[(peermesh_proto::ServiceName, peermesh_proto::TopicName)]) {
+    /// old hub, with the publications it missed between the two hubs queued first; one that
+    /// no provider offers any more is reported ended (`topic_ended`).
+    fn resubscribe(&mut self, bp: &Arc<crate::cluster::Backplane>, h: &crate::cluster::Handoff) {
         let max = self.hub.config.max_subscriptions_per_client;
-        for (service, topic) in topics {
-            let mut out = self.services().subscribe(service, topic, &self.conn, max);
-            if let (Err(_), Some(bp)) = (&out, &self.hub.router.cluster) {
-                if let Some(r) = bp.subscribe_remote(service, topic, &self.conn, max) {
-                    out = r;
+        let router = self.hub.router.clone();
+        match bp.install_topics(&router, &self.conn, &h.topics, max, h) {
+            Ok(done) => {
+                if done.replayed > 0 {
+                    debug!(id = %self.conn.client, n = done.replayed, "topic messages replayed after a move");
+                }
+                for (service, topic) in done.ended_meanwhile {
+                    if self
+                        .services()
+                        .unsubscribe(&service, &topic, &self.conn)
+                        .is_err()
+                    {
+                        bp.unsubscribe_remote(&service, &topic, self.conn.conn);
+                    }
+                }
+                for ((service, topic), reason) in done.ended {
+                    debug!(id = %self.conn.client, service = %service.as_str(), topic = %topic.as_str(), "a subscription did not survive a move");
+                    self.send(&ServerFrame::TopicEnded {
+                        service,
+                        topic,
+                        reason,
+                    });
                 }
             }
-            if let Err((code, m)) = out {
-                debug!(id = %self.conn.client, service = %service.as_str(), topic = %topic.as_str(), %m, "a subscription did not survive a move");
-                let reason = match code {
-                    ErrorCode::UnknownService => peermesh_proto::TopicEnd::ServiceGone,
-                    _ => peermesh_proto::TopicEnd::Destroyed,
-                };
-                self.send(&ServerFrame::TopicEnded {
-                    service: service.clone(),
-                    topic: topic.clone(),
-                    reason,
-                });
+            Err(gap) => {
+                // Evicted between the check and now: the client cannot have them, so its
+                // session cannot be resumed again without saying so.
+                warn!(id = %self.conn.client, origin = %gap.origin, "topic messages lost in a move; the next resume of this session is refused");
+                self.conn
+                    .lost_upto
+                    .store(u64::MAX, std::sync::atomic::Ordering::Release);
+                self.conn.close(
+                    ErrorCode::SlowConsumer,
+                    "topic traffic outran the hub's history while your session moved; \
+                     reconnect for a fresh session and resync",
+                );
             }
         }
     }
 
+    /// Tells rooms and recent contacts that this client is away, or back.
     fn announce(&self, away: bool) {
         let hub = &self.hub;
         let id = self.conn.client.clone();

@@ -370,6 +370,8 @@ fn cluster_json(hub: &HubInner) -> serde_json::Value {
         "registry_errors": c.registry_errors.load(Ordering::Relaxed),
         "room_emits_replayed": c.room_replayed.load(Ordering::Relaxed),
         "room_emits_skipped": c.room_skipped.load(Ordering::Relaxed),
+        "topic_messages_replayed": c.topic_replayed.load(Ordering::Relaxed),
+        "topic_messages_skipped": c.topic_skipped.load(Ordering::Relaxed),
         "ids_released_for_dead_nodes": bp.cluster().released(),
     })
 }
@@ -441,6 +443,16 @@ fn cluster_metrics(text: &mut String, bp: &crate::cluster::Backplane) {
             "cluster_room_emits_skipped_total",
             "Room emits not delivered again to sessions that moved here (the old hub had).",
             c.room_skipped.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_topic_messages_replayed_total",
+            "Topic publications and ends replayed to sessions that moved here.",
+            c.topic_replayed.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_topic_messages_skipped_total",
+            "Topic publications and ends not delivered again to sessions that moved here.",
+            c.topic_skipped.load(Ordering::Relaxed),
         ),
         (
             "cluster_ids_released_total",

@@ -170,9 +170,47 @@ pub(crate) struct ConnShared {
     pub(crate) lost_upto: AtomicU64,
     /// After a session moved here from another hub: per origin hub, the last room emit the
     /// old hub already delivered, not to be delivered again here (empty almost always).
-    room_skip: Mutex<Vec<(Arc<str>, u64)>>,
-    has_room_skip: AtomicBool,
+    room_skip: SkipMarks,
+    /// The same for topic messages (their own sequence space).
+    topic_skip: SkipMarks,
     close: OnceLock<CloseReason>,
+}
+
+/// Per origin hub, the last numbered message (of one kind) that reached a connection on the
+/// hub its session came from, not to be delivered again here (empty almost always: one
+/// atomic load per delivery then).
+#[derive(Debug, Default)]
+struct SkipMarks {
+    marks: Mutex<Vec<(Arc<str>, u64)>>,
+    any: AtomicBool,
+}
+
+impl SkipMarks {
+    fn set(&self, skip: Vec<(Arc<str>, u64)>) {
+        let any = !skip.is_empty();
+        *self.marks.lock() = skip;
+        self.any.store(any, Ordering::Release);
+    }
+
+    /// One hub's messages come in order, so an origin is forgotten at its first message past
+    /// the mark.
+    fn skips(&self, origin: &str, seq: u64) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut skip = self.marks.lock();
+        let Some(i) = skip.iter().position(|(o, _)| &**o == origin) else {
+            return false;
+        };
+        if seq <= skip[i].1 {
+            return true;
+        }
+        skip.swap_remove(i);
+        if skip.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        false
+    }
 }
 
 /// Bounds of a connection's mailbox.
@@ -217,8 +255,8 @@ impl ConnShared {
             resumable,
             away: AtomicBool::new(false),
             lost_upto: AtomicU64::new(0),
-            room_skip: Mutex::new(Vec::new()),
-            has_room_skip: AtomicBool::new(false),
+            room_skip: SkipMarks::default(),
+            topic_skip: SkipMarks::default(),
             close: OnceLock::new(),
         }
     }
@@ -226,30 +264,24 @@ impl ConnShared {
     /// Sets the room emits this connection already received on another hub (see
     /// `room_skip`).
     pub(crate) fn skip_room_emits(&self, skip: Vec<(Arc<str>, u64)>) {
-        let any = !skip.is_empty();
-        *self.room_skip.lock() = skip;
-        self.has_room_skip.store(any, Ordering::Release);
+        self.room_skip.set(skip);
     }
 
     /// Whether room emit `seq` of hub `origin` already reached this connection on another
-    /// hub. One hub's emits come in order, so an origin is forgotten at its first emit past
-    /// the mark.
+    /// hub.
     pub(crate) fn skips_room_emit(&self, origin: &str, seq: u64) -> bool {
-        if !self.has_room_skip.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut skip = self.room_skip.lock();
-        let Some(i) = skip.iter().position(|(o, _)| &**o == origin) else {
-            return false;
-        };
-        if seq <= skip[i].1 {
-            return true;
-        }
-        skip.swap_remove(i);
-        if skip.is_empty() {
-            self.has_room_skip.store(false, Ordering::Release);
-        }
-        false
+        self.room_skip.skips(origin, seq)
+    }
+
+    /// Sets the topic messages this connection already received on another hub.
+    pub(crate) fn skip_topic_msgs(&self, skip: Vec<(Arc<str>, u64)>) {
+        self.topic_skip.set(skip);
+    }
+
+    /// Whether topic message `seq` of hub `origin` already reached this connection on
+    /// another hub.
+    pub(crate) fn skips_topic_msg(&self, origin: &str, seq: u64) -> bool {
+        self.topic_skip.skips(origin, seq)
     }
 
     /// Takes a fresh stream id in this connection's id space.
@@ -671,9 +703,24 @@ mod tests {
         assert!(c.skips_room_emit("b", 3));
         assert!(!c.skips_room_emit("b", 4));
         assert!(
-            !c.has_room_skip.load(Ordering::Acquire),
+            !c.room_skip.any.load(Ordering::Acquire),
             "nothing left to check"
         );
+    }
+
+    #[test]
+    fn topic_skip_marks_are_apart_from_room_skip_marks() {
+        let c = conn(1, "alice");
+        c.skip_topic_msgs(vec![(Arc::from("a"), 10)]);
+        assert!(
+            !c.skips_room_emit("a", 5),
+            "room emits have their own numbers"
+        );
+        assert!(c.skips_topic_msg("a", 5));
+        c.skip_room_emits(vec![(Arc::from("a"), 2)]);
+        assert!(c.skips_topic_msg("a", 10));
+        assert!(!c.skips_topic_msg("a", 11));
+        assert!(c.skips_room_emit("a", 2));
     }
 
     #[test]

@@ -206,12 +206,14 @@ impl Router {
             topic: topic.name.clone(),
             payload,
         });
-        if let Some(bp) = &self.cluster {
-            bp.topic(&frame);
-        }
         let mut shared = Shared::new(&frame);
+        // Numbered, published for the other hubs and delivered here as one step, under the
+        // topic's lock: a subscriber moving away gets it here or on its new hub, once.
         let (reached, slow) = topic
             .with_subscribers(|subs| {
+                if let Some(bp) = &self.cluster {
+                    bp.topic(&frame);
+                }
                 let (mut reached, mut slow) = (0usize, 0usize);
                 for conn in subs.values() {
                     match conn.send(shared.body(conn.encoding)) {
@@ -239,13 +241,15 @@ impl Router {
                 topic: c.topic.name.clone(),
                 reason: c.reason,
             };
-            if let Some(bp) = &self.cluster {
-                bp.topic(&frame);
-            }
             let mut shared = Shared::new(&frame);
-            for conn in &c.subscribers {
-                let _ = self.to_conn(conn, shared.body(conn.encoding));
-            }
+            c.topic.end(|subscribers| {
+                if let Some(bp) = &self.cluster {
+                    bp.topic(&frame);
+                }
+                for conn in subscribers {
+                    let _ = self.to_conn(conn, shared.body(conn.encoding));
+                }
+            });
         }
     }
 

@@ -461,28 +461,7 @@ impl Services {
     ) -> Result<(), Refusal> {
         let t = self.topic(service, topic)?;
         let mut subs = t.subs.write();
-        if !subs.alive {
-            return Err(unknown_topic(service, topic));
-        }
-        {
-            let key = (service.clone(), topic.clone());
-            let mut mine = conn.subscriptions.lock();
-            if mine.get(&key).is_some_and(|held| Arc::ptr_eq(held, &t)) {
-                return Ok(());
-            }
-            if mine.len() >= max_subscriptions {
-                return Err((
-                    ErrorCode::TooManySubscriptions,
-                    format!(
-                        "already subscribed to {max_subscriptions} topics \
-                         (max_subscriptions_per_client)"
-                    ),
-                ));
-            }
-            mine.insert(key, t.clone());
-        }
-        subs.conns.insert(conn.conn, conn.clone());
-        Ok(())
+        subscribe_locked(&t, &mut subs, conn, max_subscriptions)
     }
 
     /// Ends `conn`'s subscription to `service/topic`.
@@ -557,34 +536,50 @@ fn unknown_topic(service: &ServiceName, topic: &TopicName) -> Refusal {
     )
 }
 
-/// A topic that ended, with the subscribers to tell and why.
+/// Subscribes `conn` to `topic`, whose write lock the caller holds (`subs`).
+pub(crate) fn subscribe_locked(
+    t: &Arc<Topic>,
+    subs: &mut TopicSubs,
+    conn: &Arc<ConnShared>,
+    max_subscriptions: usize,
+) -> Result<(), Refusal> {
+    if !subs.alive {
+        return Err(unknown_topic(&t.service, &t.name));
+    }
+    {
+        let key = (t.service.clone(), t.name.clone());
+        let mut mine = conn.subscriptions.lock();
+        if mine.get(&key).is_some_and(|held| Arc::ptr_eq(held, t)) {
+            return Ok(());
+        }
+        if mine.len() >= max_subscriptions {
+            return Err((
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "already subscribed to {max_subscriptions} topics \
+                     (max_subscriptions_per_client)"
+                ),
+            ));
+        }
+        mine.insert(key, t.clone());
+    }
+    subs.conns.insert(conn.conn, conn.clone());
+    Ok(())
+}
+
+/// A topic that ended and why; its subscribers are told by [`Topic::end`] (the router's
+/// `topics_ended`).
 #[derive(Debug)]
 pub(crate) struct Closed {
     pub(crate) topic: Arc<Topic>,
-    pub(crate) subscribers: Vec<Arc<ConnShared>>,
     pub(crate) reason: TopicEnd,
 }
 
-/// Ends a topic: nobody may subscribe any more, and each subscriber's record of it goes.
+/// Ends a topic: nobody may subscribe any more (its subscribers stay until [`Topic::end`]
+/// tells them).
 fn close_topic(topic: Arc<Topic>, reason: TopicEnd) -> Closed {
-    let subscribers: Vec<Arc<ConnShared>> = {
-        let mut subs = topic.subs.write();
-        subs.alive = false;
-        subs.conns.drain().map(|(_, c)| c).collect()
-    };
-    let key = (topic.service.clone(), topic.name.clone());
-    for conn in &subscribers {
-        let mut mine = conn.subscriptions.lock();
-        // The subscriber may hold a newer topic of the same name: leave that one alone.
-        if mine.get(&key).is_some_and(|held| Arc::ptr_eq(held, &topic)) {
-            mine.remove(&key);
-        }
-    }
-    Closed {
-        topic,
-        subscribers,
-        reason,
-    }
+    topic.subs.write().alive = false;
+    Closed { topic, reason }
 }
 
 impl Topic {
@@ -595,6 +590,24 @@ impl Topic {
     ) -> Option<T> {
         let subs = self.subs.read();
         subs.alive.then(|| f(&subs.conns))
+    }
+
+    /// Tells the subscribers of an ended topic, as one step under its write lock: `f` gets
+    /// them (and, in a cluster, numbers and publishes the end for the other hubs in the same
+    /// step); then each subscriber's record of the topic goes.
+    pub(crate) fn end(self: &Arc<Self>, f: impl FnOnce(&[Arc<ConnShared>])) {
+        let mut subs = self.subs.write();
+        subs.alive = false;
+        let gone: Vec<Arc<ConnShared>> = subs.conns.drain().map(|(_, c)| c).collect();
+        f(&gone);
+        let key = (self.service.clone(), self.name.clone());
+        for conn in &gone {
+            let mut mine = conn.subscriptions.lock();
+            // The subscriber may hold a newer topic of the same name: leave that one alone.
+            if mine.get(&key).is_some_and(|held| Arc::ptr_eq(held, self)) {
+                mine.remove(&key);
+            }
+        }
     }
 
     /// The refusal for a topic that ended.

@@ -1499,6 +1499,151 @@ async fn room_emits_reach_a_member_moving_between_hubs_exactly_once() {
     eprintln!("3 moves under 3 x {N} room emits: {replayed} replayed, {skipped} skipped");
 }
 
+/// Subscribes `c` to `service/topic`, retrying until a hub advertised the topic to `c`'s hub.
+async fn subscribe_when_offered(c: &mut Raw, service: &str, topic: &str, req: &mut u64) {
+    until("the topic offered", Duration::from_secs(10), async || {
+        *req += 1;
+        c.send(json!({"type":"subscribe","service":service,"topic":topic,"req":*req}))
+            .await;
+        let v = c.recv().await;
+        assert_eq!(v["req"], *req, "{v}");
+        v["type"] == "ok"
+    })
+    .await;
+}
+
+/// Publications of providers on two hubs (3 topics x 400, about 1 ms apart each) reach a
+/// subscriber whose session moves hub-a -> hub-b -> hub-c -> hub-a meanwhile: each exactly
+/// once, in order per topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_publications_reach_a_subscriber_moving_between_hubs_exactly_once() {
+    const N: i64 = 400;
+    let nats = NatsServer::start();
+    let hubs = three(&nats).await;
+    // news/sport and news/weather provided on hub-a, feed/live on hub-b.
+    let (mut news, _) = hubs[0].join("newsroom").await;
+    news.send(json!({"type":"provide","service":"news","methods":["ask"],"req":1}))
+        .await;
+    assert_eq!(news.recv_type("ok").await["req"], 1);
+    let (mut feed, _) = hubs[1].join("feeder").await;
+    feed.send(json!({"type":"provide","service":"feed","methods":["ask"],"req":1}))
+        .await;
+    assert_eq!(feed.recv_type("ok").await["req"], 1);
+    for (req, topic) in [(2, "sport"), (3, "weather")] {
+        news.send(json!({"type":"create_topic","topic":topic,"req":req}))
+            .await;
+        assert_eq!(news.recv_type("ok").await["req"], req);
+    }
+    feed.send(json!({"type":"create_topic","topic":"live","req":2}))
+        .await;
+    assert_eq!(feed.recv_type("ok").await["req"], 2);
+    let topics = [("news", "sport"), ("news", "weather"), ("feed", "live")];
+    // Every hub knows every topic before the moves (probes, gone before the publications).
+    for (h, id) in hubs[1..].iter().zip(["probe-b", "probe-c"]) {
+        let (mut probe, _) = h.join(id).await;
+        let mut req = 0;
+        for (service, topic) in topics {
+            subscribe_when_offered(&mut probe, service, topic, &mut req).await;
+        }
+    }
+    let mut r = Raw::connect(&hubs[0].url("")).await;
+    let w = r.hello(json!({"id": "reader", "resume": true})).await;
+    let secret = w["secret"].clone();
+    let mut req = 0;
+    for (service, topic) in topics {
+        subscribe_when_offered(&mut r, service, topic, &mut req).await;
+    }
+    let pubs = [(news, "sport"), (feed, "live")];
+    let mut tasks = Vec::new();
+    for (mut p, first) in pubs {
+        tasks.push(tokio::spawn(async move {
+            for i in 1..=N {
+                let topics: &[&str] = if first == "sport" {
+                    &["sport", "weather"]
+                } else {
+                    &["live"]
+                };
+                for t in topics {
+                    p.send(json!({"type":"publish","topic":t,"data":i})).await;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            p
+        }));
+    }
+    let mut got: HashMap<String, Vec<i64>> = HashMap::new();
+    let total = |g: &HashMap<String, Vec<i64>>| g.values().map(Vec::len).sum::<usize>();
+    let take = |v: Value, got: &mut HashMap<String, Vec<i64>>| {
+        if v["type"] == "publication" {
+            let key = format!(
+                "{}/{}",
+                v["service"].as_str().unwrap_or_default(),
+                v["topic"].as_str().unwrap_or_default()
+            );
+            got.entry(key)
+                .or_default()
+                .push(v["data"].as_i64().unwrap_or(-1));
+        }
+    };
+    // Moves: hub-a -> hub-b -> hub-c -> hub-a, a third of the way apart.
+    for (hop, at) in [(1usize, 150usize), (2, 450), (0, 750)] {
+        while total(&got) < at {
+            let v = r.recv().await;
+            take(v, &mut got);
+        }
+        let last = r.last_seq;
+        drop(r);
+        r = resume_on(&hubs[hop], "reader", &secret, last).await.0;
+    }
+    while total(&got) < 3 * N as usize {
+        let Some(v) = r.try_recv(Duration::from_secs(5)).await else {
+            break;
+        };
+        take(v, &mut got);
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    if let Some(v) = r.try_recv(Duration::from_millis(500)).await {
+        assert_ne!(v["type"], "publication", "nothing more: {v}");
+    }
+    for (service, topic) in topics {
+        let name = format!("{service}/{topic}");
+        let seen = got.get(&name).cloned().unwrap_or_default();
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        let repeated = sorted.len() - {
+            let mut d = sorted.clone();
+            d.dedup();
+            d.len()
+        };
+        sorted.dedup();
+        let missing: Vec<i64> = (1..=N)
+            .filter(|i| sorted.binary_search(i).is_err())
+            .collect();
+        assert!(
+            missing.is_empty() && repeated == 0,
+            "{name}: {} missing {missing:?}, {repeated} repeated",
+            missing.len()
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "{name}: out of order: {seen:?}"
+        );
+    }
+    let (mut replayed, mut skipped) = (0, 0);
+    for h in &hubs {
+        let status: Value = serde_json::from_str(&h.get("/status.json").await).expect("json");
+        replayed += status["cluster"]["topic_messages_replayed"]
+            .as_u64()
+            .expect("replayed");
+        skipped += status["cluster"]["topic_messages_skipped"]
+            .as_u64()
+            .expect("skipped");
+    }
+    eprintln!("3 moves under 3 x {N} publications: {replayed} replayed, {skipped} skipped");
+}
+
 /// A subscriber whose session moves keeps its subscriptions: to a topic of its old hub's
 /// provider (then remote), and back to the provider's hub (then local again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,6 @@
-//! Exactly-once room emits for a client whose session moves between hubs (sans-IO).
+//! Exactly-once room emits for a client whose session moves between hubs (sans-IO). A second
+//! log, with its own sequence, does the same for topic messages (`publication`,
+//! `topic_ended`; see `topics.rs`): "emit" below stands for either, "room" for the topic.
 //!
 //! Every hub numbers the room emits it publishes (one sequence per hub, starting above
 //! anything an earlier run of the same hub name used) and receives every other hub's emits

@@ -15,7 +15,9 @@
 //!               sessions: u16 × str (the hub sessions it is a member of),
 //!               cut: u16 × (origin: str, seq: u64) (the last room emit of each hub that A
 //!               handled when it closed the client's queue: see `fanlog`),
-//!               topics: u16 × (service: str, topic: str) (its subscriptions)
+//!               topics: u16 × (service: str, topic: str) (its subscriptions),
+//!               topic cut: u16 × (origin: str, seq: u64) (the same for the topic messages,
+//!               numbered apart from the room emits)
 //! ```
 
 use axum::extract::ws::Message;
@@ -67,6 +69,11 @@ pub(crate) struct Handoff {
     pub(crate) mark: super::fanlog::Cut,
     /// The topics it subscribed to (on any hub's providers).
     pub(crate) topics: Vec<(ServiceName, TopicName)>,
+    /// A's cut of the topic messages (`publication`, `topic_ended`): what reached the client
+    /// there.
+    pub(crate) topic_cut: super::fanlog::Cut,
+    /// B's own picture of the topic messages when it asked (not sent: B fills it in).
+    pub(crate) topic_mark: super::fanlog::Cut,
 }
 
 /// Encodes A's answer.
@@ -101,19 +108,37 @@ pub(crate) fn encode_answer(answer: &Result<Handoff, ResumeRefusal>) -> Bytes {
             for s in h.sessions.iter().take(usize::from(u16::MAX)) {
                 put_str(&mut out, s.as_str());
             }
-            out.put_u16(u16::try_from(h.cut.len()).unwrap_or(u16::MAX));
-            for (origin, seq) in h.cut.iter().take(usize::from(u16::MAX)) {
-                put_str(&mut out, origin);
-                out.put_u64(*seq);
-            }
+            put_cut(&mut out, &h.cut);
             out.put_u16(u16::try_from(h.topics.len()).unwrap_or(u16::MAX));
             for (service, topic) in h.topics.iter().take(usize::from(u16::MAX)) {
                 put_str(&mut out, service.as_str());
                 put_str(&mut out, topic.as_str());
             }
+            put_cut(&mut out, &h.topic_cut);
         }
     }
     out.freeze()
+}
+
+fn put_cut(out: &mut BytesMut, cut: &super::fanlog::Cut) {
+    out.put_u16(u16::try_from(cut.len()).unwrap_or(u16::MAX));
+    for (origin, seq) in cut.iter().take(usize::from(u16::MAX)) {
+        put_str(out, origin);
+        out.put_u64(*seq);
+    }
+}
+
+fn get_cut(b: &mut &[u8], truncated: &str) -> Result<super::fanlog::Cut, RelayError> {
+    if b.remaining() < 2 {
+        return Err(err(truncated));
+    }
+    let n = b.get_u16();
+    let mut cut = Vec::with_capacity(usize::from(n).min(1024));
+    for _ in 0..n {
+        let origin = get_str(b, "origin")?;
+        cut.push((origin, get_u64(b)?));
+    }
+    Ok(cut)
 }
 
 /// Reads A's answer.
@@ -170,15 +195,7 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 let s = get_str(&mut b, "session")?;
                 sessions.push(SessionName::new(&s).map_err(|e| err(format!("session: {e}")))?);
             }
-            if b.remaining() < 2 {
-                return Err(err("truncated cut"));
-            }
-            let n = b.get_u16();
-            let mut cut = Vec::with_capacity(usize::from(n).min(1024));
-            for _ in 0..n {
-                let origin = get_str(&mut b, "origin")?;
-                cut.push((origin, get_u64(&mut b)?));
-            }
+            let cut = get_cut(&mut b, "truncated cut")?;
             if b.remaining() < 2 {
                 return Err(err("truncated topics"));
             }
@@ -192,8 +209,9 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 let topic = TopicName::new(&topic).map_err(|e| err(format!("topic: {e}")))?;
                 topics.push((service, topic));
             }
+            let topic_cut = get_cut(&mut b, "truncated topic cut")?;
             if b.has_remaining() {
-                return Err(err("bytes after the topics"));
+                return Err(err("bytes after the topic cut"));
             }
             if frames.len() as u64 > last_written {
                 return Err(err("more frames than were ever written"));
@@ -208,6 +226,8 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 cut,
                 mark: Vec::new(),
                 topics,
+                topic_cut,
+                topic_mark: Vec::new(),
             }))
         }
         k => Err(err(format!("unknown answer kind {k}"))),
@@ -261,6 +281,8 @@ mod tests {
                 ServiceName::new("sport").expect("service"),
                 TopicName::new("scores").expect("topic"),
             )],
+            topic_cut: vec![("hub-b".into(), 9), ("hub-a".into(), u64::MAX)],
+            topic_mark: Vec::new(),
         };
         let ok = encode_answer(&Ok(h.clone()));
         assert_eq!(decode_answer(&ok), Ok(Ok(h)));

@@ -34,6 +34,7 @@ pub(crate) mod relay;
 mod rooms;
 mod sessions;
 mod streams;
+mod topics;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -57,7 +58,7 @@ pub(crate) use relay::Relay;
 pub(crate) use sessions::Joins;
 
 use crate::conn::conn_of;
-use crate::registry::{ConnShared, Control};
+use crate::registry::Control;
 use crate::router::Router;
 
 /// Messages waiting to be published.
@@ -94,6 +95,10 @@ pub(crate) struct ClusterCounters {
     pub(crate) room_replayed: AtomicU64,
     /// Room emits not delivered again to sessions that moved here (their old hub had).
     pub(crate) room_skipped: AtomicU64,
+    /// Topic messages (`publication`, `topic_ended`) replayed to sessions that moved here.
+    pub(crate) topic_replayed: AtomicU64,
+    /// Topic messages not delivered again to sessions that moved here (their old hub had).
+    pub(crate) topic_skipped: AtomicU64,
 }
 
 enum Op {
@@ -196,7 +201,10 @@ pub(crate) struct Backplane {
     /// until it arrives (at most [`MAX_ARRIVING`] clients, [`MAX_HELD`] messages each).
     arriving: Mutex<HashMap<ClientId, Arriving>>,
     /// This hub's subscribers to topics of other hubs' providers.
-    remote_subs: DashMap<(ServiceName, TopicName), HashMap<u64, Arc<ConnShared>>>,
+    remote_subs: DashMap<(ServiceName, TopicName), Arc<topics::RemoteTopic>>,
+    /// Bumped by every move's step under topic locks: a topic message that found no
+    /// subscribers here compares it before and after to know whether some may have appeared.
+    topics_epoch: AtomicU64,
     /// The same, by connection (for its limit and its end).
     subs_of: DashMap<u64, HashSet<(ServiceName, TopicName)>>,
     /// Clients of other hubs that local connections hold streams with: the connections and
@@ -209,6 +217,8 @@ pub(crate) struct Backplane {
     pub(crate) counters: ClusterCounters,
     /// This hub's room-emit numbering and recent history of every hub's room emits.
     room_log: fanlog::FanLog,
+    /// The same for topic messages (`publication`, `topic_ended`), numbered apart.
+    topic_log: fanlog::FanLog,
     pending: Mutex<Option<Pending>>,
 }
 
@@ -281,6 +291,7 @@ impl Backplane {
             (0..ID_WORKERS).map(|_| mpsc::channel(OPS_QUEUE)).unzip();
         let events = cluster.take_events();
         let room_log = fanlog::FanLog::new(cluster.node(), fanlog::FanLog::start_now());
+        let topic_log = fanlog::FanLog::new(cluster.node(), fanlog::FanLog::start_now());
         Backplane {
             node: cluster.node().to_owned(),
             cluster,
@@ -296,12 +307,14 @@ impl Backplane {
             max_calls_per_provider,
             arriving: Mutex::new(HashMap::new()),
             remote_subs: DashMap::new(),
+            topics_epoch: AtomicU64::new(0),
             subs_of: DashMap::new(),
             stream_peers: DashMap::new(),
             held: DashMap::new(),
             max_sessions_per_client,
             counters: ClusterCounters::default(),
             room_log,
+            topic_log,
             pending: Mutex::new(Some(Pending {
                 out: out_rx,
                 ops: ops_rx,
@@ -588,144 +601,6 @@ impl Backplane {
         });
     }
 
-    /// Subscribes local connection `conn` to a topic of another hub's provider; `None` when
-    /// no other hub offers that topic (the local refusal stands).
-    pub(crate) fn subscribe_remote(
-        &self,
-        service: &ServiceName,
-        topic: &TopicName,
-        conn: &Arc<ConnShared>,
-        max: usize,
-    ) -> Option<Result<(), crate::services::Refusal>> {
-        if !self.cluster.topic_offered(service.as_str(), topic.as_str()) {
-            return None;
-        }
-        let key = (service.clone(), topic.clone());
-        let mut mine = self.subs_of.entry(conn.conn).or_default();
-        if mine.contains(&key) {
-            return Some(Ok(()));
-        }
-        if mine.len() + conn.subscriptions.lock().len() >= max {
-            return Some(Err((
-                ErrorCode::TooManySubscriptions,
-                format!("already subscribed to {max} topics (max_subscriptions_per_client)"),
-            )));
-        }
-        mine.insert(key.clone());
-        drop(mine);
-        self.remote_subs
-            .entry(key)
-            .or_default()
-            .insert(conn.conn, conn.clone());
-        Some(Ok(()))
-    }
-
-    /// The topics of other hubs' providers that local connection `conn` subscribed to.
-    pub(crate) fn remote_topics_of(&self, conn: u64) -> Vec<(ServiceName, TopicName)> {
-        self.subs_of
-            .get(&conn)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Ends a subscription made by [`Backplane::subscribe_remote`]; false if there was none.
-    pub(crate) fn unsubscribe_remote(
-        &self,
-        service: &ServiceName,
-        topic: &TopicName,
-        conn: u64,
-    ) -> bool {
-        let key = (service.clone(), topic.clone());
-        let had = self
-            .subs_of
-            .get_mut(&conn)
-            .is_some_and(|mut s| s.remove(&key));
-        if had {
-            self.remote_subs.remove_if_mut(&key, |_, m| {
-                m.remove(&conn);
-                m.is_empty()
-            });
-        }
-        had
-    }
-
-    /// Ends every remote subscription of a connection that is going away.
-    pub(crate) fn unsubscribe_all(&self, conn: u64) {
-        if let Some((_, keys)) = self.subs_of.remove(&conn) {
-            for key in keys {
-                self.remote_subs.remove_if_mut(&key, |_, m| {
-                    m.remove(&conn);
-                    m.is_empty()
-                });
-            }
-        }
-    }
-
-    /// Publishes a local `publication` or `topic_ended` for the other hubs' subscribers.
-    pub(crate) fn topic(&self, frame: &ServerFrame) {
-        let subject = match frame {
-            ServerFrame::Publication(p) => topic_subject(&p.service, &p.topic),
-            ServerFrame::TopicEnded { service, topic, .. } => topic_subject(service, topic),
-            _ => return,
-        };
-        let msg = Relay::Topic {
-            origin: self.node.clone(),
-            frame: frame.clone(),
-        }
-        .encode();
-        self.enqueue(subject, msg);
-    }
-
-    /// Delivers another hub's `publication` or `topic_ended` to this hub's subscribers.
-    fn deliver_topic(&self, router: &Router, frame: &ServerFrame) {
-        let (key, ended) = match frame {
-            ServerFrame::Publication(p) => ((p.service.clone(), p.topic.clone()), false),
-            ServerFrame::TopicEnded { service, topic, .. } => {
-                ((service.clone(), topic.clone()), true)
-            }
-            _ => return,
-        };
-        let subs: Vec<Arc<ConnShared>> = if ended {
-            let Some((_, m)) = self.remote_subs.remove(&key) else {
-                return;
-            };
-            for c in m.keys() {
-                if let Some(mut s) = self.subs_of.get_mut(c) {
-                    s.remove(&key);
-                }
-            }
-            m.into_values().collect()
-        } else {
-            match self.remote_subs.get(&key) {
-                Some(m) => m.values().cloned().collect(),
-                None => return,
-            }
-        };
-        let mut shared = crate::router::Shared::new(frame);
-        for c in subs {
-            let _ = router.to_conn(&c, shared.body(c.encoding));
-        }
-    }
-
-    /// Topics of other hubs' providers that no live hub offers any more (their hub died
-    /// without a word): their subscribers here get `topic_ended` (`service_gone`).
-    fn end_orphaned_topics(&self, router: &Router) {
-        let orphaned: Vec<(ServiceName, TopicName)> = self
-            .remote_subs
-            .iter()
-            .map(|e| e.key().clone())
-            .filter(|(svc, topic)| !self.cluster.topic_offered(svc.as_str(), topic.as_str()))
-            .collect();
-        for (service, topic) in orphaned {
-            let ended = ServerFrame::TopicEnded {
-                service,
-                topic,
-                reason: peermesh_proto::TopicEnd::ServiceGone,
-            };
-            self.deliver_topic(router, &ended);
-        }
-    }
-
     /// Which hub answers a call of `service.method`: `None` for this one, else another hub
     /// that offers it. The hub's own handlers answer first; client providers share the calls
     /// with the other hubs that offer the method, in turn.
@@ -954,12 +829,14 @@ impl Backplane {
         // This hub's picture of the room emits before asking: for a hub the other one never
         // heard from, the emits handled here since are owed to the client.
         let mark = self.room_cut();
+        let topic_mark = self.topic_cut();
         let answer = self.ask_handoff(node, body).await;
         if answer.is_err() {
             self.arriving.lock().remove(id);
         }
         answer.map(|mut h| {
             h.mark = mark;
+            h.topic_mark = topic_mark;
             h
         })
     }
@@ -1086,6 +963,11 @@ async fn inbound(
                     bp.room_in(&router, &origin, seq, &room, &frame, &msg.payload);
                 }
             }
+            Ok(Relay::Topic { seq, origin, frame }) => {
+                if origin != bp.node {
+                    bp.topic_in(&router, &frame, Some((&origin, seq, &msg.payload)));
+                }
+            }
             Ok(r) => handle(&bp, &router, r),
             Err(e) => {
                 bp.counters.malformed.fetch_add(1, Relaxed);
@@ -1155,11 +1037,8 @@ fn handle(bp: &Arc<Backplane>, router: &Router, r: Relay) {
             invoke: ServerFrame::Invoke(invoke),
         } => bp.take_call(router, origin, timeout_ms, invoke),
         Relay::Call { .. } => {}
-        Relay::Topic { origin, frame } => {
-            if origin != bp.node {
-                bp.deliver_topic(router, &frame);
-            }
-        }
+        // Handled by `inbound`, which has the message's bytes.
+        Relay::Topic { .. } => {}
         Relay::Stream(m) => bp.stream_in(router, *m),
         Relay::SessionAsk {
             origin,
@@ -1567,6 +1446,21 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             room,
             frame: msg,
         },
+        Relay::Topic {
+            seq: 43,
+            origin: "hub-a".into(),
+            frame: ServerFrame::Publication(peermesh_proto::Publication {
+                service: match ServiceName::new("news") {
+                    Ok(s) => s,
+                    Err(_) => return Vec::new(),
+                },
+                topic: match TopicName::new("sport") {
+                    Ok(t) => t,
+                    Err(_) => return Vec::new(),
+                },
+                payload: Payload::Json(serde_json::json!({"goal": 1})),
+            }),
+        },
         Relay::Stream(Box::new(relay::StreamMsg {
             to: bob.clone(),
             conn: 0,
@@ -1643,6 +1537,8 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             .into_iter()
             .zip(TopicName::new("scores"))
             .collect(),
+        topic_cut: vec![("hub-b".into(), 12)],
+        topic_mark: Vec::new(),
     });
     let mut v = vec![1u8];
     v.extend_from_slice(&handoff::encode_answer(&handoff));

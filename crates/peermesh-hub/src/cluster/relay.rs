@@ -8,7 +8,7 @@
 //!   4 room      seq: u64, origin: str, room: str              MessagePack server frame
 //!   5 call      origin: str, timeout_ms: u64                  `invoke` frame (call = caller's id)
 //!   6 call done —                                             `result` or `error` (req = call id)
-//!   7 topic     origin: str                                   `publication` or `topic_ended`
+//!   7 topic     seq: u64, origin: str                         `publication` or `topic_ended`
 //!   8 stream    to: str, conn: u64, stream: u64,              one stream item (below)
 //!               origin: str, from: str, from_conn: u64, from_stream: u64
 //! ```
@@ -74,8 +74,14 @@ pub(crate) enum Relay {
     },
     /// The outcome of a relayed call: a `result` or an `error`, whose `req` is the call's id.
     CallDone { outcome: ServerFrame },
-    /// A `publication` to a topic of a provider of hub `origin`, or its `topic_ended`.
-    Topic { origin: String, frame: ServerFrame },
+    /// A `publication` to a topic of a provider of hub `origin`, or its `topic_ended`; `seq`
+    /// numbers the topic messages of `origin`, apart from its room emits (always bytes 1..9
+    /// of the message, see [`TOPIC_SEQ_AT`]).
+    Topic {
+        seq: u64,
+        origin: String,
+        frame: ServerFrame,
+    },
     /// One end of a stream tells the other, on the receiving hub.
     Stream(Box<StreamMsg>),
     /// Client `client` (connection `conn`) of hub `origin` asks the session's home hub.
@@ -217,6 +223,16 @@ pub(crate) fn set_room_seq(msg: &mut [u8], seq: u64) {
     }
 }
 
+/// Where a topic message carries its `seq` (after the kind byte), as for rooms.
+pub(crate) const TOPIC_SEQ_AT: std::ops::Range<usize> = 1..9;
+
+/// Writes `seq` into an encoded topic message.
+pub(crate) fn set_topic_seq(msg: &mut [u8], seq: u64) {
+    if let Some(at) = msg.get_mut(TOPIC_SEQ_AT) {
+        at.copy_from_slice(&seq.to_be_bytes());
+    }
+}
+
 impl Relay {
     /// The message's bytes.
     pub(crate) fn encode(&self) -> Bytes {
@@ -278,8 +294,9 @@ impl Relay {
                 out.put_u8(6);
                 put_frame(&mut out, outcome);
             }
-            Relay::Topic { origin, frame } => {
+            Relay::Topic { seq, origin, frame } => {
                 out.put_u8(7);
+                out.put_u64(*seq);
                 put_str(&mut out, origin);
                 put_frame(&mut out, frame);
             }
@@ -408,10 +425,11 @@ impl Relay {
                 )),
             },
             7 => {
+                let seq = get_u64(&mut b)?;
                 let origin = get_str(&mut b, "origin")?;
                 match get_frame(b)? {
                     frame @ (ServerFrame::Publication(_) | ServerFrame::TopicEnded { .. }) => {
-                        Ok(Relay::Topic { origin, frame })
+                        Ok(Relay::Topic { seq, origin, frame })
                     }
                     _ => Err(err("a topic message must be a publication or topic_ended")),
                 }
@@ -719,6 +737,7 @@ mod tests {
                 },
             },
             Relay::Topic {
+                seq: 1 << 45 | 17,
                 origin: "hub-a".into(),
                 frame: ServerFrame::Publication(peermesh_proto::Publication {
                     service: peermesh_proto::ServiceName::new("news").expect("service"),
@@ -741,6 +760,35 @@ mod tests {
         {
             assert_eq!(Relay::decode(&r.encode()), Ok(r));
         }
+    }
+
+    #[test]
+    fn a_topic_message_is_numbered_after_it_is_encoded() {
+        let ended = ServerFrame::TopicEnded {
+            service: peermesh_proto::ServiceName::new("news").expect("service"),
+            topic: peermesh_proto::TopicName::new("sport").expect("topic"),
+            reason: peermesh_proto::TopicEnd::Destroyed,
+        };
+        let mut m = Relay::Topic {
+            seq: 0,
+            origin: "hub-a".into(),
+            frame: ended.clone(),
+        }
+        .encode_mut();
+        set_topic_seq(&mut m, 1 << 60 | 5);
+        let want = Relay::Topic {
+            seq: 1 << 60 | 5,
+            origin: "hub-a".into(),
+            frame: ended,
+        };
+        let m = m.freeze();
+        assert_eq!(Relay::decode(&m), Ok(want));
+        for cut in 0..m.len() {
+            assert!(Relay::decode(&m.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut short = [7u8, 0, 0];
+        set_topic_seq(&mut short, 9);
+        assert_eq!(short, [7, 0, 0], "too short to hold a seq: left alone");
     }
 
     fn stream_samples() -> Vec<Relay> {

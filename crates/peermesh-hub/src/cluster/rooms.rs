@@ -102,9 +102,10 @@ impl Backplane {
         self.room_log.cut()
     }
 
-    /// Whether the room emits a session arriving with `h` is owed are still in the history.
+    /// Whether the room emits and topic messages a session arriving with `h` is owed are
+    /// still in the histories.
     pub(crate) fn can_catch_up(&self, h: &super::Handoff) -> bool {
-        self.room_log.catch_up(&h.cut, &h.mark).is_ok()
+        self.room_log.catch_up(&h.cut, &h.mark).is_ok() && self.can_catch_up_topics(h)
     }
 
     /// Makes the arriving `conn` a member of `rooms` and, in the same step, queues the room
