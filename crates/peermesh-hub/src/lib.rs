@@ -247,6 +247,18 @@ impl Hub {
                 loop {
                     tokio::select! {
                         _ = inner.shutdown.cancelled() => break,
+                        // A service or topic came or went: tell the cluster now (sends
+                        // nothing when the offer is the same).
+                        _ = inner.router.services.offer_changed.notified(),
+                            if inner.router.cluster.is_some() =>
+                        {
+                            if let Some(bp) = &inner.router.cluster {
+                                let services = &inner.router.services;
+                                bp.cluster()
+                                    .set_offer(services.offered(), services.topics_offered())
+                                    .await;
+                            }
+                        }
                         _ = tick.tick() => {
                             let now = Instant::now();
                             inner.router.metrics.sample(now - last);

@@ -178,6 +178,9 @@ pub(crate) struct ServiceRow {
 #[derive(Debug, Default)]
 pub(crate) struct Services {
     map: DashMap<ServiceName, Arc<Service>>,
+    /// Woken when what this hub offers changed (a service or topic came or went), so a
+    /// cluster advertises it at once rather than at the next heartbeat.
+    pub(crate) offer_changed: tokio::sync::Notify,
 }
 
 impl Services {
@@ -199,6 +202,7 @@ impl Services {
             conn: conn.clone(),
             methods: methods.into(),
         });
+        self.offer_changed.notify_one();
         entry.value().clone()
     }
 
@@ -214,6 +218,7 @@ impl Services {
         }
         *hub = Some(p);
         drop(hub);
+        self.offer_changed.notify_one();
         Some(entry.value().clone())
     }
 
@@ -221,6 +226,7 @@ impl Services {
     /// returns its topics, closed (the router tells their subscribers).
     pub(crate) fn unprovide(&self, service: &Arc<Service>, conn: u64) -> Vec<Closed> {
         service.providers.write().retain(|p| p.conn.conn != conn);
+        self.offer_changed.notify_one();
         self.remove_if_empty(service)
     }
 
@@ -232,6 +238,7 @@ impl Services {
                 *hub = None;
             }
         }
+        self.offer_changed.notify_one();
         self.remove_if_empty(service)
     }
 
@@ -412,6 +419,7 @@ impl Services {
             }),
         };
         t.map.insert(topic.clone(), Arc::new(new));
+        self.offer_changed.notify_one();
         Ok(())
     }
 
@@ -423,6 +431,7 @@ impl Services {
         topic: &TopicName,
     ) -> Result<Closed, Refusal> {
         let removed = service.topics.write().map.remove(topic);
+        self.offer_changed.notify_one();
         match removed {
             Some(t) => Ok(close_topic(t, TopicEnd::Destroyed)),
             None => Err(unknown_topic(&service.name, topic)),

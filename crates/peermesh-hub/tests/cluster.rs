@@ -2047,3 +2047,38 @@ async fn a_join_the_registry_cannot_resolve_fails_with_every_frame_behind_it() {
     bob.send(json!({"type":"ping","req":21})).await;
     assert_eq!(bob.recv().await["type"], "pong");
 }
+
+/// A topic created on one hub can be subscribed to from another right away: a new offer is
+/// advertised at once, not at the next once-a-second heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_topic_is_offered_to_other_hubs_at_once() {
+    let nats = NatsServer::start();
+    let [a, b, _c] = three(&nats).await;
+    let (mut p, _) = a.join("newsroom").await;
+    p.send(json!({"type":"provide","service":"news","methods":["ask"],"req":1}))
+        .await;
+    assert_eq!(p.recv_type("ok").await["req"], 1);
+    let (mut r, _) = b.join("reader").await;
+    let mut req = 10;
+    for k in 0..5 {
+        let topic = format!("t{k}");
+        p.send(json!({"type":"create_topic","topic":topic,"req":100 + k}))
+            .await;
+        assert_eq!(p.recv_type("ok").await["req"], 100 + k);
+        let took = until(
+            "the topic offered on hub-b",
+            Duration::from_secs(5),
+            async || {
+                req += 1;
+                r.send(json!({"type":"subscribe","service":"news","topic":topic,"req":req}))
+                    .await;
+                let v = r.recv().await;
+                assert_eq!(v["req"], req, "{v}");
+                v["type"] == "ok"
+            },
+        )
+        .await;
+        // Before, up to a heartbeat (1 s); now a NATS hop.
+        assert!(took < Duration::from_millis(300), "topic {topic}: {took:?}");
+    }
+}
