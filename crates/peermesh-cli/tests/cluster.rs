@@ -74,6 +74,119 @@ fn nodes(addr: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Reads `p`'s lines until one satisfies `done`, returning them all.
+fn lines_until(p: &Proc, mut done: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let v = p.line();
+        seen.push(v.clone());
+        if done(&seen[seen.len() - 1]) {
+            return seen;
+        }
+    }
+}
+
+fn roster_ids(state: &Value) -> Vec<String> {
+    state["roster"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `/status.json`'s cluster counter `name` on the hub at `addr`.
+fn cluster_count(addr: &str, name: &str) -> u64 {
+    let status: Value = serde_json::from_str(&http_get(addr, "/status.json")).expect("json");
+    status["cluster"][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn kill_9_of_a_sessions_home_hub_leaves_the_session_to_a_hub_with_members() {
+    let nats = NatsServer::start();
+    let [(mut a, _, a_ws), (_b, b_addr, b_ws), (_c, c_addr, c_ws)] = three(&nats);
+    // A session held by hub-a (alice created it), with members on hub-b and hub-c, each
+    // owning an object.
+    let mut alice = connect(&a_ws, "alice", &[]);
+    let mut bob = connect(&b_ws, "bob", &[]);
+    let mut carol = connect(&c_ws, "carol", &[]);
+    alice.send(r#"{"op":"session_join","session":"game","req":1}"#);
+    assert_eq!(alice.expect_type("session_state")["authority"], "alice");
+    for (p, name) in [(&mut bob, "bob"), (&mut carol, "carol")] {
+        p.send(r#"{"op":"session_join","session":"game","req":1}"#);
+        let s = p.expect_type("session_state");
+        assert_eq!(s["authority"], "alice", "one session across hubs: {s}");
+        p.send_json(
+            json!({"op": "session_create", "session": "game", "object": name, "data": 1, "req": 2}),
+        );
+        assert_eq!(p.expect_type("ok")["req"], 2);
+    }
+    alice.send(r#"{"op":"session_create","session":"game","object":"alice","data":1,"req":2}"#);
+    let last = |e: &Value| e["event"] == "created" && e["object"] == "alice";
+    let rev = lines_until(&bob, last).last().map(|e| e["rev"].clone());
+    assert_eq!(
+        lines_until(&carol, last).last().map(|e| e["rev"].clone()),
+        rev
+    );
+
+    // kill -9 of the session's home. hub-b and hub-c both mirror the session; one takes it
+    // over, the other follows it there (a fresh snapshot for its member). alice leaves with
+    // her hub: her object goes to the new authority.
+    a.kill();
+    let killed = Instant::now();
+    alice.kill();
+    let gone = |v: &Value| {
+        (v["type"] == "session_event" && v["event"] == "member_left" && v["member"] == "alice")
+            || (v["type"] == "session_state" && !roster_ids(v).contains(&"alice".to_owned()))
+    };
+    for p in [&bob, &carol] {
+        lines_until(p, gone);
+    }
+    let took = killed.elapsed();
+    eprintln!("after kill -9 of the session's home: alice gone from it for both after {took:?}");
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    let taken = cluster_count(&b_addr, "sessions_taken_over")
+        + cluster_count(&c_addr, "sessions_taken_over");
+    assert_eq!(taken, 1, "exactly one hub took it over");
+
+    // It goes on: one operation, the same revision for both; the others' objects are intact.
+    bob.send(r#"{"op":"session_update","session":"game","object":"bob","data":9,"req":3}"#);
+    let updated =
+        |v: &Value| v["type"] == "session_event" && v["object"] == "bob" && v["data"] == 9;
+    let at_bob = lines_until(&bob, updated).pop().expect("event");
+    let at_carol = lines_until(&carol, updated).pop().expect("event");
+    assert_eq!(at_bob["rev"], at_carol["rev"], "{at_bob} {at_carol}");
+    // A late joiner on hub-b sees it all, from whichever hub holds it now.
+    let mut dave = connect(&b_ws, "dave", &[]);
+    dave.send(r#"{"op":"session_join","session":"game","req":1}"#);
+    let s = dave.expect_type("session_state");
+    assert_eq!(roster_ids(&s), ["bob", "carol", "dave"], "{s}");
+    assert_eq!(
+        s["rev"],
+        json!(at_bob["rev"].as_u64().map(|r| r + 1)),
+        "{s}"
+    );
+    let objects = s["objects"].as_array().expect("objects");
+    let find = |id: &str| {
+        objects
+            .iter()
+            .find(|o| o["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(find("bob")["data"], 9, "{s}");
+    assert_eq!(find("carol")["data"], 1, "{s}");
+    assert_eq!(
+        find("alice")["owner"],
+        s["authority"],
+        "alice's object went to the authority: {s}"
+    );
+    assert!(s["authority"] == "bob" || s["authority"] == "carol", "{s}");
+    drop((bob, carol, dave));
+}
+
 #[test]
 fn kill_9_of_a_hub_releases_its_ids_and_room_members_within_ten_seconds() {
     let nats = NatsServer::start();

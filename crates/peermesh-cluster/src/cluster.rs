@@ -101,6 +101,12 @@ pub enum Event {
         /// Its node.
         node: String,
     },
+    /// `node` left the cluster: it said so (a graceful leave), or it fell silent for
+    /// `dead_after` while this node was connected. Its ids may not be released yet.
+    NodeGone {
+        /// The node.
+        node: String,
+    },
 }
 
 /// Most events waiting for the hub; the registry watches wait (and JetStream holds the rest)
@@ -458,7 +464,38 @@ impl Cluster {
             .map(|_| ())
     }
 
+    /// Takes session `name` over from node `gone`, which left the cluster: of several nodes
+    /// taking it over at once (or creating it anew, once its key is released) exactly one
+    /// wins; the others learn which ([`Claim::Taken`]).
+    pub async fn take_over_session(&self, name: &str, gone: &str) -> Result<Claim, ClusterError> {
+        if self.is_member(gone) {
+            return Ok(Claim::Taken {
+                node: gone.to_owned(),
+            });
+        }
+        self.claim_key_from(session_key(name), Some(gone)).await
+    }
+
+    /// The node that holds session `name`, read from the registry now (not as heard).
+    pub async fn session_home_now(&self, name: &str) -> Result<Option<String>, ClusterError> {
+        self.check_connected("read a session's home")?;
+        let entry = self
+            .shared
+            .kv
+            .entry(session_key(name).as_str())
+            .await
+            .map_err(|e| ClusterError::nats("read a session's home", e))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put && !e.value.is_empty())
+            .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+    }
+
     async fn claim_key(&self, key: String) -> Result<Claim, ClusterError> {
+        self.claim_key_from(key, None).await
+    }
+
+    /// Claims `key` from "free", or from node `gone` when given.
+    async fn claim_key_from(&self, key: String, gone: Option<&str>) -> Result<Claim, ClusterError> {
         self.check_connected("claim an id")?;
         let me = self.shared.cfg.node.clone();
         for _ in 0..5 {
@@ -471,6 +508,7 @@ impl Cluster {
             let expected = match &entry {
                 None => 0,
                 Some(e) if e.operation != kv::Operation::Put || e.value.is_empty() => e.revision,
+                Some(e) if gone.is_some_and(|g| e.value.as_ref() == g.as_bytes()) => e.revision,
                 Some(e) => {
                     let node = String::from_utf8_lossy(&e.value).into_owned();
                     return Ok(if node == me {
@@ -821,6 +859,8 @@ async fn listen(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
                 .is_some_and(|s| s.instance == hb.instance)
             {
                 st.members.remove(&hb.node);
+                drop(st);
+                notify(&shared, Event::NodeGone { node: hb.node });
             }
             continue;
         }
@@ -928,12 +968,35 @@ fn apply_room(st: &mut State, key: String, value: Option<String>) -> Option<Even
     }
 }
 
+/// Reports `ev` to the hub without waiting; when its queue is full the hub's periodic
+/// reconcile finds the same change.
+fn notify(shared: &Shared, ev: Event) {
+    let tx = shared.events.lock().ok().and_then(|t| t.clone());
+    if let Some(tx) = tx {
+        let _ = tx.try_send(ev);
+    }
+}
+
 /// Declares silent nodes dead; the first live node in name order releases their ids.
+///
+/// Silence heard while this node is cut off from NATS says nothing about the others: while
+/// disconnected nobody is declared dead, and once connected again every node has
+/// `dead_after` to be heard before it is.
 async fn reap(shared: Arc<Shared>) {
     let mut t = tokio::time::interval(shared.cfg.heartbeat);
+    let mut listening_since = shared.started;
     loop {
         t.tick().await;
         let now = Instant::now();
+        if shared.client.connection_state() != async_nats::connection::State::Connected {
+            listening_since = now;
+            if let Ok(mut st) = shared.state.lock() {
+                for seen in st.members.values_mut() {
+                    seen.at = now;
+                }
+            }
+            continue;
+        }
         let (dead, reaper, keys) = {
             let Ok(mut st) = shared.state.lock() else {
                 return;
@@ -960,7 +1023,7 @@ async fn reap(shared: Arc<Shared>) {
                 .min()
                 .map(str::to_owned);
             let reaper = first.as_deref() == Some(shared.cfg.node.as_str());
-            let listened = now.saturating_duration_since(shared.started) > shared.cfg.dead_after;
+            let listened = now.saturating_duration_since(listening_since) > shared.cfg.dead_after;
             let orphan = |n: &String| {
                 *n != shared.cfg.node
                     && !st.members.contains_key(n)
@@ -976,8 +1039,9 @@ async fn reap(shared: Arc<Shared>) {
                 .collect();
             (dead, reaper, keys)
         };
-        for d in &dead {
+        for d in dead.iter() {
             info!(node = %d, "a cluster node fell silent: counted as dead");
+            notify(&shared, Event::NodeGone { node: d.clone() });
         }
         if reaper && !keys.is_empty() {
             for (which, k, n) in keys {

@@ -56,6 +56,31 @@ impl Nats {
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// Stops the server (SIGKILL) and waits for it.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and store.
+    fn start_again(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts again");
+        self.child = child;
+    }
 }
 
 impl Drop for Nats {
@@ -291,9 +316,14 @@ async fn room_members_are_cluster_wide_and_a_dead_nodes_members_leave() {
     assert_eq!(a.claim("alice").await.expect("claim"), Claim::Won);
     let start = Instant::now();
     drop(a);
-    let (mut left, mut released) = (false, false);
-    while !(left && released) {
+    let (mut left, mut released, mut gone) = (false, false, false);
+    while !(left && released && gone) {
         match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(Event::NodeGone { node })) => {
+                assert_eq!(node, "hub-a");
+                assert!(!gone, "reported once");
+                gone = true;
+            }
             Ok(Some(Event::Left { room, id, node })) => {
                 assert_eq!(
                     (room.as_str(), id.as_str(), node.as_str()),
@@ -317,4 +347,60 @@ async fn room_members_are_cluster_wide_and_a_dead_nodes_members_leave() {
         b.room_members("lobby ü"),
         vec![("bob".to_owned(), "hub-b".to_owned())]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_declares_no_one_dead() {
+    let mut nats = Nats::start();
+    let quick = |name: &str| ClusterConfig {
+        heartbeat: Duration::from_millis(200),
+        dead_after: Duration::from_secs(1),
+        ..ClusterConfig::new(nats.url(), name)
+    };
+    let a = Cluster::join(quick("hub-a")).await.expect("joins");
+    let b = Cluster::join(quick("hub-b")).await.expect("joins");
+    let mut events = b.take_events().expect("events");
+    until("members", Duration::from_secs(5), || b.members().len() == 2).await;
+
+    // NATS is away for three times `dead_after`: the silence is NATS's, not hub-a's.
+    nats.stop();
+    let away = Instant::now();
+    while away.elapsed() < Duration::from_secs(3) {
+        assert!(
+            b.is_member("hub-a"),
+            "hub-a declared dead while NATS was away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nats.start_again();
+    until("reconnected", Duration::from_secs(10), || {
+        a.connected() && b.connected()
+    })
+    .await;
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(2) {
+        assert!(
+            b.is_member("hub-a"),
+            "hub-a declared dead after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while let Ok(ev) = events.try_recv() {
+        assert!(!matches!(ev, Event::NodeGone { .. }), "{ev:?}");
+    }
+
+    // A node that really falls silent is still declared dead.
+    drop(a);
+    let dead = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Some(Event::NodeGone { node }) => return node,
+                Some(_) => continue,
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("hub-a declared dead");
+    assert_eq!(dead, "hub-a");
 }

@@ -372,6 +372,8 @@ fn cluster_json(hub: &HubInner) -> serde_json::Value {
         "room_emits_skipped": c.room_skipped.load(Ordering::Relaxed),
         "topic_messages_replayed": c.topic_replayed.load(Ordering::Relaxed),
         "topic_messages_skipped": c.topic_skipped.load(Ordering::Relaxed),
+        "sessions_taken_over": c.sessions_taken_over.load(Ordering::Relaxed),
+        "sessions_followed": c.sessions_followed.load(Ordering::Relaxed),
         "ids_released_for_dead_nodes": bp.cluster().released(),
     })
 }
@@ -453,6 +455,16 @@ fn cluster_metrics(text: &mut String, bp: &crate::cluster::Backplane) {
             "cluster_topic_messages_skipped_total",
             "Topic publications and ends not delivered again to sessions that moved here.",
             c.topic_skipped.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_sessions_taken_over_total",
+            "Shared-state sessions this hub took over from its mirror when their home hub left.",
+            c.sessions_taken_over.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_sessions_followed_total",
+            "Shared-state sessions another hub took over that this hub's members followed.",
+            c.sessions_followed.load(Ordering::Relaxed),
         ),
         (
             "cluster_ids_released_total",

@@ -20,6 +20,7 @@
 //! once per hub with members, under the same lock, in the same order. So there is one
 //! authority and one revision sequence per session, whichever hub a member is on.
 
+pub(crate) mod mirror;
 mod patch;
 // The member-side `View`, digests and a few helpers serve the tests (and clients' mirrors).
 #[cfg_attr(not(test), allow(dead_code))]
@@ -87,6 +88,10 @@ struct Inner {
     remote: HashMap<ClientId, String>,
     /// The last member left: the session is being removed; a join must create a new one.
     closed: bool,
+    /// Taken over from a hub that left: members on other hubs whose hub has not yet said
+    /// they are still there (`Ask::Moved`); those left when [`Sessions::expire_unconfirmed`]
+    /// runs leave.
+    unconfirmed: std::collections::HashSet<ClientId>,
 }
 
 /// Figures for the status page and tests.
@@ -200,6 +205,7 @@ impl Sessions {
                             conns: HashMap::new(),
                             remote: HashMap::new(),
                             closed: false,
+                            unconfirmed: Default::default(),
                         }),
                     })
                 })
@@ -397,6 +403,7 @@ impl Sessions {
             let left = inner.state.leave(client).map_err(refusal)?;
             inner.conns.remove(client);
             inner.remote.remove(client);
+            inner.unconfirmed.remove(client);
             // Not for the leaver: on its hub too, when that is another (it stops counting it
             // as a member when told below, after these).
             session.fan_out(inner, &left.events, Some(client), self.cluster.as_deref());
@@ -468,6 +475,7 @@ impl Sessions {
         if !inner.conns.contains_key(&client) && !inner.remote.contains_key(&client) {
             return Err(unknown_session(name));
         }
+        inner.unconfirmed.remove(&client);
         if let Ok(events) = inner.state.back(&client, to.conn_no()) {
             session.fan_out(inner, &events, Some(&client), self.cluster.as_deref());
         }
@@ -503,6 +511,83 @@ impl Sessions {
                 inner.conns.remove(&conn.client);
                 inner.remote.insert(conn.client.clone(), to.to_owned());
             }
+        }
+    }
+
+    /// Takes over session `name` from a mirror (its home hub `gone` left the cluster and
+    /// this hub won it in the registry). Local members (`local`) go on from the mirror's
+    /// revision with nothing missing. A member whose client id another live hub holds is
+    /// reached there, and must be confirmed by that hub (`Ask::Moved`, which sends it a
+    /// fresh snapshot) before [`Sessions::expire_unconfirmed`]; any other member (on the
+    /// gone hub, or nowhere) leaves at once, with the usual events (authority handed on,
+    /// its objects given up). Returns the members waiting for confirmation.
+    pub(crate) fn take_over(
+        &self,
+        name: &SessionName,
+        view: state::View,
+        local: HashMap<ClientId, Arc<ConnShared>>,
+        hub_of: impl Fn(&ClientId) -> Option<String>,
+    ) -> Result<Vec<ClientId>, SessionError> {
+        let state = SessionState::from_view(view, self.limits, Instant::now(), |c| {
+            local.get(c).map_or(0, |conn| conn.conn)
+        });
+        let mut remote = HashMap::new();
+        let mut gone = Vec::new();
+        for m in state.members() {
+            if local.contains_key(&m.client) {
+                continue;
+            }
+            match hub_of(&m.client) {
+                Some(node) => {
+                    remote.insert(m.client.clone(), node);
+                }
+                None => gone.push(m.client.clone()),
+            }
+        }
+        let unconfirmed: std::collections::HashSet<ClientId> = remote.keys().cloned().collect();
+        let waiting: Vec<ClientId> = unconfirmed.iter().cloned().collect();
+        let session = Arc::new(Session {
+            name: name.clone(),
+            inner: Mutex::new(Inner {
+                state,
+                conns: local,
+                remote,
+                closed: false,
+                unconfirmed,
+            }),
+        });
+        match self.map.entry(name.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(_) => {
+                return Err((
+                    ErrorCode::Internal,
+                    format!("session {:?} exists here already", name.as_str()),
+                ))
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                v.insert(session.clone());
+            }
+        }
+        for client in gone {
+            let _ = self.leave_on(&session, &client, None);
+        }
+        Ok(waiting)
+    }
+
+    /// Members of a session taken over that their hub has not confirmed yet leave it.
+    pub(crate) fn expire_unconfirmed(&self, name: &SessionName) {
+        let Some(session) = self.map.get(name).map(|s| s.value().clone()) else {
+            return;
+        };
+        let expired: Vec<(ClientId, Option<String>)> = {
+            let inner = session.inner.lock();
+            inner
+                .unconfirmed
+                .iter()
+                .map(|c| (c.clone(), inner.remote.get(c).cloned()))
+                .collect()
+        };
+        for (client, node) in expired {
+            let _ = self.leave_on(&session, &client, node.as_deref());
         }
     }
 

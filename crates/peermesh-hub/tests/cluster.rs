@@ -1247,21 +1247,60 @@ async fn session_membership_follows_a_client_to_another_hub_and_ends_with_its_ho
         json!({"type":"session_op","session":"game","op":"create","object":"p","data":2,"req":3}),
     )
     .await;
-    assert_eq!(session_event(&mut alice).await["object"], "p");
+    let e = session_event(&mut alice).await;
+    assert_eq!(e["object"], "p");
     assert_eq!(bob.recv_type("ok").await["req"], 3);
 
-    // The session's hub leaves the cluster: its state is gone, and bob is told so.
+    // The session's hub leaves the cluster. hub-c, where bob is, mirrors the session and
+    // takes it over: alice (gone with hub-a) leaves it, bob becomes authority and keeps
+    // every object, and the session goes on at the next revision.
+    let rev = e["rev"].as_u64().expect("rev");
+    let before = Instant::now();
     a.handle.shutdown();
-    let took = until(
-        "bob told the session is gone",
-        Duration::from_secs(12),
-        async || match bob.try_recv(Duration::from_millis(100)).await {
-            Some(v) => v["type"] == "error" && v["code"] == "unknown_session",
-            None => false,
-        },
+    let mut seen = Vec::new();
+    let e = loop {
+        let e = session_event(&mut bob).await;
+        seen.push(e.clone());
+        if e["event"] == "member_left" {
+            break e;
+        }
+    };
+    eprintln!(
+        "hub-c took the session over {:?} after hub-a left",
+        before.elapsed()
+    );
+    assert_eq!(e["member"], "alice", "{seen:?}");
+    let revs: Vec<u64> = seen.iter().filter_map(|e| e["rev"].as_u64()).collect();
+    let want: Vec<u64> = (rev + 1..=rev + seen.len() as u64).collect();
+    assert_eq!(revs, want, "no revision skipped or repeated: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|e| e["event"] == "authority" && e["member"] == "bob"),
+        "{seen:?}"
+    );
+    bob.send(
+        json!({"type":"session_op","session":"game","op":"update","object":"p","data":3,"req":4}),
     )
     .await;
-    eprintln!("bob learned his session's hub left after {took:?}");
+    let e = session_event(&mut bob).await;
+    assert_eq!(
+        (&e["object"], &e["rev"]),
+        (&json!("p"), &json!(rev + seen.len() as u64 + 1)),
+        "{e}"
+    );
+    assert_eq!(bob.recv_type("ok").await["req"], 4);
+    // A late joiner on hub-b finds it on hub-c, with everything.
+    let (mut dave, _) = b.join("dave").await;
+    let s = join_session(&mut dave, "game", 1).await;
+    assert_eq!(roster(&s), ["bob", "dave"], "{s}");
+    assert_eq!(s["authority"], "bob", "{s}");
+    let objects: Vec<&Value> = s["objects"].as_array().expect("objects").iter().collect();
+    assert!(
+        objects.iter().any(|o| o["id"] == "p" && o["data"] == 3),
+        "{s}"
+    );
+    let status: Value = serde_json::from_str(&c.get("/status.json").await).expect("json");
+    assert_eq!(status["cluster"]["sessions_taken_over"], 1, "{status}");
     drop(b);
 }
 

@@ -99,6 +99,11 @@ pub(crate) struct ClusterCounters {
     pub(crate) topic_replayed: AtomicU64,
     /// Topic messages not delivered again to sessions that moved here (their old hub had).
     pub(crate) topic_skipped: AtomicU64,
+    /// Shared-state sessions this hub took over from its mirror when their home left.
+    pub(crate) sessions_taken_over: AtomicU64,
+    /// Shared-state sessions whose home left and that another hub took over: this hub's
+    /// members follow it there.
+    pub(crate) sessions_followed: AtomicU64,
 }
 
 enum Op {
@@ -212,6 +217,10 @@ pub(crate) struct Backplane {
     stream_peers: DashMap<ClientId, HashMap<u64, u32>>,
     /// Sessions held by other hubs that local clients are members of.
     held: DashMap<peermesh_proto::SessionName, sessions::Held>,
+    /// Snapshot chunks of sessions held elsewhere, until the last one is in.
+    partials: Mutex<crate::sessions::mirror::Partials>,
+    /// Sessions whose home left the cluster that this hub is taking over or re-finding.
+    resolving: DashMap<peermesh_proto::SessionName, sessions::Resolving>,
     /// `max_sessions_per_client`: pending joins count.
     max_sessions_per_client: usize,
     pub(crate) counters: ClusterCounters,
@@ -311,6 +320,8 @@ impl Backplane {
             subs_of: DashMap::new(),
             stream_peers: DashMap::new(),
             held: DashMap::new(),
+            partials: Mutex::new(Default::default()),
+            resolving: DashMap::new(),
             max_sessions_per_client,
             counters: ClusterCounters::default(),
             room_log,
@@ -1218,7 +1229,7 @@ async fn events(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Event
                         .is_some_and(|(n, at)| *n == node && at.elapsed() < Duration::from_secs(1));
                     if !fresh {
                         bp.end_orphaned_topics(&router);
-                        bp.drop_orphaned_sessions();
+                        bp.resolve_orphaned_sessions(&router);
                         swept = Some((node.clone(), Instant::now()));
                     }
                 }
@@ -1233,6 +1244,11 @@ async fn events(bp: Arc<Backplane>, router: Router, mut rx: mpsc::Receiver<Event
                         );
                     }
                 }
+            }
+            Event::NodeGone { node } if node != bp.node => {
+                // Sessions it held are taken over (or re-found) at once, not at the reconcile.
+                debug!(%node, "a hub left the cluster");
+                bp.resolve_orphaned_sessions(&router);
             }
             Event::Joined { room, id, node } if node != bp.node => {
                 let (Ok(room), Ok(id)) = (RoomName::new(&room), ClientId::new(&id)) else {
@@ -1271,7 +1287,7 @@ async fn reconcile(bp: Arc<Backplane>, router: Router) {
         if !bp.cluster.connected() {
             continue;
         }
-        bp.drop_orphaned_sessions();
+        bp.resolve_orphaned_sessions(&router);
         bp.end_orphaned_topics(&router);
         let owned: HashSet<String> = bp.cluster.owned_ids().into_iter().collect();
         let recorded: HashSet<(String, String)> =

@@ -43,6 +43,7 @@
 //! inbound task handles `peermesh.node.<home>` messages one at a time, in arrival order.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -55,6 +56,7 @@ use super::relay::{Ask, Relay};
 use super::{node_subject, Backplane};
 use crate::registry::ConnShared;
 use crate::router::{Router, Shared};
+use crate::sessions::mirror::Mirror;
 use crate::sessions::Member;
 
 /// A session held by another hub, seen from a hub with members of it.
@@ -63,6 +65,26 @@ pub(crate) struct Held {
     home: String,
     /// Local members, by client id.
     conns: HashMap<ClientId, Arc<ConnShared>>,
+    /// The session's state as its members here have seen it: what this hub takes over
+    /// from if the home leaves the cluster.
+    mirror: Mirror,
+}
+
+/// How long a hub that took a session over waits for the other members' hubs to confirm
+/// them (`Ask::Moved`) before they leave it.
+pub(crate) const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a hub without a whole mirror of a session whose home left waits for another
+/// hub to take it over, before it tells its members the session is lost.
+const AWAIT_TAKEOVER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Most `Ask::Moved` requests kept for a session while this hub takes it over.
+const MAX_EARLY_ASKS: usize = 4096;
+
+/// Requests for a session this hub is taking over, that came before it was installed.
+#[derive(Debug, Default)]
+pub(crate) struct Resolving {
+    asks: Vec<(String, ClientId, u64)>,
 }
 
 /// Most frames of one connection that wait behind one of its pending `session_join`s; a
@@ -634,6 +656,9 @@ impl Backplane {
                 return;
             }
             Ask::Moved(name) => {
+                if self.early_ask(router, &name, &origin, &client, conn) {
+                    return;
+                }
                 if let Err((code, m)) = sessions.moved(&name, member) {
                     self.session_reply(&origin, &name, &client, error(code, m, None));
                 }
@@ -721,15 +746,21 @@ impl Backplane {
                 };
                 if register {
                     // A snapshot: from now on the client gets the session's events here.
-                    self.held
-                        .entry(session.clone())
-                        .or_insert_with(|| Held {
-                            home: origin.clone(),
-                            conns: HashMap::new(),
-                        })
-                        .conns
-                        .insert(id, conn.clone());
+                    let mut held = self.held.entry(session.clone()).or_insert_with(|| Held {
+                        home: origin.clone(),
+                        conns: HashMap::new(),
+                        mirror: Mirror::default(),
+                    });
+                    held.conns.insert(id.clone(), conn.clone());
                     conn.sessions.lock().insert(session.clone());
+                }
+                let whole = self.partials.lock().chunk(&session, &id, &frame);
+                if let Some(whole) = whole {
+                    if let Some(mut held) = self.held.get_mut(&session) {
+                        if held.home == origin {
+                            held.mirror.snapshot(whole);
+                        }
+                    }
                 }
                 tell(&conn, &frame);
                 let Some(waiting) = waiting else {
@@ -758,12 +789,13 @@ impl Backplane {
                 }
             }
             None => {
-                let Some(held) = self.held.get(&session) else {
+                let Some(mut held) = self.held.get_mut(&session) else {
                     return;
                 };
                 if held.home != origin {
                     return;
                 }
+                held.mirror.event(&frame);
                 let mut shared = Shared::new(&frame);
                 for (id, conn) in &held.conns {
                     if Some(id) != skip.as_ref() {
@@ -774,28 +806,206 @@ impl Backplane {
         }
     }
 
-    /// Sessions whose home left the cluster are gone: their members here are told.
-    pub(crate) fn drop_orphaned_sessions(&self) {
-        let orphaned: Vec<SessionName> = self
+    /// Messages from other hubs may have been lost: no mirror can be trusted to be whole
+    /// until its next snapshot.
+    pub(crate) fn mirrors_interrupted(&self) {
+        self.partials.lock().clear();
+        for mut held in self.held.iter_mut() {
+            held.mirror.drop_view();
+        }
+    }
+
+    /// Sessions whose home left the cluster: a hub with a whole mirror of one tries to take
+    /// it over (of several, the registry lets exactly one); the others follow the hub that
+    /// did, whose fresh snapshot resyncs their members. Members are told the session is lost
+    /// (`unknown_session`) only when no hub could take it over.
+    pub(crate) fn resolve_orphaned_sessions(self: &Arc<Self>, router: &Router) {
+        let orphaned: Vec<(SessionName, String)> = self
             .held
             .iter()
             .filter(|h| !self.cluster.is_member(&h.home))
-            .map(|h| h.key().clone())
+            .map(|h| (h.key().clone(), h.home.clone()))
             .collect();
-        for name in orphaned {
-            let Some((_, held)) = self.held.remove(&name) else {
-                continue;
+        for (name, gone) in orphaned {
+            let vacant = match self.resolving.entry(name.clone()) {
+                dashmap::mapref::entry::Entry::Occupied(_) => false,
+                dashmap::mapref::entry::Entry::Vacant(v) => {
+                    v.insert(Resolving::default());
+                    true
+                }
             };
-            for conn in held.conns.values() {
-                conn.sessions.lock().remove(&name);
-                let m = format!(
-                    "session {:?} was held by hub {:?}, which left the cluster: its state is lost; \
-                     join it again to start it anew",
-                    name.as_str(),
-                    held.home
-                );
-                tell(conn, &error(ErrorCode::UnknownSession, m, None));
+            if !vacant {
+                continue;
+            }
+            let bp = self.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                bp.resolve(&router, &name, &gone).await;
+                // Hubs that found this one holding the session asked before it was installed.
+                let early = bp.resolving.remove(&name).map(|(_, r)| r.asks);
+                for (origin, client, conn) in early.unwrap_or_default() {
+                    let ask = Ask::Moved(name.clone());
+                    bp.session_ask(&router, origin, client, conn, None, ask);
+                }
+            });
+        }
+    }
+
+    async fn resolve(self: &Arc<Self>, router: &Router, name: &SessionName, gone: &str) {
+        let whole = self
+            .held
+            .get(name)
+            .is_some_and(|h| h.home == gone && h.mirror.view().is_some());
+        let outcome = if whole {
+            self.cluster.take_over_session(name.as_str(), gone).await
+        } else {
+            self.await_takeover(name, gone).await
+        };
+        match outcome {
+            Ok(peermesh_cluster::Claim::Won) => self.install(router, name, gone),
+            Ok(peermesh_cluster::Claim::Taken { node })
+                if node != gone && node != self.node && self.cluster.is_member(&node) =>
+            {
+                self.follow(name, gone, &node)
+            }
+            Ok(peermesh_cluster::Claim::Taken { .. }) => self.lost(name, gone),
+            // NATS is away: the next reconcile tries again.
+            Err(e) => {
+                tracing::debug!(session = %name.as_str(), error = %e, "cannot take a session over yet")
             }
         }
+    }
+
+    /// Without a whole mirror: waits for another hub to take the session over.
+    async fn await_takeover(
+        &self,
+        name: &SessionName,
+        gone: &str,
+    ) -> Result<peermesh_cluster::Claim, peermesh_cluster::ClusterError> {
+        let until = tokio::time::Instant::now() + AWAIT_TAKEOVER;
+        loop {
+            if let Some(node) = self.cluster.session_home_now(name.as_str()).await? {
+                if node != gone && self.cluster.is_member(&node) {
+                    return Ok(peermesh_cluster::Claim::Taken { node });
+                }
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(peermesh_cluster::Claim::Taken {
+                    node: gone.to_owned(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// This hub won session `name` from hub `gone`: it holds it from now on, from its mirror.
+    fn install(self: &Arc<Self>, router: &Router, name: &SessionName, gone: &str) {
+        let taken = self.held.remove_if_mut(name, |_, h| h.home == gone);
+        let Some((_, mut held)) = taken else {
+            return self.give_back(router, name);
+        };
+        let Some(view) = held.mirror.take() else {
+            // Cannot happen (checked before the claim, and only this task takes it).
+            self.held.insert(name.clone(), held);
+            return self.lost(name, gone);
+        };
+        let rev = view.seq();
+        let hub_of = |id: &ClientId| {
+            self.cluster
+                .owner(id.as_str())
+                .filter(|n| n != gone && *n != self.node && self.cluster.is_member(n))
+        };
+        match router.sessions.take_over(name, view, held.conns, hub_of) {
+            Ok(waiting) => {
+                self.counters.sessions_taken_over.fetch_add(1, Relaxed);
+                tracing::info!(
+                    session = %name.as_str(), from = %gone, rev, waiting = waiting.len(),
+                    "took over a session whose home hub left the cluster"
+                );
+                if !waiting.is_empty() {
+                    let router = router.clone();
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CONFIRM_WITHIN).await;
+                        router.sessions.expire_unconfirmed(&name);
+                    });
+                }
+            }
+            Err((_, m)) => {
+                tracing::warn!(session = %name.as_str(), "cannot take a session over: {m}");
+            }
+        }
+    }
+
+    /// A session won in the registry that this hub has no members of (they all left while
+    /// it claimed it) is released: nobody holds its state.
+    fn give_back(self: &Arc<Self>, router: &Router, name: &SessionName) {
+        if router.sessions.holds(name) {
+            return;
+        }
+        let bp = self.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _ = bp.cluster.release_session(name.as_str()).await;
+        });
+    }
+
+    /// Hub `node` took session `name` over from hub `gone`: this hub's members are reached
+    /// there now; it sends each a fresh snapshot when asked.
+    fn follow(&self, name: &SessionName, gone: &str, node: &str) {
+        let conns: Vec<Arc<ConnShared>> = {
+            let Some(mut held) = self.held.get_mut(name) else {
+                return;
+            };
+            if held.home != gone {
+                return;
+            }
+            held.home = node.to_owned();
+            held.mirror.drop_view();
+            held.conns.values().cloned().collect()
+        };
+        self.counters.sessions_followed.fetch_add(1, Relaxed);
+        for conn in conns {
+            self.ask(node, &conn, None, Ask::Moved(name.clone()));
+            if conn.away.load(std::sync::atomic::Ordering::Acquire) {
+                self.ask(node, &conn, None, Ask::Away(name.clone()));
+            }
+        }
+    }
+
+    /// No hub could take session `name` over from hub `gone`: its members here are told.
+    fn lost(&self, name: &SessionName, gone: &str) {
+        let Some((_, held)) = self.held.remove_if(name, |_, h| h.home == gone) else {
+            return;
+        };
+        for conn in held.conns.values() {
+            conn.sessions.lock().remove(name);
+            let m = format!(
+                "session {:?} was held by hub {gone:?}, which left the cluster, and no other \
+                 hub had all of its state: it is lost; join it again to start it anew",
+                name.as_str(),
+            );
+            tell(conn, &error(ErrorCode::UnknownSession, m, None));
+        }
+    }
+
+    /// An `Ask::Moved` for a session this hub is taking over, before it holds it: kept until
+    /// it does (true), or not (false: handle it now).
+    fn early_ask(
+        &self,
+        router: &Router,
+        name: &SessionName,
+        origin: &str,
+        client: &ClientId,
+        conn: u64,
+    ) -> bool {
+        let Some(mut r) = self.resolving.get_mut(name) else {
+            return false;
+        };
+        if router.sessions.holds(name) || r.asks.len() >= MAX_EARLY_ASKS {
+            return false;
+        }
+        r.asks.push((origin.to_owned(), client.clone(), conn));
+        true
     }
 }

@@ -183,5 +183,6 @@ pub(super) async fn watch_interruptions(bp: Arc<Backplane>, router: Router) {
     let mut rx = bp.cluster.interruptions();
     while rx.changed().await.is_ok() {
         bp.streams_interrupted(&router);
+        bp.mirrors_interrupted();
     }
 }
