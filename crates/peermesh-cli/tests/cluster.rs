@@ -137,13 +137,27 @@ fn kill_9_of_a_sessions_home_hub_leaves_the_session_to_a_hub_with_members() {
     a.kill();
     let killed = Instant::now();
     alice.kill();
+    // An operation sent to the dead home is never answered there: bob's hub answers it.
+    bob.send(r#"{"op":"session_update","session":"game","object":"bob","data":5,"req":5}"#);
     let gone = |v: &Value| {
         (v["type"] == "session_event" && v["event"] == "member_left" && v["member"] == "alice")
             || (v["type"] == "session_state" && !roster_ids(v).contains(&"alice".to_owned()))
     };
-    for p in [&bob, &carol] {
-        lines_until(p, gone);
+    let (mut bob_saw_gone, mut unanswered) = (false, None);
+    while !(bob_saw_gone && unanswered.is_some()) {
+        let v = bob.line();
+        bob_saw_gone |= gone(&v);
+        if v["type"] == "error" {
+            unanswered = Some(v);
+        }
     }
+    let e = unanswered.unwrap_or_default();
+    assert_eq!(
+        (&e["code"], &e["req"]),
+        (&json!("cluster_unavailable"), &json!(5)),
+        "{e}"
+    );
+    lines_until(&carol, gone);
     let took = killed.elapsed();
     eprintln!("after kill -9 of the session's home: alice gone from it for both after {took:?}");
     assert!(took < Duration::from_secs(12), "{took:?}");

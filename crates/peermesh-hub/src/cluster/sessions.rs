@@ -68,7 +68,14 @@ pub(crate) struct Held {
     /// The session's state as its members here have seen it: what this hub takes over
     /// from if the home leaves the cluster.
     mirror: Mirror,
+    /// Operations of local members sent to the home and not answered yet (client, `req`),
+    /// at most [`MAX_UNANSWERED`]: if the home leaves first, each is answered here.
+    unanswered: std::collections::HashSet<(ClientId, u64)>,
 }
+
+/// Most operations per session held elsewhere that a hub remembers as not answered yet;
+/// beyond it one may go unanswered if the home leaves the cluster.
+pub(crate) const MAX_UNANSWERED: usize = 4096;
 
 /// How long a hub that took a session over waits for the other members' hubs to confirm
 /// them (`Ask::Moved`) before they leave it.
@@ -484,8 +491,18 @@ impl Backplane {
             }
             _ => None,
         };
+        // Remembered before it is sent: the answer may come back at once.
+        let tracked = match (&frame, req) {
+            (ClientFrame::SessionOp { session, .. }, Some(req)) => {
+                self.await_answer(session, home, &conn.client, req)
+            }
+            _ => None,
+        };
         if self.ask(home, conn, rtt_ms, Ask::Frame(frame)) {
             return true;
+        }
+        if let Some(session) = tracked {
+            self.answered(&session, &conn.client, req);
         }
         refuse(
             router,
@@ -495,6 +512,54 @@ impl Backplane {
             req,
         );
         false
+    }
+
+    /// Remembers that local client `client`'s operation `req` on session `name` (held by
+    /// `home`) waits for its answer; the session when remembered.
+    fn await_answer(
+        &self,
+        name: &SessionName,
+        home: &str,
+        client: &ClientId,
+        req: u64,
+    ) -> Option<SessionName> {
+        let mut held = self.held.get_mut(name)?;
+        if held.home != home || held.unanswered.len() >= MAX_UNANSWERED {
+            return None;
+        }
+        held.unanswered.insert((client.clone(), req));
+        Some(name.clone())
+    }
+
+    fn answered(&self, name: &SessionName, client: &ClientId, req: Option<u64>) {
+        let Some(req) = req else { return };
+        if let Some(mut held) = self.held.get_mut(name) {
+            if !held.unanswered.is_empty() {
+                held.unanswered.remove(&(client.clone(), req));
+            }
+        }
+    }
+
+    /// Operations sent to hub `gone` that it will never answer: each client is told.
+    fn never_answered(
+        &self,
+        router: &Router,
+        name: &SessionName,
+        gone: &str,
+        unanswered: std::collections::HashSet<(ClientId, u64)>,
+    ) {
+        for (client, req) in unanswered {
+            let Some(conn) = router.registry.client(&client) else {
+                continue;
+            };
+            let m = format!(
+                "hub {gone:?}, which held session {:?}, left the cluster before answering this \
+                 operation: it may or may not have been applied (the session's events, or a \
+                 fresh session_state, show which)",
+                name.as_str()
+            );
+            refuse(router, &conn, ErrorCode::ClusterUnavailable, m, Some(req));
+        }
     }
 
     /// A local connection ended: its pending joins are dropped with what waited behind them,
@@ -725,6 +790,11 @@ impl Backplane {
                 let Some(conn) = router.registry.client(&id) else {
                     return;
                 };
+                match &frame {
+                    ServerFrame::Ok { req } => self.answered(&session, &id, Some(*req)),
+                    ServerFrame::Error(e) => self.answered(&session, &id, e.req),
+                    _ => {}
+                }
                 // The answer to a join asked there: its last snapshot chunk, or an error.
                 let last_chunk = matches!(&frame, ServerFrame::SessionState(s) if !s.more);
                 let is_answer = last_chunk || matches!(frame, ServerFrame::Error(_));
@@ -750,6 +820,7 @@ impl Backplane {
                         home: origin.clone(),
                         conns: HashMap::new(),
                         mirror: Mirror::default(),
+                        unanswered: Default::default(),
                     });
                     held.conns.insert(id.clone(), conn.clone());
                     conn.sessions.lock().insert(session.clone());
@@ -866,9 +937,9 @@ impl Backplane {
             Ok(peermesh_cluster::Claim::Taken { node })
                 if node != gone && node != self.node && self.cluster.is_member(&node) =>
             {
-                self.follow(name, gone, &node)
+                self.follow(router, name, gone, &node)
             }
-            Ok(peermesh_cluster::Claim::Taken { .. }) => self.lost(name, gone),
+            Ok(peermesh_cluster::Claim::Taken { .. }) => self.lost(router, name, gone),
             // NATS is away: the next reconcile tries again.
             Err(e) => {
                 tracing::debug!(session = %name.as_str(), error = %e, "cannot take a session over yet")
@@ -907,9 +978,10 @@ impl Backplane {
         let Some(view) = held.mirror.take() else {
             // Cannot happen (checked before the claim, and only this task takes it).
             self.held.insert(name.clone(), held);
-            return self.lost(name, gone);
+            return self.lost(router, name, gone);
         };
         let rev = view.seq();
+        self.never_answered(router, name, gone, std::mem::take(&mut held.unanswered));
         let hub_of = |id: &ClientId| {
             self.cluster
                 .owner(id.as_str())
@@ -952,8 +1024,8 @@ impl Backplane {
 
     /// Hub `node` took session `name` over from hub `gone`: this hub's members are reached
     /// there now; it sends each a fresh snapshot when asked.
-    fn follow(&self, name: &SessionName, gone: &str, node: &str) {
-        let conns: Vec<Arc<ConnShared>> = {
+    fn follow(&self, router: &Router, name: &SessionName, gone: &str, node: &str) {
+        let (conns, unanswered): (Vec<Arc<ConnShared>>, _) = {
             let Some(mut held) = self.held.get_mut(name) else {
                 return;
             };
@@ -962,8 +1034,10 @@ impl Backplane {
             }
             held.home = node.to_owned();
             held.mirror.drop_view();
-            held.conns.values().cloned().collect()
+            let unanswered = std::mem::take(&mut held.unanswered);
+            (held.conns.values().cloned().collect(), unanswered)
         };
+        self.never_answered(router, name, gone, unanswered);
         self.counters.sessions_followed.fetch_add(1, Relaxed);
         for conn in conns {
             self.ask(node, &conn, None, Ask::Moved(name.clone()));
@@ -974,10 +1048,11 @@ impl Backplane {
     }
 
     /// No hub could take session `name` over from hub `gone`: its members here are told.
-    fn lost(&self, name: &SessionName, gone: &str) {
+    fn lost(&self, router: &Router, name: &SessionName, gone: &str) {
         let Some((_, held)) = self.held.remove_if(name, |_, h| h.home == gone) else {
             return;
         };
+        self.never_answered(router, name, gone, held.unanswered);
         for conn in held.conns.values() {
             conn.sessions.lock().remove(name);
             let m = format!(
