@@ -374,6 +374,7 @@ fn cluster_json(hub: &HubInner) -> serde_json::Value {
         "topic_messages_skipped": c.topic_skipped.load(Ordering::Relaxed),
         "sessions_taken_over": c.sessions_taken_over.load(Ordering::Relaxed),
         "sessions_followed": c.sessions_followed.load(Ordering::Relaxed),
+        "sessions_handed_over": c.sessions_handed_over.load(Ordering::Relaxed),
         "ids_released_for_dead_nodes": bp.cluster().released(),
     })
 }
@@ -465,6 +466,11 @@ fn cluster_metrics(text: &mut String, bp: &crate::cluster::Backplane) {
             "cluster_sessions_followed_total",
             "Shared-state sessions another hub took over that this hub's members followed.",
             c.sessions_followed.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_sessions_handed_over_total",
+            "Shared-state sessions held here that another hub took over while this hub was cut off.",
+            c.sessions_handed_over.load(Ordering::Relaxed),
         ),
         (
             "cluster_ids_released_total",

@@ -573,6 +573,36 @@ impl Sessions {
         Ok(waiting)
     }
 
+    /// The names of the sessions held here.
+    pub(crate) fn names(&self) -> Vec<SessionName> {
+        self.map.iter().map(|s| s.key().clone()).collect()
+    }
+
+    /// This hub no longer holds session `name` (another hub holds it in the registry, after
+    /// this one was cut off from the cluster): it is dropped here without events, and its
+    /// local members are returned with its mode, to join it where it is held now.
+    pub(crate) fn hand_over(
+        &self,
+        name: &SessionName,
+    ) -> Option<(SessionMode, Vec<Arc<ConnShared>>)> {
+        let session = self.map.get(name).map(|s| s.value().clone())?;
+        let (mode, conns) = {
+            let mut inner = session.inner.lock();
+            if inner.closed {
+                return None;
+            }
+            inner.closed = true;
+            let mode = match inner.state.mode() {
+                Mode::PeerAuthoritative => SessionMode::Authoritative,
+                Mode::Relay => SessionMode::Relay,
+            };
+            let conns: Vec<Arc<ConnShared>> = inner.conns.drain().map(|(_, c)| c).collect();
+            (mode, conns)
+        };
+        self.map.remove_if(name, |_, s| Arc::ptr_eq(s, &session));
+        Some((mode, conns))
+    }
+
     /// Members of a session taken over that their hub has not confirmed yet leave it.
     pub(crate) fn expire_unconfirmed(&self, name: &SessionName) {
         let Some(session) = self.map.get(name).map(|s| s.value().clone()) else {

@@ -2121,3 +2121,95 @@ async fn a_new_topic_is_offered_to_other_hubs_at_once() {
         assert!(took < Duration::from_millis(300), "topic {topic}: {took:?}");
     }
 }
+
+/// Reads `c`'s frames until one satisfies `done` (within `limit`), returning them all.
+async fn frames_until(c: &mut Raw, limit: Duration, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        assert!(
+            start.elapsed() < limit,
+            "not within {limit:?}; saw {seen:?}"
+        );
+        if let Some(v) = c.try_recv(Duration::from_millis(200)).await {
+            let last = done(&v);
+            seen.push(v);
+            if last {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_cut_off_while_another_took_its_session_over_sends_its_members_there() {
+    let nats = NatsServer::start();
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], nats.port()));
+    let proxy = peermesh_testkit::FaultProxy::start(upstream, None)
+        .await
+        .expect("proxy");
+    let a = TestHub::start(HubConfig {
+        cluster: Some(format!("nats://{}", proxy.addr())),
+        node_name: Some("hub-a".into()),
+        ..HubConfig::default()
+    })
+    .await;
+    let (b, c) = tokio::join!(hub(&nats, "hub-b"), hub(&nats, "hub-c"));
+    let (mut alice, _) = a.join("alice").await;
+    join_session(&mut alice, "game", 1).await;
+    let (mut bob, _) = b.join("bob").await;
+    join_session(&mut bob, "game", 1).await;
+    let (mut carol, _) = c.join("carol").await;
+    join_session(&mut carol, "game", 1).await;
+    let joined = |v: &Value| v["type"] == "session_event" && v["member"] == "carol";
+    frames_until(&mut alice, Duration::from_secs(5), joined).await;
+    frames_until(&mut bob, Duration::from_secs(5), joined).await;
+
+    // hub-a loses NATS for 7 s: hub-b and hub-c count it dead after 5 s, and one of them
+    // takes the session over; alice, whose id was released with her hub, leaves it there.
+    proxy.cut(Duration::from_secs(7));
+    let cut = Instant::now();
+    let gone = |v: &Value| {
+        (v["type"] == "session_event" && v["event"] == "member_left" && v["member"] == "alice")
+            || (v["type"] == "session_state" && !roster(v).contains(&"alice".to_owned()))
+    };
+    frames_until(&mut bob, Duration::from_secs(12), gone).await;
+    frames_until(&mut carol, Duration::from_secs(12), gone).await;
+    eprintln!(
+        "alice gone from the session {:?} after the cut",
+        cut.elapsed()
+    );
+
+    // hub-a comes back. The registry says another hub holds the session: hub-a hands it
+    // over, and alice joins it there (a fresh snapshot with everyone).
+    let back = frames_until(&mut alice, Duration::from_secs(25), |v| {
+        v["type"] == "session_state" && roster(v).len() == 3
+    })
+    .await;
+    let s = back.last().cloned().unwrap_or_default();
+    assert_eq!(s["req"], Value::Null, "{s}");
+    eprintln!(
+        "alice back in the session {:?} after the cut",
+        cut.elapsed()
+    );
+    for m in [&mut bob, &mut carol] {
+        frames_until(m, Duration::from_secs(5), |v| {
+            v["type"] == "session_event" && v["event"] == "member_joined" && v["member"] == "alice"
+        })
+        .await;
+    }
+    // One session, one order again.
+    alice
+        .send(json!({"type":"session_op","session":"game","op":"create","object":"x","data":1,"req":9}))
+        .await;
+    let created = |v: &Value| v["type"] == "session_event" && v["object"] == "x";
+    let at_bob = frames_until(&mut bob, Duration::from_secs(5), created).await;
+    let at_carol = frames_until(&mut carol, Duration::from_secs(5), created).await;
+    let at_alice = frames_until(&mut alice, Duration::from_secs(5), created).await;
+    let rev = |seen: &[Value]| seen.last().map(|v| v["rev"].clone());
+    assert_eq!(rev(&at_bob), rev(&at_carol));
+    assert_eq!(rev(&at_bob), rev(&at_alice));
+    assert_eq!(alice.recv_type("ok").await["req"], 9);
+    let status: Value = serde_json::from_str(&a.get("/status.json").await).expect("json");
+    assert_eq!(status["cluster"]["sessions_handed_over"], 1, "{status}");
+}

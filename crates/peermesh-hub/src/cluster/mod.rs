@@ -104,6 +104,9 @@ pub(crate) struct ClusterCounters {
     /// Shared-state sessions whose home left and that another hub took over: this hub's
     /// members follow it there.
     pub(crate) sessions_followed: AtomicU64,
+    /// Shared-state sessions this hub held that another hub took over while this one was
+    /// cut off: its members joined them there.
+    pub(crate) sessions_handed_over: AtomicU64,
 }
 
 enum Op {
@@ -1288,6 +1291,7 @@ async fn reconcile(bp: Arc<Backplane>, router: Router) {
             continue;
         }
         bp.resolve_orphaned_sessions(&router);
+        bp.check_sessions_held_here(&router);
         bp.end_orphaned_topics(&router);
         let owned: HashSet<String> = bp.cluster.owned_ids().into_iter().collect();
         let recorded: HashSet<(String, String)> =

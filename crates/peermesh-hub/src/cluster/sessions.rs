@@ -947,6 +947,67 @@ impl Backplane {
         }
     }
 
+    /// Sessions held here that the registry records for another live hub (which took them
+    /// over while this hub was cut off from the cluster) move there: this hub's members join
+    /// it there, and get its snapshot (a resync). A session the registry lost (NATS came back
+    /// empty) is recorded for this hub again.
+    pub(crate) fn check_sessions_held_here(self: &Arc<Self>, router: &Router) {
+        for name in router.sessions.names() {
+            let heard = self.cluster.session_home(name.as_str());
+            if heard.as_deref() == Some(self.node.as_str()) {
+                continue;
+            }
+            let vacant = match self.resolving.entry(name.clone()) {
+                dashmap::mapref::entry::Entry::Occupied(_) => false,
+                dashmap::mapref::entry::Entry::Vacant(v) => {
+                    v.insert(Resolving::default());
+                    true
+                }
+            };
+            if !vacant {
+                continue;
+            }
+            let bp = self.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let claim = bp.cluster.claim_session(name.as_str()).await;
+                match claim {
+                    Ok(peermesh_cluster::Claim::Taken { node }) if bp.cluster.is_member(&node) => {
+                        bp.step_down(&router, &name, &node)
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(session = %name.as_str(), error = %e, "cannot check a session's home")
+                    }
+                }
+                bp.resolving.remove(&name);
+            });
+        }
+    }
+
+    /// Hub `node` holds session `name`, which this hub held too: its members here join it
+    /// there.
+    fn step_down(&self, router: &Router, name: &SessionName, node: &str) {
+        let Some((mode, conns)) = router.sessions.hand_over(name) else {
+            return;
+        };
+        tracing::warn!(
+            session = %name.as_str(), %node, members = conns.len(),
+            "another hub took over a session held here while this hub was cut off: its \
+             members here join it there, and changes made here since are dropped"
+        );
+        self.counters.sessions_handed_over.fetch_add(1, Relaxed);
+        for conn in conns {
+            let rtt_ms = rtt_of(&conn).map(|d| d.as_millis() as u64);
+            let join = ClientFrame::SessionJoin {
+                session: Some(name.clone()),
+                mode: Some(mode),
+                req: None,
+            };
+            self.ask(node, &conn, rtt_ms, Ask::Frame(join));
+        }
+    }
+
     /// Without a whole mirror: waits for another hub to take the session over.
     async fn await_takeover(
         &self,
