@@ -2213,3 +2213,62 @@ async fn a_hub_cut_off_while_another_took_its_session_over_sends_its_members_the
     let status: Value = serde_json::from_str(&a.get("/status.json").await).expect("json");
     assert_eq!(status["cluster"]["sessions_handed_over"], 1, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_nats_restart_members_elsewhere_are_resynced_and_the_session_can_still_outlive_its_home(
+) {
+    let mut nats = NatsServer::start();
+    let [a, b, _c] = three(&nats).await;
+    let (mut alice, _) = a.join("alice").await;
+    join_session(&mut alice, "game", 1).await;
+    let (mut bob, _) = b.join("bob").await;
+    join_session(&mut bob, "game", 1).await;
+    frames_until(&mut alice, Duration::from_secs(5), |v| {
+        v["type"] == "session_event" && v["member"] == "bob"
+    })
+    .await;
+
+    // NATS restarts: events may have been lost on the way to hub-b, so bob gets the
+    // session's state again once hub-b is back (a resync, without `req`).
+    nats.restart();
+    let restarted = Instant::now();
+    let seen = frames_until(&mut bob, Duration::from_secs(20), |v| {
+        v["type"] == "session_state"
+    })
+    .await;
+    let s = seen.last().cloned().unwrap_or_default();
+    eprintln!("bob resynced {:?} after the restart", restarted.elapsed());
+    assert_eq!(
+        (&s["req"], roster(&s)),
+        (&Value::Null, vec!["alice".to_owned(), "bob".to_owned()]),
+        "{s}"
+    );
+    // Events flow again, and hub-b's mirror is whole: the session outlives hub-a.
+    alice
+        .send(json!({"type":"session_op","session":"game","op":"create","object":"o","data":1,"req":2}))
+        .await;
+    frames_until(&mut bob, Duration::from_secs(10), |v| {
+        v["type"] == "session_event" && v["object"] == "o"
+    })
+    .await;
+    a.handle.shutdown();
+    frames_until(&mut bob, Duration::from_secs(15), |v| {
+        v["type"] == "session_event" && v["event"] == "member_left" && v["member"] == "alice"
+    })
+    .await;
+    until(
+        "hub-b took the session over",
+        Duration::from_secs(10),
+        async || {
+            let status: Value =
+                serde_json::from_str(&b.get("/status.json").await).unwrap_or_default();
+            status["cluster"]["sessions_taken_over"] == 1
+        },
+    )
+    .await;
+    bob.send(
+        json!({"type":"session_op","session":"game","op":"update","object":"o","data":2,"req":3}),
+    )
+    .await;
+    assert_eq!(bob.recv_type("ok").await["req"], 3);
+}

@@ -224,6 +224,8 @@ pub(crate) struct Backplane {
     partials: Mutex<crate::sessions::mirror::Partials>,
     /// Sessions whose home left the cluster that this hub is taking over or re-finding.
     resolving: DashMap<peermesh_proto::SessionName, sessions::Resolving>,
+    /// A resync of the members of sessions held elsewhere waits for NATS to be back.
+    resyncing: std::sync::atomic::AtomicBool,
     /// `max_sessions_per_client`: pending joins count.
     max_sessions_per_client: usize,
     pub(crate) counters: ClusterCounters,
@@ -325,6 +327,7 @@ impl Backplane {
             held: DashMap::new(),
             partials: Mutex::new(Default::default()),
             resolving: DashMap::new(),
+            resyncing: Default::default(),
             max_sessions_per_client,
             counters: ClusterCounters::default(),
             room_log,

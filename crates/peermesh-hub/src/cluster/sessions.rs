@@ -877,13 +877,41 @@ impl Backplane {
         }
     }
 
-    /// Messages from other hubs may have been lost: no mirror can be trusted to be whole
-    /// until its next snapshot.
-    pub(crate) fn mirrors_interrupted(&self) {
+    /// Messages from other hubs may have been lost: no mirror can be trusted to be whole,
+    /// and local members of sessions held elsewhere may have missed events. Once connected
+    /// again, each such member asks its session's home for a fresh snapshot (a resync for
+    /// the client, a whole mirror for this hub).
+    pub(crate) fn mirrors_interrupted(self: &Arc<Self>) {
         self.partials.lock().clear();
         for mut held in self.held.iter_mut() {
             held.mirror.drop_view();
         }
+        if self.resyncing.swap(true, Relaxed) {
+            return;
+        }
+        let bp = self.clone();
+        tokio::spawn(async move {
+            while !bp.cluster.connected() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            bp.resyncing.store(false, Relaxed);
+            let members: Vec<(SessionName, String, Vec<Arc<ConnShared>>)> = bp
+                .held
+                .iter()
+                .map(|h| {
+                    (
+                        h.key().clone(),
+                        h.home.clone(),
+                        h.conns.values().cloned().collect(),
+                    )
+                })
+                .collect();
+            for (name, home, conns) in members {
+                for conn in conns {
+                    bp.resync_member(&home, &conn, &name);
+                }
+            }
+        });
     }
 
     /// Sessions whose home left the cluster: a hub with a whole mirror of one tries to take
@@ -1101,10 +1129,16 @@ impl Backplane {
         self.never_answered(router, name, gone, unanswered);
         self.counters.sessions_followed.fetch_add(1, Relaxed);
         for conn in conns {
-            self.ask(node, &conn, None, Ask::Moved(name.clone()));
-            if conn.away.load(std::sync::atomic::Ordering::Acquire) {
-                self.ask(node, &conn, None, Ask::Away(name.clone()));
-            }
+            self.resync_member(node, &conn, name);
+        }
+    }
+
+    /// Asks session `name`'s home for a fresh snapshot for local member `conn` (it stays
+    /// away there if it is away here).
+    fn resync_member(&self, home: &str, conn: &ConnShared, name: &SessionName) {
+        self.ask(home, conn, None, Ask::Moved(name.clone()));
+        if conn.away.load(std::sync::atomic::Ordering::Acquire) {
+            self.ask(home, conn, None, Ask::Away(name.clone()));
         }
     }
 

@@ -178,7 +178,8 @@ impl Backplane {
     }
 }
 
-/// Resets the cross-hub streams whenever the NATS connection reports a possible loss.
+/// Resets the cross-hub streams, and resyncs the members of sessions held elsewhere, whenever
+/// the NATS connection reports a possible loss.
 pub(super) async fn watch_interruptions(bp: Arc<Backplane>, router: Router) {
     let mut rx = bp.cluster.interruptions();
     while rx.changed().await.is_ok() {
