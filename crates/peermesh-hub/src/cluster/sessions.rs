@@ -967,6 +967,8 @@ impl Backplane {
             {
                 self.follow(router, name, gone, &node)
             }
+            // The hub was only out of touch and is back: it still holds the session.
+            Ok(_) if self.cluster.is_member(gone) => {}
             Ok(peermesh_cluster::Claim::Taken { .. }) => self.lost(router, name, gone),
             // NATS is away: the next reconcile tries again.
             Err(e) => {
