@@ -2272,3 +2272,71 @@ async fn after_a_nats_restart_members_elsewhere_are_resynced_and_the_session_can
     .await;
     assert_eq!(bob.recv_type("ok").await["req"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moving_hubs_while_its_sessions_home_is_dying_follows_the_session() {
+    let nats = NatsServer::start();
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], nats.port()));
+    let proxy = peermesh_testkit::FaultProxy::start(upstream, None)
+        .await
+        .expect("proxy");
+    let a = TestHub::start(HubConfig {
+        cluster: Some(format!("nats://{}", proxy.addr())),
+        node_name: Some("hub-a".into()),
+        ..HubConfig::default()
+    })
+    .await;
+    let (b, c) = tokio::join!(hub(&nats, "hub-b"), hub(&nats, "hub-c"));
+    let (mut alice, _) = a.join("alice").await;
+    join_session(&mut alice, "game", 1).await;
+    let (mut carol, _) = b.join("carol").await;
+    join_session(&mut carol, "game", 1).await;
+    let mut bob = Raw::connect(&b.url("")).await;
+    let w = bob.hello(json!({"id": "bob", "resume": true})).await;
+    let secret = w["secret"].clone();
+    join_session(&mut bob, "game", 1).await;
+    frames_until(&mut carol, Duration::from_secs(5), |v| {
+        v["type"] == "session_event" && v["member"] == "bob"
+    })
+    .await;
+
+    // hub-a, the session's home, is cut off for good (as good as dead). Before the others
+    // notice, bob's connection moves from hub-b to hub-c: hub-c asks the silent hub-a for
+    // his snapshot, which never comes.
+    proxy.cut(Duration::from_secs(60));
+    let last = bob.last_seq;
+    drop(bob);
+    let (mut bob, _) = resume_on(&c, "bob", &secret, last).await;
+
+    // hub-b takes the session over (carol is there); hub-c follows it there with bob, who
+    // gets the session's state: a resync, not silence.
+    let s = frames_until(&mut bob, Duration::from_secs(15), |v| {
+        v["type"] == "session_state"
+    })
+    .await
+    .pop()
+    .unwrap_or_default();
+    assert_eq!(s["req"], Value::Null, "{s}");
+    assert_eq!(roster(&s), ["carol", "bob"], "{s}");
+    carol
+        .send(json!({"type":"session_op","session":"game","op":"create","object":"o","data":1,"req":2}))
+        .await;
+    frames_until(&mut bob, Duration::from_secs(5), |v| {
+        v["type"] == "session_event" && v["object"] == "o"
+    })
+    .await;
+    // Well past the 10 s the new home waits for confirmations, bob is still a member.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    bob.send(
+        json!({"type":"session_op","session":"game","op":"update","object":"o","data":2,"req":3}),
+    )
+    .await;
+    let e = frames_until(&mut bob, Duration::from_secs(5), |v| v["req"] == 3).await;
+    let last = e.last().cloned().unwrap_or_default();
+    assert_eq!(
+        last["type"], "error",
+        "bob cannot update carol's object, but is a member: {last}"
+    );
+    assert_eq!(last["code"], "not_owner", "{last}");
+    drop(a);
+}

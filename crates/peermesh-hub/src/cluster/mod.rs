@@ -224,6 +224,8 @@ pub(crate) struct Backplane {
     partials: Mutex<crate::sessions::mirror::Partials>,
     /// Sessions whose home left the cluster that this hub is taking over or re-finding.
     resolving: DashMap<peermesh_proto::SessionName, sessions::Resolving>,
+    /// Local clients that moved here and asked their sessions' homes for a snapshot.
+    moving_in: DashMap<peermesh_proto::SessionName, sessions::MovingIn>,
     /// A resync of the members of sessions held elsewhere waits for NATS to be back.
     resyncing: std::sync::atomic::AtomicBool,
     /// `max_sessions_per_client`: pending joins count.
@@ -328,6 +330,7 @@ impl Backplane {
             partials: Mutex::new(Default::default()),
             resolving: DashMap::new(),
             resyncing: Default::default(),
+            moving_in: DashMap::new(),
             max_sessions_per_client,
             counters: ClusterCounters::default(),
             room_log,
@@ -1295,6 +1298,7 @@ async fn reconcile(bp: Arc<Backplane>, router: Router) {
         }
         bp.resolve_orphaned_sessions(&router);
         bp.check_sessions_held_here(&router);
+        bp.expire_moving_in();
         bp.end_orphaned_topics(&router);
         let owned: HashSet<String> = bp.cluster.owned_ids().into_iter().collect();
         let recorded: HashSet<(String, String)> =

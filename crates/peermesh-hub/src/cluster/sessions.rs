@@ -88,6 +88,20 @@ const AWAIT_TAKEOVER: std::time::Duration = std::time::Duration::from_secs(3);
 /// Most `Ask::Moved` requests kept for a session while this hub takes it over.
 const MAX_EARLY_ASKS: usize = 4096;
 
+/// Local clients whose session moved here (they resumed here) and that asked the home of a
+/// session they are in for a fresh snapshot, not answered yet: if that home leaves the
+/// cluster first, they follow the session to the hub that takes it over (or are told it is
+/// lost), like its members here.
+#[derive(Debug)]
+pub(crate) struct MovingIn {
+    home: String,
+    conns: HashMap<ClientId, Arc<ConnShared>>,
+    since: std::time::Instant,
+}
+
+/// How long a hub keeps a [`MovingIn`] entry the home never answered.
+const MOVING_IN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Requests for a session this hub is taking over, that came before it was installed.
 #[derive(Debug, Default)]
 pub(crate) struct Resolving {
@@ -668,12 +682,37 @@ impl Backplane {
                 }
                 continue;
             }
-            let Some(home) = self.cluster.session_home(name.as_str()) else {
-                continue;
-            };
-            // The snapshot that answers registers it as a member here.
-            self.ask(&home, conn, None, Ask::Moved(name.clone()));
+            // Unknown: the home's key was released (it died) and no hub took the session
+            // over yet; resolved with the sessions whose home left.
+            let home = self.cluster.session_home(name.as_str()).unwrap_or_default();
+            self.moving_in
+                .entry(name.clone())
+                .or_insert_with(|| MovingIn {
+                    home: home.clone(),
+                    conns: HashMap::new(),
+                    since: std::time::Instant::now(),
+                })
+                .conns
+                .insert(conn.client.clone(), conn.clone());
+            if !home.is_empty() {
+                // The snapshot that answers registers it as a member here.
+                self.ask(&home, conn, None, Ask::Moved(name.clone()));
+            }
         }
+    }
+
+    /// The home answered a local client that moved here (a snapshot, or an error).
+    fn moved_in(&self, name: &SessionName, client: &ClientId) {
+        self.moving_in.remove_if_mut(name, |_, m| {
+            m.conns.remove(client);
+            m.conns.is_empty()
+        });
+    }
+
+    /// Forgets clients that moved here whose session's home never answered.
+    pub(crate) fn expire_moving_in(&self) {
+        self.moving_in
+            .retain(|_, m| m.since.elapsed() < MOVING_IN_FOR);
     }
 
     /// A request of a member on hub `origin` for a session held here.
@@ -798,6 +837,9 @@ impl Backplane {
                 // The answer to a join asked there: its last snapshot chunk, or an error.
                 let last_chunk = matches!(&frame, ServerFrame::SessionState(s) if !s.more);
                 let is_answer = last_chunk || matches!(frame, ServerFrame::Error(_));
+                if is_answer {
+                    self.moved_in(&session, &id);
+                }
                 let mut joins = conn.joins.lock();
                 if joins.ended {
                     return;
@@ -919,12 +961,17 @@ impl Backplane {
     /// did, whose fresh snapshot resyncs their members. Members are told the session is lost
     /// (`unknown_session`) only when no hub could take it over.
     pub(crate) fn resolve_orphaned_sessions(self: &Arc<Self>, router: &Router) {
-        let orphaned: Vec<(SessionName, String)> = self
+        let mut orphaned: Vec<(SessionName, String)> = self
             .held
             .iter()
             .filter(|h| !self.cluster.is_member(&h.home))
             .map(|h| (h.key().clone(), h.home.clone()))
             .collect();
+        for m in self.moving_in.iter() {
+            if !self.cluster.is_member(&m.home) && !orphaned.iter().any(|(n, _)| n == m.key()) {
+                orphaned.push((m.key().clone(), m.home.clone()));
+            }
+        }
         for (name, gone) in orphaned {
             let vacant = match self.resolving.entry(name.clone()) {
                 dashmap::mapref::entry::Entry::Occupied(_) => false,
@@ -1066,6 +1113,16 @@ impl Backplane {
         let Some((_, mut held)) = taken else {
             return self.give_back(router, name);
         };
+        // Members that moved here meanwhile are local members too; they missed events on the
+        // way, so each gets a fresh snapshot once the session is held here.
+        let arrived: Vec<Arc<ConnShared>> = self
+            .moving_in
+            .remove(name)
+            .map(|(_, m)| m.conns.into_values().collect())
+            .unwrap_or_default();
+        for conn in &arrived {
+            held.conns.insert(conn.client.clone(), conn.clone());
+        }
         let Some(view) = held.mirror.take() else {
             // Cannot happen (checked before the claim, and only this task takes it).
             self.held.insert(name.clone(), held);
@@ -1080,6 +1137,11 @@ impl Backplane {
         };
         match router.sessions.take_over(name, view, held.conns, hub_of) {
             Ok(waiting) => {
+                for conn in &arrived {
+                    if router.sessions.moved(name, Member::Local(conn)).is_ok() {
+                        conn.sessions.lock().insert(name.clone());
+                    }
+                }
                 self.counters.sessions_taken_over.fetch_add(1, Relaxed);
                 tracing::info!(
                     session = %name.as_str(), from = %gone, rev, waiting = waiting.len(),
@@ -1116,18 +1178,25 @@ impl Backplane {
     /// Hub `node` took session `name` over from hub `gone`: this hub's members are reached
     /// there now; it sends each a fresh snapshot when asked.
     fn follow(&self, router: &Router, name: &SessionName, gone: &str, node: &str) {
-        let (conns, unanswered): (Vec<Arc<ConnShared>>, _) = {
-            let Some(mut held) = self.held.get_mut(name) else {
-                return;
-            };
-            if held.home != gone {
-                return;
+        let mut conns: Vec<Arc<ConnShared>> = Vec::new();
+        if let Some(mut m) = self.moving_in.get_mut(name) {
+            if m.home == gone {
+                m.home = node.to_owned();
+                conns.extend(m.conns.values().cloned());
             }
-            held.home = node.to_owned();
-            held.mirror.drop_view();
-            let unanswered = std::mem::take(&mut held.unanswered);
-            (held.conns.values().cloned().collect(), unanswered)
+        }
+        let unanswered = match self.held.get_mut(name) {
+            Some(mut held) if held.home == gone => {
+                held.home = node.to_owned();
+                held.mirror.drop_view();
+                conns.extend(held.conns.values().cloned());
+                std::mem::take(&mut held.unanswered)
+            }
+            _ => Default::default(),
         };
+        if conns.is_empty() {
+            return;
+        }
         self.never_answered(router, name, gone, unanswered);
         self.counters.sessions_followed.fetch_add(1, Relaxed);
         for conn in conns {
@@ -1146,11 +1215,17 @@ impl Backplane {
 
     /// No hub could take session `name` over from hub `gone`: its members here are told.
     fn lost(&self, router: &Router, name: &SessionName, gone: &str) {
-        let Some((_, held)) = self.held.remove_if(name, |_, h| h.home == gone) else {
-            return;
-        };
-        self.never_answered(router, name, gone, held.unanswered);
-        for conn in held.conns.values() {
+        let mut conns: Vec<Arc<ConnShared>> = self
+            .moving_in
+            .remove_if(name, |_, m| m.home == gone)
+            .map(|(_, m)| m.conns.into_values().collect())
+            .unwrap_or_default();
+        if let Some((_, held)) = self.held.remove_if(name, |_, h| h.home == gone) {
+            self.never_answered(router, name, gone, held.unanswered);
+            conns.extend(held.conns.into_values());
+        }
+        let gone = if gone.is_empty() { "(unknown)" } else { gone };
+        for conn in &conns {
             conn.sessions.lock().remove(name);
             let m = format!(
                 "session {:?} was held by hub {gone:?}, which left the cluster, and no other \
