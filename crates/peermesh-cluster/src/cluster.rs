@@ -109,6 +109,10 @@ pub enum Event {
     },
 }
 
+/// How long after a node is counted gone its session keys stay its own, for the nodes with
+/// the sessions' state to take them over; then the reaper frees what is left.
+pub const SESSION_KEY_GRACE: Duration = Duration::from_secs(5);
+
 /// Most events waiting for the hub; the registry watches wait (and JetStream holds the rest)
 /// while the queue is full, so nothing is lost.
 const EVENT_QUEUE: usize = 4096;
@@ -116,6 +120,8 @@ const EVENT_QUEUE: usize = 4096;
 #[derive(Debug, Default)]
 struct State {
     members: BTreeMap<String, Seen>,
+    /// When nodes were counted gone (dead or left), for the grace of their session keys.
+    gone_at: HashMap<String, Instant>,
     /// Every claimed id (hex key) and its node, as the registry's watch reports them.
     owners: HashMap<String, String>,
     /// Room memberships: room key (`r.<hex room>.<hex id>`) to node.
@@ -174,6 +180,10 @@ fn key_of(id: &str) -> String {
     k.push_str("id.");
     push_hex(&mut k, id);
     k
+}
+
+fn is_session_key(key: &str) -> bool {
+    key.starts_with("s.")
 }
 
 /// The key of the hub that holds session `name`: `s.<hex name>` (in the ids bucket, so a dead
@@ -742,11 +752,13 @@ impl Cluster {
     /// it from their tables at once.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         self.shared.left.store(true, Relaxed);
+        // Session keys stay: another node with the session's state takes each over from
+        // this one (compare-and-set from this node's name); the reaper frees the rest later.
         let mine: Vec<String> = match self.shared.state.lock() {
             Ok(st) => st
                 .owners
                 .iter()
-                .filter(|(_, n)| **n == self.shared.cfg.node)
+                .filter(|(k, n)| **n == self.shared.cfg.node && !is_session_key(k))
                 .map(|(k, _)| k.clone())
                 .collect(),
             Err(_) => Vec::new(),
@@ -859,6 +871,7 @@ async fn listen(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
                 .is_some_and(|s| s.instance == hb.instance)
             {
                 st.members.remove(&hb.node);
+                st.gone_at.insert(hb.node.clone(), Instant::now());
                 drop(st);
                 notify(&shared, Event::NodeGone { node: hb.node });
             }
@@ -1012,7 +1025,10 @@ async fn reap(shared: Arc<Shared>) {
                 .collect();
             for d in &dead {
                 st.members.remove(d);
+                st.gone_at.insert(d.clone(), now);
             }
+            st.gone_at
+                .retain(|_, at| now.saturating_duration_since(*at) < SESSION_KEY_GRACE * 4);
             // Nodes that own ids but were never heard (dead before this node joined) are
             // dead too, once this node has listened for `dead_after`.
             let live: Vec<&String> = st.members.keys().collect();
@@ -1029,12 +1045,21 @@ async fn reap(shared: Arc<Shared>) {
                     && !st.members.contains_key(n)
                     && (listened || dead.contains(n))
             };
+            // A gone node's session keys wait a little longer: the nodes that hold the
+            // session's state take it over from the gone node first.
+            let settled = |k: &str, n: &String| {
+                !is_session_key(k)
+                    || st
+                        .gone_at
+                        .get(n)
+                        .is_none_or(|at| now.saturating_duration_since(*at) > SESSION_KEY_GRACE)
+            };
             let keys: Vec<(Registry, String, String)> = st
                 .owners
                 .iter()
                 .map(|(k, n)| (Registry::Ids, k, n))
                 .chain(st.memberships.iter().map(|(k, n)| (Registry::Rooms, k, n)))
-                .filter(|(_, _, n)| orphan(n))
+                .filter(|(_, k, n)| orphan(n) && settled(k, n))
                 .map(|(r, k, n)| (r, k.clone(), n.clone()))
                 .collect();
             (dead, reaper, keys)

@@ -32,5 +32,6 @@ mod config;
 pub use async_nats;
 pub use cluster::{
     Claim, Cluster, Event, Member, Services, HEARTBEAT_SUBJECT, MAX_ADVERTISED_SERVICES,
+    SESSION_KEY_GRACE,
 };
 pub use config::{ClusterConfig, ClusterError};

@@ -404,3 +404,63 @@ async fn a_node_cut_off_from_nats_declares_no_one_dead() {
     .expect("hub-a declared dead");
     assert_eq!(dead, "hub-a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_nodes_sessions_are_taken_over_by_exactly_one_node_or_freed_after_a_grace() {
+    let nats = Nats::start();
+    let (a, b, c) = tokio::join!(
+        node(&nats, "hub-a"),
+        node(&nats, "hub-b"),
+        node(&nats, "hub-c")
+    );
+    until("members", Duration::from_secs(5), || b.members().len() == 3).await;
+    assert_eq!(a.claim_session("s1").await.expect("claim"), Claim::Won);
+    assert_eq!(a.claim_session("s2").await.expect("claim"), Claim::Won);
+    // A node that is still live cannot be taken over from.
+    assert_eq!(
+        b.take_over_session("s1", "hub-a").await.expect("take over"),
+        Claim::Taken {
+            node: "hub-a".into()
+        }
+    );
+
+    a.leave().await.expect("leave");
+    let left = Instant::now();
+    until("hub-a gone", Duration::from_secs(5), || {
+        !b.is_member("hub-a") && !c.is_member("hub-a")
+    })
+    .await;
+    // Its sessions are still its own: a plain claim does not take them...
+    assert_eq!(
+        b.claim_session("s1").await.expect("claim"),
+        Claim::Taken {
+            node: "hub-a".into()
+        }
+    );
+    // ...a take-over does, for exactly one of two nodes trying at once.
+    let (x, y) = tokio::join!(
+        b.take_over_session("s1", "hub-a"),
+        c.take_over_session("s1", "hub-a")
+    );
+    let (x, y) = (x.expect("b"), y.expect("c"));
+    match (&x, &y) {
+        (Claim::Won, Claim::Taken { node }) => assert_eq!(node, "hub-b"),
+        (Claim::Taken { node }, Claim::Won) => assert_eq!(node, "hub-c"),
+        other => panic!("exactly one must win: {other:?}"),
+    }
+    // The session no node took over is freed after the grace.
+    loop {
+        match b.claim_session("s2").await.expect("claim") {
+            Claim::Won => break,
+            Claim::Taken { node } => assert_eq!(node, "hub-a"),
+        }
+        assert!(left.elapsed() < Duration::from_secs(12), "s2 never freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let freed = left.elapsed();
+    eprintln!("a left node's session key was freed {freed:?} after it left");
+    assert!(
+        freed >= Duration::from_secs(4),
+        "freed before the grace: {freed:?}"
+    );
+}

@@ -85,6 +85,10 @@ pub(crate) const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from
 /// hub to take it over, before it tells its members the session is lost.
 const AWAIT_TAKEOVER: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How long a `session_join` waits for a session held by a hub that left the cluster to be
+/// taken over (or freed) before it is sent there anyway (and fails).
+const AWAIT_GONE_HOME: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Most `Ask::Moved` requests kept for a session while this hub takes it over.
 const MAX_EARLY_ASKS: usize = 4096;
 
@@ -395,9 +399,30 @@ impl Backplane {
         let router = router.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
-            let claim = bp.cluster.claim_session(name.as_str()).await;
+            let claim = bp.claim_live_session(&name).await;
             bp.claimed(&router, &conn, name, mode, req, claim);
         });
+    }
+
+    /// Claims session `name` for a join. While a hub that left the cluster still holds it,
+    /// the hubs with its state are taking it over (or the reaper will free it): the claim is
+    /// tried again until one of them has, rather than sending the join to a hub that is gone.
+    async fn claim_live_session(
+        &self,
+        name: &SessionName,
+    ) -> Result<peermesh_cluster::Claim, peermesh_cluster::ClusterError> {
+        let until = tokio::time::Instant::now() + AWAIT_GONE_HOME;
+        loop {
+            let claim = self.cluster.claim_session(name.as_str()).await;
+            match &claim {
+                Ok(peermesh_cluster::Claim::Taken { node })
+                    if !self.cluster.is_member(node) && tokio::time::Instant::now() < until =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                _ => return claim,
+            }
+        }
     }
 
     /// The registry answered the claim of a connection's pending join: it is joined here, or
