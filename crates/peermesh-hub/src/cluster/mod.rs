@@ -1417,6 +1417,10 @@ pub(crate) fn check_message(data: &[u8]) -> bool {
             Ok(&r),
             "a cluster message must survive encode → decode"
         );
+        if let Relay::SessionOut { frame, .. } = &r {
+            // What a member hub's mirror makes of any session frame: never a panic.
+            crate::sessions::mirror::check_frame(frame);
+        }
         true
     } else {
         let Ok(answer) = handoff::decode_answer(rest) else {
@@ -1521,6 +1525,60 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             to: None,
             skip: Some(alice.clone()),
             frame: ServerFrame::Ok { req: 1 },
+        },
+        Relay::SessionOut {
+            origin: "hub-a".into(),
+            session: match peermesh_proto::SessionName::new("game") {
+                Ok(s) => s,
+                Err(_) => return Vec::new(),
+            },
+            to: None,
+            skip: None,
+            frame: ServerFrame::SessionEvent {
+                session: match peermesh_proto::SessionName::new("game") {
+                    Ok(s) => s,
+                    Err(_) => return Vec::new(),
+                },
+                rev: 2,
+                by: alice.clone(),
+                change: peermesh_proto::SessionChange::Created {
+                    object: match peermesh_proto::ObjectName::new("o") {
+                        Ok(o) => o,
+                        Err(_) => return Vec::new(),
+                    },
+                    payload: Payload::Json(serde_json::json!({"x": 1})),
+                    owner: Some(alice.clone()),
+                    on_owner_leave: peermesh_proto::OwnerLeave::Authority,
+                },
+            },
+        },
+        Relay::SessionOut {
+            origin: "hub-a".into(),
+            session: match peermesh_proto::SessionName::new("game") {
+                Ok(s) => s,
+                Err(_) => return Vec::new(),
+            },
+            to: Some(bob.clone()),
+            skip: None,
+            frame: ServerFrame::SessionState(peermesh_proto::SessionState {
+                session: match peermesh_proto::SessionName::new("game") {
+                    Ok(s) => s,
+                    Err(_) => return Vec::new(),
+                },
+                req: None,
+                rev: 3,
+                mode: peermesh_proto::SessionMode::Authoritative,
+                authority: Some(alice.clone()),
+                epoch: 1,
+                members: vec![peermesh_proto::SessionMember {
+                    id: alice.clone(),
+                    order: 1,
+                    rtt_ms: Some(2),
+                    away: false,
+                }],
+                objects: Vec::new(),
+                more: false,
+            }),
         },
         Relay::SessionLeft {
             origin: "hub-a".into(),

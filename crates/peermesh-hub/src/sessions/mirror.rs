@@ -226,6 +226,38 @@ impl Mirror {
     }
 }
 
+/// For the `cluster_message` fuzz target: a mirror of a one-member session takes `frame` as
+/// a snapshot chunk and as an event, and must not panic.
+pub(crate) fn check_frame(frame: &ServerFrame) {
+    let (Ok(name), Ok(alice)) = (SessionName::new("s"), ClientId::new("alice")) else {
+        return;
+    };
+    let base = Snapshot {
+        seq: 1,
+        mode: Mode::PeerAuthoritative,
+        authority: Some(alice.clone()),
+        epoch: 1,
+        members: vec![MemberInfo {
+            client: alice.clone(),
+            order: 1,
+            rtt: None,
+            away: false,
+        }],
+        objects: Vec::new(),
+    };
+    let mut mirror = Mirror::default();
+    mirror.snapshot(base);
+    mirror.event(frame);
+    let mut partials = Partials::default();
+    if let Some(whole) = partials.chunk(&name, &alice, frame) {
+        mirror.snapshot(whole);
+    }
+    mirror.event(frame);
+    if let Some(view) = mirror.take() {
+        let _ = view.digest();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
