@@ -372,6 +372,8 @@ fn cluster_json(hub: &HubInner) -> serde_json::Value {
         "room_emits_skipped": c.room_skipped.load(Ordering::Relaxed),
         "topic_messages_replayed": c.topic_replayed.load(Ordering::Relaxed),
         "topic_messages_skipped": c.topic_skipped.load(Ordering::Relaxed),
+        "sessions_elsewhere": bp.sessions_elsewhere().0,
+        "sessions_mirrored": bp.sessions_elsewhere().1,
         "sessions_taken_over": c.sessions_taken_over.load(Ordering::Relaxed),
         "sessions_followed": c.sessions_followed.load(Ordering::Relaxed),
         "sessions_handed_over": c.sessions_handed_over.load(Ordering::Relaxed),
@@ -388,6 +390,19 @@ fn cluster_metrics(text: &mut String, bp: &crate::cluster::Backplane) {
     );
     let _ = writeln!(text, "# TYPE peermesh_cluster_nodes gauge");
     let _ = writeln!(text, "peermesh_cluster_nodes {}", members.len());
+    let (elsewhere, mirrored) = bp.sessions_elsewhere();
+    let _ = writeln!(
+        text,
+        "# HELP peermesh_cluster_sessions_elsewhere Sessions held by other hubs with members here."
+    );
+    let _ = writeln!(text, "# TYPE peermesh_cluster_sessions_elsewhere gauge");
+    let _ = writeln!(text, "peermesh_cluster_sessions_elsewhere {elsewhere}");
+    let _ = writeln!(
+        text,
+        "# HELP peermesh_cluster_sessions_mirrored Of those, the ones this hub mirrors whole (it can take them over if their home leaves)."
+    );
+    let _ = writeln!(text, "# TYPE peermesh_cluster_sessions_mirrored gauge");
+    let _ = writeln!(text, "peermesh_cluster_sessions_mirrored {mirrored}");
     let _ = writeln!(
         text,
         "# HELP peermesh_cluster_node_clients Clients of each hub, from its last heartbeat."

@@ -2238,6 +2238,16 @@ async fn after_a_nats_restart_members_elsewhere_are_resynced_and_the_session_can
     })
     .await;
 
+    // hub-b mirrors the session it has a member of (ready to take it over).
+    let status: Value = serde_json::from_str(&b.get("/status.json").await).expect("json");
+    let counts = |st: &Value| {
+        (
+            st["cluster"]["sessions_elsewhere"].clone(),
+            st["cluster"]["sessions_mirrored"].clone(),
+        )
+    };
+    assert_eq!(counts(&status), (json!(1), json!(1)), "{status}");
+
     // NATS restarts: events may have been lost on the way to hub-b, so bob gets the
     // session's state again once hub-b is back (a resync, without `req`).
     nats.restart();
@@ -2254,6 +2264,13 @@ async fn after_a_nats_restart_members_elsewhere_are_resynced_and_the_session_can
         "{s}"
     );
     // Events flow again, and hub-b's mirror is whole: the session outlives hub-a.
+    let status: Value = serde_json::from_str(&b.get("/status.json").await).expect("json");
+    assert_eq!(counts(&status), (json!(1), json!(1)), "{status}");
+    let metrics = b.get("/metrics").await;
+    assert!(
+        metrics.contains("peermesh_cluster_sessions_mirrored 1"),
+        "{metrics}"
+    );
     alice
         .send(json!({"type":"session_op","session":"game","op":"create","object":"o","data":1,"req":2}))
         .await;

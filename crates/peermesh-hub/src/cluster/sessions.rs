@@ -944,6 +944,17 @@ impl Backplane {
         }
     }
 
+    /// Sessions held by other hubs with members here, and how many of them this hub mirrors
+    /// whole.
+    pub(crate) fn sessions_elsewhere(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for h in self.held.iter() {
+            counts.0 += 1;
+            counts.1 += usize::from(h.mirror.view().is_some());
+        }
+        counts
+    }
+
     /// Messages from other hubs may have been lost: no mirror can be trusted to be whole,
     /// and local members of sessions held elsewhere may have missed events. Once connected
     /// again, each such member asks its session's home for a fresh snapshot (a resync for
