@@ -123,6 +123,10 @@ fn kill_9_of_a_sessions_home_hub_leaves_the_session_to_a_hub_with_members() {
         );
         assert_eq!(p.expect_type("ok")["req"], 2);
     }
+    // erin, on hub-c too, will leave right after the kill.
+    let mut erin = connect(&c_ws, "erin", &[]);
+    erin.send(r#"{"op":"session_join","session":"game","req":1}"#);
+    erin.expect_type("session_state");
     alice.send(r#"{"op":"session_create","session":"game","object":"alice","data":1,"req":2}"#);
     let last = |e: &Value| e["event"] == "created" && e["object"] == "alice";
     let rev = lines_until(&bob, last).last().map(|e| e["rev"].clone());
@@ -139,6 +143,8 @@ fn kill_9_of_a_sessions_home_hub_leaves_the_session_to_a_hub_with_members() {
     alice.kill();
     // An operation sent to the dead home is never answered there: bob's hub answers it.
     bob.send(r#"{"op":"session_update","session":"game","object":"bob","data":5,"req":5}"#);
+    // A leave sent to the dead home is done where the session goes.
+    erin.send(r#"{"op":"session_leave","session":"game","req":6}"#);
     let gone = |v: &Value| {
         (v["type"] == "session_event" && v["event"] == "member_left" && v["member"] == "alice")
             || (v["type"] == "session_state" && !roster_ids(v).contains(&"alice".to_owned()))
@@ -159,6 +165,10 @@ fn kill_9_of_a_sessions_home_hub_leaves_the_session_to_a_hub_with_members() {
     );
     lines_until(&carol, gone);
     let took = killed.elapsed();
+    let left = lines_until(&erin, |v| v["req"] == 6)
+        .pop()
+        .unwrap_or_default();
+    assert_eq!(left["type"], "ok", "{left}");
     eprintln!("after kill -9 of the session's home: alice gone from it for both after {took:?}");
     assert!(took < Duration::from_secs(12), "{took:?}");
     let taken = cluster_count(&b_addr, "sessions_taken_over")
@@ -176,7 +186,7 @@ fn kill_9_of_a_sessions_home_hub_leaves_the_session_to_a_hub_with_members() {
     let mut dave = connect(&b_ws, "dave", &[]);
     dave.send(r#"{"op":"session_join","session":"game","req":1}"#);
     let s = dave.expect_type("session_state");
-    assert_eq!(roster_ids(&s), ["bob", "carol", "dave"], "{s}");
+    assert_eq!(roster_ids(&s), ["bob", "carol", "dave"], "erin left: {s}");
     assert_eq!(
         s["rev"],
         json!(at_bob["rev"].as_u64().map(|r| r + 1)),
@@ -198,7 +208,7 @@ fn kill_9_of_a_sessions_home_hub_leaves_the_session_to_a_hub_with_members() {
         "alice's object went to the authority: {s}"
     );
     assert!(s["authority"] == "bob" || s["authority"] == "carol", "{s}");
-    drop((bob, carol, dave));
+    drop((bob, carol, dave, erin));
 }
 
 #[test]

@@ -71,6 +71,9 @@ pub(crate) struct Held {
     /// Operations of local members sent to the home and not answered yet (client, `req`),
     /// at most [`MAX_UNANSWERED`]: if the home leaves first, each is answered here.
     unanswered: std::collections::HashSet<(ClientId, u64)>,
+    /// Local members whose `session_leave` went to the home, not confirmed yet (with its
+    /// `req`): if the home leaves first, the leave is done where the session goes.
+    leaving: HashMap<ClientId, Option<u64>>,
 }
 
 /// Most operations per session held elsewhere that a hub remembers as not answered yet;
@@ -521,11 +524,16 @@ impl Backplane {
         let req = frame.req();
         let rtt_ms = match &frame {
             ClientFrame::SessionJoin { .. } => rtt_of(conn).map(|d| d.as_millis() as u64),
-            ClientFrame::SessionLeave { session, .. } => {
+            ClientFrame::SessionLeave { session, req } => {
                 // Left, as far as the client and its count of sessions go; the session's
                 // events still reach it until the home has handled the leave (`SessionLeft`),
                 // as the events of its operations before the leave are for it.
                 conn.sessions.lock().remove(session);
+                if let Some(mut held) = self.held.get_mut(session) {
+                    if held.home == home && held.conns.contains_key(&conn.client) {
+                        held.leaving.insert(conn.client.clone(), *req);
+                    }
+                }
                 None
             }
             _ => None,
@@ -820,6 +828,7 @@ impl Backplane {
         self.held.remove_if_mut(&session, |_, h| {
             if h.home == origin {
                 gone = h.conns.remove(&client);
+                h.leaving.remove(&client);
             }
             h.conns.is_empty()
         });
@@ -888,6 +897,7 @@ impl Backplane {
                         conns: HashMap::new(),
                         mirror: Mirror::default(),
                         unanswered: Default::default(),
+                        leaving: HashMap::new(),
                     });
                     held.conns.insert(id.clone(), conn.clone());
                     conn.sessions.lock().insert(session.clone());
@@ -1166,6 +1176,14 @@ impl Backplane {
         };
         let rev = view.seq();
         self.never_answered(router, name, gone, std::mem::take(&mut held.unanswered));
+        // Leaves the gone home never confirmed: done here (not local members, so they leave
+        // when the session is installed).
+        let leavers = std::mem::take(&mut held.leaving);
+        for (client, req) in &leavers {
+            if let Some(conn) = held.conns.remove(client) {
+                ok(router, &conn, *req);
+            }
+        }
         let hub_of = |id: &ClientId| {
             self.cluster
                 .owner(id.as_str())
@@ -1221,19 +1239,34 @@ impl Backplane {
                 conns.extend(m.conns.values().cloned());
             }
         }
+        let mut leavers: Vec<(Arc<ConnShared>, Option<u64>)> = Vec::new();
         let unanswered = match self.held.get_mut(name) {
             Some(mut held) if held.home == gone => {
                 held.home = node.to_owned();
                 held.mirror.drop_view();
-                conns.extend(held.conns.values().cloned());
+                let leaving = std::mem::take(&mut held.leaving);
+                for (id, conn) in &held.conns {
+                    match leaving.get(id) {
+                        Some(req) => leavers.push((conn.clone(), *req)),
+                        None => conns.push(conn.clone()),
+                    }
+                }
                 std::mem::take(&mut held.unanswered)
             }
             _ => Default::default(),
         };
+        // A leave the gone home never confirmed goes to the new one.
+        for (conn, req) in leavers {
+            let leave = ClientFrame::SessionLeave {
+                session: name.clone(),
+                req,
+            };
+            self.ask(node, &conn, None, Ask::Frame(leave));
+        }
+        self.never_answered(router, name, gone, unanswered);
         if conns.is_empty() {
             return;
         }
-        self.never_answered(router, name, gone, unanswered);
         self.counters.sessions_followed.fetch_add(1, Relaxed);
         for conn in conns {
             self.resync_member(node, &conn, name);
@@ -1258,7 +1291,13 @@ impl Backplane {
             .unwrap_or_default();
         if let Some((_, held)) = self.held.remove_if(name, |_, h| h.home == gone) {
             self.never_answered(router, name, gone, held.unanswered);
-            conns.extend(held.conns.into_values());
+            for (id, conn) in held.conns {
+                match held.leaving.get(&id) {
+                    // Left already, as far as it knows: its leave is done.
+                    Some(req) => ok(router, &conn, *req),
+                    None => conns.push(conn),
+                }
+            }
         }
         let gone = if gone.is_empty() { "(unknown)" } else { gone };
         for conn in &conns {
