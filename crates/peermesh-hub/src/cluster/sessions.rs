@@ -1189,6 +1189,7 @@ impl Backplane {
                 .owner(id.as_str())
                 .filter(|n| n != gone && *n != self.node && self.cluster.is_member(n))
         };
+        let members: Vec<Arc<ConnShared>> = held.conns.values().cloned().collect();
         match router.sessions.take_over(name, view, held.conns, hub_of) {
             Ok(waiting) => {
                 for conn in &arrived {
@@ -1212,6 +1213,15 @@ impl Backplane {
             }
             Err((_, m)) => {
                 tracing::warn!(session = %name.as_str(), "cannot take a session over: {m}");
+                for conn in &members {
+                    conn.sessions.lock().remove(name);
+                    let m = format!(
+                        "session {:?} was held by hub {gone:?}, which left the cluster, and \
+                         this hub could not take it over ({m}): join it again",
+                        name.as_str()
+                    );
+                    tell(conn, &error(ErrorCode::UnknownSession, m, None));
+                }
             }
         }
     }
