@@ -63,12 +63,21 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(args) = &cli.command {
-        if let Some(n) = args.threads {
-            builder.worker_threads(usize::from(n));
+    // `serve --threads 1` runs the hub on the calling thread alone: no worker to wake through a
+    // futex and no work stealing, which is what a hub sharing two cores with others wants.
+    let mut builder = match &cli.command {
+        Command::Serve(args) if args.threads == Some(1) => {
+            tokio::runtime::Builder::new_current_thread()
         }
-    }
+        Command::Serve(args) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = args.threads {
+                b.worker_threads(usize::from(n));
+            }
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -29,7 +29,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "PEERMESH_CONFIG")]
     config: Option<PathBuf>,
     /// Worker threads of the hub's runtime [default: one per core]. Fewer than cores helps
-    /// when several hubs (or a hub and its broker) share a small machine.
+    /// when several hubs (or a hub and its broker) share a small machine; 1 runs the whole hub
+    /// on one thread (no worker pool to wake), the cheapest for a hub sharing two cores.
     #[arg(long, env = "PEERMESH_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) threads: Option<u16>,
     /// Address to listen on [default: 127.0.0.1:7070].
