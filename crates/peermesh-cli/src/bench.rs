@@ -25,12 +25,14 @@
 //! - `client`: opening clients from several loopback source addresses.
 //! - `target`: spawning/attaching servers; RSS and CPU time from `/proc`.
 //! - `stats`: clock, measurement windows, histograms, error logs.
-//! - `direct`, `fanout`, `idle`, `stream`, `session`, `drops`, `cluster`: the scenarios.
+//! - `direct`, `fanout`, `idle`, `stream`, `session`, `drops`, `cluster`: the scenarios
+//!   (`cluster_sessions`: the cluster's busy session and the takeover of a dead hub's session).
 //! - `report`: JSON and the summary table.
 //! - `progress`: indicatif bars.
 
 mod client;
 mod cluster;
+mod cluster_sessions;
 mod dialect;
 mod direct;
 mod drops;
@@ -162,11 +164,13 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 3, value_name = "N")]
     stream_rounds: usize,
 
-    /// Session scenario: members besides the writer.
+    /// Session and cluster scenarios: members besides the writer (in the cluster, round robin
+    /// over the hubs, the writer on the first).
     #[arg(long, default_value_t = 10, value_name = "N")]
     session_members: usize,
 
-    /// Session scenario: operations (and, for the reference, room messages) the writer sends.
+    /// Session and cluster scenarios: operations (and, for the session scenario's reference,
+    /// room messages) the writer sends.
     #[arg(long, default_value_t = 50_000, value_name = "N")]
     session_ops: usize,
 
@@ -195,6 +199,11 @@ pub(crate) struct BenchArgs {
     /// another hub).
     #[arg(long, default_value_t = 200, value_name = "N")]
     cluster_ids: usize,
+
+    /// Cluster scenario: objects of the session held by the hub that is killed (another hub
+    /// must take it over with all of them).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    cluster_session_objects: usize,
 
     /// Cluster scenario: the nats-server executable (started with -js on a free port).
     #[arg(long, default_value = "nats-server", value_name = "PATH")]
@@ -629,6 +638,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 senders: args.cluster_senders,
                 fanout_window: args.fanout_window,
                 ids: args.cluster_ids,
+                session: session::SessionConfig {
+                    members: args.session_members.max(1),
+                    ops: args.session_ops.max(1),
+                    window: usize::try_from(args.window.max(1)).unwrap_or(256),
+                    objects: args.cluster_session_objects,
+                    encoding,
+                    connect_timeout: args.connect_timeout,
+                },
+                takeover_objects: args.cluster_session_objects,
                 poll: Duration::from_millis(100),
                 release_timeout: Duration::from_secs(30),
                 payload: args.payload_bytes.max(dialect::STAMP_DIGITS),

@@ -212,8 +212,9 @@ fn bench_drops_tiny_run_delivers_every_message_once_in_order() {
 
 /// The cluster scenario in miniature: its own nats-server and three hubs (and a hub without a
 /// cluster), a few pairs at a low rate for 300 ms in each layout, a small room in three
-/// layouts, and six ids on a hub killed with SIGKILL. The dead hub's ids take the cluster's `dead_after` (5 s) to be released, so
-/// this run lasts about 15 s. Needs `nats-server` (scripts/test.sh installs it).
+/// layouts, one busy session in two layouts, and six ids and a session of 50 objects on a hub
+/// killed with SIGKILL. The dead hub's ids take the cluster's `dead_after` (5 s) to be
+/// released, so this run lasts about 15 s. Needs `nats-server` (scripts/test.sh installs it).
 #[test]
 fn bench_cluster_tiny_run_covers_every_part() {
     let start = Instant::now();
@@ -241,6 +242,12 @@ fn bench_cluster_tiny_run_covers_every_part() {
             "2",
             "--cluster-ids",
             "6",
+            "--session-members",
+            "5",
+            "--session-ops",
+            "300",
+            "--cluster-session-objects",
+            "50",
         ])
         .env("RUST_LOG", "warn")
         .output()
@@ -294,6 +301,23 @@ fn bench_cluster_tiny_run_covers_every_part() {
     }
     assert_eq!(c["fanout"]["cluster_spread"]["hubs"], 3, "{c}");
     assert_eq!(c["fanout"]["cluster_one_hub"]["hubs"], 1, "{c}");
+
+    // One busy session: every member applied every operation, in both layouts; in the
+    // cluster, 3 of the 5 members were on hubs that do not hold it.
+    for (layout, elsewhere) in [("single_hub", 0), ("cluster_spread", 3)] {
+        let b = &c["sessions"][layout];
+        assert_eq!(b["members"], 5, "{layout}: {c}");
+        assert_eq!(b["members_elsewhere"], elsewhere, "{layout}: {b}");
+        assert_eq!(b["ops"], 300, "{layout}: {b}");
+        assert!(b["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{b}");
+    }
+    // The killed hub's session went on elsewhere with all its objects (50 and one per member).
+    let t = &c["takeover"];
+    assert_eq!(t["objects"], 52, "{c}");
+    assert_eq!(t["objects_kept"], 52, "{t}");
+    assert_eq!(t["same_revision"], true, "{t}");
+    let gone = t["gone_s"].as_f64().unwrap_or(f64::MAX);
+    assert!((1.0..20.0).contains(&gone), "{t}");
 
     // The killed hub's ids were all accepted by the others, after the cluster's dead_after.
     let dead = &c["dead_hub"];

@@ -42,12 +42,14 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::client::{open, ConnectOpts};
+use super::cluster_sessions::{busy_step, BusyStep, Takeover, TakeoverResult};
 use super::dialect::{Dialect, SetupError};
 use super::direct::{self, DirectConfig, DirectStep, Flavor, Rate};
 use super::fanout::{self, FanoutConfig, FanoutResult};
 use super::nats_floor::{self, FloorConfig, NatsFloor};
 use super::progress::{self, Progress};
 use super::report::Outcome;
+use super::session::SessionConfig;
 use super::stats::{Clock, ErrorLog};
 use super::target::{http_get, Launch, Measured, Server, Targets};
 use super::ws::WsConn;
@@ -77,6 +79,10 @@ pub(crate) struct ClusterConfig {
     pub(crate) fanout_window: u64,
     /// Dead hub: clients on the hub that is killed.
     pub(crate) ids: usize,
+    /// Sessions: the busy session (members, operations, window) and the clients' settings.
+    pub(crate) session: SessionConfig,
+    /// Dead hub: objects in the session held by the killed hub.
+    pub(crate) takeover_objects: usize,
     /// Dead hub: time between two rounds of hellos.
     pub(crate) poll: Duration,
     /// Dead hub: how long to wait for every id.
@@ -101,8 +107,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) connect_timeout: Duration,
 }
 
-/// Steps the progress display counts: 3 direct, NATS alone, 3 fan-out, 1 dead hub.
-pub(crate) const STEPS: u64 = 8;
+/// Steps the progress display counts: 3 direct, NATS alone, 3 fan-out, 2 sessions, 1 dead hub.
+pub(crate) const STEPS: u64 = 10;
 
 /// The figures of the cluster scenario.
 #[derive(Debug, Clone, Serialize)]
@@ -117,8 +123,23 @@ pub(crate) struct ClusterResult {
     pub(crate) direct: ClusterDirect,
     /// Room fan-out: single hub, one hub of the cluster, spread over the cluster.
     pub(crate) fanout: ClusterFanout,
+    /// One busy session, members spread over the cluster against one hub.
+    pub(crate) sessions: ClusterSessions,
     /// Time until a killed hub's ids are accepted by another hub.
     pub(crate) dead_hub: Outcome<DeadHub>,
+    /// The session the killed hub held: taken over by another.
+    pub(crate) takeover: Outcome<TakeoverResult>,
+}
+
+/// One busy session in two layouts.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ClusterSessions {
+    /// Writer and members on one hub started without `--cluster`.
+    pub(crate) single_hub: Outcome<BusyStep>,
+    /// The writer on the first hub (the session's home), members round robin over the hubs.
+    pub(crate) cluster_spread: Outcome<BusyStep>,
+    /// Hub CPU per operation, spread over the cluster ÷ single hub.
+    pub(crate) cpu_ratio: Option<f64>,
 }
 
 /// Direct messages: both layouts at the same offered rate.
@@ -312,10 +333,31 @@ pub(crate) async fn run(
     )
     .await;
 
-    // 3. kill -9 of the last hub.
+    // 3. One busy session, its members spread over the hubs.
+    progress.set_step("cluster: one busy session, members on every hub");
+    let hubs: Vec<&Server> = cluster.hubs.iter().collect();
+    let sessions_spread = busy_step(
+        &hubs,
+        &cluster.measured(),
+        &cfg.session,
+        &format!("{tag}ss"),
+    )
+    .await;
+    progress.step_done();
+    if let Err(e) = &sessions_spread {
+        progress.println(&format!("cluster session (spread) failed: {e:#}"));
+    }
+
+    // 4. kill -9 of the last hub, which holds a session with members on the others.
     let mut cluster = cluster;
-    let dead_hub = Outcome::from_result(
-        dead_hub(&mut cluster, cfg, &connect, progress, &format!("{tag}d-")).await,
+    let (dead_hub, takeover) =
+        dead_hub(&mut cluster, cfg, &connect, progress, &format!("{tag}d-")).await;
+    if let Err(e) = &takeover {
+        progress.println(&format!("session takeover failed: {e:#}"));
+    }
+    let (dead_hub, takeover) = (
+        Outcome::from_result(dead_hub),
+        Outcome::from_result(takeover),
     );
     cluster.stop().await;
 
@@ -325,7 +367,7 @@ pub(crate) async fn run(
         bin: cfg.hub_bin.clone(),
         args: cfg.hub_args.clone(),
     };
-    let (single_direct, single) = match Server::start(
+    let (single_direct, single, sessions_single) = match Server::start(
         &launch,
         Dialect::Peermesh(cfg.encoding),
         cfg.connect_timeout,
@@ -335,7 +377,12 @@ pub(crate) async fn run(
         Err(e) => {
             progress.step_done();
             progress.step_done();
-            (Err(anyhow::anyhow!("{e:#}")), Err(e))
+            progress.step_done();
+            (
+                Err(anyhow::anyhow!("{e:#}")),
+                Err(anyhow::anyhow!("{e:#}")),
+                Err(e),
+            )
         }
         Ok(server) => {
             let (d, _) = direct_step(
@@ -359,8 +406,20 @@ pub(crate) async fn run(
                 &format!("{tag}f0-"),
             )
             .await;
+            progress.set_step("single hub: one busy session");
+            let s = busy_step(
+                &[&server],
+                &server.measured(),
+                &cfg.session,
+                &format!("{tag}s0"),
+            )
+            .await;
+            progress.step_done();
+            if let Err(e) = &s {
+                progress.println(&format!("single hub session failed: {e:#}"));
+            }
             server.stop().await;
-            (d, f)
+            (d, f, s)
         }
     };
     for (what, r) in [
@@ -380,6 +439,15 @@ pub(crate) async fn run(
     };
     let cpu_ratio = cpu(&spread)
         .zip(cpu(&single))
+        .map(|(a, b)| (a / b * 100.0).round() / 100.0);
+    let op_cpu = |r: &anyhow::Result<BusyStep>| {
+        r.as_ref()
+            .ok()
+            .and_then(|x| x.hub_cpu_us_per_op)
+            .filter(|v| *v > 0.0)
+    };
+    let session_cpu_ratio = op_cpu(&sessions_spread)
+        .zip(op_cpu(&sessions_single))
         .map(|(a, b)| (a / b * 100.0).round() / 100.0);
     Ok(ClusterResult {
         hubs: cfg.hubs,
@@ -404,7 +472,13 @@ pub(crate) async fn run(
             cluster_spread: Outcome::from_result(spread),
             cpu_ratio,
         },
+        sessions: ClusterSessions {
+            single_hub: Outcome::from_result(sessions_single),
+            cluster_spread: Outcome::from_result(sessions_spread),
+            cpu_ratio: session_cpu_ratio,
+        },
         dead_hub,
+        takeover,
     })
 }
 
@@ -580,18 +654,51 @@ async fn fanout_step(
     fanout::run(targets, &fcfg, clock, progress, tag).await
 }
 
-/// Connects `ids` clients to the last hub, kills it with SIGKILL, and polls the other hubs
-/// with the same ids until each is accepted.
+/// Connects `ids` clients to the last hub, and makes it the home of a session with members
+/// on two others; kills it with SIGKILL, and polls the other hubs with the same ids until
+/// each is accepted while the session's members wait for its takeover.
 async fn dead_hub(
     cluster: &mut Running,
     cfg: &ClusterConfig,
     connect: &ConnectOpts,
     progress: &Progress,
     tag: &str,
-) -> anyhow::Result<DeadHub> {
-    let victim = cluster.hubs.pop().context("internal: no hub to kill")?;
+) -> (anyhow::Result<DeadHub>, anyhow::Result<TakeoverResult>) {
+    let Some(victim) = cluster.hubs.pop() else {
+        progress.step_done();
+        let e = || anyhow::anyhow!("internal: no hub to kill");
+        return (Err(e()), Err(e()));
+    };
     let name = format!("bench-hub-{}", cfg.hubs);
-    progress.set_step(&format!("cluster: {} clients on {name}", cfg.ids));
+    progress.set_step(&format!(
+        "cluster: a session of {} objects and {} clients on {name}",
+        cfg.takeover_objects, cfg.ids
+    ));
+    let takeover = Takeover::set_up(
+        &victim,
+        &cluster.hubs,
+        cfg.takeover_objects,
+        &cfg.session,
+        &format!("{tag}s"),
+    )
+    .await;
+    let r = ids_of_a_dead_hub(victim, &cluster.hubs, cfg, connect, progress, tag, takeover).await;
+    progress.step_done();
+    r
+}
+
+/// The body of [`dead_hub`], from the victim's clients to the last id accepted elsewhere.
+#[allow(clippy::too_many_arguments)]
+async fn ids_of_a_dead_hub(
+    victim: Server,
+    survivors: &[Server],
+    cfg: &ClusterConfig,
+    connect: &ConnectOpts,
+    progress: &Progress,
+    tag: &str,
+    takeover: anyhow::Result<Takeover>,
+) -> (anyhow::Result<DeadHub>, anyhow::Result<TakeoverResult>) {
+    let name = format!("bench-hub-{}", cfg.hubs);
     let ids: Vec<String> = (0..cfg.ids).map(|i| format!("{tag}{i}")).collect();
 
     // Connect every client to the victim.
@@ -612,8 +719,10 @@ async fn dead_hub(
         Ok(v) => v,
         Err(e) => {
             victim.kill().await;
-            progress.step_done();
-            return Err(e);
+            return (
+                Err(e),
+                Err(anyhow::anyhow!("not measured: the ids step failed")),
+            );
         }
     };
     // The other hubs learn the claims through the registry's watch.
@@ -626,8 +735,25 @@ async fn dead_hub(
     let killed = Instant::now();
     victim.kill().await;
     drop(held);
+    let watch = async {
+        match takeover {
+            Ok(t) => t.watch(killed, cfg.release_timeout).await,
+            Err(e) => Err(e.context("setting up the session on the killed hub")),
+        }
+    };
+    let (ids, takeover) = tokio::join!(poll_ids(survivors, &ids, killed, cfg, connect), watch);
+    progress::done(&bar);
+    (Ok(ids), takeover)
+}
 
-    let survivors = &cluster.hubs;
+/// Hellos with `ids` to the `survivors` until each is accepted (or the timeout).
+async fn poll_ids(
+    survivors: &[Server],
+    ids: &[String],
+    killed: Instant,
+    cfg: &ClusterConfig,
+    connect: &ConnectOpts,
+) -> DeadHub {
     let mut accepted_at: Vec<Option<Duration>> = vec![None; cfg.ids];
     let mut pending: Vec<usize> = (0..cfg.ids).collect();
     let mut kept: Vec<WsConn> = Vec::new();
@@ -674,15 +800,13 @@ async fn dead_hub(
         round += 1;
         tokio::time::sleep_until((round_start + cfg.poll).into()).await;
     }
-    progress::done(&bar);
-    progress.step_done();
     for conn in kept {
         conn.close().await;
     }
     let mut times: Vec<Duration> = accepted_at.iter().flatten().copied().collect();
     times.sort();
     let secs = |d: Duration| (d.as_secs_f64() * 100.0).round() / 100.0;
-    Ok(DeadHub {
+    DeadHub {
         clients: cfg.ids,
         accepted: times.len(),
         first_s: times.first().map(|d| secs(*d)),
@@ -695,5 +819,5 @@ async fn dead_hub(
         refused: refused.load(Ordering::Relaxed),
         errors: errors.count(),
         first_error: errors.first(),
-    })
+    }
 }

@@ -971,6 +971,7 @@ fn cluster_table(out: &mut String, outcome: &Outcome<ClusterResult>) {
             }
         }
     }
+    session_table(out, c);
     match &c.dead_hub {
         Outcome::Failed { error } => out.push_str(&format!("  dead hub: failed: {error}\n")),
         Outcome::Ok(d) => {
@@ -998,6 +999,76 @@ fn cluster_table(out: &mut String, outcome: &Outcome<ClusterResult>) {
                 out.push_str(&format!("  dead hub: first error: {e}\n"));
             }
         }
+    }
+}
+
+/// The cluster's busy session in both layouts.
+fn session_table(out: &mut String, c: &ClusterResult) {
+    let sess = &c.sessions;
+    let shape = [&sess.cluster_spread, &sess.single_hub]
+        .into_iter()
+        .find_map(Outcome::ok);
+    out.push_str(&format!(
+        "one busy session: a writer updating its objects ({} operations, pipelined) and {} \
+         members; the writer's hub holds the session; ops/s until every member applied the \
+         last; CPU per operation = user+system time of the hubs (summed) / operations\n",
+        shape.map_or("?".to_owned(), |x| thousands(x.ops as f64)),
+        shape.map_or("?".to_owned(), |x| x.members.to_string()),
+    ));
+    let head = [
+        "layout",
+        "members elsewhere",
+        "ops/s",
+        "deliveries/s",
+        "hubs cpu%",
+        "nats%",
+        "hub CPU/op",
+    ];
+    let mut rows = Vec::new();
+    let spread_name = format!("cluster, spread over {} hubs", c.hubs);
+    for (name, o) in [
+        ("single hub, no cluster", &sess.single_hub),
+        (spread_name.as_str(), &sess.cluster_spread),
+    ] {
+        match o {
+            Outcome::Ok(x) => rows.push(vec![
+                name.to_owned(),
+                x.members_elsewhere.to_string(),
+                thousands(x.ops_per_s),
+                thousands(x.deliveries_per_s),
+                pct(x.hubs_cpu_pct),
+                pct(x.nats_cpu_pct),
+                fmt_cpu_us(x.hub_cpu_us_per_op),
+            ]),
+            Outcome::Failed { error } => {
+                let mut row = vec![name.to_owned(), format!("failed: {error}")];
+                row.extend(std::iter::repeat_n(String::new(), head.len() - 2));
+                rows.push(row);
+            }
+        }
+    }
+    if let Some(r) = sess.cpu_ratio {
+        let mut row = vec!["CPU/op ratio, spread / single".to_owned()];
+        row.extend(std::iter::repeat_n(String::new(), head.len() - 2));
+        row.push(format!("{r}x"));
+        rows.push(row);
+    }
+    out.push_str(&grid(&head, &rows, &[0]));
+    match &c.takeover {
+        Outcome::Failed { error } => {
+            out.push_str(&format!("  session of the killed hub: failed: {error}\n"));
+        }
+        Outcome::Ok(t) => out.push_str(&format!(
+            "session of the killed hub ({} objects, a member on two other hubs): its creator gone \
+             for both after {:.2} s; next operation {:.1} ms; objects kept {}/{}; same revision \
+             for both: {}\n",
+            thousands(t.objects as f64),
+            t.gone_s,
+            t.next_op_ms,
+            thousands(t.objects_kept as f64),
+            thousands(t.objects as f64),
+            if t.same_revision { "yes" } else { "NO" },
+        )),
     }
 }
 

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use peermesh_client::{Client, ClientOptions, Encoding, SessionMode, SessionUpdate};
+use peermesh_client::{Client, ClientOptions, Encoding, Session, SessionMode, SessionUpdate};
 use serde::Serialize;
 use serde_json::json;
 
@@ -59,7 +59,7 @@ pub(crate) struct SessionResult {
     pub(crate) late_join_bytes: Option<u64>,
 }
 
-fn per_s(n: usize, d: Duration) -> f64 {
+pub(crate) fn per_s(n: usize, d: Duration) -> f64 {
     (n as f64 / d.as_secs_f64().max(1e-9)).round()
 }
 
@@ -70,7 +70,11 @@ fn url(server: &Server) -> String {
     )
 }
 
-async fn client(server: &Server, cfg: &SessionConfig, id: String) -> anyhow::Result<Client> {
+pub(crate) async fn client(
+    server: &Server,
+    cfg: &SessionConfig,
+    id: String,
+) -> anyhow::Result<Client> {
     let opts = ClientOptions {
         id: Some(id),
         encoding: cfg.encoding,
@@ -85,7 +89,7 @@ async fn client(server: &Server, cfg: &SessionConfig, id: String) -> anyhow::Res
 }
 
 /// Sends `n` requests built by `make`, at most `window` in flight.
-async fn pipelined<F>(n: usize, window: usize, make: F) -> anyhow::Result<()>
+pub(crate) async fn pipelined<F>(n: usize, window: usize, make: F) -> anyhow::Result<()>
 where
     F: Fn(usize) -> peermesh_client::Request<()>,
 {
@@ -105,62 +109,113 @@ where
     Ok(())
 }
 
-pub(crate) async fn run(server: &Server, cfg: &SessionConfig) -> anyhow::Result<SessionResult> {
-    let tag = format!("sess{}", std::process::id());
-    let name = format!("{tag}-busy");
-    let writer = client(server, cfg, format!("{tag}-w")).await?;
-    let mut ws = writer
-        .join_session(Some(&name), SessionMode::Authoritative)
-        .await?;
-    let mut members = Vec::new();
-    for i in 0..cfg.members {
-        let c = client(server, cfg, format!("{tag}-m{i}")).await?;
-        let s = c
+/// A session with a writer and its members, ready for [`Busy::run`].
+pub(crate) struct Busy {
+    name: String,
+    writer: Client,
+    ws: Session,
+    members: Vec<(Client, Session)>,
+}
+
+/// Objects of the writer's, updated in turn by [`Busy::run`].
+const OWN: usize = 100;
+
+impl Busy {
+    /// Connects the writer to `writer_at` (its hub holds the session: it joins first) and
+    /// member `i` to `members_at[i % len]`; every one joins the session and a room of its name.
+    pub(crate) async fn set_up(
+        writer_at: &Server,
+        members_at: &[&Server],
+        cfg: &SessionConfig,
+        tag: &str,
+    ) -> anyhow::Result<Busy> {
+        let name = format!("{tag}-busy");
+        let writer = client(writer_at, cfg, format!("{tag}-w")).await?;
+        let mut ws = writer
             .join_session(Some(&name), SessionMode::Authoritative)
             .await?;
-        c.join(&name).await?;
-        members.push((c, s));
-    }
-    writer.join(&name).await?;
-    // 100 objects of the writer's, updated in turn.
-    const OWN: usize = 100;
-    pipelined(OWN, cfg.window, |i| {
-        ws.create(format!("o{i}"), json!({"v": 0}))
-    })
-    .await
-    .context("creating the objects")?;
-    ws.drain();
-    let start_rev = {
+        let mut members = Vec::new();
+        for i in 0..cfg.members {
+            let at = members_at
+                .get(i % members_at.len().max(1))
+                .copied()
+                .unwrap_or(writer_at);
+            let c = client(at, cfg, format!("{tag}-m{i}")).await?;
+            let s = c
+                .join_session(Some(&name), SessionMode::Authoritative)
+                .await?;
+            c.join(&name).await?;
+            members.push((c, s));
+        }
+        writer.join(&name).await?;
+        pipelined(OWN, cfg.window, |i| {
+            ws.create(format!("o{i}"), json!({"v": 0}))
+        })
+        .await
+        .context("creating the objects")?;
+        ws.drain();
         while ws.view().objects.len() < OWN {
             ws.next()
                 .await
                 .ok_or_else(|| anyhow!("the writer's session ended"))?;
         }
-        ws.view().rev
-    };
-    let last_rev = start_rev + cfg.ops as u64;
-    let started = Instant::now();
-    let send = pipelined(cfg.ops, cfg.window, |i| {
-        ws.update(
-            format!("o{}", i % OWN),
-            json!({"v": i, "pad": "0123456789abcdef"}),
-        )
-    });
-    let watch = async {
-        for (_, s) in members.iter_mut() {
-            while s.view().rev < last_rev {
-                match s.next().await {
-                    Some(SessionUpdate::Event { .. }) | Some(_) => {}
-                    None => bail!("a member's session ended ({:?})", s.end()),
+        Ok(Busy {
+            name,
+            writer,
+            ws,
+            members,
+        })
+    }
+
+    /// Sends `cfg.ops` updates (`cfg.window` in flight) and returns the time until every
+    /// member applied the last revision.
+    pub(crate) async fn run(&mut self, cfg: &SessionConfig) -> anyhow::Result<Duration> {
+        let last_rev = self.ws.view().rev + cfg.ops as u64;
+        let started = Instant::now();
+        let ws = &self.ws;
+        let send = pipelined(cfg.ops, cfg.window, |i| {
+            ws.update(
+                format!("o{}", i % OWN),
+                json!({"v": i, "pad": "0123456789abcdef"}),
+            )
+        });
+        let members = &mut self.members;
+        let watch = async {
+            for (_, s) in members.iter_mut() {
+                while s.view().rev < last_rev {
+                    match s.next().await {
+                        Some(SessionUpdate::Event { .. }) | Some(_) => {}
+                        None => bail!("a member's session ended ({:?})", s.end()),
+                    }
                 }
             }
+            Ok(())
+        };
+        let (sent, seen) = tokio::join!(send, watch);
+        sent.context("sending operations")?;
+        seen?;
+        Ok(started.elapsed())
+    }
+
+    /// Closes every client.
+    pub(crate) async fn close(self) {
+        for (c, _) in &self.members {
+            c.close().await;
         }
-        Ok(())
-    };
-    let (sent, seen) = tokio::join!(send, watch);
-    sent.context("sending operations")?;
-    seen?;
-    let session_time = started.elapsed();
+        self.writer.close().await;
+    }
+}
+
+pub(crate) async fn run(server: &Server, cfg: &SessionConfig) -> anyhow::Result<SessionResult> {
+    let tag = format!("sess{}", std::process::id());
+    let mut busy = Busy::set_up(server, &[server], cfg, &tag).await?;
+    let session_time = busy.run(cfg).await?;
+    let Busy {
+        name,
+        writer,
+        ws,
+        members,
+    } = busy;
 
     // The reference: the same payloads to a room of the same members.
     let mut inboxes: Vec<_> = members.iter().map(|(c, _)| c.on("r")).collect();
