@@ -305,6 +305,14 @@ impl ConnShared {
         }
     }
 
+    /// Queues a frame that belongs to a whole the connection must get entire (a session
+    /// snapshot, the events of one session leave): beyond the queue's limits, which the
+    /// session's own limits bound instead; still counted, so the next ordinary frame finds
+    /// the queue full if the client does not read it.
+    pub(crate) fn send_whole(&self, body: EncodedBody) {
+        let _ = self.mailbox.push_frame_unbounded(body);
+    }
+
     /// Bytes waiting in the outbound queue or being written.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.mailbox.bytes_held()

@@ -37,7 +37,7 @@ use peermesh_proto::{
     SessionMode, SessionName, SessionObject, SessionOp, SessionState as WireState,
 };
 
-use crate::cluster::relay::Relay;
+use crate::cluster::relay::{BurstWriter, Relay};
 use crate::cluster::Backplane;
 use crate::registry::ConnShared;
 use crate::router::Shared;
@@ -47,6 +47,10 @@ use state::{
 
 /// Encoded size a snapshot chunk aims at.
 const CHUNK_BYTES: usize = 256 << 10;
+
+/// Bytes of events in one [`Relay::SessionBurst`] message (well under NATS's default 1 MiB
+/// payload limit).
+const BURST_BYTES: usize = 256 << 10;
 
 /// A refused session operation: the code and sentence of the `error` frame.
 pub(crate) type SessionError = (ErrorCode, String);
@@ -299,8 +303,7 @@ impl Sessions {
         match member {
             Member::Local(conn) => {
                 for f in &frames {
-                    let body = EncodedBody::encode(conn.encoding, f);
-                    let _ = conn.mailbox.push_frame_unbounded(body);
+                    conn.send_whole(EncodedBody::encode(conn.encoding, f));
                 }
             }
             Member::Remote { client, node, .. } => {
@@ -691,6 +694,12 @@ impl Sessions {
 impl Session {
     /// Queues events to the members (except `skip`), each encoded once per encoding, and
     /// publishes each once to every other hub with members. Called with the session locked.
+    ///
+    /// The events of one action are one whole: a leave gives one event per object the leaver
+    /// owned, up to the session's `max_session_objects`, which no member's outbound queue
+    /// limit may cut (that would close every member as a slow consumer at once). So several
+    /// events are queued beyond those limits, like a snapshot, and cross to other hubs in
+    /// [`Relay::SessionBurst`] messages of about [`BURST_BYTES`] instead of one message each.
     fn fan_out(
         &self,
         inner: &Inner,
@@ -704,6 +713,11 @@ impl Session {
                 nodes.push(node);
             }
         }
+        let whole = events.len() > 1;
+        let remote = cluster.filter(|_| !nodes.is_empty());
+        let mut burst = remote
+            .filter(|_| whole)
+            .map(|bp| BurstWriter::new(bp.node(), &self.name, skip));
         for e in events {
             let frame = wire_event(&self.name, e);
             let mut shared = Shared::new(&frame);
@@ -711,10 +725,25 @@ impl Session {
                 if Some(id) == skip {
                     continue;
                 }
-                // A full queue closes that member as a slow consumer; the others carry on.
-                let _ = conn.send(shared.body(conn.encoding));
+                if whole {
+                    conn.send_whole(shared.body(conn.encoding));
+                } else {
+                    // A full queue closes that member as a slow consumer; the others carry on.
+                    let _ = conn.send(shared.body(conn.encoding));
+                }
             }
-            if let (Some(bp), false) = (cluster, nodes.is_empty()) {
+            if let (Some(w), Some(bp)) = (burst.as_mut(), remote) {
+                w.push(&frame);
+                if w.frame_bytes() >= BURST_BYTES {
+                    let full = std::mem::replace(w, BurstWriter::new(bp.node(), &self.name, skip));
+                    let msg = full.finish();
+                    for node in &nodes {
+                        bp.session_out(node, msg.clone());
+                    }
+                }
+                continue;
+            }
+            if let Some(bp) = remote {
                 let out = Relay::SessionOut {
                     origin: bp.node().to_owned(),
                     session: self.name.clone(),
@@ -725,6 +754,14 @@ impl Session {
                 .encode();
                 for node in &nodes {
                     bp.session_out(node, out.clone());
+                }
+            }
+        }
+        if let (Some(w), Some(bp)) = (burst, remote) {
+            if w.count() > 0 {
+                let msg = w.finish();
+                for node in &nodes {
+                    bp.session_out(node, msg.clone());
                 }
             }
         }

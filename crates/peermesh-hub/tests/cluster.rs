@@ -2367,3 +2367,98 @@ async fn a_member_moving_hubs_while_its_sessions_home_is_dying_follows_the_sessi
     assert_eq!(last["code"], "not_owner", "{last}");
     drop(a);
 }
+
+/// A member of a session held on hub-a owns more objects than a connection's queue holds
+/// frames on hub-b; it leaves. Its leave (one event per object) crosses to hub-b in a few
+/// burst messages, and both members there get every event in order and stay connected; hub-b's
+/// mirror stays whole. Before, hub-a published one message per event and hub-b cut both
+/// members off as slow consumers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_with_more_events_than_a_members_queue_holds_crosses_hubs_whole() {
+    let nats = NatsServer::start();
+    let a = hub(&nats, "hub-a").await;
+    let b = TestHub::start(HubConfig {
+        cluster: Some(nats.url()),
+        node_name: Some("hub-b".into()),
+        outbound_queue_frames: 64,
+        ..HubConfig::default()
+    })
+    .await;
+    let (mut alice, _) = a.join("alice").await;
+    join_session(&mut alice, "big", 1).await;
+    const OBJECTS: u64 = 500;
+    for i in 0..OBJECTS {
+        alice
+            .send(json!({"type":"session_op","session":"big","op":"create","object":format!("o{i}"),"data":i,"req":10 + i}))
+            .await;
+    }
+    frames_until(&mut alice, Duration::from_secs(10), |v| {
+        v["type"] == "ok" && v["req"] == 10 + OBJECTS - 1
+    })
+    .await;
+    let mut members = Vec::new();
+    for id in ["bob", "carol"] {
+        let (mut c, _) = b.join(id).await;
+        c.send(json!({"type":"session_join","session":"big","req":1}))
+            .await;
+        let mut objects = 0;
+        loop {
+            let v = c.recv().await;
+            if v["type"] == "session_state" {
+                objects += v["objects"].as_array().map_or(0, Vec::len);
+                if v["more"] == false {
+                    break;
+                }
+            }
+        }
+        assert_eq!(objects, OBJECTS as usize);
+        members.push(c);
+    }
+    let sent = |st: &Value| st["cluster"]["sent"].as_u64().unwrap_or(0);
+    let before: Value = serde_json::from_str(&a.get("/status.json").await).expect("json");
+    alice
+        .send(json!({"type":"session_leave","session":"big","req":2}))
+        .await;
+    for c in members.iter_mut() {
+        let events = frames_until(c, Duration::from_secs(10), |v| {
+            v["type"] == "session_event" && v["event"] == "member_left"
+        })
+        .await;
+        let events: Vec<&Value> = events
+            .iter()
+            .filter(|v| v["type"] == "session_event")
+            .collect();
+        // carol's join came after bob's: bob saw it first.
+        let events: Vec<&Value> = events
+            .into_iter()
+            .filter(|v| v["event"] != "member_joined")
+            .collect();
+        assert_eq!(
+            events.len() as u64,
+            OBJECTS + 2,
+            "authority, transfers, departure"
+        );
+        assert_eq!(events[0]["event"], "authority", "{}", events[0]);
+        assert!(events[1..=OBJECTS as usize]
+            .iter()
+            .all(|e| e["event"] == "transferred" && e["owner"] == "bob"));
+        assert!(events
+            .windows(2)
+            .all(|w| w[1]["rev"].as_u64() == w[0]["rev"].as_u64().map(|r| r + 1)));
+        // Still connected.
+        c.send(json!({"type":"ping","req":99})).await;
+        frames_until(c, Duration::from_secs(5), |v| v["type"] == "pong").await;
+    }
+    let after: Value = serde_json::from_str(&a.get("/status.json").await).expect("json");
+    let messages = sent(&after) - sent(&before);
+    assert!(
+        messages < 20,
+        "{messages} messages from hub-a for a leave of {OBJECTS} objects"
+    );
+    let status: Value = serde_json::from_str(&b.get("/status.json").await).expect("json");
+    assert_eq!(
+        status["cluster"]["sessions_mirrored"], 1,
+        "hub-b's mirror is whole: {status}"
+    );
+    drop(nats);
+}

@@ -350,3 +350,63 @@ async fn a_dropped_member_is_away_then_back_then_gone_when_its_window_ends() {
     }
     assert_eq!(b.objects["o"].1.as_deref(), Some("bob"));
 }
+
+/// A member owning more objects than a connection's outbound queue holds frames leaves: its
+/// leave is one event per object, all queued at once. Every other member gets all of them in
+/// order and stays connected (before, each was cut off as a slow consumer).
+#[tokio::test]
+async fn a_leave_with_more_events_than_the_outbound_queue_holds_reaches_every_member() {
+    let hub = TestHub::start(HubConfig {
+        outbound_queue_frames: 64,
+        rate_per_sec: 1_000_000,
+        rate_burst: 1_000_000,
+        ..HubConfig::default()
+    })
+    .await;
+    let (mut alice, mut a) = join(&hub, "alice", "g").await;
+    for i in 0..300u64 {
+        let r = op(
+            &mut alice,
+            &mut a,
+            10 + i,
+            json!({"op":"create","object":format!("o{i}"),"data":i}),
+        )
+        .await;
+        assert_eq!(r["type"], "ok", "{r}");
+    }
+    let (mut bob, mut b) = join(&hub, "bob", "g").await;
+    let (mut carol, mut c) = join(&hub, "carol", "g").await;
+    assert_eq!(b.objects.len(), 300);
+    alice
+        .send(json!({"type":"session_leave","session":"g","req":1000}))
+        .await;
+    // bob and carol: a new authority, 300 transfers and alice's departure, then a pong.
+    for (raw, m) in [(&mut bob, &mut b), (&mut carol, &mut c)] {
+        raw.send(json!({"type":"ping","req":2000})).await;
+        let pong = answer(raw, m, 2000).await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+        while m.members.contains(&"alice".to_owned()) {
+            let v = raw.recv_type("session_event").await;
+            m.apply(&v);
+        }
+        assert_eq!(m.authority.as_deref(), Some("bob"));
+        assert_eq!(m.objects.len(), 300);
+        assert!(m
+            .objects
+            .values()
+            .all(|(_, owner)| owner.as_deref() == Some("bob")));
+    }
+    assert_eq!(b, c);
+    // Both are still connected and members: the session goes on.
+    let r = op(
+        &mut bob,
+        &mut b,
+        3000,
+        json!({"op":"update","object":"o1","data":"x"}),
+    )
+    .await;
+    assert_eq!(r["type"], "ok", "{r}");
+    let v = carol.recv_type("session_event").await;
+    c.apply(&v);
+    assert_eq!(b, c);
+}

@@ -1074,6 +1074,12 @@ fn handle(bp: &Arc<Backplane>, router: &Router, r: Relay) {
             skip,
             frame,
         } => bp.session_in(router, origin, session, to, skip, frame),
+        Relay::SessionBurst {
+            origin,
+            session,
+            skip,
+            frames,
+        } => bp.session_events_in(&origin, &session, skip.as_ref(), &frames, true),
         Relay::SessionLeft {
             origin,
             session,
@@ -1417,9 +1423,13 @@ pub(crate) fn check_message(data: &[u8]) -> bool {
             Ok(&r),
             "a cluster message must survive encode → decode"
         );
-        if let Relay::SessionOut { frame, .. } = &r {
+        match &r {
             // What a member hub's mirror makes of any session frame: never a panic.
-            crate::sessions::mirror::check_frame(frame);
+            Relay::SessionOut { frame, .. } => crate::sessions::mirror::check_frame(frame),
+            Relay::SessionBurst { frames, .. } => {
+                frames.iter().for_each(crate::sessions::mirror::check_frame)
+            }
+            _ => {}
         }
         true
     } else {
@@ -1579,6 +1589,42 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
                 objects: Vec::new(),
                 more: false,
             }),
+        },
+        Relay::SessionBurst {
+            origin: "hub-a".into(),
+            session: match peermesh_proto::SessionName::new("game") {
+                Ok(s) => s,
+                Err(_) => return Vec::new(),
+            },
+            skip: Some(alice.clone()),
+            frames: vec![
+                ServerFrame::SessionEvent {
+                    session: match peermesh_proto::SessionName::new("game") {
+                        Ok(s) => s,
+                        Err(_) => return Vec::new(),
+                    },
+                    rev: 4,
+                    by: alice.clone(),
+                    change: peermesh_proto::SessionChange::Transferred {
+                        object: match peermesh_proto::ObjectName::new("o") {
+                            Ok(o) => o,
+                            Err(_) => return Vec::new(),
+                        },
+                        owner: Some(bob.clone()),
+                    },
+                },
+                ServerFrame::SessionEvent {
+                    session: match peermesh_proto::SessionName::new("game") {
+                        Ok(s) => s,
+                        Err(_) => return Vec::new(),
+                    },
+                    rev: 5,
+                    by: alice.clone(),
+                    change: peermesh_proto::SessionChange::MemberLeft {
+                        member: alice.clone(),
+                    },
+                },
+            ],
         },
         Relay::SessionLeft {
             origin: "hub-a".into(),

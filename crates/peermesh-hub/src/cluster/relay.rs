@@ -23,6 +23,10 @@
 //!  11 session   origin: str, session: str, client: str       the home hub had member
 //!     left                                                    `client` leave: nothing more
 //!                                                             of the session is for it
+//!  12 session   origin: str, session: str, skip: opt str,    consecutive events of one
+//!     burst     count: u32, then each frame: u32 length       action of the home hub (a
+//!                                                             leave: one per object), for
+//!                                                             members as `session out`
 //!
 //! A stream item is a tag and its fields: 1 open (window: u64, meta: u32 length and JSON
 //! text, length 0 for none), 2 accepted (window: u64), 3 credit (bytes: u64), 4 data (the
@@ -100,6 +104,15 @@ pub(crate) enum Relay {
         to: Option<ClientId>,
         skip: Option<ClientId>,
         frame: ServerFrame,
+    },
+    /// Consecutive events of one action of session `session`'s home hub (a leave gives one
+    /// per object the leaver owned), for all its members on the receiving hub but `skip`: one
+    /// message for many events, which the receiving hub queues whole.
+    SessionBurst {
+        origin: String,
+        session: SessionName,
+        skip: Option<ClientId>,
+        frames: Vec<ServerFrame>,
     },
     /// Member `client` of the receiving hub left session `session` at its home hub `origin`:
     /// sent under the session's lock right after the leave's events, so what follows on this
@@ -210,6 +223,55 @@ pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
 
 fn put_frame(out: &mut BytesMut, frame: &ServerFrame) {
     out.put_slice(&peermesh_proto::encode_server(Encoding::MsgPack, 0, frame));
+}
+
+/// Writes a [`Relay::SessionBurst`] one frame at a time, each encoded once.
+pub(crate) struct BurstWriter {
+    head: BytesMut,
+    frames: BytesMut,
+    count: u32,
+}
+
+impl BurstWriter {
+    pub(crate) fn new(origin: &str, session: &SessionName, skip: Option<&ClientId>) -> Self {
+        let mut head = BytesMut::new();
+        head.put_u8(12);
+        put_str(&mut head, origin);
+        put_str(&mut head, session.as_str());
+        put_opt_str(&mut head, skip.map(ClientId::as_str));
+        BurstWriter {
+            head,
+            frames: BytesMut::new(),
+            count: 0,
+        }
+    }
+
+    /// Adds a frame after its length.
+    pub(crate) fn push(&mut self, frame: &ServerFrame) {
+        let body = peermesh_proto::encode_server(Encoding::MsgPack, 0, frame);
+        self.frames
+            .put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+        self.frames.put_slice(&body);
+        self.count += 1;
+    }
+
+    /// Frames added so far.
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Bytes of the frames added so far.
+    pub(crate) fn frame_bytes(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The message.
+    pub(crate) fn finish(self) -> Bytes {
+        let mut out = self.head;
+        out.put_u32(self.count);
+        out.put_slice(&self.frames);
+        out.freeze()
+    }
 }
 
 /// Where a room message carries its `seq` (after the kind byte), so a hub can encode the
@@ -341,6 +403,18 @@ impl Relay {
                 put_opt_str(&mut out, to.as_ref().map(ClientId::as_str));
                 put_opt_str(&mut out, skip.as_ref().map(ClientId::as_str));
                 put_frame(&mut out, frame);
+            }
+            Relay::SessionBurst {
+                origin,
+                session,
+                skip,
+                frames,
+            } => {
+                let mut w = BurstWriter::new(origin, session, skip.as_ref());
+                for f in frames {
+                    w.push(f);
+                }
+                out.put_slice(&w.finish());
             }
             Relay::SessionLeft {
                 origin,
@@ -491,6 +565,35 @@ impl Relay {
                     to,
                     skip,
                     frame,
+                })
+            }
+            12 => {
+                let origin = get_str(&mut b, "origin")?;
+                let session = get_session(&mut b)?;
+                let skip = get_opt_id(&mut b, "skip")?;
+                if b.remaining() < 4 {
+                    return Err(err("truncated frame count"));
+                }
+                let count = b.get_u32() as usize;
+                // Each frame takes at least its length and one byte.
+                if count == 0 || count > b.remaining() / 5 {
+                    return Err(err(format!(
+                        "a session burst of {count} frames in {} bytes",
+                        b.remaining()
+                    )));
+                }
+                let mut frames = Vec::with_capacity(count);
+                for _ in 0..count {
+                    frames.push(get_sized_frame(&mut b)?);
+                }
+                if b.has_remaining() {
+                    return Err(err("bytes after a session burst"));
+                }
+                Ok(Relay::SessionBurst {
+                    origin,
+                    session,
+                    skip,
+                    frames,
                 })
             }
             11 => {
@@ -658,6 +761,22 @@ pub(crate) fn get_str(b: &mut &[u8], what: &str) -> Result<String, RelayError> {
 fn get_id(b: &mut &[u8], what: &str) -> Result<ClientId, RelayError> {
     let s = get_str(b, what)?;
     ClientId::new(&s).map_err(|e| err(format!("{what}: {e}")))
+}
+
+fn get_sized_frame(b: &mut &[u8]) -> Result<ServerFrame, RelayError> {
+    if b.remaining() < 4 {
+        return Err(err("truncated frame length"));
+    }
+    let len = b.get_u32() as usize;
+    if b.remaining() < len {
+        return Err(err(format!(
+            "a frame of {len} bytes, {} left in the message",
+            b.remaining()
+        )));
+    }
+    let (frame, rest) = b.split_at(len);
+    *b = rest;
+    get_frame(frame)
 }
 
 fn get_frame(b: &[u8]) -> Result<ServerFrame, RelayError> {
@@ -869,9 +988,21 @@ mod tests {
         });
         out.push(Relay::SessionLeft {
             origin: "hub-a".into(),
-            session: name,
+            session: name.clone(),
             client: id("bob"),
         });
+        for skip in [None, Some(id("carol"))] {
+            out.push(Relay::SessionBurst {
+                origin: "hub-a".into(),
+                session: name.clone(),
+                skip,
+                frames: vec![
+                    ServerFrame::Ok { req: 3 },
+                    ServerFrame::Pong { req: Some(1) },
+                    ServerFrame::Pong { req: None },
+                ],
+            });
+        }
         out
     }
 

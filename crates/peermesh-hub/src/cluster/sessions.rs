@@ -936,19 +936,38 @@ impl Backplane {
                     self.forward(router, &origin, &conn, f);
                 }
             }
-            None => {
-                let Some(mut held) = self.held.get_mut(&session) else {
-                    return;
-                };
-                if held.home != origin {
-                    return;
+            None => self.session_events_in(&origin, &session, skip.as_ref(), &[frame], false),
+        }
+    }
+
+    /// Events of the home `origin` of `session` for its members here but `skip`; `whole`
+    /// for the events of one action (a [`Relay::SessionBurst`]), queued beyond the members'
+    /// outbound limits as the home queues them for its own members.
+    pub(crate) fn session_events_in(
+        &self,
+        origin: &str,
+        session: &SessionName,
+        skip: Option<&ClientId>,
+        frames: &[ServerFrame],
+        whole: bool,
+    ) {
+        let Some(mut held) = self.held.get_mut(session) else {
+            return;
+        };
+        if held.home != origin {
+            return;
+        }
+        for frame in frames {
+            held.mirror.event(frame);
+            let mut shared = Shared::new(frame);
+            for (id, conn) in &held.conns {
+                if Some(id) == skip {
+                    continue;
                 }
-                held.mirror.event(&frame);
-                let mut shared = Shared::new(&frame);
-                for (id, conn) in &held.conns {
-                    if Some(id) != skip.as_ref() {
-                        let _ = conn.send(shared.body(conn.encoding));
-                    }
+                if whole {
+                    conn.send_whole(shared.body(conn.encoding));
+                } else {
+                    let _ = conn.send(shared.body(conn.encoding));
                 }
             }
         }
