@@ -2462,3 +2462,53 @@ async fn a_leave_with_more_events_than_a_members_queue_holds_crosses_hubs_whole(
     );
     drop(nats);
 }
+
+/// A session's snapshot is larger than the outbound queue of a member's hub allows: a member
+/// joining there gets it whole, as on the session's own hub, and stays connected. Before, the
+/// relayed chunks went through the queue's limits and the joiner was cut off as a slow
+/// consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_a_members_queue_reaches_a_joiner_on_another_hub_whole() {
+    let nats = NatsServer::start();
+    let a = hub(&nats, "hub-a").await;
+    let b = TestHub::start(HubConfig {
+        cluster: Some(nats.url()),
+        node_name: Some("hub-b".into()),
+        max_frame_bytes: 16 << 10,
+        outbound_queue_bytes: 64 << 10,
+        ..HubConfig::default()
+    })
+    .await;
+    let (mut alice, _) = a.join("alice").await;
+    join_session(&mut alice, "wide", 1).await;
+    const OBJECTS: u64 = 600;
+    let pad = "x".repeat(400);
+    for i in 0..OBJECTS {
+        alice
+            .send(json!({"type":"session_op","session":"wide","op":"create","object":format!("o{i}"),"data":{"i":i,"pad":pad},"req":10 + i}))
+            .await;
+    }
+    frames_until(&mut alice, Duration::from_secs(10), |v| {
+        v["type"] == "ok" && v["req"] == 10 + OBJECTS - 1
+    })
+    .await;
+    // About 250 KiB of state: four times what hub-b queues for one connection.
+    let (mut bob, _) = b.join("bob").await;
+    bob.send(json!({"type":"session_join","session":"wide","req":1}))
+        .await;
+    let mut objects = 0;
+    loop {
+        let v = bob.recv().await;
+        assert_ne!(v["type"], "error", "{v}");
+        if v["type"] == "session_state" {
+            objects += v["objects"].as_array().map_or(0, Vec::len);
+            if v["more"] == false {
+                break;
+            }
+        }
+    }
+    assert_eq!(objects, OBJECTS as usize);
+    bob.send(json!({"type":"ping","req":99})).await;
+    frames_until(&mut bob, Duration::from_secs(5), |v| v["type"] == "pong").await;
+    drop(nats);
+}

@@ -910,7 +910,13 @@ impl Backplane {
                         }
                     }
                 }
-                tell(&conn, &frame);
+                if matches!(frame, ServerFrame::SessionState(_)) {
+                    // A snapshot chunk: the member must get the snapshot whole, as on the
+                    // session's own hub (its size is bounded by the session's limits).
+                    conn.send_whole(EncodedBody::encode(conn.encoding, &frame));
+                } else {
+                    tell(&conn, &frame);
+                }
                 let Some(waiting) = waiting else {
                     return;
                 };
