@@ -414,7 +414,12 @@ impl ClientActor {
                         entry.timed_out();
                     }
                 }
-                _ = tick(&mut ping) => self.out.push(WsMessage::Ping(Bytes::new())),
+                _ = tick(&mut ping) => {
+                    self.out.push(WsMessage::Ping(Bytes::new()));
+                    for session in self.sessions.overdue() {
+                        self.ask_snapshot(session);
+                    }
+                }
                 _ = sleep_until(receipt_due) => self.receipt(),
                 _ = tokio::time::sleep_until(last_heard + idle) => {
                     return Disconnect::Dropped(format!("nothing heard from the hub for {idle:?}"));
@@ -603,7 +608,11 @@ impl ClientActor {
                 rev,
                 by,
                 change,
-            } => self.sessions.event(&session, rev, by, change),
+            } => {
+                if self.sessions.event(&session, rev, by, change) {
+                    self.ask_snapshot(session);
+                }
+            }
             ServerFrame::ResumeRejected { reason, message } => {
                 tracing::info!(%reason, "the hub could not resume the session: {message}");
                 self.emit(ClientEvent::Resynced { reason, message });
@@ -718,6 +727,16 @@ impl ClientActor {
             | ErrorCode::VersionUnsupported => Disconnect::Fatal(reason),
             _ => Disconnect::Dropped(reason),
         })
+    }
+
+    /// Asks the hub for a fresh snapshot of a session this client is in: a join of a member
+    /// is answered with one (no `req`: a resync for the live session) and the events after it.
+    fn ask_snapshot(&mut self, session: peermesh_proto::SessionName) {
+        self.queue(&ClientFrame::SessionJoin {
+            session: Some(session),
+            mode: None,
+            req: None,
+        });
     }
 
     /// Queues a frame for the socket.

@@ -16,8 +16,12 @@
 //! # Limits
 //!
 //! Each session holds [`ClientOptions::session_capacity`](crate::ClientOptions::session_capacity)
-//! updates (default 4,096) that the application has not taken. When it is full the session
-//! cannot stay consistent: it ends with [`SessionEnd::Lagged`] (join again for a fresh snapshot).
+//! updates (default 4,096) that the application has not taken. When more come (the application
+//! is slow, or one member's leave gave thousands of events at once: one per object it owned),
+//! the client drops the updates it cannot hold and asks the hub for a fresh snapshot (a
+//! `session_join` of the session it is already in, without `req`). The application first takes
+//! the updates held from before the gap, then [`SessionUpdate::Resynced`] with the fresh view,
+//! then the updates after it: never a gap, and at most one snapshot waiting per session.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -197,8 +201,6 @@ pub enum SessionUpdate {
 pub enum SessionEnd {
     /// [`Session::leave`] (or `Client::leave_session`) was called.
     Left,
-    /// The application fell behind by more than the session's capacity.
-    Lagged,
     /// The events did not follow each other (a bug on one side).
     OutOfOrder,
     /// The client stopped, or its session with the hub was lost for good.
@@ -213,8 +215,16 @@ pub(crate) enum Delivery {
         by: ClientId,
         change: SessionChange,
     },
-    Snapshot(Box<SessionView>),
+    /// A fresh snapshot waits in the session's slot.
+    Wake,
 }
+
+/// How long a lagging session waits for the fresh snapshot it asked for before asking again.
+const RESYNC_AGAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the actor leaves a session's fresh snapshot (at most one; a newer replaces it), for
+/// the receiver to take ahead of the events that follow it.
+type Slot = Arc<Mutex<Option<Box<SessionView>>>>;
 
 /// This client's membership of a session; see the [module docs](self).
 #[derive(Debug)]
@@ -223,6 +233,9 @@ pub struct Session {
     me: ClientId,
     view: SessionView,
     rx: mpsc::Receiver<Delivery>,
+    slot: Slot,
+    /// An event received while a snapshot was due, to apply after it.
+    stashed: Option<(u64, ClientId, SessionChange)>,
     end: Arc<Mutex<Option<SessionEnd>>>,
     tx: mpsc::Sender<Command>,
 }
@@ -246,19 +259,21 @@ impl Session {
     /// The next update, applied to the view; `None` once the session ended ([`end`](Self::end)
     /// says why).
     pub async fn next(&mut self) -> Option<SessionUpdate> {
-        match self.rx.recv().await? {
-            Delivery::Event { rev, by, change } => {
-                if self.view.apply(rev, &change).is_err() {
-                    tracing::error!(session = %self.name, rev, "session event out of order");
-                    *self.end.lock() = Some(SessionEnd::OutOfOrder);
-                    self.rx.close();
-                    return None;
-                }
-                Some(SessionUpdate::Event { rev, by, change })
+        loop {
+            if let Some(u) = self.take_slot() {
+                return Some(u);
             }
-            Delivery::Snapshot(view) => {
-                self.view = *view;
-                Some(SessionUpdate::Resynced)
+            let (rev, by, change) = match self.stashed.take() {
+                Some(e) => e,
+                None => match self.rx.recv().await? {
+                    Delivery::Event { rev, by, change } => (rev, by, change),
+                    Delivery::Wake => continue,
+                },
+            };
+            match self.event(rev, by, change) {
+                Step::Update(u) => return Some(u),
+                Step::Skip => continue,
+                Step::Ended => return None,
             }
         }
     }
@@ -266,20 +281,55 @@ impl Session {
     /// Takes every update already received without waiting; returns how many.
     pub fn drain(&mut self) -> usize {
         let mut n = 0;
-        while let Ok(d) = self.rx.try_recv() {
-            n += 1;
-            match d {
-                Delivery::Event { rev, change, .. } => {
-                    if self.view.apply(rev, &change).is_err() {
-                        *self.end.lock() = Some(SessionEnd::OutOfOrder);
-                        self.rx.close();
-                        break;
-                    }
-                }
-                Delivery::Snapshot(view) => self.view = *view,
+        loop {
+            if self.take_slot().is_some() {
+                n += 1;
+                continue;
+            }
+            let (rev, by, change) = match self.stashed.take() {
+                Some(e) => e,
+                None => match self.rx.try_recv() {
+                    Ok(Delivery::Event { rev, by, change }) => (rev, by, change),
+                    Ok(Delivery::Wake) => continue,
+                    Err(_) => return n,
+                },
+            };
+            match self.event(rev, by, change) {
+                Step::Update(_) => n += 1,
+                Step::Skip => {}
+                Step::Ended => return n,
             }
         }
-        n
+    }
+
+    /// A fresh snapshot, if one waits: the view becomes it.
+    fn take_slot(&mut self) -> Option<SessionUpdate> {
+        let view = self.slot.lock().take()?;
+        self.view = *view;
+        Some(SessionUpdate::Resynced)
+    }
+
+    /// One event from the actor, against the view.
+    fn event(&mut self, rev: u64, by: ClientId, change: SessionChange) -> Step {
+        if rev <= self.view.rev {
+            // Held from before a gap the snapshot taken since already covers.
+            return Step::Skip;
+        }
+        if rev > self.view.rev + 1 {
+            // Past a gap: the snapshot that covers it is in the slot (the actor puts it there
+            // before any event that follows it), unless the hub broke the order.
+            if self.slot.lock().is_some() {
+                self.stashed = Some((rev, by, change));
+                return Step::Skip;
+            }
+        }
+        if self.view.apply(rev, &change).is_err() {
+            tracing::error!(session = %self.name, rev, "session event out of order");
+            *self.end.lock() = Some(SessionEnd::OutOfOrder);
+            self.rx.close();
+            return Step::Ended;
+        }
+        Step::Update(SessionUpdate::Event { rev, by, change })
     }
 
     /// Why the session ended, once it has.
@@ -352,8 +402,38 @@ impl Session {
     }
 }
 
+impl Sink {
+    /// Whether to ask the hub for a fresh snapshot now (and note that it was): not while the
+    /// receiver has not taken the last one (a stalled application would otherwise cost a
+    /// snapshot per event), and again after [`RESYNC_AGAIN`] without an answer (the hub may
+    /// have refused the request, which has no `req` to answer).
+    fn ask_now(&mut self) -> bool {
+        let due = match self.lagging {
+            Some(None) => self.slot.lock().is_none(),
+            Some(Some(asked)) => asked.elapsed() >= RESYNC_AGAIN,
+            None => false,
+        };
+        if due {
+            self.lagging = Some(Some(std::time::Instant::now()));
+        }
+        due
+    }
+}
+
+/// What [`Session::event`] made of one event.
+enum Step {
+    Update(SessionUpdate),
+    Skip,
+    Ended,
+}
+
 struct Sink {
     tx: mpsc::Sender<Delivery>,
+    slot: Slot,
+    /// Updates were dropped: nothing more is sent until a fresh snapshot, asked for at this
+    /// time (`None`: not yet, because the receiver has not taken the previous one, which is
+    /// stale now).
+    lagging: Option<Option<std::time::Instant>>,
     end: Arc<Mutex<Option<SessionEnd>>>,
 }
 
@@ -405,9 +485,13 @@ impl Sessions {
         }
         let first = chunks.remove(0);
         let view = Box::new(SessionView::from_chunks(first, chunks));
-        match self.sinks.get(&name) {
+        match self.sinks.get_mut(&name) {
             Some(sink) if !joining => {
-                let _ = sink.tx.try_send(Delivery::Snapshot(view));
+                // Ahead of every event after it; the receiver is woken if it waits (when the
+                // queue is full, it is busy with what is queued and looks here next).
+                *sink.slot.lock() = Some(view);
+                sink.lagging = None;
+                let _ = sink.tx.try_send(Delivery::Wake);
                 Assembled::Resynced
             }
             _ => Assembled::Joined(name, view),
@@ -424,10 +508,13 @@ impl Sessions {
     ) -> Session {
         let (stx, rx) = mpsc::channel(self.capacity);
         let end = Arc::new(Mutex::new(None));
+        let slot = Slot::default();
         if let Some(old) = self.sinks.insert(
             name.clone(),
             Sink {
                 tx: stx,
+                slot: slot.clone(),
+                lagging: None,
                 end: end.clone(),
             },
         ) {
@@ -438,32 +525,57 @@ impl Sessions {
             me,
             view,
             rx,
+            slot,
+            stashed: None,
             end,
             tx,
         }
     }
 
-    /// Hands an event to its session.
+    /// Hands an event to its session. Returns `true` when the session's receiver is full:
+    /// the event is dropped, and so is every one until a fresh snapshot, which the caller
+    /// asks the hub for.
+    #[must_use]
     pub(crate) fn event(
         &mut self,
         name: &SessionName,
         rev: u64,
         by: ClientId,
         change: SessionChange,
-    ) {
-        let Some(sink) = self.sinks.get(name) else {
-            return;
+    ) -> bool {
+        let Some(sink) = self.sinks.get_mut(name) else {
+            return false;
         };
+        if sink.lagging.is_some() {
+            return sink.ask_now();
+        }
         match sink.tx.try_send(Delivery::Event { rev, by, change }) {
-            Ok(()) => {}
+            Ok(()) => false,
             Err(TrySendError::Full(_)) => {
-                tracing::warn!(session = %name, "session updates not taken: the session lags and ends");
-                self.end(name, SessionEnd::Lagged);
+                tracing::info!(
+                    session = %name,
+                    "more session updates than session_capacity not taken: asking for a fresh snapshot"
+                );
+                sink.lagging = Some(None);
+                sink.ask_now()
             }
             Err(TrySendError::Closed(_)) => {
                 self.sinks.remove(name);
+                false
             }
         }
+    }
+
+    /// Sessions whose fresh snapshot was asked for more than [`RESYNC_AGAIN`] ago and has
+    /// not come: the caller asks again.
+    pub(crate) fn overdue(&mut self) -> Vec<SessionName> {
+        let mut names = Vec::new();
+        for (name, sink) in &mut self.sinks {
+            if sink.lagging.is_some() && sink.ask_now() {
+                names.push(name.clone());
+            }
+        }
+        names
     }
 
     /// Ends a session.
@@ -479,5 +591,177 @@ impl Sessions {
         for (_, sink) in self.sinks.drain() {
             *sink.end.lock() = Some(why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(rev: u64, objects: &[(&str, u64)]) -> SessionState {
+        SessionState {
+            session: SessionName::new("s").expect("name"),
+            req: None,
+            rev,
+            mode: SessionMode::Authoritative,
+            authority: None,
+            epoch: 0,
+            members: Vec::new(),
+            objects: objects
+                .iter()
+                .map(|(id, v)| peermesh_proto::SessionObject {
+                    id: ObjectName::new(id).expect("object"),
+                    payload: Payload::Json(serde_json::json!(v)),
+                    owner: None,
+                    on_owner_leave: OwnerLeave::Authority,
+                    version: *v,
+                })
+                .collect(),
+            more: false,
+        }
+    }
+
+    fn created(object: &str, v: u64) -> SessionChange {
+        SessionChange::Created {
+            object: ObjectName::new(object).expect("object"),
+            payload: Payload::Json(serde_json::json!(v)),
+            owner: None,
+            on_owner_leave: OwnerLeave::Authority,
+        }
+    }
+
+    fn objects(upto: u64) -> SessionState {
+        let names: Vec<String> = (1..=upto).map(|r| format!("o{r}")).collect();
+        let all: Vec<(&str, u64)> = names
+            .iter()
+            .zip(1..)
+            .map(|(o, r)| (o.as_str(), r))
+            .collect();
+        state(upto, &all)
+    }
+
+    fn kinds(seen: &[Option<SessionUpdate>]) -> Vec<String> {
+        seen.iter()
+            .map(|u| match u {
+                Some(SessionUpdate::Event { rev, .. }) => rev.to_string(),
+                Some(SessionUpdate::Resynced) => "resync".into(),
+                None => "end".into(),
+            })
+            .collect()
+    }
+
+    fn run(f: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(f);
+    }
+
+    /// Capacity 3: events 1..=5 come at once; the fourth does not fit, so the client asks for
+    /// a snapshot once and drops what follows. The application takes the three held events,
+    /// then the snapshot (at 5), then events 6 and 7.
+    #[test]
+    fn a_full_session_asks_for_a_snapshot_and_goes_on_from_it_without_a_gap() {
+        run(async {
+            let name = SessionName::new("s").expect("name");
+            let by = ClientId::new("w").expect("id");
+            let (tx, _cmds) = mpsc::channel(1);
+            let mut sessions = Sessions::new(3);
+            let view = SessionView::from_chunks(state(0, &[]), Vec::new());
+            let mut s = sessions.open(name.clone(), by.clone(), view, tx);
+            let asked: Vec<bool> = (1..=5)
+                .map(|rev| sessions.event(&name, rev, by.clone(), created(&format!("o{rev}"), rev)))
+                .collect();
+            assert_eq!(asked, [false, false, false, true, false]);
+            let mut seen = vec![s.next().await, s.next().await, s.next().await];
+            assert!(sessions.overdue().is_empty(), "asked already");
+            assert!(matches!(
+                sessions.chunk(objects(5), false),
+                Assembled::Resynced
+            ));
+            for rev in 6..=7 {
+                assert!(!sessions.event(&name, rev, by.clone(), created(&format!("o{rev}"), rev)));
+            }
+            while s.view().rev < 7 {
+                let next = tokio::time::timeout(std::time::Duration::from_secs(5), s.next());
+                seen.push(next.await.expect("an update within 5 s"));
+            }
+            assert_eq!(kinds(&seen), ["1", "2", "3", "resync", "6", "7"]);
+            assert_eq!(s.view().objects.len(), 7);
+            assert_eq!(s.end(), None);
+        });
+    }
+
+    /// An application that does not read at all costs one snapshot, not one per event: once
+    /// the queue is full again behind the snapshot, the client waits until the application
+    /// took it before asking for the next.
+    #[test]
+    fn a_stalled_application_costs_one_snapshot_at_a_time() {
+        run(async {
+            let name = SessionName::new("s").expect("name");
+            let by = ClientId::new("w").expect("id");
+            let (tx, _cmds) = mpsc::channel(1);
+            let mut sessions = Sessions::new(2);
+            let view = SessionView::from_chunks(state(0, &[]), Vec::new());
+            let mut s = sessions.open(name.clone(), by.clone(), view, tx);
+            let mut asked = 0;
+            for rev in 1..=4 {
+                asked += usize::from(sessions.event(
+                    &name,
+                    rev,
+                    by.clone(),
+                    created(&format!("o{rev}"), rev),
+                ));
+            }
+            assert!(matches!(
+                sessions.chunk(objects(4), false),
+                Assembled::Resynced
+            ));
+            for rev in 5..=40 {
+                asked += usize::from(sessions.event(
+                    &name,
+                    rev,
+                    by.clone(),
+                    created(&format!("o{rev}"), rev),
+                ));
+            }
+            assert!(sessions.overdue().is_empty());
+            assert_eq!(asked, 1, "one snapshot while the application does not read");
+            // It reads: the snapshot at 4; the held events 1 and 2 are older and skipped.
+            let mut seen = vec![s.next().await];
+            assert_eq!(s.drain(), 0);
+            // Now the client asks again, and the application goes on from there.
+            assert_eq!(sessions.overdue(), std::slice::from_ref(&name));
+            assert!(matches!(
+                sessions.chunk(objects(40), false),
+                Assembled::Resynced
+            ));
+            seen.push(s.next().await);
+            assert!(!sessions.event(&name, 41, by.clone(), created("o41", 41)));
+            seen.push(s.next().await);
+            assert_eq!(kinds(&seen), ["resync", "resync", "41"]);
+            assert_eq!(s.view().objects.len(), 41);
+            assert_eq!(s.end(), None);
+        });
+    }
+
+    /// A gap the client did not make (no snapshot asked for, none waiting) ends the session.
+    #[test]
+    fn a_gap_without_a_snapshot_ends_the_session_as_out_of_order() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let name = SessionName::new("s").expect("name");
+            let by = ClientId::new("w").expect("id");
+            let (tx, _cmds) = mpsc::channel(1);
+            let mut sessions = Sessions::new(8);
+            let view = SessionView::from_chunks(state(0, &[]), Vec::new());
+            let mut s = sessions.open(name.clone(), by.clone(), view, tx);
+            assert!(!sessions.event(&name, 2, by.clone(), created("x", 2)));
+            assert_eq!(s.next().await, None);
+            assert_eq!(s.end(), Some(SessionEnd::OutOfOrder));
+        });
     }
 }

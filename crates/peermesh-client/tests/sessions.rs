@@ -281,3 +281,98 @@ async fn fifty_clients_join_leave_drop_resume_and_change_state_consistently() ->
     assert_eq!(handle.session_stats().sessions, 1);
     Ok(())
 }
+
+/// More updates than a session holds (`session_capacity`, 4,096 by default) come at once:
+/// first a member owning 6,000 objects leaves (one event each) while the other reads as they
+/// come, then the application stops reading while 10,000 updates pass. Each time the client
+/// asks the hub for a fresh snapshot instead of ending the session: the application gets what
+/// was held, `Resynced`, then the rest, and ends with the hub's state. Before, the session
+/// ended as lagged.
+#[tokio::test]
+async fn more_updates_than_the_session_holds_resync_it_instead_of_ending_it() -> Result<()> {
+    let hub = Hub::bind(HubConfig {
+        listen: "127.0.0.1:0".parse()?,
+        rate_per_sec: 1_000_000,
+        rate_burst: 1_000_000,
+        ..HubConfig::default()
+    })
+    .await?;
+    let addr = hub.local_addr();
+    tokio::spawn(hub.run());
+    let url = format!("ws://{addr}/ws");
+    let owner = within(Client::connect(
+        ClientOptions::new(url.clone()).with_id("owner"),
+    ))
+    .await??;
+    let os = within(owner.join_session(Some("big"), SessionMode::Authoritative)).await??;
+    const N: usize = 6_000;
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..N {
+        if pending.len() >= 256 {
+            let p: peermesh_client::Pending<()> = pending.pop_front().context("window")?;
+            within(p).await??;
+        }
+        pending.push_back(os.create(format!("o{i}"), json!(i)).send().await?);
+    }
+    for p in pending {
+        within(p).await??;
+    }
+    let member = within(Client::connect(ClientOptions::new(url).with_id("member"))).await??;
+    let mut ms = within(member.join_session(Some("big"), SessionMode::Authoritative)).await??;
+    assert_eq!(ms.view().objects.len(), N);
+    within(os.leave().send().await?).await??;
+    let mut resynced = 0;
+    while ms.view().members.iter().any(|m| m.id.as_str() == "owner") {
+        match within(ms.next()).await? {
+            Some(SessionUpdate::Resynced) => resynced += 1,
+            Some(_) => {}
+            None => bail!("the session ended: {:?}", ms.end()),
+        }
+    }
+    assert_eq!(resynced, 1, "the client asked for one fresh snapshot");
+    assert_eq!(ms.view().objects.len(), N);
+    assert!(ms
+        .view()
+        .objects
+        .values()
+        .all(|o| o.owner.as_ref().map(ClientId::as_str) == Some("member")));
+
+    // An application that does not read for a while: 10,000 updates pile up, more than the
+    // session holds. Once it reads, it gets what was held, a resync, then the rest, and ends
+    // with the hub's state.
+    let ms_ops = {
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..10_000 {
+            if pending.len() >= 256 {
+                let p: peermesh_client::Pending<()> = pending.pop_front().context("window")?;
+                within(p).await??;
+            }
+            pending.push_back(
+                ms.update(format!("o{}", i % N), json!({"v": i}))
+                    .send()
+                    .await?,
+            );
+        }
+        for p in pending {
+            within(p).await??;
+        }
+        10_000u64
+    };
+    let last = ms.view().rev + ms_ops;
+    let mut resynced = 0;
+    while ms.view().rev < last {
+        match within(ms.next()).await? {
+            Some(SessionUpdate::Resynced) => resynced += 1,
+            Some(_) => {}
+            None => bail!("the session ended: {:?}", ms.end()),
+        }
+    }
+    assert!(resynced >= 1, "{resynced}");
+    let checker = within(Client::connect(
+        ClientOptions::new(format!("ws://{addr}/ws")).with_id("checker"),
+    ))
+    .await??;
+    let cs = within(checker.join_session(Some("big"), SessionMode::Authoritative)).await??;
+    assert_eq!(cs.view().objects, ms.view().objects);
+    Ok(())
+}

@@ -116,7 +116,7 @@ pub(crate) fn session_event(
     })
 }
 
-/// `{"type":"session_ended","session":…,"reason":"left|lagged|out_of_order|closed"}`
+/// `{"type":"session_ended","session":…,"reason":"left|out_of_order|closed"}`
 pub(crate) fn session_ended(
     session: &peermesh_client::SessionName,
     end: peermesh_client::SessionEnd,
@@ -124,7 +124,6 @@ pub(crate) fn session_ended(
     use peermesh_client::SessionEnd;
     let reason = match end {
         SessionEnd::Left => "left",
-        SessionEnd::Lagged => "lagged",
         SessionEnd::OutOfOrder => "out_of_order",
         _ => "closed",
     };
