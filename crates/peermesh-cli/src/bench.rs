@@ -94,8 +94,10 @@ The cluster scenario (not in the default list; needs nats-server): starts nats-s
 round trips with both ends of every pair on one hub against ends on different hubs (--pairs, \
 --cluster-rate, --duration [default 10s]), room fan-out of --cluster-senders to \
 --cluster-members spread over the hubs against all on one hub and against a hub without \
---cluster (deliveries/s, hub CPU per delivery), and the time until --cluster-ids ids of a hub \
-killed with SIGKILL are accepted by another hub.")]
+--cluster (deliveries/s, hub CPU per delivery), one busy session with --session-members \
+spread over the hubs against one hub (--session-ops; ops/s, hub CPU per operation), and, after \
+a hub is killed with SIGKILL, the time until its --cluster-ids ids are accepted by another hub \
+and until its session of --cluster-session-objects objects is taken over with all of them.")]
 pub(crate) struct BenchArgs {
     /// WebSocket URL of a running hub, e.g. ws://127.0.0.1:7070/ws (or use --spawn; not
     /// needed when only the cluster scenario runs).
@@ -361,7 +363,8 @@ enum Scenario {
     /// connection state recovery.
     Drops,
     /// A cluster of hubs on a nats-server it starts: direct messages on one hub against
-    /// across hubs, fan-out spread against one hub, a killed hub's ids.
+    /// across hubs, fan-out and one busy session spread against one hub, a killed hub's ids
+    /// and session.
     Cluster,
 }
 

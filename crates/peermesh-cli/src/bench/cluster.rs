@@ -15,9 +15,13 @@
 //!    on a single hub started without `--cluster`. The figure of interest is the hubs' CPU time
 //!    (user + system from `/proc/PID/stat`, summed over the hubs) per delivery; nats-server's
 //!    is reported apart.
-//! 3. **A dead hub's ids**: `ids` (200) clients connect to the last hub, which is killed with
-//!    SIGKILL; hellos with the same ids go to the other hubs (a few ids every `poll` until the
-//!    first is accepted, then every pending id every `poll`) until each is accepted.
+//! 3. **One busy session** (`cluster_sessions`): its writer on the first hub, its members
+//!    round robin over the hubs, against the same on a hub without `--cluster`.
+//! 4. **A dead hub's ids and session**: the last hub holds a session of `takeover_objects`
+//!    objects with a member on two other hubs, and `ids` (200) clients connect to it; it is
+//!    killed with SIGKILL; hellos with the same ids go to the other hubs (a few ids every
+//!    `poll` until the first is accepted, then every pending id every `poll`) until each is
+//!    accepted, while the session's members wait for its takeover.
 //!
 //! ```text
 //!   bench ──ws──► bench-hub-1 ─┐
@@ -25,9 +29,9 @@
 //!         ──ws──► bench-hub-3 ─┘
 //! ```
 //!
-//! Order: start, direct (same, cross), fan-out (spread, one hub), kill -9 of the last hub,
-//! stop the cluster, then the single hub's direct step and fan-out on a machine without the
-//! cluster running.
+//! Order: start, direct (same, cross), NATS alone, fan-out (spread, one hub), the busy
+//! session, kill -9 of the last hub, stop the cluster, then the single hub's direct step,
+//! fan-out and busy session on a machine without the cluster running.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
