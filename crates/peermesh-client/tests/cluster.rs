@@ -135,3 +135,73 @@ async fn cut_off_from_its_hub_a_client_resumes_its_session_on_another_hub() -> R
     bob.close().await;
     Ok(())
 }
+
+/// A member on hub-b of a session held by hub-a, with default options: the owner of 6,000
+/// objects leaves (more events than the session holds). The client asks hub-b for a fresh
+/// snapshot, which hub-b gets from hub-a, and goes on with every object given to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_held_by_another_hub_resyncs_a_member_that_got_too_many_updates() -> Result<()> {
+    use peermesh_client::{SessionMode, SessionUpdate};
+    let nats = NatsServer::start();
+    let ((a_addr, _a), (b_addr, _b)) = tokio::try_join!(hub(&nats, "hub-a"), hub(&nats, "hub-b"))?;
+    let owner = within(Client::connect(
+        ClientOptions::new(format!("ws://{a_addr}/ws")).with_id("owner"),
+    ))
+    .await??;
+    let os = within(owner.join_session(Some("big"), SessionMode::Authoritative)).await??;
+    const N: usize = 6_000;
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..N {
+        if pending.len() >= 256 {
+            let p: peermesh_client::Pending<()> = pending.pop_front().context("window")?;
+            within(p).await??;
+        }
+        pending.push_back(os.create(format!("o{i}"), json!(i)).send().await?);
+    }
+    for p in pending {
+        within(p).await??;
+    }
+    let member = within(Client::connect(
+        ClientOptions::new(format!("ws://{b_addr}/ws")).with_id("member"),
+    ))
+    .await??;
+    let mut ms = within(member.join_session(Some("big"), SessionMode::Authoritative)).await??;
+    assert_eq!(ms.view().objects.len(), N);
+    within(os.leave().send().await?).await??;
+    // Not reading meanwhile: the member's own operation is answered after every event of the
+    // leave reached its client (one order from the home), so they all wait, unread.
+    within(ms.update("o1", json!("y")).send().await?).await??;
+    let mut resynced = 0;
+    while ms.view().members.iter().any(|m| m.id.as_str() == "owner")
+        || ms
+            .view()
+            .objects
+            .get("o1")
+            .map(|o| o.payload.as_json().cloned())
+            != Some(Some(json!("y")))
+    {
+        match within(ms.next()).await? {
+            Some(SessionUpdate::Resynced) => resynced += 1,
+            Some(_) => {}
+            None => anyhow::bail!("the session ended: {:?}", ms.end()),
+        }
+    }
+    assert_eq!(
+        resynced, 1,
+        "one fresh snapshot, from the home through hub-b"
+    );
+    assert_eq!(ms.view().objects.len(), N);
+    assert!(ms
+        .view()
+        .objects
+        .values()
+        .all(|o| o.owner.as_ref().map(|c| c.as_str()) == Some("member")));
+    // It is still a member there: an operation goes through and comes back as an event.
+    let rev = ms.view().rev;
+    within(ms.update("o1", json!("x")).send().await?).await??;
+    while ms.view().rev == rev {
+        within(ms.next()).await?.context("the session ended")?;
+    }
+    assert_eq!(ms.view().rev, rev + 1);
+    Ok(())
+}

@@ -1102,7 +1102,7 @@ impl Session {
                 })
             });
         for out in left {
-            if let Outbound::Frame(body) = out {
+            if let Outbound::Frame(body) | Outbound::Whole(body) = out {
                 if let (Some(msg), Some(r)) = (self.framer.message(&body), self.resume.as_mut()) {
                     r.hold(self.framer.seq(), msg);
                 }
@@ -1232,7 +1232,7 @@ impl Session {
         for out in taken.frames {
             done.add(&out);
             match out {
-                Outbound::Frame(body) => {
+                Outbound::Frame(body) | Outbound::Whole(body) => {
                     let Some(msg) = self.framer.message(&body) else {
                         continue;
                     };
@@ -1367,7 +1367,7 @@ impl Session {
                 // Stream items update this connection's end of the stream as they are
                 // written, so what the client sees follows the FIFO order.
                 let (body, keep) = match out {
-                    Outbound::Frame(body) => (body, true),
+                    Outbound::Frame(body) | Outbound::Whole(body) => (body, true),
                     Outbound::Stream(StreamItem::Data(body)) => match body.data_stream() {
                         Some((stream, _)) if self.streams.deliverable(stream) => (body, false),
                         _ => continue,
@@ -2427,7 +2427,7 @@ impl Session {
         }
         let unread = unread.into_iter().filter_map(|o| match o {
             Outbound::Stream(item) => Some(item),
-            Outbound::Frame(_) => None,
+            Outbound::Frame(_) | Outbound::Whole(_) => None,
         });
         self.streams.close(&self.conn.client, unread);
         // Write the close reason, if there is one, then the close frame.

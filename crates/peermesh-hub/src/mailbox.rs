@@ -30,6 +30,10 @@ use crate::streams::StreamItem;
 pub(crate) enum Outbound {
     /// A frame for the socket, counted against the bounds.
     Frame(EncodedBody),
+    /// A frame of a whole the client must get entire (a session snapshot, the events of one
+    /// leave), counted apart: never refused, and never making an ordinary frame behind it
+    /// look like a slow consumer's (see [`Mailbox::push_frame_unbounded`]).
+    Whole(EncodedBody),
     /// A stream item, counted apart.
     Stream(StreamItem),
 }
@@ -41,6 +45,8 @@ pub(crate) struct Written {
     pub(crate) bytes: usize,
     pub(crate) stream_items: usize,
     pub(crate) stream_bytes: usize,
+    pub(crate) whole_frames: usize,
+    pub(crate) whole_bytes: usize,
 }
 
 impl Written {
@@ -54,6 +60,10 @@ impl Written {
             Outbound::Stream(i) => {
                 self.stream_items += 1;
                 self.stream_bytes += i.len();
+            }
+            Outbound::Whole(b) => {
+                self.whole_frames += 1;
+                self.whole_bytes += b.encoded_len();
             }
         }
     }
@@ -80,6 +90,10 @@ struct Inner<N> {
     stream_items_held: usize,
     /// Their bytes.
     stream_bytes_held: usize,
+    /// Frames of wholes queued or taken and not yet written.
+    whole_frames_held: usize,
+    /// Their bytes.
+    whole_bytes_held: usize,
     closed: bool,
 }
 
@@ -110,6 +124,8 @@ impl<N> Mailbox<N> {
                 bytes_held: 0,
                 stream_items_held: 0,
                 stream_bytes_held: 0,
+                whole_frames_held: 0,
+                whole_bytes_held: 0,
                 closed: false,
             }),
             wake: Notify::new(),
@@ -142,9 +158,13 @@ impl<N> Mailbox<N> {
         Ok(())
     }
 
-    /// Queues a frame beyond the frame and byte limits (still counted): for a session
-    /// snapshot, whose size the session's own limits bound and which must reach the joiner
-    /// whole, in order with what follows it. Refused only when closed.
+    /// Queues a frame beyond the frame and byte limits, counted apart like stream items: for
+    /// a session snapshot or the events of one leave, whose size the session's own limits
+    /// bound and which must reach the client whole, in order with what follows. Counting
+    /// them against the limits would cut off the client at the next ordinary frame, before
+    /// the writer could send a burst of thousands of them. A client that stops reading is
+    /// still cut off: by its ordinary frames, or by the heartbeat it no longer answers.
+    /// Refused only when closed.
     pub(crate) fn push_frame_unbounded(&self, body: EncodedBody) -> Result<(), PushError> {
         let len = body.encoded_len();
         let wake = {
@@ -153,9 +173,9 @@ impl<N> Mailbox<N> {
                 return Err(PushError::Closed);
             }
             let was_empty = g.frames.is_empty() && g.notices.is_empty();
-            g.frames.push_back(Outbound::Frame(body));
-            g.frames_held += 1;
-            g.bytes_held += len;
+            g.frames.push_back(Outbound::Whole(body));
+            g.whole_frames_held += 1;
+            g.whole_bytes_held += len;
             was_empty
         };
         if wake {
@@ -229,6 +249,8 @@ impl<N> Mailbox<N> {
         g.bytes_held = g.bytes_held.saturating_sub(w.bytes);
         g.stream_items_held = g.stream_items_held.saturating_sub(w.stream_items);
         g.stream_bytes_held = g.stream_bytes_held.saturating_sub(w.stream_bytes);
+        g.whole_frames_held = g.whole_frames_held.saturating_sub(w.whole_frames);
+        g.whole_bytes_held = g.whole_bytes_held.saturating_sub(w.whole_bytes);
     }
 
     /// Refuses every later push; returns what was queued (notices are dropped).
@@ -241,7 +263,8 @@ impl<N> Mailbox<N> {
 
     /// Bytes queued or in flight.
     pub(crate) fn bytes_held(&self) -> usize {
-        self.inner.lock().bytes_held
+        let g = self.inner.lock();
+        g.bytes_held + g.whole_bytes_held
     }
 
     /// Stream items and their bytes queued or in flight.
@@ -299,6 +322,31 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(m.push_frame(body()), Err(PushError::Closed));
         assert!(!m.push_notice(3));
+    }
+
+    #[test]
+    fn wholes_bypass_the_bounds_and_do_not_block_the_frames_behind_them() {
+        let len = body().encoded_len();
+        let m: Mailbox<u32> = Mailbox::new(3, 10 * len, 1);
+        // A burst far over both bounds (a leave of many objects) goes in whole...
+        for _ in 0..100 {
+            m.push_frame_unbounded(body()).unwrap();
+        }
+        // ...and the ordinary frames right behind it still fit their own bounds.
+        for _ in 0..3 {
+            m.push_frame(body()).unwrap();
+        }
+        assert_eq!(m.push_frame(body()), Err(PushError::Full));
+        assert_eq!(m.bytes_held(), 103 * len, "reported with the rest");
+        let t = m.take(VecDeque::new());
+        let mut w = Written::default();
+        for o in &t.frames {
+            w.add(o);
+        }
+        assert_eq!((w.frames, w.whole_frames), (3, 100));
+        m.written(w);
+        assert_eq!(m.bytes_held(), 0);
+        m.push_frame(body()).unwrap();
     }
 
     #[test]

@@ -307,8 +307,8 @@ impl ConnShared {
 
     /// Queues a frame that belongs to a whole the connection must get entire (a session
     /// snapshot, the events of one session leave): beyond the queue's limits, which the
-    /// session's own limits bound instead; still counted, so the next ordinary frame finds
-    /// the queue full if the client does not read it.
+    /// session's own limits bound instead, and counted apart from them
+    /// ([`Mailbox::push_frame_unbounded`](crate::mailbox::Mailbox::push_frame_unbounded)).
     pub(crate) fn send_whole(&self, body: EncodedBody) {
         let _ = self.mailbox.push_frame_unbounded(body);
     }

@@ -993,7 +993,7 @@ mod tests {
                         }
                     }
                     Outbound::Stream(item) => out.extend(self.streams.on_item(item)),
-                    Outbound::Frame(_) => {}
+                    Outbound::Frame(_) | Outbound::Whole(_) => {}
                 }
             }
             out
@@ -1120,7 +1120,7 @@ mod tests {
         let unread = b.conn.mailbox.close();
         let unread = unread.into_iter().filter_map(|o| match o {
             Outbound::Stream(i) => Some(i),
-            Outbound::Frame(_) => None,
+            Outbound::Frame(_) | Outbound::Whole(_) => None,
         });
         b.streams.close(&b.conn.client, unread);
         let frames = a.pump();
