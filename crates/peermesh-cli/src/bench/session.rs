@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use futures_util::future::try_join_all;
 use peermesh_client::{Client, ClientOptions, Encoding, Session, SessionMode, SessionUpdate};
 use serde::Serialize;
 use serde_json::json;
@@ -81,12 +82,20 @@ pub(crate) async fn client(
         reconnect: None,
         connect_timeout: cfg.connect_timeout,
         request_timeout: Duration::from_secs(60),
-        session_capacity: cfg.ops.max(cfg.objects) + 1024,
+        // Every member is read as the updates come (see `Busy::run`), so this only absorbs
+        // bursts. The writer's own session is not read while it writes: once full, its
+        // client asks for one fresh snapshot and drops the rest, so memory stays flat.
+        session_capacity: READ_AHEAD,
+        // A room listener drops what does not fit, and the reference counts every message:
+        // room for all of them (read at once, they do not pile up).
         listener_capacity: cfg.ops + 1024,
         ..ClientOptions::new(url(server))
     };
     Ok(Client::connect(opts).await?)
 }
+
+/// Session updates a bench client holds for its reader.
+const READ_AHEAD: usize = 16_384;
 
 /// Sends `n` requests built by `make`, at most `window` in flight.
 pub(crate) async fn pipelined<F>(n: usize, window: usize, make: F) -> anyhow::Result<()>
@@ -179,21 +188,24 @@ impl Busy {
                 json!({"v": i, "pad": "0123456789abcdef"}),
             )
         });
-        let members = &mut self.members;
-        let watch = async {
-            for (_, s) in members.iter_mut() {
-                while s.view().rev < last_rev {
-                    match s.next().await {
-                        Some(SessionUpdate::Event { .. }) | Some(_) => {}
-                        None => bail!("a member's session ended ({:?})", s.end()),
-                    }
+        // Every member reads at once, as an application would.
+        let watch = try_join_all(self.members.iter_mut().map(|(_, s)| async move {
+            let mut resynced = 0;
+            while s.view().rev < last_rev {
+                match s.next().await {
+                    Some(SessionUpdate::Resynced) => resynced += 1,
+                    Some(_) => {}
+                    None => bail!("a member's session ended ({:?})", s.end()),
                 }
             }
-            Ok(())
-        };
+            anyhow::Ok(resynced)
+        }));
         let (sent, seen) = tokio::join!(send, watch);
         sent.context("sending operations")?;
-        seen?;
+        let resynced: usize = seen?.into_iter().sum();
+        if resynced > 0 {
+            tracing::info!(resynced, "members fell behind and took a fresh snapshot");
+        }
         Ok(started.elapsed())
     }
 
@@ -228,17 +240,15 @@ pub(crate) async fn run(server: &Server, cfg: &SessionConfig) -> anyhow::Result<
             false,
         )
     });
-    let watch = async {
-        for inbox in inboxes.iter_mut() {
-            for _ in 0..cfg.ops {
-                inbox
-                    .recv()
-                    .await
-                    .ok_or_else(|| anyhow!("a member stopped receiving"))?;
-            }
+    let watch = try_join_all(inboxes.iter_mut().map(|inbox| async move {
+        for _ in 0..cfg.ops {
+            inbox
+                .recv()
+                .await
+                .ok_or_else(|| anyhow!("a member stopped receiving"))?;
         }
         anyhow::Ok(())
-    };
+    }));
     let (sent, seen) = tokio::join!(send, watch);
     sent.context("room emits")?;
     seen?;
