@@ -738,7 +738,7 @@ impl Session {
                     let full = std::mem::replace(w, BurstWriter::new(bp.node(), &self.name, skip));
                     let msg = full.finish();
                     for node in &nodes {
-                        bp.session_out(node, msg.clone());
+                        bp.session_events_out(node, msg.clone());
                     }
                 }
                 continue;
@@ -753,7 +753,7 @@ impl Session {
                 }
                 .encode();
                 for node in &nodes {
-                    bp.session_out(node, out.clone());
+                    bp.session_events_out(node, out.clone());
                 }
             }
         }
@@ -761,7 +761,7 @@ impl Session {
             if w.count() > 0 {
                 let msg = w.finish();
                 for node in &nodes {
-                    bp.session_out(node, msg.clone());
+                    bp.session_events_out(node, msg.clone());
                 }
             }
         }

@@ -2463,6 +2463,90 @@ async fn a_leave_with_more_events_than_a_members_queue_holds_crosses_hubs_whole(
     drop(nats);
 }
 
+/// A busy session's events cross hubs batched, and in order: alice (on the session's hub)
+/// sends 1,000 updates back to back while bob (on hub-b) sends 50 of his own. Bob gets every
+/// event once, in revision order, and each `ok` of his after the event of his operation, as on
+/// one hub (the answers to him join the batch of events ahead of them); hub-a publishes far
+/// fewer NATS messages than events. Before batching, every event was a NATS message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_sessions_events_cross_hubs_batched_and_in_order() {
+    let nats = NatsServer::start();
+    let (a, b) = tokio::join!(hub(&nats, "hub-a"), hub(&nats, "hub-b"));
+    let (mut alice, _) = a.join("alice").await;
+    let (mut bob, _) = b.join("bob").await;
+    join_session(&mut alice, "busy", 1).await;
+    alice
+        .send(json!({"type":"session_op","session":"busy","op":"create","object":"a","data":0,"req":2}))
+        .await;
+    frames_until(&mut alice, Duration::from_secs(5), |v| v["req"] == 2).await;
+    join_session(&mut bob, "busy", 1).await;
+    bob.send(
+        json!({"type":"session_op","session":"busy","op":"create","object":"b","data":0,"req":2}),
+    )
+    .await;
+    let start = frames_until(&mut bob, Duration::from_secs(5), |v| v["req"] == 2).await;
+    let first_rev = start
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "session_event")
+        .and_then(|v| v["rev"].as_u64())
+        .expect("bob saw his create");
+    let sent = |st: &Value| st["cluster"]["sent"].as_u64().unwrap_or(0);
+    let before: Value = serde_json::from_str(&a.get("/status.json").await).expect("json");
+    const ALICE: u64 = 1000;
+    const BOB: u64 = 50;
+    let alice_sends = async {
+        for i in 0..ALICE {
+            alice
+                .send(json!({"type":"session_op","session":"busy","op":"update","object":"a","data":i,"req":100 + i}))
+                .await;
+        }
+    };
+    let bob_sends = async {
+        for i in 0..BOB {
+            bob.send(json!({"type":"session_op","session":"busy","op":"update","object":"b","data":i,"req":100 + i}))
+                .await;
+        }
+    };
+    tokio::join!(alice_sends, bob_sends);
+    let last_rev = first_rev + ALICE + BOB;
+    let seen = frames_until(&mut bob, Duration::from_secs(20), |v| {
+        v["type"] == "session_event" && v["rev"] == last_rev
+    })
+    .await;
+    let mut rev = first_rev;
+    let (mut own_events, mut oks) = (0u64, 0u64);
+    for v in &seen {
+        match v["type"].as_str() {
+            Some("session_event") => {
+                rev += 1;
+                assert_eq!(v["rev"].as_u64(), Some(rev), "no gap, no duplicate: {v}");
+                if v["by"] == "bob" {
+                    own_events += 1;
+                }
+            }
+            Some("ok") => {
+                oks += 1;
+                assert!(
+                    oks <= own_events,
+                    "bob's ok {} came before the event of his operation",
+                    v["req"]
+                );
+            }
+            _ => panic!("unexpected frame {v}"),
+        }
+    }
+    assert_eq!(own_events, BOB);
+    let after: Value = serde_json::from_str(&a.get("/status.json").await).expect("json");
+    let messages = sent(&after) - sent(&before);
+    assert!(
+        messages < ALICE / 2,
+        "hub-a published {messages} NATS messages for {} events and {BOB} answers",
+        ALICE + BOB
+    );
+    drop(nats);
+}
+
 /// A session's snapshot is larger than the outbound queue of a member's hub allows: a member
 /// joining there gets it whole, as on the session's own hub, and stays connected. Before, the
 /// relayed chunks went through the queue's limits and the joiner was cut off as a slow

@@ -573,8 +573,8 @@ async fn cluster_status(hub: &Server) -> Option<serde_json::Value> {
     Some(v["cluster"].take())
 }
 
-/// Messages all hubs published to other hubs so far.
-async fn relayed(hubs: &[Server]) -> Option<u64> {
+/// NATS messages all hubs published to other hubs so far.
+pub(crate) async fn relayed<'a>(hubs: impl IntoIterator<Item = &'a Server>) -> Option<u64> {
     let mut total = 0;
     for h in hubs {
         total += cluster_status(h).await?["sent"].as_u64()?;

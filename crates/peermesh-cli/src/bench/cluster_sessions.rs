@@ -18,6 +18,7 @@ use peermesh_client::{Client, Session, SessionMode};
 use serde::Serialize;
 use serde_json::json;
 
+use super::cluster::relayed;
 use super::session::{client, per_s, pipelined, Busy, SessionConfig};
 use super::target::{Measured, Server};
 
@@ -40,6 +41,9 @@ pub(crate) struct BusyStep {
     pub(crate) hubs_cpu_pct: Option<f64>,
     /// CPU of nats-server over the step, % of one core (absent without a cluster).
     pub(crate) nats_cpu_pct: Option<f64>,
+    /// NATS messages the hubs published to each other per operation (absent without a
+    /// cluster): below the hubs with members elsewhere when events travel batched.
+    pub(crate) nats_msgs_per_op: Option<f64>,
 }
 
 /// Runs one busy session with the writer on `hubs[0]` and the members round robin over `hubs`.
@@ -52,9 +56,20 @@ pub(crate) async fn busy_step(
     let home = hubs.first().copied().context("internal: no hub")?;
     let mut busy = Busy::set_up(home, hubs, cfg, tag).await?;
     let cpu = || measured.server_cpu().map(|(u, s)| u + s);
+    let clustered = hubs.len() > 1;
+    let sent_before = if clustered {
+        relayed(hubs.iter().copied()).await
+    } else {
+        None
+    };
     let (hubs_before, nats_before) = (cpu(), measured.broker_cpu());
     let took = busy.run(cfg).await;
     let (hubs_after, nats_after) = (cpu(), measured.broker_cpu());
+    let sent_after = if clustered {
+        relayed(hubs.iter().copied()).await
+    } else {
+        None
+    };
     busy.close().await;
     let took = took?;
     let pct = |a: Option<Duration>, b: Option<Duration>| {
@@ -75,6 +90,9 @@ pub(crate) async fn busy_step(
             .map(|d| (d.as_secs_f64() * 1e6 / cfg.ops.max(1) as f64 * 100.0).round() / 100.0),
         hubs_cpu_pct: pct(hubs_after, hubs_before),
         nats_cpu_pct: pct(nats_after, nats_before),
+        nats_msgs_per_op: sent_after.zip(sent_before).map(|(a, b)| {
+            (a.saturating_sub(b) as f64 / cfg.ops.max(1) as f64 * 1000.0).round() / 1000.0
+        }),
     })
 }
 

@@ -1022,6 +1022,7 @@ fn session_table(out: &mut String, c: &ClusterResult) {
         "deliveries/s",
         "hubs cpu%",
         "nats%",
+        "NATS msgs/op",
         "hub CPU/op",
     ];
     let mut rows = Vec::new();
@@ -1038,6 +1039,8 @@ fn session_table(out: &mut String, c: &ClusterResult) {
                 thousands(x.deliveries_per_s),
                 pct(x.hubs_cpu_pct),
                 pct(x.nats_cpu_pct),
+                x.nats_msgs_per_op
+                    .map_or_else(|| "-".to_owned(), |m| format!("{m:.2}")),
                 fmt_cpu_us(x.hub_cpu_us_per_op),
             ]),
             Outcome::Failed { error } => {

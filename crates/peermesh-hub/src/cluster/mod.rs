@@ -28,6 +28,7 @@
 //! it never blocks a connection); [`MAX_RELAYED_ACKS`] acknowledgements of other hubs'
 //! messages are awaited at once.
 
+mod batch;
 mod fanlog;
 mod handoff;
 pub(crate) mod relay;
@@ -193,6 +194,13 @@ pub(crate) struct Backplane {
     out: mpsc::Sender<(String, Bytes)>,
     /// Messages in `out` or being published by the publisher task.
     queued: Arc<AtomicU64>,
+    /// Messages collected per subject until the flusher publishes them (see [`batch`]);
+    /// every message for a subject with an open batch joins it, so order holds.
+    batches: Mutex<batch::Batches>,
+    /// How many batches are open (read without the lock on the way to publish).
+    open_batches: std::sync::atomic::AtomicUsize,
+    /// Wakes the flusher when a batch opens.
+    flush: tokio::sync::Notify,
     ops: Vec<mpsc::Sender<Op>>,
     /// Local connections that sent to a client of another hub, told when its id is released.
     remote_watchers: DashMap<ClientId, HashSet<u64>>,
@@ -313,6 +321,9 @@ impl Backplane {
             cluster,
             out,
             queued: Arc::new(AtomicU64::new(0)),
+            batches: Mutex::new(batch::Batches::default()),
+            open_batches: std::sync::atomic::AtomicUsize::new(0),
+            flush: tokio::sync::Notify::new(),
             ops,
             remote_watchers: DashMap::new(),
             relayed_acks: Mutex::new(HashMap::new()),
@@ -401,6 +412,7 @@ impl Backplane {
             });
         };
         spawn(Box::pin(publish(self.clone(), nats, p.out)));
+        spawn(Box::pin(flusher(self.clone())));
         spawn(Box::pin(inbound(self.clone(), router.clone(), direct)));
         spawn(Box::pin(inbound(self.clone(), router.clone(), rooms)));
         spawn(Box::pin(inbound(self.clone(), router.clone(), topics)));
@@ -423,9 +435,53 @@ impl Backplane {
         Ok(())
     }
 
+    /// Publishes a message: into the open batch of its subject if there is one (it must
+    /// leave after what the batch holds), else at once ([`Backplane::publish_now`]).
+    fn enqueue(&self, subject: String, msg: Bytes) -> bool {
+        if self.open_batches.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            let mut batches = self.batches.lock();
+            if batches.is_open(&subject) {
+                return self.add_to_batch(&mut batches, subject, msg);
+            }
+        }
+        self.publish_now(subject, msg)
+    }
+
+    /// Publishes a message with the others for its subject that this hub produces before its
+    /// flusher runs, as one NATS message (see [`batch`]): for a stream of messages where
+    /// one NATS message each costs more than the message itself (a busy session's events).
+    fn enqueue_batched(&self, subject: String, msg: Bytes) -> bool {
+        let mut batches = self.batches.lock();
+        self.add_to_batch(&mut batches, subject, msg)
+    }
+
+    fn add_to_batch(&self, batches: &mut batch::Batches, subject: String, msg: Bytes) -> bool {
+        let added = batches.add(&subject, msg);
+        if added.opened {
+            self.open_batches
+                .store(batches.len(), std::sync::atomic::Ordering::Release);
+            self.flush.notify_one();
+        }
+        match added.publish {
+            // Under the lock: nothing else for the subject can go out before it.
+            Some(full) => self.publish_now(subject, full),
+            None => true,
+        }
+    }
+
+    /// Publishes every open batch; run by the flusher task.
+    fn flush_batches(&self) {
+        let mut batches = self.batches.lock();
+        for (subject, msg) in batches.take_all() {
+            self.publish_now(subject, msg);
+        }
+        self.open_batches
+            .store(0, std::sync::atomic::Ordering::Release);
+    }
+
     /// Publishes a message: straight into the NATS client when nothing of this hub waits in
     /// the queue (one task hop less), else behind what waits, so messages leave in order.
-    fn enqueue(&self, subject: String, msg: Bytes) -> bool {
+    fn publish_now(&self, subject: String, msg: Bytes) -> bool {
         use futures_util::FutureExt;
         let len = msg.len() as u64;
         if self.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
@@ -961,6 +1017,14 @@ async fn publish(
     }
 }
 
+/// Publishes the open batches whenever one opens: after the task that opened it yields.
+async fn flusher(bp: Arc<Backplane>) {
+    loop {
+        bp.flush.notified().await;
+        bp.flush_batches();
+    }
+}
+
 async fn inbound(
     bp: Arc<Backplane>,
     router: Router,
@@ -972,31 +1036,50 @@ async fn inbound(
         bp.counters
             .received_bytes
             .fetch_add(msg.payload.len() as u64, Relaxed);
-        match Relay::decode(&msg.payload) {
-            Ok(Relay::Room {
-                seq,
-                origin,
-                room,
-                frame,
-            }) => {
-                if origin != bp.node {
-                    bp.room_in(&router, &origin, seq, &room, &frame, &msg.payload);
+        if msg.payload.first() == Some(&batch::BATCH_KIND) {
+            match batch::split(&msg.payload) {
+                Ok(msgs) => {
+                    for m in &msgs {
+                        received(&bp, &router, &msg.subject, m);
+                    }
+                }
+                Err(e) => {
+                    bp.counters.malformed.fetch_add(1, Relaxed);
+                    debug!(subject = %msg.subject, error = %e, "a cluster batch was dropped");
                 }
             }
-            Ok(Relay::Topic { seq, origin, frame }) => {
-                if origin != bp.node {
-                    bp.topic_in(&router, &frame, Some((&origin, seq, &msg.payload)));
-                }
-            }
-            Ok(r) => handle(&bp, &router, r),
-            Err(e) => {
-                bp.counters.malformed.fetch_add(1, Relaxed);
-                debug!(subject = %msg.subject, error = %e, "a cluster message was dropped");
-            }
+        } else {
+            received(&bp, &router, &msg.subject, &msg.payload);
         }
         if last_expiry.elapsed() > Duration::from_secs(1) {
             last_expiry = Instant::now();
             bp.expire_acks();
+        }
+    }
+}
+
+/// One relay message from another hub (alone or out of a batch).
+fn received(bp: &Arc<Backplane>, router: &Router, subject: &str, payload: &Bytes) {
+    match Relay::decode(payload) {
+        Ok(Relay::Room {
+            seq,
+            origin,
+            room,
+            frame,
+        }) => {
+            if origin != bp.node {
+                bp.room_in(router, &origin, seq, &room, &frame, payload);
+            }
+        }
+        Ok(Relay::Topic { seq, origin, frame }) => {
+            if origin != bp.node {
+                bp.topic_in(router, &frame, Some((&origin, seq, payload)));
+            }
+        }
+        Ok(r) => handle(bp, router, r),
+        Err(e) => {
+            bp.counters.malformed.fetch_add(1, Relaxed);
+            debug!(subject, error = %e, "a cluster message was dropped");
         }
     }
 }
@@ -1414,7 +1497,26 @@ pub(crate) fn check_message(data: &[u8]) -> bool {
         return false;
     };
     if first & 1 == 0 {
-        let Ok(r) = Relay::decode(&Bytes::copy_from_slice(rest)) else {
+        let rest = Bytes::copy_from_slice(rest);
+        if rest.first() == Some(&batch::BATCH_KIND) {
+            // A batch: what splits seals back to the same bytes, and each message in it is
+            // checked as if it came alone.
+            let Ok(msgs) = batch::split(&rest) else {
+                return false;
+            };
+            assert_eq!(
+                batch::seal(msgs.clone()),
+                rest,
+                "a batch must survive split → seal"
+            );
+            for m in msgs {
+                let mut alone = vec![0u8];
+                alone.extend_from_slice(&m);
+                check_message(&alone);
+            }
+            return true;
+        }
+        let Ok(r) = Relay::decode(&rest) else {
             return false;
         };
         let again = Relay::decode(&r.encode());
@@ -1653,6 +1755,16 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
             v
         })
         .collect();
+    // A batch of the session messages, as a busy session's home publishes them.
+    let mut v = vec![0u8];
+    v.extend_from_slice(&batch::seal(
+        relays
+            .iter()
+            .filter(|r| matches!(r, Relay::SessionOut { .. } | Relay::SessionBurst { .. }))
+            .map(Relay::encode)
+            .collect(),
+    ));
+    out.push(v);
     let handoff = Ok(Handoff {
         last_written: 9,
         in_count: 4,

@@ -27,6 +27,9 @@
 //!     burst     count: u32, then each frame: u32 length       action of the home hub (a
 //!                                                             leave: one per object), for
 //!                                                             members as `session out`
+//!  13 batch     count: u32, then each message: u32 length     several messages of the
+//!                                                             kinds above for one subject,
+//!                                                             handled in order (`batch.rs`)
 //!
 //! A stream item is a tag and its fields: 1 open (window: u64, meta: u32 length and JSON
 //! text, length 0 for none), 2 accepted (window: u64), 3 credit (bytes: u64), 4 data (the

@@ -224,6 +224,13 @@ impl Backplane {
         self.enqueue(node_subject(node), msg);
     }
 
+    /// Publishes a session's events to hub `node`, batched with whatever else this hub
+    /// publishes to it before its flusher runs (a busy session's events, one NATS message
+    /// for many).
+    pub(crate) fn session_events_out(&self, node: &str, msg: Bytes) {
+        self.enqueue_batched(node_subject(node), msg);
+    }
+
     /// The home of session `name` when another hub holds it and local client `id` is a member.
     pub(crate) fn session_home_of(&self, name: &SessionName, id: &ClientId) -> Option<String> {
         let held = self.held.get(name)?;
