@@ -995,8 +995,10 @@ impl Backplane {
         rx.await.unwrap_or(false)
     }
 
-    /// Leaves the cluster: releases this hub's ids and room memberships at once.
+    /// Leaves the cluster: releases this hub's ids and room memberships at once (after
+    /// publishing what waits in open batches: the last events and answers of its sessions).
     pub(crate) async fn leave(&self) {
+        self.flush_batches();
         if let Err(e) = self.cluster.leave().await {
             warn!(error = %e, "leaving the cluster failed; the others release this hub's ids when its heartbeats stop");
         }
@@ -1162,7 +1164,7 @@ fn handle(bp: &Arc<Backplane>, router: &Router, r: Relay) {
             session,
             skip,
             frames,
-        } => bp.session_events_in(&origin, &session, skip.as_ref(), &frames, true),
+        } => bp.session_events_in(&origin, &session, skip.as_ref(), frames, true),
         Relay::SessionLeft {
             origin,
             session,

@@ -949,7 +949,7 @@ impl Backplane {
                     self.forward(router, &origin, &conn, f);
                 }
             }
-            None => self.session_events_in(&origin, &session, skip.as_ref(), &[frame], false),
+            None => self.session_events_in(&origin, &session, skip.as_ref(), [frame], false),
         }
     }
 
@@ -961,7 +961,7 @@ impl Backplane {
         origin: &str,
         session: &SessionName,
         skip: Option<&ClientId>,
-        frames: &[ServerFrame],
+        frames: impl IntoIterator<Item = ServerFrame>,
         whole: bool,
     ) {
         let Some(mut held) = self.held.get_mut(session) else {
@@ -971,8 +971,7 @@ impl Backplane {
             return;
         }
         for frame in frames {
-            held.mirror.event(frame);
-            let mut shared = Shared::new(frame);
+            let mut shared = Shared::new(&frame);
             for (id, conn) in &held.conns {
                 if Some(id) == skip {
                     continue;
@@ -983,6 +982,8 @@ impl Backplane {
                     let _ = conn.send(shared.body(conn.encoding));
                 }
             }
+            // Last: the mirror takes the frame's values instead of copying them.
+            held.mirror.event(frame);
         }
     }
 

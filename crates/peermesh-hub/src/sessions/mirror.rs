@@ -119,8 +119,8 @@ fn chunk_snapshot(st: &WireState) -> Option<Snapshot> {
     })
 }
 
-/// A `session_event` frame as the event it carries.
-fn event_of(frame: &ServerFrame) -> Option<Event> {
+/// A `session_event` frame as the event it carries (its values moved, not cloned).
+fn event_of(frame: ServerFrame) -> Option<Event> {
     let ServerFrame::SessionEvent {
         rev, by, change, ..
     } = frame
@@ -133,22 +133,16 @@ fn event_of(frame: &ServerFrame) -> Option<Event> {
             order,
             rtt_ms,
         } => StateEvent::MemberJoined {
-            client: member.clone(),
-            order: *order,
+            client: member,
+            order,
             rtt: rtt_ms.map(Duration::from_millis),
         },
-        SessionChange::MemberLeft { member } => StateEvent::MemberLeft {
-            client: member.clone(),
-        },
-        SessionChange::MemberAway { member } => StateEvent::MemberAway {
-            client: member.clone(),
-        },
-        SessionChange::MemberBack { member } => StateEvent::MemberBack {
-            client: member.clone(),
-        },
+        SessionChange::MemberLeft { member } => StateEvent::MemberLeft { client: member },
+        SessionChange::MemberAway { member } => StateEvent::MemberAway { client: member },
+        SessionChange::MemberBack { member } => StateEvent::MemberBack { client: member },
         SessionChange::Authority { member, epoch } => StateEvent::AuthorityChanged {
-            client: member.clone(),
-            epoch: *epoch,
+            client: member,
+            epoch,
         },
         SessionChange::Created {
             object,
@@ -156,26 +150,26 @@ fn event_of(frame: &ServerFrame) -> Option<Event> {
             owner,
             on_owner_leave,
         } => StateEvent::Created {
-            id: object_id(object)?,
-            value: payload.clone(),
-            owner: owner.clone(),
-            on_owner_leave: owner_leave(*on_owner_leave),
+            id: object_id(&object)?,
+            value: payload,
+            owner,
+            on_owner_leave: owner_leave(on_owner_leave),
         },
         SessionChange::Updated { object, payload } => StateEvent::Updated {
-            id: object_id(object)?,
-            value: payload.clone(),
+            id: object_id(&object)?,
+            value: payload,
         },
         SessionChange::Deleted { object } => StateEvent::Deleted {
-            id: object_id(object)?,
+            id: object_id(&object)?,
         },
         SessionChange::Transferred { object, owner } => StateEvent::Transferred {
-            id: object_id(object)?,
-            owner: owner.clone(),
+            id: object_id(&object)?,
+            owner,
         },
     };
     Some(Event {
-        seq: *rev,
-        by: by.clone(),
+        seq: rev,
+        by,
         change,
     })
 }
@@ -196,12 +190,13 @@ impl Mirror {
 
     /// An event for the members: applied in order; one already seen is ignored; a gap or a
     /// contradiction drops the mirror (until the next snapshot).
-    pub(crate) fn event(&mut self, frame: &ServerFrame) {
+    pub(crate) fn event(&mut self, frame: ServerFrame) {
         let Some(view) = self.view.as_mut() else {
             return;
         };
+        let is_event = matches!(frame, ServerFrame::SessionEvent { .. });
         let Some(event) = event_of(frame) else {
-            if matches!(frame, ServerFrame::SessionEvent { .. }) {
+            if is_event {
                 self.view = None;
             }
             return;
@@ -247,12 +242,12 @@ pub(crate) fn check_frame(frame: &ServerFrame) {
     };
     let mut mirror = Mirror::default();
     mirror.snapshot(base);
-    mirror.event(frame);
+    mirror.event(frame.clone());
     let mut partials = Partials::default();
     if let Some(whole) = partials.chunk(&name, &alice, frame) {
         mirror.snapshot(whole);
     }
-    mirror.event(frame);
+    mirror.event(frame.clone());
     if let Some(view) = mirror.take() {
         let _ = view.digest();
     }
@@ -316,9 +311,9 @@ mod tests {
         events.push(state.apply(&cid("a"), update).unwrap());
         events.extend(state.leave(&cid("a")).unwrap().events);
         for e in &events {
-            mirror.event(&wire_event(&name, e));
+            mirror.event(wire_event(&name, e));
         }
-        mirror.event(&wire_event(&name, &events[0]));
+        mirror.event(wire_event(&name, &events[0]));
         assert_eq!(mirror.view().map(View::digest), Some(state.digest()));
 
         // A snapshot older than the mirror changes nothing.
@@ -330,7 +325,7 @@ mod tests {
         let lost = create(&mut state, "b", "p", Payload::Json(json!(1)));
         let next = create(&mut state, "b", "q", Payload::Json(json!(2)));
         let _ = lost;
-        mirror.event(&wire_event(&name, &next));
+        mirror.event(wire_event(&name, &next));
         assert!(mirror.view().is_none());
         for f in snapshot_frames(&name, &state.snapshot(), None) {
             if let Some(whole) = partials.chunk(&name, &cid("b"), &f) {

@@ -2636,7 +2636,7 @@ mod tests {
                 let action = resolve(&net.state, step);
                 if let Ok(events) = run(&mut net, &action) {
                     for e in &events {
-                        mirror.event(&crate::sessions::wire_event(&name, e));
+                        mirror.event(crate::sessions::wire_event(&name, e));
                     }
                 }
                 let digest = mirror.view().map(View::digest);
