@@ -1,9 +1,9 @@
 //! Hub-to-hub messages for one subject coalesced into one NATS message (sans-IO).
 //!
-//! A busy session's home publishes one message per event to every hub with members of it.
+//! A busy session's home would publish one message per event to every hub with members of it.
 //! Each NATS message costs a publish on this hub, a round through nats-server and a parse on
-//! the receiving hub, whatever its size; under load most of a session's cross-hub cost was
-//! that. So the home *opens a batch* for a subject instead of publishing an event at once,
+//! the receiving hub, whatever its size, and the broker's capacity is counted in messages. So
+//! the home *opens a batch* for a subject instead of publishing an event at once,
 //! and the hub's flusher publishes everything the batch collected when it next runs: after
 //! the task that produced the events yields, typically after it handled all the frames of
 //! one socket read.
