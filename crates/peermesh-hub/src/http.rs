@@ -366,6 +366,8 @@ fn cluster_json(hub: &HubInner) -> serde_json::Value {
         "received": c.received.load(Ordering::Relaxed),
         "received_bytes": c.received_bytes.load(Ordering::Relaxed),
         "dropped": c.dropped.load(Ordering::Relaxed),
+        "batches": c.batches.load(Ordering::Relaxed),
+        "batched_messages": c.batched.load(Ordering::Relaxed),
         "malformed": c.malformed.load(Ordering::Relaxed),
         "registry_errors": c.registry_errors.load(Ordering::Relaxed),
         "room_emits_replayed": c.room_replayed.load(Ordering::Relaxed),
@@ -441,6 +443,16 @@ fn cluster_metrics(text: &mut String, bp: &crate::cluster::Backplane) {
             "cluster_dropped_total",
             "Messages not published (queue to NATS full, or NATS refused them).",
             c.dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_batches_total",
+            "Published messages that were batches of several for one hub (a busy session's events; counted in cluster_sent_total).",
+            c.batches.load(Ordering::Relaxed),
+        ),
+        (
+            "cluster_batched_messages_total",
+            "Messages to other hubs that left in those batches.",
+            c.batched.load(Ordering::Relaxed),
         ),
         (
             "cluster_malformed_total",

@@ -2544,6 +2544,23 @@ async fn a_busy_sessions_events_cross_hubs_batched_and_in_order() {
         "hub-a published {messages} NATS messages for {} events and {BOB} answers",
         ALICE + BOB
     );
+    // /status.json counts the batches and what went in them.
+    let count = |st: &Value, k: &str| st["cluster"][k].as_u64().unwrap_or(0);
+    let batched = count(&after, "batched_messages") - count(&before, "batched_messages");
+    assert!(
+        count(&after, "batches") > count(&before, "batches"),
+        "{after}"
+    );
+    assert!(
+        batched >= ALICE / 2,
+        "only {batched} of {} messages went in batches",
+        ALICE + BOB
+    );
+    let metrics = a.get("/metrics").await;
+    assert!(
+        metrics.contains("peermesh_cluster_batched_messages_total"),
+        "{metrics}"
+    );
     drop(nats);
 }
 

@@ -114,6 +114,14 @@ pub(crate) fn seal(mut msgs: Vec<Bytes>) -> Bytes {
     out.freeze()
 }
 
+/// How many messages a batch this hub sealed holds (`None` for a lone message).
+pub(crate) fn count(msg: &[u8]) -> Option<u32> {
+    match msg {
+        [BATCH_KIND, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 /// The messages of a batch (slices of `whole`, not copies). Empty, nested or inconsistent
 /// batches are errors.
 pub(crate) fn split(whole: &Bytes) -> Result<Vec<Bytes>, RelayError> {
@@ -202,6 +210,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1[0], BATCH_KIND);
         assert_eq!(split(&out[0].1).expect("splits"), vec![x, y, z]);
+        assert_eq!(count(&out[0].1), Some(3));
+        assert_eq!(count(&a), None);
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub(crate) struct ClusterCounters {
     pub(crate) received_bytes: AtomicU64,
     /// Messages not published because the queue to NATS was full.
     pub(crate) dropped: AtomicU64,
+    /// NATS messages that were batches of several relay messages (counted in `sent` too).
+    pub(crate) batches: AtomicU64,
+    /// Relay messages that left in those batches.
+    pub(crate) batched: AtomicU64,
     /// Messages from other hubs that could not be read.
     pub(crate) malformed: AtomicU64,
     /// Key-value operations that failed (a room member not recorded, an id not released).
@@ -464,7 +468,7 @@ impl Backplane {
         }
         match added.publish {
             // Under the lock: nothing else for the subject can go out before it.
-            Some(full) => self.publish_now(subject, full),
+            Some(full) => self.publish_sealed(subject, full),
             None => true,
         }
     }
@@ -473,10 +477,19 @@ impl Backplane {
     fn flush_batches(&self) {
         let mut batches = self.batches.lock();
         for (subject, msg) in batches.take_all() {
-            self.publish_now(subject, msg);
+            self.publish_sealed(subject, msg);
         }
         self.open_batches
             .store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Publishes what a batch collected (a batch, or its one message), counting batches.
+    fn publish_sealed(&self, subject: String, msg: Bytes) -> bool {
+        if let Some(n) = batch::count(&msg) {
+            self.counters.batches.fetch_add(1, Relaxed);
+            self.counters.batched.fetch_add(u64::from(n), Relaxed);
+        }
+        self.publish_now(subject, msg)
     }
 
     /// Publishes a message: straight into the NATS client when nothing of this hub waits in
