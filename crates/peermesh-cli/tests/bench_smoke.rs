@@ -311,6 +311,13 @@ fn bench_cluster_tiny_run_covers_every_part() {
         assert_eq!(b["ops"], 300, "{layout}: {b}");
         assert!(b["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{b}");
     }
+    // The NATS messages the hubs published per operation: only in the cluster, and some.
+    assert!(
+        c["sessions"]["single_hub"]["nats_msgs_per_op"].is_null(),
+        "{c}"
+    );
+    let per_op = c["sessions"]["cluster_spread"]["nats_msgs_per_op"].as_f64();
+    assert!(per_op.is_some_and(|m| m > 0.0), "{c}");
     // The killed hub's session went on elsewhere with all its objects (50 and one per member).
     let t = &c["takeover"];
     assert_eq!(t["objects"], 52, "{c}");
