@@ -189,6 +189,12 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value = "10000", value_parser = parse_fixed_rate, value_name = "RATE")]
     cluster_rate: u64,
 
+    /// Cluster scenario: after the same-hub and the cross-hub direct steps, this many
+    /// alternating rounds of both (each of --duration / N), reported with the median of their
+    /// p99 ratios, which the target is checked against; 0 for none
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    cluster_rounds: usize,
+
     /// Cluster scenario: room members, spread round robin over the hubs (or all on one).
     #[arg(long, default_value_t = 300, value_name = "N")]
     cluster_members: usize,
@@ -637,6 +643,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 encoding,
                 pairs: args.pairs,
                 rate: args.cluster_rate,
+                rounds: args.cluster_rounds,
                 members: args.cluster_members,
                 senders: args.cluster_senders,
                 fanout_window: args.fanout_window,

@@ -248,6 +248,8 @@ fn bench_cluster_tiny_run_covers_every_part() {
             "300",
             "--cluster-session-objects",
             "50",
+            "--cluster-rounds",
+            "2",
         ])
         .env("RUST_LOG", "warn")
         .output()
@@ -288,6 +290,17 @@ fn bench_cluster_tiny_run_covers_every_part() {
     assert_eq!(d["same_hub_relayed"], 0, "{d}");
     assert!(d["cross_hub_relayed"].as_u64().unwrap_or(0) > 0, "{d}");
     assert!(d["p99_ratio"].as_f64().is_some(), "{d}");
+    // Two alternating rounds, each with both p99s, and their median.
+    let rounds = d["rounds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rounds.len(), 2, "{d}");
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r["same_p99_us"].as_f64().unwrap_or(0.0) > 0.0
+                && r["cross_p99_us"].as_f64().unwrap_or(0.0) > 0.0),
+        "{d}"
+    );
+    assert!(d["median_round_ratio"].as_f64().is_some(), "{d}");
 
     // Fan-out in three layouts: every member got every room message; CPU per delivery known.
     for layout in ["single_hub", "cluster_one_hub", "cluster_spread"] {

@@ -109,6 +109,9 @@ pub(crate) struct ClusterConfig {
     pub(crate) source_ips: u8,
     /// Time allowed for one connection's setup, and for a hub to start.
     pub(crate) connect_timeout: Duration,
+    /// Direct messages: alternating rounds of a same-hub and a cross-hub step (each of
+    /// `duration / rounds`) after the two long steps; 0 for none.
+    pub(crate) rounds: usize,
 }
 
 /// Steps the progress display counts: 3 direct, NATS alone, 3 fan-out, 2 sessions, 1 dead hub.
@@ -172,6 +175,35 @@ pub(crate) struct ClusterDirect {
     pub(crate) p99_ratio: Option<f64>,
     /// Cross-hub p99 ÷ the p99 of the hub without a cluster.
     pub(crate) cross_vs_single_p99_ratio: Option<f64>,
+    /// Alternating short rounds, same hub then different hubs: drift of the machine between
+    /// the two long steps weighs on one ratio, not on the median of these.
+    pub(crate) rounds: Vec<Round>,
+    /// The median of the rounds' p99 ratios (cross ÷ same).
+    pub(crate) median_round_ratio: Option<f64>,
+}
+
+/// One round of the alternating direct steps.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Round {
+    /// Same-hub p99, µs.
+    pub(crate) same_p99_us: f64,
+    /// Cross-hub p99, µs.
+    pub(crate) cross_p99_us: f64,
+    /// Cross ÷ same.
+    pub(crate) ratio: f64,
+}
+
+/// The median of the rounds' ratios (the mean of the middle two for an even count).
+fn median_ratio(rounds: &[Round]) -> Option<f64> {
+    let mut r: Vec<f64> = rounds.iter().map(|r| r.ratio).collect();
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    let m = match n {
+        0 => return None,
+        _ if n % 2 == 1 => r[n / 2],
+        _ => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    };
+    Some((m * 100.0).round() / 100.0)
 }
 
 /// Room fan-out in three layouts.
@@ -277,6 +309,7 @@ pub(crate) async fn run(
         &cluster.hubs,
         0,
         "cluster same-hub",
+        cfg.duration,
         cfg,
         &connect,
         clock,
@@ -289,6 +322,7 @@ pub(crate) async fn run(
         &cluster.hubs,
         1,
         "cluster cross-hub",
+        cfg.duration,
         cfg,
         &connect,
         clock,
@@ -296,6 +330,37 @@ pub(crate) async fn run(
         &format!("{tag}dx-"),
     )
     .await;
+
+    // Alternating short rounds: the ratio of each, and their median.
+    let mut rounds = Vec::new();
+    let round = (cfg.duration / u32::try_from(cfg.rounds.max(1)).unwrap_or(1))
+        .max(Duration::from_millis(100));
+    for k in 0..cfg.rounds {
+        let mut p99 = [None, None];
+        for (shift, layout) in [(0, "same-hub"), (1, "cross-hub")] {
+            let (r, _) = direct_step(
+                &all,
+                &cluster.hubs,
+                shift,
+                &format!("cluster {layout} round {}/{}", k + 1, cfg.rounds),
+                round,
+                cfg,
+                &connect,
+                clock,
+                progress,
+                &format!("{tag}r{k}{shift}-"),
+            )
+            .await;
+            p99[shift] = r.ok().map(|s| s.rtt.p99_us).filter(|v| *v > 0.0);
+        }
+        if let [Some(same_p99_us), Some(cross_p99_us)] = p99 {
+            rounds.push(Round {
+                same_p99_us,
+                cross_p99_us,
+                ratio: (cross_p99_us / same_p99_us * 100.0).round() / 100.0,
+            });
+        }
+    }
 
     // What the two crossings of the broker cost without any hub, at the same rate.
     let floor = nats_floor::run(
@@ -394,6 +459,7 @@ pub(crate) async fn run(
                 &[],
                 0,
                 "single hub",
+                cfg.duration,
                 cfg,
                 &connect,
                 clock,
@@ -463,6 +529,8 @@ pub(crate) async fn run(
             latency: "round trip (originator -> hub -> echoer -> hub -> originator), one clock",
             p99_ratio: p99_ratio(&cross, &same),
             cross_vs_single_p99_ratio: p99_ratio(&cross, &single_direct),
+            median_round_ratio: median_ratio(&rounds),
+            rounds,
             single_hub: Outcome::from_result(single_direct),
             same_hub: Outcome::from_result(same),
             same_hub_relayed: same_relayed,
@@ -590,6 +658,7 @@ async fn direct_step(
     hubs: &[Server],
     shift: usize,
     label: &str,
+    duration: Duration,
     cfg: &ClusterConfig,
     connect: &ConnectOpts,
     clock: Clock,
@@ -603,7 +672,7 @@ async fn direct_step(
         window: 1,
         payload: cfg.payload,
         warmup: cfg.warmup,
-        duration: cfg.duration,
+        duration,
         drain: cfg.drain,
         max_messages: cfg.max_messages,
         tasks: cfg.tasks,
@@ -823,5 +892,30 @@ async fn poll_ids(
         refused: refused.load(Ordering::Relaxed),
         errors: errors.count(),
         first_error: errors.first(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rounds(ratios: &[f64]) -> Vec<Round> {
+        ratios
+            .iter()
+            .map(|&ratio| Round {
+                same_p99_us: 100.0,
+                cross_p99_us: 100.0 * ratio,
+                ratio,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_median_round_ratio_ignores_one_outlier_either_way() {
+        assert_eq!(median_ratio(&[]), None);
+        assert_eq!(median_ratio(&rounds(&[2.5])), Some(2.5));
+        assert_eq!(median_ratio(&rounds(&[9.0, 2.4, 2.6, 0.5, 2.5])), Some(2.5));
+        assert_eq!(median_ratio(&rounds(&[2.0, 3.0])), Some(2.5));
+        assert_eq!(median_ratio(&rounds(&[3.0, 1.0, 2.0, 10.0])), Some(2.5));
     }
 }
