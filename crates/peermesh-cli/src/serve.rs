@@ -81,10 +81,10 @@ pub(crate) struct ServeArgs {
     /// Most pending acknowledgements per connection [default: 1024].
     #[arg(long, env = "PEERMESH_MAX_PENDING_ACKS")]
     max_pending_acks: Option<usize>,
-    /// WebSocket read buffer per connection in bytes [default: 1024].
+    /// Most bytes read from a socket per system call, into a per-thread buffer [default: 16384].
     #[arg(long, env = "PEERMESH_WS_READ_BUFFER_BYTES")]
     ws_read_buffer_bytes: Option<usize>,
-    /// WebSocket write buffer per connection in bytes [default: 16384].
+    /// Framed bytes a connection queues before writing them out [default: 16384].
     #[arg(long, env = "PEERMESH_WS_WRITE_BUFFER_BYTES")]
     ws_write_buffer_bytes: Option<usize>,
     /// HS256 shared secret: clients must present a JWT whose `sub` is their id.

@@ -144,11 +144,12 @@ pub struct HubConfig {
     /// Provide the built-in `time` service (methods `now` and `echo`) from the hub.
     /// Defaults to `false`.
     pub builtin_time_service: bool,
-    /// WebSocket read buffer per connection, in bytes: allocated for every connection, idle or
-    /// not, and the most read from the socket per system call. Defaults to 1 KiB.
+    /// The most read from a socket per system call, in bytes, into a buffer of the worker
+    /// thread (one per thread, not per connection: a connection keeps read bytes only while a
+    /// frame is incomplete). Defaults to 16 KiB.
     pub ws_read_buffer_bytes: usize,
-    /// WebSocket write buffer per connection, in bytes (frames are flushed beyond it).
-    /// Defaults to 16 KiB.
+    /// Framed bytes a connection queues before writing them out, in bytes (its write buffer is
+    /// freed whenever it has nothing queued). Defaults to 16 KiB.
     pub ws_write_buffer_bytes: usize,
     /// Time given to connections to receive their close frame at shutdown, in ms.
     /// Defaults to 3,000.
@@ -205,7 +206,7 @@ impl Default for HubConfig {
             resume_grace_ms: 30_000,
             resume_buffer_bytes: 1 << 20,
             builtin_time_service: false,
-            ws_read_buffer_bytes: 1 << 10,
+            ws_read_buffer_bytes: 16 << 10,
             ws_write_buffer_bytes: 16 << 10,
             shutdown_grace_ms: 3_000,
             auth: AuthConfig::default(),

@@ -27,8 +27,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
 use peermesh_proto::{
     decode_client, Call, ClientFrame, ClientId, EncodedBody, Encoding, ErrorCode, ErrorFrame,
     Hello, Invoke, Limits, Message as MessageFrame, ResumeRefusal, RoomName, ServerFrame,
@@ -52,6 +50,7 @@ use crate::router::{RouteError, Target};
 use crate::services::api::Invocation;
 use crate::services::{Route, Service, Services};
 use crate::streams::{Outcome, StreamItem, Streams};
+use crate::ws::{Message, WebSocket, WsError};
 use crate::HubInner;
 
 /// What the HTTP upgrade learned about the connection.
@@ -113,24 +112,21 @@ const BATCH: usize = 256;
 /// Time allowed to write the final error and close frames.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Runs one WebSocket connection to its end.
+/// Runs a WebSocket connection's handshake, then spawns its session as a task of its own.
+///
+/// The session's task holds the session's future and nothing else: the handshake's state (and
+/// the upgrade's) is freed with this task, so an idle connection's memory is mostly that one
+/// future.
 pub(crate) async fn serve_socket(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) {
-    // The handshake's state is boxed and freed before the session starts, so the connection's
-    // long-lived future holds only the session (an idle connection's memory is mostly that
-    // future).
-    // The session's future is boxed inside the handshake, so no moved-from copy of the
-    // session stays reserved beside it.
+    let tasks = hub.tasks.clone();
     if let Some(session) = Box::pin(handshake(ws, accept, hub)).await {
-        session.await;
+        tasks.spawn(Box::new(session).run());
     }
 }
 
-/// The running session of a connection.
-type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
 /// Waits for `hello`, checks it, registers the client: the session to run, or `None` if the
 /// connection was refused or ended.
-async fn handshake(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) -> Option<SessionFuture> {
+async fn handshake(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) -> Option<Session> {
     let mut pre = PreHello {
         ws,
         seq: 0,
@@ -139,14 +135,13 @@ async fn handshake(ws: WebSocket, accept: Accept, hub: Arc<HubInner>) -> Option<
         bearer: accept.bearer.clone(),
     };
     let (hello, grant) = pre.await_hello().await?;
-    let session = pre.establish(hello, grant, accept).await?;
-    Some(Box::pin(session.run()))
+    pre.establish(hello, grant, accept).await
 }
 
 /// The next message of the socket; never ready without one.
-async fn next_message(ws: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
+async fn next_message(ws: &mut Option<WebSocket>) -> Option<Result<Message, WsError>> {
     match ws {
-        Some(ws) => ws.next().await,
+        Some(ws) => ws.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -181,10 +176,7 @@ impl PreHello {
         self.seq += 1;
         let bytes = EncodedBody::encode(self.enc, frame).to_frame(self.seq);
         let msg = match self.enc {
-            Encoding::Json => match axum::extract::ws::Utf8Bytes::try_from(bytes) {
-                Ok(t) => Message::Text(t),
-                Err(_) => return false,
-            },
+            Encoding::Json => Message::Text(bytes),
             Encoding::MsgPack => Message::Binary(bytes),
         };
         self.ws.send(msg).await.is_ok()
@@ -228,7 +220,7 @@ impl PreHello {
             };
             let (enc, bytes): (Encoding, bytes::Bytes) = match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
-                Some(Ok(Message::Text(t))) => (Encoding::Json, t.into()),
+                Some(Ok(Message::Text(t))) => (Encoding::Json, t),
                 Some(Ok(Message::Binary(b))) => (Encoding::MsgPack, b),
                 Some(Ok(_)) => continue,
             };
@@ -686,15 +678,13 @@ async fn send_resumed(
     enc: Encoding,
     welcome: &ServerFrame,
     replay: Vec<Message>,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     let body = EncodedBody::encode(enc, welcome).to_frame(0);
     let first = match enc {
-        Encoding::Json => axum::extract::ws::Utf8Bytes::try_from(body)
-            .ok()
-            .map(Message::Text),
-        Encoding::MsgPack => Some(Message::Binary(body)),
+        Encoding::Json => Message::Text(body),
+        Encoding::MsgPack => Message::Binary(body),
     };
-    for m in first.into_iter().chain(replay) {
+    for m in std::iter::once(first).chain(replay) {
         ws.feed(m).await?;
     }
     ws.flush().await
@@ -811,7 +801,16 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self) {
+    /// Runs the session to its end. Boxed: an `async fn` taking the session by value would
+    /// keep two copies of it in its future (the argument and the binding).
+    async fn run(self: Box<Self>) {
+        let mut this = self;
+        this.serve().await;
+        Box::pin(this.cleanup()).await;
+    }
+
+    /// Serves the socket, and waits out the resume window after each drop.
+    async fn serve(&mut self) {
         loop {
             let end = self.connected().await;
             if end == End::Gone || self.resume.is_none() || self.conn.cancel.is_cancelled() {
@@ -821,7 +820,6 @@ impl Session {
                 break;
             }
         }
-        Box::pin(self.cleanup()).await;
     }
 
     /// Serves the socket until it drops or the connection ends.
@@ -871,7 +869,7 @@ impl Session {
                             break;
                         }
                         if self.draining {
-                            self.close_for_drain().await;
+                            Box::pin(self.close_for_drain()).await;
                             break;
                         }
                     }
@@ -1050,7 +1048,7 @@ impl Session {
         let Some(mut ws) = self.ws.take() else {
             return;
         };
-        let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+        let close = Message::Close(Some(crate::ws::CloseFrame {
             code: writer::close_code(ErrorCode::ShuttingDown),
             reason: DRAIN_HINT.into(),
         }));
@@ -1103,7 +1101,8 @@ impl Session {
             });
         for out in left {
             if let Outbound::Frame(body) | Outbound::Whole(body) = out {
-                if let (Some(msg), Some(r)) = (self.framer.message(&body), self.resume.as_mut()) {
+                let msg = self.framer.message(&body);
+                if let Some(r) = self.resume.as_mut() {
                     r.hold(self.framer.seq(), msg);
                 }
             }
@@ -1233,9 +1232,7 @@ impl Session {
             done.add(&out);
             match out {
                 Outbound::Frame(body) | Outbound::Whole(body) => {
-                    let Some(msg) = self.framer.message(&body) else {
-                        continue;
-                    };
+                    let msg = self.framer.message(&body);
                     if let Some(r) = self.resume.as_mut() {
                         ok &= r.hold(self.framer.seq(), msg);
                     }
@@ -1330,11 +1327,12 @@ impl Session {
             }
             let mut frames = taken.frames;
             if frames.is_empty() {
-                *spare = frames;
-                // Idle: give the write chunk and a large deque back.
+                // Idle: give the write chunk, the socket's buffers and the deque back (one
+                // allocation per burst, none held between bursts).
+                *spare = VecDeque::new();
                 self.framer.release();
-                if spare.capacity() > BATCH {
-                    *spare = VecDeque::new();
+                if let Some(ws) = self.ws.as_mut() {
+                    ws.release();
                 }
                 return true;
             }
@@ -1378,10 +1376,7 @@ impl Session {
                     },
                 };
                 written += 1;
-                let Some(msg) = self.framer.message(&body) else {
-                    tracing::error!("an encoded JSON frame was not UTF-8; dropped");
-                    continue;
-                };
+                let msg = self.framer.message(&body);
                 wire_bytes += match &msg {
                     Message::Text(t) => t.len() as u64,
                     Message::Binary(b) => b.len() as u64,
@@ -1424,19 +1419,24 @@ impl Session {
         ok
     }
 
-    fn read_failed(&mut self, e: axum::Error) {
-        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-        let inner = e.into_inner();
-        match inner.downcast_ref::<WsError>() {
-            Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+    fn read_failed(&mut self, e: WsError) {
+        use crate::ws::codec::ProtocolError;
+        match e {
+            WsError::Protocol(ProtocolError::TooLarge { size, max }) => {
                 let m = format!(
-                    "the frame has {size} bytes, over the hard limit of {max_size}; the \
+                    "the frame has at least {size} bytes, over the hard limit of {max}; the \
                      connection cannot continue (max_frame_bytes is {})",
                     self.hub.config.max_frame_bytes
                 );
                 self.conn.close(ErrorCode::FrameTooLarge, m);
             }
-            _ => debug!(error = %inner, "read failed"),
+            WsError::Protocol(p) => {
+                // The close frame carries the WebSocket code (1002 or 1007); the error frame
+                // says what was wrong.
+                let m = format!("{p}; the connection cannot continue");
+                self.conn.close(ErrorCode::Malformed, m);
+            }
+            e => debug!(error = %e, "read failed"),
         }
     }
 
@@ -1458,7 +1458,7 @@ impl Session {
 
     fn handle_ws(&mut self, msg: Message) {
         let (enc, bytes): (Encoding, bytes::Bytes) = match msg {
-            Message::Text(t) => (Encoding::Json, t.into()),
+            Message::Text(t) => (Encoding::Json, t),
             Message::Binary(b) => (Encoding::MsgPack, b),
             Message::Pong(_) => return self.on_pong(),
             _ => return,
@@ -2438,9 +2438,7 @@ impl Session {
             if let Some(r) = &reason {
                 let frame = ServerFrame::Error(ErrorFrame::new(r.code, r.message.clone(), None));
                 let body = EncodedBody::encode(self.conn.encoding, &frame);
-                if let Some(msg) = self.framer.message(&body) {
-                    ws.send(msg).await.ok()?;
-                }
+                ws.send(self.framer.message(&body)).await.ok()?;
                 ws.send(writer::close_frame(r.code, &r.message))
                     .await
                     .ok()?;

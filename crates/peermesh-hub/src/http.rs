@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -32,9 +31,22 @@ async fn upgrade(
     State(hub): State<Arc<HubInner>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Query(params): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
+    let headers = req.headers();
+    let accept_key = match crate::ws::handshake::accept(headers) {
+        Ok(k) => k,
+        Err(r) => {
+            let mut res = (r.status, r.message).into_response();
+            if r.status == StatusCode::UPGRADE_REQUIRED {
+                res.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    header::HeaderValue::from_static("13"),
+                );
+            }
+            return res;
+        }
+    };
     if hub.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n").into_response();
     }
@@ -46,7 +58,7 @@ async fn upgrade(
             .into_response();
     }
     let mut encoding = Encoding::Json;
-    let mut bearer = bearer_token(&headers);
+    let mut bearer = bearer_token(headers);
     let mut meta = Vec::new();
     let mut sessions = Vec::new();
     if let Some(v) = headers
@@ -73,7 +85,7 @@ async fn upgrade(
         }
     }
     let ip = if hub.config.trust_proxy {
-        forwarded_ip(&headers).unwrap_or_else(|| addr.ip().to_string())
+        forwarded_ip(headers).unwrap_or_else(|| addr.ip().to_string())
     } else {
         addr.ip().to_string()
     };
@@ -86,13 +98,29 @@ async fn upgrade(
         sessions,
     };
     let cfg = &hub.config;
-    let cap = cfg.hard_frame_cap();
+    let limits = crate::ws::Limits {
+        max_message: cfg.hard_frame_cap(),
+        read_chunk: cfg.ws_read_buffer_bytes,
+        write_threshold: cfg.ws_write_buffer_bytes,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let tasks = hub.tasks.clone();
-    ws.read_buffer_size(cfg.ws_read_buffer_bytes)
-        .write_buffer_size(cfg.ws_write_buffer_bytes)
-        .max_message_size(cap)
-        .max_frame_size(cap)
-        .on_upgrade(move |socket| tasks.track_future(serve_socket(socket, accept, hub)))
+    tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => {
+                let ws = crate::ws::WebSocket::new(hyper_util::rt::TokioIo::new(io), limits);
+                serve_socket(ws, accept, hub).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "the WebSocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept_key)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<String> {

@@ -54,6 +54,7 @@ mod router;
 mod services;
 mod sessions;
 mod streams;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

@@ -81,7 +81,7 @@ pub(crate) enum Control {
 
 /// A socket that resumes a session: handed from the handshake to the session's task.
 pub(crate) struct Takeover {
-    pub(crate) ws: axum::extract::ws::WebSocket,
+    pub(crate) ws: crate::ws::WebSocket,
     /// The `seq` of the last frame the client received.
     pub(crate) last_seq: u64,
     pub(crate) addr: SocketAddr,

@@ -20,7 +20,7 @@
 //!               numbered apart from the room emits)
 //! ```
 
-use axum::extract::ws::Message;
+use crate::ws::Message;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use peermesh_proto::{
     ClientId, Encoding, ResumeRefusal, RoomName, ServiceName, SessionName, TopicName,
@@ -96,7 +96,7 @@ pub(crate) fn encode_answer(answer: &Result<Handoff, ResumeRefusal>) -> Bytes {
             out.put_u32(u32::try_from(h.frames.len()).unwrap_or(u32::MAX));
             for m in &h.frames {
                 let (kind, bytes): (u8, &[u8]) = match m {
-                    Message::Text(t) => (0, t.as_str().as_bytes()),
+                    Message::Text(t) => (0, t),
                     Message::Binary(b) => (1, b),
                     _ => (1, &[]),
                 };
@@ -178,10 +178,11 @@ pub(crate) fn decode_answer(mut b: &[u8]) -> Result<Result<Handoff, ResumeRefusa
                 let bytes = Bytes::copy_from_slice(&b[..len]);
                 b.advance(len);
                 frames.push(match kind {
-                    0 => Message::Text(
-                        axum::extract::ws::Utf8Bytes::try_from(bytes)
-                            .map_err(|_| err("a text frame that is not UTF-8"))?,
-                    ),
+                    0 => {
+                        std::str::from_utf8(&bytes)
+                            .map_err(|_| err("a text frame that is not UTF-8"))?;
+                        Message::Text(bytes)
+                    }
                     1 => Message::Binary(bytes),
                     k => return Err(err(format!("unknown frame kind {k}"))),
                 });

@@ -1785,7 +1785,7 @@ pub(crate) fn seeds() -> Vec<Vec<u8>> {
         in_count: 4,
         secret: "0123".into(),
         rooms: RoomName::new("lobby").into_iter().collect(),
-        frames: vec![axum::extract::ws::Message::Text("{\"seq\":9}".into())],
+        frames: vec![crate::ws::Message::Text("{\"seq\":9}".into())],
         sessions: peermesh_proto::SessionName::new("game-1")
             .into_iter()
             .collect(),

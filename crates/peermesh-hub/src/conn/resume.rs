@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Message;
+use crate::ws::Message;
 use peermesh_proto::ClientFrame;
 
 /// Counted client frames after which a receipt is sent at once.

@@ -1,6 +1,6 @@
 //! Writing to the socket: `seq` numbering, batching, close frames.
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use crate::ws::{codec::truncate_utf8, CloseFrame, Message};
 use bytes::BytesMut;
 use peermesh_proto::{EncodedBody, Encoding, ErrorCode};
 
@@ -19,21 +19,14 @@ pub(crate) fn close_code(code: ErrorCode) -> u16 {
 
 /// A close frame whose reason fits the 123-byte limit.
 pub(crate) fn close_frame(code: ErrorCode, message: &str) -> Message {
-    let mut reason = if code == ErrorCode::ShuttingDown {
+    let reason = if code == ErrorCode::ShuttingDown {
         "server shutting down".to_string()
     } else {
         format!("{code}: {message}")
     };
-    if reason.len() > 123 {
-        let mut cut = 123;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-    }
     Message::Close(Some(CloseFrame {
         code: close_code(code),
-        reason: Utf8Bytes::from(reason),
+        reason: truncate_utf8(&reason, 123).to_owned(),
     }))
 }
 
@@ -53,9 +46,8 @@ impl Framer {
         }
     }
 
-    /// The complete message for `body`, with the next `seq`. `None` only if a JSON body is not
-    /// UTF-8, which the encoder never produces.
-    pub(crate) fn message(&mut self, body: &EncodedBody) -> Option<Message> {
+    /// The complete message for `body`, with the next `seq`.
+    pub(crate) fn message(&mut self, body: &EncodedBody) -> Message {
         self.seq += 1;
         let need = body.encoded_len();
         if self.buf.capacity() - self.buf.len() < need {
@@ -64,8 +56,8 @@ impl Framer {
         body.write_with_seq(self.seq, &mut self.buf);
         let frame = self.buf.split().freeze();
         match body.encoding() {
-            Encoding::Json => Utf8Bytes::try_from(frame).ok().map(Message::Text),
-            Encoding::MsgPack => Some(Message::Binary(frame)),
+            Encoding::Json => Message::Text(frame),
+            Encoding::MsgPack => Message::Binary(frame),
         }
     }
 
