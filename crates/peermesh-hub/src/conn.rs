@@ -583,8 +583,8 @@ impl PreHello {
             ),
             last_seen: now,
             rate_notice: None,
-            grant,
-            resume: resumable.then(|| ResumeBuffer::new(cfg.resume_buffer_bytes)),
+            grant: grant.map(Box::new),
+            resume: resumable.then(|| Box::new(ResumeBuffer::new(cfg.resume_buffer_bytes))),
             takeover: None,
             migration: None,
             migrated: false,
@@ -765,11 +765,13 @@ enum Resumed {
 struct Session {
     hub: Arc<HubInner>,
     conn: Arc<ConnShared>,
-    grant: Option<Grant>,
+    /// Boxed, as the resume buffer: most connections have neither, and the session stays
+    /// small.
+    grant: Option<Box<Grant>>,
     /// The socket; `None` while the client is away.
     ws: Option<WebSocket>,
     /// For a resumable client: the frames kept and the receipts owed.
-    resume: Option<ResumeBuffer>,
+    resume: Option<Box<ResumeBuffer>>,
     /// A socket waiting to resume this session.
     takeover: Option<Box<Takeover>>,
     /// Another hub of the cluster asks for this session (the client resumed there).
@@ -946,7 +948,7 @@ impl Session {
             self.acks.poll_timeout(),
             self.streams.poll_timeout(),
             self.calls.poll_timeout(),
-            self.resume.as_ref().and_then(ResumeBuffer::poll_timeout),
+            self.resume.as_ref().and_then(|r| r.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -1131,7 +1133,11 @@ impl Session {
             secret: self.conn.secret.clone(),
             rooms: self.conn.rooms.lock().iter().cloned().collect(),
             frames,
-            sessions: self.conn.sessions.lock().iter().cloned().collect(),
+            sessions: self
+                .conn
+                .peek()
+                .map(|k| k.sessions.lock().iter().cloned().collect())
+                .unwrap_or_default(),
             cut,
             mark: Vec::new(),
             topics,
@@ -1207,7 +1213,11 @@ impl Session {
             };
             hub.router.to_room(&room, &f, Some(self.conn.conn));
         }
-        let watchers: Vec<u64> = self.conn.watchers.lock().iter().copied().collect();
+        let watchers: Vec<u64> = self
+            .conn
+            .peek()
+            .map(|k| k.watchers.lock().iter().copied().collect())
+            .unwrap_or_default();
         for w in watchers {
             let (id, conn) = (id.clone(), self.conn.conn);
             let c = if away {
@@ -1557,9 +1567,14 @@ impl Session {
             };
             return bp.session_frame(&self.hub.router, &self.conn, frame);
         }
-        let held = self.conn.sessions.lock().len();
+        let held = self.conn.peek().map_or(0, |k| k.sessions.lock().len());
         let max = self.hub.config.max_sessions_per_client;
-        if held >= max && !self.conn.sessions.lock().contains(&name) {
+        if held >= max
+            && !self
+                .conn
+                .peek()
+                .is_some_and(|k| k.sessions.lock().contains(&name))
+        {
             let m = format!("already in {held} sessions (max_sessions_per_client is {max})");
             return self.error(ErrorCode::TooManySessions, m, req);
         }
@@ -2073,7 +2088,7 @@ impl Session {
                 // Watch the provider before the invoke can reach it: if it leaves after taking
                 // the invoke, it finds this connection among its watchers.
                 if self.watched.insert(provider.conn) {
-                    provider.call_watchers.lock().insert(self.conn.conn);
+                    provider.cold().call_watchers.lock().insert(self.conn.conn);
                 }
                 let target = CallTarget::Client(provider.clone());
                 let call = match self.calls.insert(req, provider.conn, target, deadline) {
@@ -2209,7 +2224,9 @@ impl Session {
                     bp.unwatch(&old_target, self.conn.conn);
                 }
             } else if let Some(c) = registry.conn(old_conn) {
-                c.watchers.lock().remove(&self.conn.conn);
+                if let Some(k) = c.peek() {
+                    k.watchers.lock().remove(&self.conn.conn);
+                }
             }
         }
         if touch.watch {
@@ -2218,7 +2235,7 @@ impl Session {
                     bp.watch(target, self.conn.conn);
                 }
             } else if let Some(c) = registry.conn(target_conn) {
-                c.watchers.lock().insert(self.conn.conn);
+                c.cold().watchers.lock().insert(self.conn.conn);
             }
         }
     }
@@ -2371,7 +2388,11 @@ impl Session {
                 bp.release(&self.conn.client).await;
             }
         }
-        let watchers: HashSet<u64> = std::mem::take(&mut *self.conn.watchers.lock());
+        let watchers: HashSet<u64> = self
+            .conn
+            .peek()
+            .map(|k| std::mem::take(&mut *k.watchers.lock()))
+            .unwrap_or_default();
         if owned && self.migrated {
             // The client lives on, on another hub: its contacts here reach it through the
             // cluster from now on, and hear nothing.
@@ -2386,7 +2407,7 @@ impl Session {
                 );
             }
         } else if let Some(newer) = registry.client(&self.conn.client) {
-            newer.watchers.lock().extend(watchers);
+            newer.cold().watchers.lock().extend(watchers);
         }
         for (target, conn) in self.contacts.drain() {
             if conn == REMOTE {
@@ -2394,9 +2415,13 @@ impl Session {
                     bp.unwatch(&target, self.conn.conn);
                 }
             } else if let Some(c) = registry.conn(conn) {
-                c.watchers.lock().remove(&self.conn.conn);
+                if let Some(k) = c.peek() {
+                    k.watchers.lock().remove(&self.conn.conn);
+                }
             } else if let Some(c) = registry.client(&target) {
-                c.watchers.lock().remove(&self.conn.conn);
+                if let Some(k) = c.peek() {
+                    k.watchers.lock().remove(&self.conn.conn);
+                }
             }
         }
         let reason = self.conn.close_reason().cloned();
@@ -2410,13 +2435,19 @@ impl Session {
         }
         for p in std::mem::take(&mut self.watched) {
             if let Some(c) = registry.conn(p) {
-                c.call_watchers.lock().remove(&self.conn.conn);
+                if let Some(k) = c.peek() {
+                    k.call_watchers.lock().remove(&self.conn.conn);
+                }
             }
         }
         let unread = self.conn.mailbox.close();
         // After the close, no invoke can be queued here: every caller that could have sent one
         // registered as a watcher before, and hears that this provider is gone.
-        let callers: HashSet<u64> = std::mem::take(&mut *self.conn.call_watchers.lock());
+        let callers: HashSet<u64> = self
+            .conn
+            .peek()
+            .map(|k| std::mem::take(&mut *k.call_watchers.lock()))
+            .unwrap_or_default();
         for w in callers {
             hub.router.control(
                 w,

@@ -226,7 +226,7 @@ async fn status_page(State(hub): State<Arc<HubInner>>) -> Html<String> {
             esc(&c.info.ip),
             c.encoding.as_str(),
             c.rooms.lock().len(),
-            c.sessions.lock().len(),
+            c.peek().map_or(0, |k| k.sessions.lock().len()),
             st.frames_in.load(Ordering::Relaxed),
             st.frames_out.load(Ordering::Relaxed),
             st.bytes_in.load(Ordering::Relaxed),
@@ -331,7 +331,7 @@ async fn status_json(State(hub): State<Arc<HubInner>>) -> Response {
                 "bytes_out": st.bytes_out.load(Ordering::Relaxed),
                 "queued_bytes": c.queued_bytes(),
                 "queued_stream_bytes": c.mailbox.stream_held().1,
-                "sessions": c.sessions.lock().len(),
+                "sessions": c.peek().map_or(0, |k| k.sessions.lock().len()),
                 "rtt_ms": rtt_ms(c),
                 "away": c.away.load(Ordering::Relaxed),
             })

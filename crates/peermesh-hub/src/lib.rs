@@ -25,6 +25,8 @@
 //!
 //! - `config`: [`HubConfig`], every limit with its default; TOML loading and validation.
 //! - `http`: the axum routes: WebSocket upgrade, status page, metrics.
+//! - [`ws`]: the hub's WebSocket layer: the upgrade, the sans-IO RFC 6455 codec, and a socket
+//!   that holds no buffer while it waits.
 //! - `conn`: one connection, one task: handshake, then the session loop that reads, handles
 //!   and writes; its sans-IO parts (`acks`, `contacts`, `rate`) and `writer` (seq framing).
 //! - `mailbox`: a connection's bounded queue of frames and notices.

@@ -143,7 +143,6 @@ pub(crate) struct ConnShared {
     pub(crate) secret: String,
     pub(crate) info: ConnInfo,
     pub(crate) rooms: Mutex<HashSet<RoomName>>,
-    pub(crate) watchers: Mutex<HashSet<u64>>,
     pub(crate) stats: ConnStats,
     pub(crate) cancel: CancellationToken,
     pub(crate) mailbox: Mailbox<Control>,
@@ -151,14 +150,6 @@ pub(crate) struct ConnShared {
     pub(crate) next_stream: AtomicU64,
     /// As a provider: calls routed to this connection and not yet ended.
     pub(crate) calls_in_flight: AtomicU32,
-    /// As a provider: connections that have called it (told with `ProviderGone` when it ends).
-    pub(crate) call_watchers: Mutex<HashSet<u64>>,
-    /// Topics this connection subscribed to.
-    pub(crate) subscriptions: Mutex<HashMap<(ServiceName, TopicName), Arc<crate::services::Topic>>>,
-    /// Sessions this connection is in.
-    pub(crate) sessions: Mutex<HashSet<SessionName>>,
-    /// In a cluster: its `session_join`s not resolved yet, and its frames waiting behind them.
-    pub(crate) joins: Mutex<crate::cluster::Joins>,
     /// Round-trip time to the client in µs, from WebSocket pings (0 until measured).
     pub(crate) rtt_us: AtomicU64,
     /// The client asked to resume after drops (`hello.resume`, and the hub allows it).
@@ -168,12 +159,30 @@ pub(crate) struct ConnShared {
     /// The highest `seq` dropped from the resume buffer before the client confirmed it: a
     /// resume from an earlier `seq` is impossible.
     pub(crate) lost_upto: AtomicU64,
+    /// What few connections use, allocated at first use: an idle connection has none of it.
+    cold: OnceLock<Box<Cold>>,
+    close: OnceLock<Box<CloseReason>>,
+}
+
+/// The parts of a connection's shared state that few connections use (see
+/// [`ConnShared::cold`]).
+#[derive(Debug, Default)]
+pub(crate) struct Cold {
+    /// Connections that sent to this one and want `peer_left` when it ends.
+    pub(crate) watchers: Mutex<HashSet<u64>>,
+    /// As a provider: connections that have called it (told with `ProviderGone` when it ends).
+    pub(crate) call_watchers: Mutex<HashSet<u64>>,
+    /// Topics this connection subscribed to.
+    pub(crate) subscriptions: Mutex<HashMap<(ServiceName, TopicName), Arc<crate::services::Topic>>>,
+    /// Sessions this connection is in.
+    pub(crate) sessions: Mutex<HashSet<SessionName>>,
+    /// In a cluster: its `session_join`s not resolved yet, and its frames waiting behind them.
+    pub(crate) joins: Mutex<crate::cluster::Joins>,
     /// After a session moved here from another hub: per origin hub, the last room emit the
     /// old hub already delivered, not to be delivered again here (empty almost always).
     room_skip: SkipMarks,
     /// The same for topic messages (their own sequence space).
     topic_skip: SkipMarks,
-    close: OnceLock<CloseReason>,
 }
 
 /// Per origin hub, the last numbered message (of one kind) that reached a connection on the
@@ -241,47 +250,52 @@ impl ConnShared {
             secret,
             info,
             rooms: Mutex::new(HashSet::new()),
-            watchers: Mutex::new(HashSet::new()),
             stats: ConnStats::default(),
             cancel: CancellationToken::new(),
             mailbox: Mailbox::new(limits.frames, limits.bytes, limits.notices),
             next_stream: AtomicU64::new(1),
             calls_in_flight: AtomicU32::new(0),
-            call_watchers: Mutex::new(HashSet::new()),
-            subscriptions: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashSet::new()),
-            joins: Mutex::new(crate::cluster::Joins::default()),
             rtt_us: AtomicU64::new(0),
             resumable,
             away: AtomicBool::new(false),
             lost_upto: AtomicU64::new(0),
-            room_skip: SkipMarks::default(),
-            topic_skip: SkipMarks::default(),
+            cold: OnceLock::new(),
             close: OnceLock::new(),
         }
+    }
+
+    /// The rarely used parts, allocated now if they were not: for changes.
+    pub(crate) fn cold(&self) -> &Cold {
+        self.cold.get_or_init(Box::default)
+    }
+
+    /// The rarely used parts if they were ever allocated: for reads, which must not allocate
+    /// them (a status page would otherwise grow every connection).
+    pub(crate) fn peek(&self) -> Option<&Cold> {
+        self.cold.get().map(|c| &**c)
     }
 
     /// Sets the room emits this connection already received on another hub (see
     /// `room_skip`).
     pub(crate) fn skip_room_emits(&self, skip: Vec<(Arc<str>, u64)>) {
-        self.room_skip.set(skip);
+        self.cold().room_skip.set(skip);
     }
 
     /// Whether room emit `seq` of hub `origin` already reached this connection on another
     /// hub.
     pub(crate) fn skips_room_emit(&self, origin: &str, seq: u64) -> bool {
-        self.room_skip.skips(origin, seq)
+        self.peek().is_some_and(|c| c.room_skip.skips(origin, seq))
     }
 
     /// Sets the topic messages this connection already received on another hub.
     pub(crate) fn skip_topic_msgs(&self, skip: Vec<(Arc<str>, u64)>) {
-        self.topic_skip.set(skip);
+        self.cold().topic_skip.set(skip);
     }
 
     /// Whether topic message `seq` of hub `origin` already reached this connection on
     /// another hub.
     pub(crate) fn skips_topic_msg(&self, origin: &str, seq: u64) -> bool {
-        self.topic_skip.skips(origin, seq)
+        self.peek().is_some_and(|c| c.topic_skip.skips(origin, seq))
     }
 
     /// Takes a fresh stream id in this connection's id space.
@@ -325,17 +339,17 @@ impl ConnShared {
 
     /// Closes the connection with a reason (the first reason wins).
     pub(crate) fn close(&self, code: ErrorCode, message: impl Into<String>) {
-        let _ = self.close.set(CloseReason {
+        let _ = self.close.set(Box::new(CloseReason {
             code,
             message: message.into(),
-        });
+        }));
         self.cancel.cancel();
         self.mailbox.wake();
     }
 
     /// The reason given to `close`, if any.
     pub(crate) fn close_reason(&self) -> Option<&CloseReason> {
-        self.close.get()
+        self.close.get().map(|c| &**c)
     }
 }
 
@@ -711,7 +725,7 @@ mod tests {
         assert!(c.skips_room_emit("b", 3));
         assert!(!c.skips_room_emit("b", 4));
         assert!(
-            !c.room_skip.any.load(Ordering::Acquire),
+            !c.cold().room_skip.any.load(Ordering::Acquire),
             "nothing left to check"
         );
     }

@@ -481,7 +481,9 @@ impl Services {
         conn: &ConnShared,
     ) -> Result<(), Refusal> {
         let key = (service.clone(), topic.clone());
-        let held = conn.subscriptions.lock().remove(&key);
+        let held = conn
+            .peek()
+            .and_then(|k| k.subscriptions.lock().remove(&key));
         match held {
             Some(t) => {
                 t.subs.write().conns.remove(&conn.conn);
@@ -500,7 +502,10 @@ impl Services {
 
     /// Ends every subscription of a connection that is going away.
     pub(crate) fn unsubscribe_all(&self, conn: &ConnShared) {
-        let held: Vec<Arc<Topic>> = conn.subscriptions.lock().drain().map(|(_, t)| t).collect();
+        let held: Vec<Arc<Topic>> = conn
+            .peek()
+            .map(|k| k.subscriptions.lock().drain().map(|(_, t)| t).collect())
+            .unwrap_or_default();
         for t in held {
             t.subs.write().conns.remove(&conn.conn);
         }
@@ -557,7 +562,7 @@ pub(crate) fn subscribe_locked(
     }
     {
         let key = (t.service.clone(), t.name.clone());
-        let mut mine = conn.subscriptions.lock();
+        let mut mine = conn.cold().subscriptions.lock();
         if mine.get(&key).is_some_and(|held| Arc::ptr_eq(held, t)) {
             return Ok(());
         }
@@ -611,7 +616,7 @@ impl Topic {
         f(&gone);
         let key = (self.service.clone(), self.name.clone());
         for conn in &gone {
-            let mut mine = conn.subscriptions.lock();
+            let mut mine = conn.cold().subscriptions.lock();
             // The subscriber may hold a newer topic of the same name: leave that one alone.
             if mine.get(&key).is_some_and(|held| Arc::ptr_eq(held, self)) {
                 mine.remove(&key);

@@ -181,7 +181,7 @@ impl Sessions {
         req: Option<u64>,
     ) -> Result<u64, SessionError> {
         let rev = self.join_member(name, mode, Member::Local(conn), rtt, req)?;
-        conn.sessions.lock().insert(name.clone());
+        conn.cold().sessions.lock().insert(name.clone());
         Ok(rev)
     }
 
@@ -375,7 +375,9 @@ impl Sessions {
     /// `conn` leaves a session for good.
     pub(crate) fn leave(&self, name: &SessionName, conn: &ConnShared) -> Result<(), SessionError> {
         let session = self.member_of(name, conn)?;
-        conn.sessions.lock().remove(name);
+        if let Some(k) = conn.peek() {
+            k.sessions.lock().remove(name);
+        }
         self.leave_on(&session, &conn.client, None)
     }
 
@@ -428,7 +430,10 @@ impl Sessions {
 
     /// `conn` leaves every session it is in (it is gone).
     pub(crate) fn leave_all(&self, conn: &ConnShared) {
-        let names: Vec<SessionName> = conn.sessions.lock().iter().cloned().collect();
+        let names: Vec<SessionName> = conn
+            .peek()
+            .map(|k| k.sessions.lock().iter().cloned().collect())
+            .unwrap_or_default();
         for name in names {
             let _ = self.leave(&name, conn);
         }
@@ -436,7 +441,10 @@ impl Sessions {
 
     /// `conn` dropped and may resume (`away`), or resumed.
     pub(crate) fn set_away(&self, conn: &ConnShared, away: bool) {
-        let names: Vec<SessionName> = conn.sessions.lock().iter().cloned().collect();
+        let names: Vec<SessionName> = conn
+            .peek()
+            .map(|k| k.sessions.lock().iter().cloned().collect())
+            .unwrap_or_default();
         for name in names {
             self.away_as(&name, &conn.client, None, conn.conn, away);
         }
@@ -500,7 +508,10 @@ impl Sessions {
     /// Local client `conn`'s session moved to hub `to`: in the sessions held here it stays a
     /// member, reached there (the new hub then asks for a fresh snapshot).
     pub(crate) fn rehome(&self, conn: &ConnShared, to: &str) {
-        let names: Vec<SessionName> = conn.sessions.lock().iter().cloned().collect();
+        let names: Vec<SessionName> = conn
+            .peek()
+            .map(|k| k.sessions.lock().iter().cloned().collect())
+            .unwrap_or_default();
         for name in names {
             let Some(session) = self.map.get(&name).map(|s| s.value().clone()) else {
                 continue;
@@ -649,7 +660,10 @@ impl Sessions {
         name: &SessionName,
         conn: &ConnShared,
     ) -> Result<Arc<Session>, SessionError> {
-        if !conn.sessions.lock().contains(name) {
+        if !conn
+            .peek()
+            .is_some_and(|k| k.sessions.lock().contains(name))
+        {
             return Err(unknown_session(name));
         }
         self.map

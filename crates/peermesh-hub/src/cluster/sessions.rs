@@ -257,7 +257,7 @@ impl Backplane {
         conn: &Arc<ConnShared>,
         frame: ClientFrame,
     ) {
-        let mut joins = conn.joins.lock();
+        let mut joins = conn.cold().joins.lock();
         self.route(router, conn, &mut joins, frame);
     }
 
@@ -359,7 +359,7 @@ impl Backplane {
     ) {
         {
             // Pending joins count: as on one hub, where a join is answered at once.
-            let sessions = conn.sessions.lock();
+            let sessions = conn.cold().sessions.lock();
             let count = sessions.len()
                 + joins
                     .pending
@@ -446,7 +446,7 @@ impl Backplane {
         req: Option<u64>,
         claim: Result<peermesh_cluster::Claim, peermesh_cluster::ClusterError>,
     ) {
-        let mut joins = conn.joins.lock();
+        let mut joins = conn.cold().joins.lock();
         let waiting = match joins.pending.remove(&name) {
             Some(Pending::Claiming { waiting }) => waiting,
             other => {
@@ -535,7 +535,9 @@ impl Backplane {
                 // Left, as far as the client and its count of sessions go; the session's
                 // events still reach it until the home has handled the leave (`SessionLeft`),
                 // as the events of its operations before the leave are for it.
-                conn.sessions.lock().remove(session);
+                if let Some(k) = conn.peek() {
+                    k.sessions.lock().remove(session);
+                }
                 if let Some(mut held) = self.held.get_mut(session) {
                     if held.home == home && held.conns.contains_key(&conn.client) {
                         held.leaving.insert(conn.client.clone(), *req);
@@ -621,7 +623,7 @@ impl Backplane {
     /// left behind there. Called before the connection leaves its sessions.
     pub(crate) fn session_joins_ended(&self, conn: &ConnShared) {
         let pending = {
-            let mut joins = conn.joins.lock();
+            let mut joins = conn.cold().joins.lock();
             joins.ended = true;
             std::mem::take(&mut joins.pending)
         };
@@ -641,7 +643,7 @@ impl Backplane {
     /// `unknown_session` (as a member's session does), and what waited runs (as a
     /// non-member's frames).
     pub(crate) fn drop_orphaned_joins(self: &Arc<Self>, router: &Router, conn: &Arc<ConnShared>) {
-        let mut joins = conn.joins.lock();
+        let mut joins = conn.cold().joins.lock();
         let orphaned: Vec<SessionName> = joins
             .pending
             .iter()
@@ -675,7 +677,10 @@ impl Backplane {
 
     /// A local client dropped (`away`) or resumed: its sessions held elsewhere learn it.
     pub(crate) fn session_member_away(&self, conn: &ConnShared, away: bool) {
-        let names: Vec<SessionName> = conn.sessions.lock().iter().cloned().collect();
+        let names: Vec<SessionName> = conn
+            .peek()
+            .map(|k| k.sessions.lock().iter().cloned().collect())
+            .unwrap_or_default();
         for name in names {
             if let Some(home) = self.session_home_of(&name, &conn.client) {
                 let ask = if away {
@@ -691,7 +696,10 @@ impl Backplane {
     /// A local client is gone: it leaves its sessions held elsewhere — for good, or, when
     /// its session moved to another hub (`migrated`), only here (the new hub tells the homes).
     pub(crate) fn session_member_gone(&self, conn: &ConnShared, migrated: bool) {
-        let names: Vec<SessionName> = conn.sessions.lock().iter().cloned().collect();
+        let names: Vec<SessionName> = conn
+            .peek()
+            .map(|k| k.sessions.lock().iter().cloned().collect())
+            .unwrap_or_default();
         for name in names {
             let Some(home) = self.session_home_of(&name, &conn.client) else {
                 continue;
@@ -718,7 +726,7 @@ impl Backplane {
         for name in names {
             if router.sessions.holds(name) {
                 if router.sessions.moved(name, Member::Local(conn)).is_ok() {
-                    conn.sessions.lock().insert(name.clone());
+                    conn.cold().sessions.lock().insert(name.clone());
                 }
                 continue;
             }
@@ -840,7 +848,9 @@ impl Backplane {
             h.conns.is_empty()
         });
         if let Some(conn) = gone {
-            conn.sessions.lock().remove(&session);
+            if let Some(k) = conn.peek() {
+                k.sessions.lock().remove(&session);
+            }
         }
     }
 
@@ -881,7 +891,7 @@ impl Backplane {
                 if is_answer {
                     self.moved_in(&session, &id);
                 }
-                let mut joins = conn.joins.lock();
+                let mut joins = conn.cold().joins.lock();
                 if joins.ended {
                     return;
                 }
@@ -907,7 +917,7 @@ impl Backplane {
                         leaving: HashMap::new(),
                     });
                     held.conns.insert(id.clone(), conn.clone());
-                    conn.sessions.lock().insert(session.clone());
+                    conn.cold().sessions.lock().insert(session.clone());
                 }
                 let whole = self.partials.lock().chunk(&session, &id, &frame);
                 if let Some(whole) = whole {
@@ -1227,7 +1237,7 @@ impl Backplane {
             Ok(waiting) => {
                 for conn in &arrived {
                     if router.sessions.moved(name, Member::Local(conn)).is_ok() {
-                        conn.sessions.lock().insert(name.clone());
+                        conn.cold().sessions.lock().insert(name.clone());
                     }
                 }
                 self.counters.sessions_taken_over.fetch_add(1, Relaxed);
@@ -1247,7 +1257,9 @@ impl Backplane {
             Err((_, m)) => {
                 tracing::warn!(session = %name.as_str(), "cannot take a session over: {m}");
                 for conn in &members {
-                    conn.sessions.lock().remove(name);
+                    if let Some(k) = conn.peek() {
+                        k.sessions.lock().remove(name);
+                    }
                     let m = format!(
                         "session {:?} was held by hub {gone:?}, which left the cluster, and \
                          this hub could not take it over ({m}): join it again",
@@ -1344,7 +1356,9 @@ impl Backplane {
         }
         let gone = if gone.is_empty() { "(unknown)" } else { gone };
         for conn in &conns {
-            conn.sessions.lock().remove(name);
+            if let Some(k) = conn.peek() {
+                k.sessions.lock().remove(name);
+            }
             let m = format!(
                 "session {:?} was held by hub {gone:?}, which left the cluster, and no other \
                  hub had all of its state: it is lost; join it again to start it anew",

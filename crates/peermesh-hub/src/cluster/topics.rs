@@ -247,7 +247,7 @@ impl Backplane {
             if mine.contains(&key) {
                 return Some(Ok(()));
             }
-            if mine.len() + conn.subscriptions.lock().len() >= max {
+            if mine.len() + conn.peek().map_or(0, |k| k.subscriptions.lock().len()) >= max {
                 return Some(Err(too_many(max)));
             }
             mine.insert(key.clone());
@@ -365,6 +365,7 @@ impl Backplane {
         loop {
             // The locks' owners first (never holding a map shard while waiting for a lock).
             let mut held: Vec<(TopicKey, Held)> = conn
+                .cold()
                 .subscriptions
                 .lock()
                 .iter()
@@ -384,7 +385,10 @@ impl Backplane {
             }
             self.topics_epoch.fetch_add(1, Ordering::AcqRel);
             let r = f();
-            let mut topics: Vec<TopicKey> = conn.subscriptions.lock().keys().cloned().collect();
+            let mut topics: Vec<TopicKey> = conn
+                .peek()
+                .map(|k| k.subscriptions.lock().keys().cloned().collect())
+                .unwrap_or_default();
             topics.extend(self.remote_topics_of(conn.conn));
             drop(guards);
             return (r, topics);
@@ -448,7 +452,9 @@ impl Backplane {
                     Guard::Local(t, subs) => subscribe_locked(t, subs, conn, max),
                     Guard::Remote(subs) => {
                         let mut mine = self.subs_of.entry(conn.conn).or_default();
-                        if !mine.contains(k) && mine.len() + conn.subscriptions.lock().len() >= max
+                        if !mine.contains(k)
+                            && mine.len() + conn.peek().map_or(0, |k| k.subscriptions.lock().len())
+                                >= max
                         {
                             Err(too_many(max))
                         } else {

@@ -33,6 +33,12 @@ pub(crate) struct AckTracker {
     conn: u32,
     next: u32,
     limit: usize,
+    /// Allocated at the first ack: most connections never ask for one.
+    maps: Option<Box<Maps>>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
     by_id: HashMap<u64, Pending>,
     by_req: HashMap<u64, u64>,
     deadlines: BTreeSet<(Instant, u64)>,
@@ -49,9 +55,7 @@ impl AckTracker {
             conn,
             next: start,
             limit,
-            by_id: HashMap::new(),
-            by_req: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            maps: None,
         }
     }
 
@@ -62,20 +66,21 @@ impl AckTracker {
         target: ClientId,
         deadline: Instant,
     ) -> Result<u64, AckInsertError> {
-        if self.by_req.contains_key(&req) {
+        let m = self.maps.get_or_insert_with(Box::default);
+        if m.by_req.contains_key(&req) {
             return Err(AckInsertError::DuplicateReq);
         }
-        if self.by_id.len() >= self.limit {
+        if m.by_id.len() >= self.limit {
             return Err(AckInsertError::Full);
         }
         let ack_id = loop {
             self.next = self.next.wrapping_add(1);
             let id = (u64::from(self.conn) << 32) | u64::from(self.next);
-            if !self.by_id.contains_key(&id) {
+            if !m.by_id.contains_key(&id) {
                 break id;
             }
         };
-        self.by_id.insert(
+        m.by_id.insert(
             ack_id,
             Pending {
                 req,
@@ -83,22 +88,23 @@ impl AckTracker {
                 deadline,
             },
         );
-        self.by_req.insert(req, ack_id);
-        self.deadlines.insert((deadline, ack_id));
+        m.by_req.insert(req, ack_id);
+        m.deadlines.insert((deadline, ack_id));
         Ok(ack_id)
     }
 
     fn remove(&mut self, ack_id: u64) -> Option<Pending> {
-        let p = self.by_id.remove(&ack_id)?;
-        self.by_req.remove(&p.req);
-        self.deadlines.remove(&(p.deadline, ack_id));
+        let m = self.maps.as_mut()?;
+        let p = m.by_id.remove(&ack_id)?;
+        m.by_req.remove(&p.req);
+        m.deadlines.remove(&(p.deadline, ack_id));
         Some(p)
     }
 
     /// A reply arrived from `from`: returns the `req` to answer, if the ack is pending and
     /// addressed to `from`.
     pub(crate) fn complete(&mut self, ack_id: u64, from: &ClientId) -> Option<u64> {
-        match self.by_id.get(&ack_id) {
+        match self.maps.as_ref().and_then(|m| m.by_id.get(&ack_id)) {
             Some(p) if &p.target == from => self.remove(ack_id).map(|p| p.req),
             _ => None,
         }
@@ -106,7 +112,10 @@ impl AckTracker {
 
     /// The target left: returns the `req`s of every ack waiting on it.
     pub(crate) fn fail_target(&mut self, target: &ClientId) -> Vec<u64> {
-        let ids: Vec<u64> = self
+        let Some(m) = self.maps.as_ref() else {
+            return Vec::new();
+        };
+        let ids: Vec<u64> = m
             .by_id
             .iter()
             .filter(|(_, p)| &p.target == target)
@@ -122,13 +131,13 @@ impl AckTracker {
 
     /// The earliest deadline, if any ack is pending.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(d, _)| *d)
+        self.maps.as_ref()?.deadlines.first().map(|(d, _)| *d)
     }
 
     /// Removes every ack whose deadline is at or before `now`, returning their `req`s.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Vec<u64> {
         let mut out = Vec::new();
-        while let Some(&(d, id)) = self.deadlines.first() {
+        while let Some(&(d, id)) = self.maps.as_ref().and_then(|m| m.deadlines.first()) {
             if d > now {
                 break;
             }
@@ -141,7 +150,7 @@ impl AckTracker {
 
     /// Number of pending acks.
     pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
+        self.maps.as_ref().map_or(0, |m| m.by_id.len())
     }
 }
 

@@ -47,6 +47,12 @@ pub(crate) struct CallTracker<P> {
     slot: u32,
     next: u32,
     limit: usize,
+    /// Allocated at the first call: most connections never make one.
+    maps: Option<Box<Maps<P>>>,
+}
+
+#[derive(Debug)]
+struct Maps<P> {
     by_id: HashMap<u64, Pending<P>>,
     deadlines: BTreeSet<(Instant, u64)>,
 }
@@ -57,8 +63,7 @@ impl<P> CallTracker<P> {
             slot,
             next: start,
             limit,
-            by_id: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            maps: None,
         }
     }
 
@@ -70,17 +75,23 @@ impl<P> CallTracker<P> {
         handle: P,
         deadline: Instant,
     ) -> Result<u64, CallInsertError> {
-        if self.by_id.len() >= self.limit {
+        let m = self.maps.get_or_insert_with(|| {
+            Box::new(Maps {
+                by_id: HashMap::new(),
+                deadlines: BTreeSet::new(),
+            })
+        });
+        if m.by_id.len() >= self.limit {
             return Err(CallInsertError::Full);
         }
         let id = loop {
             self.next = self.next.wrapping_add(1);
             let id = (u64::from(self.slot) << 32) | u64::from(self.next);
-            if !self.by_id.contains_key(&id) {
+            if !m.by_id.contains_key(&id) {
                 break id;
             }
         };
-        self.by_id.insert(
+        m.by_id.insert(
             id,
             Pending {
                 req,
@@ -89,13 +100,14 @@ impl<P> CallTracker<P> {
                 deadline,
             },
         );
-        self.deadlines.insert((deadline, id));
+        m.deadlines.insert((deadline, id));
         Ok(id)
     }
 
     fn remove(&mut self, id: u64) -> Option<Ended<P>> {
-        let p = self.by_id.remove(&id)?;
-        self.deadlines.remove(&(p.deadline, id));
+        let m = self.maps.as_mut()?;
+        let p = m.by_id.remove(&id)?;
+        m.deadlines.remove(&(p.deadline, id));
         Some(Ended {
             req: p.req,
             handle: p.handle,
@@ -104,7 +116,7 @@ impl<P> CallTracker<P> {
 
     /// An answer arrived from `provider`: the call, if it is pending and was sent to it.
     pub(crate) fn complete(&mut self, id: u64, provider: u64) -> Option<Ended<P>> {
-        match self.by_id.get(&id) {
+        match self.maps.as_ref().and_then(|m| m.by_id.get(&id)) {
             Some(p) if p.provider == provider => self.remove(id),
             _ => None,
         }
@@ -112,7 +124,10 @@ impl<P> CallTracker<P> {
 
     /// The provider left: every call waiting on it, in `req` order.
     pub(crate) fn fail_provider(&mut self, provider: u64) -> Vec<Ended<P>> {
-        let ids: Vec<u64> = self
+        let Some(m) = self.maps.as_ref() else {
+            return Vec::new();
+        };
+        let ids: Vec<u64> = m
             .by_id
             .iter()
             .filter(|(_, p)| p.provider == provider)
@@ -125,20 +140,22 @@ impl<P> CallTracker<P> {
 
     /// The earliest deadline, if any call is pending.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(d, _)| *d)
+        self.maps.as_ref()?.deadlines.first().map(|(d, _)| *d)
     }
 
     /// Removes every call whose deadline is at or before `now`.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Vec<Ended<P>> {
         let mut out = Vec::new();
-        while let Some(&(d, id)) = self.deadlines.first() {
+        while let Some(&(d, id)) = self.maps.as_ref().and_then(|m| m.deadlines.first()) {
             if d > now {
                 break;
             }
             match self.remove(id) {
                 Some(e) => out.push(e),
                 None => {
-                    self.deadlines.pop_first();
+                    if let Some(m) = self.maps.as_mut() {
+                        m.deadlines.pop_first();
+                    }
                 }
             }
         }
@@ -147,10 +164,12 @@ impl<P> CallTracker<P> {
 
     /// Removes every call (the connection ends).
     pub(crate) fn drain(&mut self) -> Vec<Ended<P>> {
-        self.deadlines.clear();
-        self.by_id
-            .drain()
-            .map(|(_, p)| Ended {
+        let Some(m) = self.maps.take() else {
+            return Vec::new();
+        };
+        m.by_id
+            .into_values()
+            .map(|p| Ended {
                 req: p.req,
                 handle: p.handle,
             })
@@ -159,7 +178,7 @@ impl<P> CallTracker<P> {
 
     /// Number of pending calls.
     pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
+        self.maps.as_ref().map_or(0, |m| m.by_id.len())
     }
 }
 

@@ -33,6 +33,12 @@ pub(crate) struct RecentTargets {
     cap: usize,
     ttl: Duration,
     tick: u64,
+    /// Allocated at the first send: many connections never send to anyone.
+    maps: Option<Box<Maps>>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
     entries: HashMap<ClientId, Entry>,
     order: BTreeMap<u64, ClientId>,
 }
@@ -43,8 +49,7 @@ impl RecentTargets {
             cap,
             ttl,
             tick: 0,
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
+            maps: None,
         }
     }
 
@@ -56,7 +61,8 @@ impl RecentTargets {
                 unwatch: None,
             };
         }
-        if let Some(e) = self.entries.get_mut(target) {
+        let m = self.maps.get_or_insert_with(Box::default);
+        if let Some(e) = m.entries.get_mut(target) {
             // A burst to the same target: its age and rank barely move, so skip the reorder
             // (the TTL is minutes; a second of staleness cannot matter).
             if e.conn == conn && now.saturating_duration_since(e.last) < REFRESH {
@@ -68,9 +74,9 @@ impl RecentTargets {
         }
         self.tick += 1;
         let tick = self.tick;
-        if let Some(e) = self.entries.get_mut(target) {
-            self.order.remove(&e.tick);
-            self.order.insert(tick, target.clone());
+        if let Some(e) = m.entries.get_mut(target) {
+            m.order.remove(&e.tick);
+            m.order.insert(tick, target.clone());
             e.tick = tick;
             e.last = now;
             if e.conn == conn {
@@ -86,14 +92,14 @@ impl RecentTargets {
             };
         }
         let mut unwatch = None;
-        if self.entries.len() >= self.cap {
-            if let Some((_, oldest)) = self.order.pop_first() {
-                if let Some(e) = self.entries.remove(&oldest) {
+        if m.entries.len() >= self.cap {
+            if let Some((_, oldest)) = m.order.pop_first() {
+                if let Some(e) = m.entries.remove(&oldest) {
                     unwatch = Some((oldest, e.conn));
                 }
             }
         }
-        self.entries.insert(
+        m.entries.insert(
             target.clone(),
             Entry {
                 conn,
@@ -101,7 +107,7 @@ impl RecentTargets {
                 tick,
             },
         );
-        self.order.insert(tick, target.clone());
+        m.order.insert(tick, target.clone());
         Touch {
             watch: true,
             unwatch,
@@ -113,12 +119,15 @@ impl RecentTargets {
     /// a connection older than the one remembered is stale and ignored, while a newer one (a
     /// connection that replaced the remembered one) counts.
     pub(crate) fn gone(&mut self, target: &ClientId, conn: u64, now: Instant) -> bool {
-        match self.entries.get(target) {
+        let Some(m) = self.maps.as_mut() else {
+            return false;
+        };
+        match m.entries.get(target) {
             Some(e) if e.conn <= conn => {
                 let recent = now.saturating_duration_since(e.last) <= self.ttl;
                 let tick = e.tick;
-                self.entries.remove(target);
-                self.order.remove(&tick);
+                m.entries.remove(target);
+                m.order.remove(&tick);
                 recent
             }
             _ => false,
@@ -128,20 +137,23 @@ impl RecentTargets {
     /// Whether the target's connection `conn` was contacted within the TTL (it stays
     /// remembered): a `peer_away` or `peer_back` about it is due.
     pub(crate) fn is_recent(&self, target: &ClientId, conn: u64, now: Instant) -> bool {
-        self.entries
-            .get(target)
+        self.maps
+            .as_ref()
+            .and_then(|m| m.entries.get(target))
             .is_some_and(|e| e.conn <= conn && now.saturating_duration_since(e.last) <= self.ttl)
     }
 
     /// Every remembered target and its connection (to stop watching them all at the end).
     pub(crate) fn drain(&mut self) -> Vec<(ClientId, u64)> {
-        self.order.clear();
-        self.entries.drain().map(|(id, e)| (id, e.conn)).collect()
+        let Some(m) = self.maps.take() else {
+            return Vec::new();
+        };
+        m.entries.into_iter().map(|(id, e)| (id, e.conn)).collect()
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.maps.as_ref().map_or(0, |m| m.entries.len())
     }
 }
 
@@ -196,7 +208,7 @@ mod tests {
                     if t.watch { prop_assert!(watching.insert((id(n), conn))); }
                 }
                 prop_assert!(r.len() <= 5);
-                prop_assert_eq!(r.len(), r.order.len());
+                prop_assert_eq!(r.len(), r.maps.as_ref().map_or(0, |m| m.order.len()));
                 prop_assert_eq!(r.len(), watching.len());
             }
         }

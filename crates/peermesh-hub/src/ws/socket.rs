@@ -42,6 +42,16 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// What the bytes already read hold.
+enum Step {
+    Message(Message),
+    Failed(WsError),
+    /// The connection ended.
+    Ended,
+    /// A frame is incomplete: read more.
+    More,
+}
+
 /// Limits of one socket.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -94,31 +104,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Cancel-safe.
     pub(crate) async fn recv(&mut self) -> Option<Result<Message, WsError>> {
         loop {
-            if self.done {
-                return None;
-            }
-            if !self.rbuf.is_empty() {
-                match self.decoder.decode(&self.rbuf) {
-                    Ok(d) if d.consumed > 0 => {
-                        let _ = self.rbuf.split_to(d.consumed);
-                        if self.rbuf.is_empty() {
-                            self.rbuf = BytesMut::new();
-                        }
-                        if let Some(m) = d.message {
-                            if matches!(m, Message::Ping(_) | Message::Close(_)) {
-                                // Boxed: the answer's writing state stays out of the future
-                                // every idle connection holds.
-                                if let Err(e) = Box::pin(self.answer(&m)).await {
-                                    return Some(Err(e));
-                                }
-                            }
-                            return Some(Ok(m));
-                        }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Some(Err(self.fail(e))),
+            match self.buffered() {
+                Step::Message(m @ (Message::Ping(_) | Message::Close(_))) => {
+                    // Boxed: the answer's writing state stays out of the future every idle
+                    // connection holds.
+                    return Some(Box::pin(self.answered(m)).await);
                 }
+                Step::Message(m) => return Some(Ok(m)),
+                Step::Failed(e) => return Some(Err(e)),
+                Step::Ended => return None,
+                Step::More => {}
             }
             match self.read_some().await {
                 Ok(0) => {
@@ -132,6 +127,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 }
             }
         }
+    }
+
+    /// The next message among the bytes already read.
+    fn buffered(&mut self) -> Step {
+        loop {
+            if self.done {
+                return Step::Ended;
+            }
+            if self.rbuf.is_empty() {
+                return Step::More;
+            }
+            match self.decoder.decode(&self.rbuf) {
+                Ok(d) if d.consumed > 0 => {
+                    let _ = self.rbuf.split_to(d.consumed);
+                    if self.rbuf.is_empty() {
+                        self.rbuf = BytesMut::new();
+                    }
+                    if let Some(m) = d.message {
+                        return Step::Message(m);
+                    }
+                }
+                Ok(_) => return Step::More,
+                Err(e) => return Step::Failed(self.fail(e)),
+            }
+        }
+    }
+
+    /// `m` once it is answered.
+    async fn answered(&mut self, m: Message) -> Result<Message, WsError> {
+        self.answer(&m).await?;
+        Ok(m)
     }
 
     /// Answers a ping or a close frame.
