@@ -803,30 +803,26 @@ struct Session {
 }
 
 impl Session {
-    /// Runs the session to its end. Boxed: an `async fn` taking the session by value would
-    /// keep two copies of it in its future (the argument and the binding).
+    /// Runs the session to its end: serves the socket, and waits out the resume window after
+    /// each drop. Boxed: an `async fn` taking the session by value would keep two copies of it
+    /// in its future (the argument and the binding). One loop here, not a nested `async fn`:
+    /// every level of nesting adds its own bytes to the future an idle connection holds.
     async fn run(self: Box<Self>) {
         let mut this = self;
-        this.serve().await;
-        Box::pin(this.cleanup()).await;
-    }
-
-    /// Serves the socket, and waits out the resume window after each drop.
-    async fn serve(&mut self) {
         loop {
-            let end = self.connected().await;
-            if end == End::Gone || self.resume.is_none() || self.conn.cancel.is_cancelled() {
+            let end = this.connected().await;
+            if end == End::Gone || this.resume.is_none() || this.conn.cancel.is_cancelled() {
                 break;
             }
-            if !self.away().await {
+            if !this.away().await {
                 break;
             }
         }
+        Box::pin(this.cleanup()).await;
     }
 
     /// Serves the socket until it drops or the connection ends.
     async fn connected(&mut self) -> End {
-        let timeout = self.hub.config.heartbeat_timeout();
         let conn = self.conn.clone();
         // One timer serves the pings, the heartbeat check, receipts and the earliest ack, call
         // or stream deadline: an idle connection's future stays small, and the timer is
@@ -834,13 +830,12 @@ impl Session {
         let now = Instant::now();
         self.last_seen = now;
         let mut next_ping = now + self.ping_every;
-        let mut hb_check = now + timeout;
-        let mut armed = next_ping.min(hb_check);
-        let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(armed));
+        let mut hb_check = now + self.hub.config.heartbeat_timeout();
+        let timer =
+            tokio::time::sleep_until(tokio::time::Instant::from_std(next_ping.min(hb_check)));
         tokio::pin!(timer);
         // `welcome` (and anything routed since registration) is already in the mailbox.
-        let mut spare: VecDeque<Outbound> = VecDeque::new();
-        let mut alive = Box::pin(self.drain(&mut spare)).await;
+        let mut alive = Box::pin(self.drain()).await;
         let mut end = End::Dropped;
         // Measure the round trip now: a few quick pings, then one per heartbeat.
         let joins_by = now + RTT_WAIT;
@@ -853,7 +848,7 @@ impl Session {
                 // A close request also wakes the mailbox. Draining is boxed: one small
                 // allocation per batch keeps the writing state out of the resident future.
                 _ = conn.mailbox.ready() => {
-                    alive = !conn.cancel.is_cancelled() && Box::pin(self.drain(&mut spare)).await;
+                    alive = !conn.cancel.is_cancelled() && Box::pin(self.drain()).await;
                     if alive {
                         if let Some(t) = self.takeover.take() {
                             match Box::pin(self.take_over(*t)).await {
@@ -861,7 +856,7 @@ impl Session {
                                     // The new socket starts its own heartbeat.
                                     let now = Instant::now();
                                     self.last_seen = now;
-                                    hb_check = now + timeout;
+                                    hb_check = now + self.hub.config.heartbeat_timeout();
                                 }
                                 Resumed::Refused => return End::Gone,
                             }
@@ -906,6 +901,7 @@ impl Session {
                         self.join_pending();
                     }
                     if now >= hb_check {
+                        let timeout = self.hub.config.heartbeat_timeout();
                         hb_check = self.last_seen + timeout;
                         if now >= hb_check {
                             let m = format!("nothing received for {} s", timeout.as_secs_f64());
@@ -930,9 +926,9 @@ impl Session {
             if !self.pending_joins.is_empty() {
                 due = due.min(joins_by);
             }
-            if due != armed {
-                armed = due;
-                timer.as_mut().reset(tokio::time::Instant::from_std(due));
+            let due = tokio::time::Instant::from_std(due);
+            if due != timer.deadline() {
+                timer.as_mut().reset(due);
             }
         }
         if self.conn.cancel.is_cancelled() {
@@ -1329,17 +1325,18 @@ impl Session {
 
     /// Handles every queued notice and writes every queued frame (one flush per batch of
     /// `BATCH`). Returns `false` when the socket failed or the connection is closing.
-    async fn drain(&mut self, spare: &mut VecDeque<Outbound>) -> bool {
+    async fn drain(&mut self) -> bool {
+        // The deque of one batch is reused for the next within a burst.
+        let mut spare = VecDeque::new();
         loop {
-            let taken = self.conn.mailbox.take(std::mem::take(spare));
+            let taken = self.conn.mailbox.take(std::mem::take(&mut spare));
             for n in taken.notices {
                 self.handle_control(n);
             }
             let mut frames = taken.frames;
             if frames.is_empty() {
-                // Idle: give the write chunk, the socket's buffers and the deque back (one
-                // allocation per burst, none held between bursts).
-                *spare = VecDeque::new();
+                // Idle: give the write chunk and the socket's buffers back (the deque goes
+                // with this future: one allocation per burst, none held between bursts).
                 self.framer.release();
                 if let Some(ws) = self.ws.as_mut() {
                     ws.release();
@@ -1353,7 +1350,7 @@ impl Session {
                 ok = self.write_frames(&mut frames) => ok,
             };
             frames.clear();
-            *spare = frames;
+            spare = frames;
             if !ok {
                 return false;
             }

@@ -91,6 +91,64 @@ pub mod fuzzing {
     pub fn cluster_seeds() -> Vec<Vec<u8>> {
         crate::cluster::seeds()
     }
+
+    /// Fuzz target `ws_frame`: byte 0 is the chunk size the stream is fed in, byte 1 × 64 the
+    /// message limit, the rest the byte stream a client sends. The decoder never claims more
+    /// bytes than it was given and returns only UTF-8 text, and every message it returns
+    /// decodes to the same message again once encoded as a client frame (panics if not).
+    /// Returns how many messages decoded before the stream ended or failed.
+    pub fn check_ws_frame(data: &[u8]) -> usize {
+        use crate::ws::codec::{client_frame, Decoder, Message};
+        let [chunk, limit, rest @ ..] = data else {
+            return 0;
+        };
+        let chunk = usize::from(*chunk).max(1);
+        let mut d = Decoder::new(usize::from(*limit) * 64);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut decoded = 0;
+        for piece in rest.chunks(chunk) {
+            pending.extend_from_slice(piece);
+            loop {
+                let Ok(r) = d.decode(&pending) else {
+                    return decoded;
+                };
+                assert!(
+                    r.consumed <= pending.len(),
+                    "claimed more than it was given"
+                );
+                if r.consumed == 0 {
+                    break;
+                }
+                pending.drain(..r.consumed);
+                let Some(m) = r.message else {
+                    continue;
+                };
+                decoded += 1;
+                let (op, payload) = match &m {
+                    Message::Text(t) => {
+                        assert!(std::str::from_utf8(t).is_ok(), "text must be UTF-8");
+                        (0x1, t.to_vec())
+                    }
+                    Message::Binary(b) => (0x2, b.to_vec()),
+                    Message::Ping(b) => (0x9, b.to_vec()),
+                    Message::Pong(b) => (0xA, b.to_vec()),
+                    Message::Close(None) => (0x8, Vec::new()),
+                    Message::Close(Some(c)) => {
+                        let mut p = c.code.to_be_bytes().to_vec();
+                        p.extend_from_slice(c.reason.as_bytes());
+                        (0x8, p)
+                    }
+                };
+                let frame = client_frame(true, op, [9, 8, 7, 6], &payload);
+                let again = Decoder::new(usize::MAX >> 1)
+                    .decode(&frame)
+                    .expect("a message the decoder returned must decode again");
+                assert_eq!(again.consumed, frame.len());
+                assert_eq!(again.message.as_ref(), Some(&m));
+            }
+        }
+        decoded
+    }
 }
 use router::Router;
 
