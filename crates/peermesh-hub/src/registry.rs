@@ -25,7 +25,7 @@ use peermesh_proto::{
     ClientId, EncodedBody, Encoding, ErrorCode, Payload, ResumeRefusal, RoomName, ServiceName,
     SessionName, TopicName,
 };
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::config::DuplicateIdPolicy;
 use crate::mailbox::{Mailbox, PushError};
@@ -144,7 +144,11 @@ pub(crate) struct ConnShared {
     pub(crate) info: ConnInfo,
     pub(crate) rooms: Mutex<HashSet<RoomName>>,
     pub(crate) stats: ConnStats,
-    pub(crate) cancel: CancellationToken,
+    /// Set once the connection is closing (see [`ConnShared::closing`]); `closed` wakes those
+    /// waiting for it. A flag and a notifier instead of a `CancellationToken`, which would
+    /// allocate a node per connection.
+    closing: AtomicBool,
+    closed: Notify,
     pub(crate) mailbox: Mailbox<Control>,
     /// The next stream id of this connection (ids start at 1 and are never reused).
     pub(crate) next_stream: AtomicU64,
@@ -251,7 +255,8 @@ impl ConnShared {
             info,
             rooms: Mutex::new(HashSet::new()),
             stats: ConnStats::default(),
-            cancel: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            closed: Notify::new(),
             mailbox: Mailbox::new(limits.frames, limits.bytes, limits.notices),
             next_stream: AtomicU64::new(1),
             calls_in_flight: AtomicU32::new(0),
@@ -343,8 +348,32 @@ impl ConnShared {
             code,
             message: message.into(),
         }));
-        self.cancel.cancel();
+        self.cancel();
         self.mailbox.wake();
+    }
+
+    /// Marks the connection closing and wakes every task waiting in [`ConnShared::closed`].
+    pub(crate) fn cancel(&self) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.closed.notify_waiters();
+        }
+    }
+
+    /// Whether the connection is closing.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection is closing (at once if it already is).
+    pub(crate) async fn closed(&self) {
+        let notified = self.closed.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a `cancel` in between still wakes this one.
+        notified.as_mut().enable();
+        if self.is_closing() {
+            return;
+        }
+        notified.await;
     }
 
     /// The reason given to `close`, if any.
@@ -710,6 +739,40 @@ mod tests {
             limits,
             false,
         ))
+    }
+
+    #[tokio::test]
+    async fn closed_wakes_every_waiter_and_completes_at_once_after_a_close() {
+        let c = conn(1, "a");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.closed().await })
+            })
+            .collect();
+        // Let the waiters register before the close.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        assert!(!c.is_closing());
+        c.close(ErrorCode::SlowConsumer, "test");
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("a waiter was not woken by the close")
+                .expect("the waiter task");
+        }
+        assert!(c.is_closing());
+        // After the close, waiting ends at once; the first reason stays.
+        tokio::time::timeout(Duration::from_secs(5), c.closed())
+            .await
+            .expect("closed() must complete once closing");
+        c.close(ErrorCode::Malformed, "later");
+        assert_eq!(
+            c.close_reason().map(|r| r.code),
+            Some(ErrorCode::SlowConsumer)
+        );
     }
 
     #[test]

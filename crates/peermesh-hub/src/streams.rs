@@ -309,14 +309,23 @@ pub(crate) enum Outcome {
 /// The streams of one connection, owned by its task.
 #[derive(Debug)]
 pub(crate) struct Streams {
-    entries: HashMap<u64, Entry>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Allocated at the first stream and freed when the connection drops: most
+    /// connections never open one.
+    maps: Option<Box<Maps>>,
     max_streams: usize,
     max_window: u64,
     open_timeout: Duration,
     metrics: Arc<Metrics>,
     /// Set in a cluster: streams to clients of other hubs.
     relay: Option<Relayer>,
+}
+
+/// The streams of a connection that has any.
+#[derive(Debug, Default)]
+struct Maps {
+    entries: HashMap<u64, Entry>,
+    /// Open requests not answered yet, by deadline.
+    deadlines: BTreeSet<(Instant, u64)>,
 }
 
 fn reset_frame(stream: u64, code: ErrorCode, reason: impl Into<String>) -> ServerFrame {
@@ -340,8 +349,7 @@ impl Streams {
         relay: Option<Relayer>,
     ) -> Self {
         Self {
-            entries: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            maps: None,
             max_streams,
             max_window,
             open_timeout,
@@ -350,21 +358,47 @@ impl Streams {
         }
     }
 
+    fn get(&self, stream: u64) -> Option<&Entry> {
+        self.maps.as_ref()?.entries.get(&stream)
+    }
+
+    fn get_mut(&mut self, stream: u64) -> Option<&mut Entry> {
+        self.maps.as_mut()?.entries.get_mut(&stream)
+    }
+
+    /// Streams open or opening on this connection.
+    fn count(&self) -> usize {
+        self.maps.as_ref().map_or(0, |m| m.entries.len())
+    }
+
+    /// The ids of the streams that match `which`.
+    fn ids(&self, which: impl Fn(&Entry) -> bool) -> Vec<u64> {
+        self.maps.as_ref().map_or_else(Vec::new, |m| {
+            m.entries
+                .iter()
+                .filter(|(_, e)| which(e))
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
     fn insert(&mut self, stream: u64, e: Entry) {
+        let maps = self.maps.get_or_insert_default();
         if let State::Opening { deadline, .. } = e.state {
-            self.deadlines.insert((deadline, stream));
+            maps.deadlines.insert((deadline, stream));
         }
         if let (Peer::Remote(r), Some(relay)) = (&e.peer, &self.relay) {
             relay.bp.stream_opened(&r.client, relay.conn);
         }
-        self.entries.insert(stream, e);
+        maps.entries.insert(stream, e);
         self.metrics.add_streams(1);
     }
 
     fn remove(&mut self, stream: u64) -> Option<Entry> {
-        let e = self.entries.remove(&stream)?;
+        let maps = self.maps.as_mut()?;
+        let e = maps.entries.remove(&stream)?;
         if let State::Opening { deadline, .. } = e.state {
-            self.deadlines.remove(&(deadline, stream));
+            maps.deadlines.remove(&(deadline, stream));
         }
         if let (Peer::Remote(r), Some(relay)) = (&e.peer, &self.relay) {
             relay.bp.stream_closed(&r.client, relay.conn);
@@ -376,7 +410,7 @@ impl Streams {
     /// Tells the other end of `stream`; when that fails (the queue to the cluster is full),
     /// the stream is reset on both ends with `cluster_unavailable`.
     fn tell(&mut self, stream: u64, say: Say) -> Outcome {
-        let Some(e) = self.entries.get(&stream) else {
+        let Some(e) = self.get(stream) else {
             return Outcome::Done;
         };
         if e.tell(self.relay.as_ref(), stream, say) {
@@ -431,7 +465,7 @@ impl Streams {
 
     /// Resets a stream because of one of its frames (e.g. too large).
     pub(crate) fn reset_for(&mut self, stream: u64, code: ErrorCode, why: String) -> Outcome {
-        if !self.entries.contains_key(&stream) {
+        if self.get(stream).is_none() {
             return Outcome::Done;
         }
         self.violation(stream, code, why)
@@ -446,10 +480,10 @@ impl Streams {
         now: Instant,
     ) -> Outcome {
         let req = open.req;
-        if self.entries.len() >= self.max_streams {
+        if self.count() >= self.max_streams {
             let m = format!(
                 "this connection already has {} streams (max_streams_per_client)",
-                self.entries.len()
+                self.count()
             );
             return Outcome::Reply(Box::new(error_frame(ErrorCode::TooManyStreams, m, req)));
         }
@@ -561,7 +595,7 @@ impl Streams {
     /// `stream_accept`.
     pub(crate) fn accept(&mut self, me: &ConnShared, stream: u64, window: u64) -> Outcome {
         let max = self.max_window;
-        let Some(e) = self.entries.get_mut(&stream) else {
+        let Some(e) = self.get_mut(stream) else {
             return Self::known(me, stream);
         };
         let State::Offered { window: granted } = e.state else {
@@ -592,7 +626,7 @@ impl Streams {
         reason: String,
         reject: bool,
     ) -> Outcome {
-        let Some(e) = self.entries.get(&stream) else {
+        let Some(e) = self.get(stream) else {
             return Self::known(me, stream);
         };
         if reject && !matches!(e.state, State::Offered { .. }) {
@@ -616,7 +650,7 @@ impl Streams {
 
     /// `stream_credit`.
     pub(crate) fn credit(&mut self, me: &ConnShared, stream: u64, bytes: u64) -> Outcome {
-        let Some(e) = self.entries.get(&stream) else {
+        let Some(e) = self.get(stream) else {
             return Self::known(me, stream);
         };
         if !matches!(e.state, State::Open) {
@@ -632,7 +666,7 @@ impl Streams {
 
     /// `stream_end`.
     pub(crate) fn end(&mut self, me: &ConnShared, stream: u64) -> Outcome {
-        let Some(e) = self.entries.get_mut(&stream) else {
+        let Some(e) = self.get_mut(stream) else {
             return Self::known(me, stream);
         };
         if !matches!(e.state, State::Open) {
@@ -653,7 +687,7 @@ impl Streams {
 
     /// A data frame from the client: checks it and queues it for the other end.
     pub(crate) fn data(&mut self, me: &ConnShared, stream: u64, data: bytes::Bytes) -> Outcome {
-        let Some(e) = self.entries.get_mut(&stream) else {
+        let Some(e) = self.get_mut(stream) else {
             return Self::known(me, stream);
         };
         if !matches!(e.state, State::Open) {
@@ -674,7 +708,7 @@ impl Streams {
 
     /// A data frame is about to be written: whether its stream is still ours.
     pub(crate) fn deliverable(&self, stream: u64) -> bool {
-        self.entries.contains_key(&stream)
+        self.get(stream).is_some()
     }
 
     /// An item from the other end of a stream; returns the frame to write, in order.
@@ -682,10 +716,10 @@ impl Streams {
         match item {
             StreamItem::Data(_) => None,
             StreamItem::Incoming(inc) => {
-                if self.entries.len() >= self.max_streams {
+                if self.count() >= self.max_streams {
                     let reason = format!(
                         "the target already has {} streams (max_streams_per_client)",
-                        self.entries.len()
+                        self.count()
                     );
                     refuse(
                         self.relay.as_ref(),
@@ -730,7 +764,7 @@ impl Streams {
                 remote,
             } => {
                 let max = self.max_window;
-                let e = self.entries.get_mut(&stream)?;
+                let e = self.get_mut(stream)?;
                 let State::Opening { req, deadline } = e.state else {
                     return None;
                 };
@@ -740,7 +774,9 @@ impl Streams {
                 }
                 e.send = SendCredit::new(window, max).ok()?;
                 e.state = State::Open;
-                self.deadlines.remove(&(deadline, stream));
+                if let Some(m) = self.maps.as_mut() {
+                    m.deadlines.remove(&(deadline, stream));
+                }
                 Some(ServerFrame::StreamAccepted {
                     req,
                     stream,
@@ -748,13 +784,13 @@ impl Streams {
                 })
             }
             StreamItem::Credit { stream } => {
-                let e = self.entries.get(&stream)?;
+                let e = self.get(stream)?;
                 let bytes = e.link.pending[e.side].swap(0, Ordering::AcqRel);
                 self.granted(stream, bytes)
             }
             StreamItem::Granted { stream, bytes } => self.granted(stream, bytes),
             StreamItem::End { stream } => {
-                let e = self.entries.get_mut(&stream)?;
+                let e = self.get_mut(stream)?;
                 e.ends.end_remote();
                 if e.ends.finished() {
                     self.remove(stream);
@@ -779,17 +815,17 @@ impl Streams {
                 code,
                 reason,
             } => {
-                let stream = self.entries.iter().find_map(|(id, e)| match &e.peer {
-                    Peer::Remote(r)
-                        if e.side == 1
-                            && e.peer_stream == theirs
-                            && r.conn == conn
-                            && r.node == node =>
-                    {
-                        Some(*id)
-                    }
-                    _ => None,
-                })?;
+                let stream = *self
+                    .ids(|e| match &e.peer {
+                        Peer::Remote(r) => {
+                            e.side == 1
+                                && e.peer_stream == theirs
+                                && r.conn == conn
+                                && r.node == node
+                        }
+                        Peer::Local(_) => false,
+                    })
+                    .first()?;
                 self.remove(stream)?;
                 Some(reset_frame(stream, code, reason))
             }
@@ -798,7 +834,7 @@ impl Streams {
 
     /// The other end granted `bytes` more on `stream`.
     fn granted(&mut self, stream: u64, bytes: u64) -> Option<ServerFrame> {
-        let e = self.entries.get_mut(&stream)?;
+        let e = self.get_mut(stream)?;
         if bytes == 0 || !e.ends.may_send() || !matches!(e.state, State::Open) {
             return None;
         }
@@ -824,17 +860,20 @@ impl Streams {
 
     /// The earliest open deadline.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(d, _)| *d)
+        self.maps.as_ref()?.deadlines.first().map(|(d, _)| *d)
     }
 
     /// Opens whose target did not answer in time: the errors for the client.
     pub(crate) fn handle_timeout(&mut self, now: Instant, me: &ClientId) -> Vec<ServerFrame> {
         let mut out = Vec::new();
-        while let Some(&(deadline, stream)) = self.deadlines.first() {
+        while let Some(m) = self.maps.as_mut() {
+            let Some(&(deadline, stream)) = m.deadlines.first() else {
+                break;
+            };
             if deadline > now {
                 break;
             }
-            self.deadlines.pop_first();
+            m.deadlines.pop_first();
             let Some(e) = self.remove(stream) else {
                 continue;
             };
@@ -865,12 +904,7 @@ impl Streams {
         code: ErrorCode,
         reason: &str,
     ) -> Vec<ServerFrame> {
-        let ids: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(&e.peer, Peer::Remote(r) if which(r)))
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = self.ids(|e| matches!(&e.peer, Peer::Remote(r) if which(r)));
         let mut out = Vec::with_capacity(ids.len());
         for stream in ids {
             let Some(e) = self.remove(stream) else {
@@ -894,8 +928,7 @@ impl Streams {
     /// to this connection that it never saw are refused.
     pub(crate) fn close(&mut self, me: &ClientId, unread: impl IntoIterator<Item = StreamItem>) {
         let reason: Box<str> = format!("{me} disconnected").into();
-        let ids: Vec<u64> = self.entries.keys().copied().collect();
-        for id in ids {
+        for id in self.ids(|_| true) {
             if let Some(e) = self.remove(id) {
                 let reset = Say::Reset {
                     code: ErrorCode::PeerLeft,
@@ -904,7 +937,7 @@ impl Streams {
                 let _ = e.tell(self.relay.as_ref(), id, reset);
             }
         }
-        self.deadlines.clear();
+        self.maps = None;
         for item in unread {
             if let StreamItem::Incoming(inc) = item {
                 refuse(
