@@ -146,7 +146,7 @@ pub struct HubConfig {
     pub builtin_time_service: bool,
     /// The most read from a socket per system call, in bytes, into a buffer of the worker
     /// thread (one per thread, not per connection: a connection keeps read bytes only while a
-    /// frame is incomplete). Defaults to 16 KiB.
+    /// frame is incomplete). 256 B to 1 MiB; defaults to 16 KiB.
     pub ws_read_buffer_bytes: usize,
     /// Framed bytes a connection queues before writing them out, in bytes (its write buffer is
     /// freed whenever it has nothing queued). Defaults to 16 KiB.
@@ -216,6 +216,12 @@ impl Default for HubConfig {
         }
     }
 }
+
+/// Smallest `ws_read_buffer_bytes`: below it, reads of a busy socket become system calls of a
+/// few bytes.
+pub(crate) const MIN_WS_READ_BUFFER: usize = 256;
+/// Largest `ws_read_buffer_bytes` (one buffer per worker thread).
+pub(crate) const MAX_WS_READ_BUFFER: usize = 1 << 20;
 
 impl HubConfig {
     /// Parses a TOML document; unknown keys are errors that name the key.
@@ -334,6 +340,16 @@ impl HubConfig {
                     "must be at least max_frame_bytes ({}) so one full frame can be kept for a \
                      resume (or set resume_grace_ms = 0 to turn resume off)",
                     self.max_frame_bytes
+                ),
+            );
+        }
+        if !(MIN_WS_READ_BUFFER..=MAX_WS_READ_BUFFER).contains(&self.ws_read_buffer_bytes) {
+            return bad(
+                "ws_read_buffer_bytes",
+                format!(
+                    "is {}; it must be between {MIN_WS_READ_BUFFER} and {MAX_WS_READ_BUFFER} \
+                     bytes (one buffer per worker thread; 16384 suits almost every load)",
+                    self.ws_read_buffer_bytes
                 ),
             );
         }
@@ -464,5 +480,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("heartbeat_timeout_ms"));
+        for v in [0, 255, (1 << 20) + 1] {
+            let c = HubConfig {
+                ws_read_buffer_bytes: v,
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("ws_read_buffer_bytes"), "{v}: {e}");
+        }
+        for v in [256, 1 << 20] {
+            let c = HubConfig {
+                ws_read_buffer_bytes: v,
+                ..Default::default()
+            };
+            assert!(c.validate().is_ok(), "{v}");
+        }
     }
 }

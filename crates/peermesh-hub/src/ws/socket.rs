@@ -91,7 +91,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
             wpos: 0,
-            read_chunk: limits.read_chunk.clamp(256, 1 << 20) as u32,
+            read_chunk: limits.read_chunk.clamp(
+                crate::config::MIN_WS_READ_BUFFER,
+                crate::config::MAX_WS_READ_BUFFER,
+            ) as u32,
             write_threshold: limits.write_threshold.min(u32::MAX as usize) as u32,
             failed: None,
             close_sent: false,
