@@ -319,3 +319,20 @@ async fn refused_upgrades_say_why() {
         assert!(out.contains(says), "{req:?}: {out}");
     }
 }
+
+#[tokio::test]
+async fn a_client_close_is_echoed_then_the_socket_ends() {
+    let hub = TestHub::default().await;
+    let mut s = greeted(&hub, "leaver").await;
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    s.write_all(&frame(true, 0x8, &payload)).await.unwrap();
+    let (frames, code) = read_until_close(&mut s).await;
+    assert_eq!(code, 1000, "{frames:?}");
+    let mut rest = Vec::new();
+    let n = timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "nothing after the close: {rest:?}");
+}
