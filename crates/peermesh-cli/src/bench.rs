@@ -157,8 +157,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     stream_mib: u64,
 
-    /// Stream scenario: receive window of both clients, KiB.
-    #[arg(long, default_value_t = 256, value_name = "KIB")]
+    /// Stream scenario: receive window of both clients, KiB (the client's default).
+    #[arg(long, default_value_t = peermesh_proto::stream::DEFAULT_WINDOW >> 10, value_name = "KIB")]
     stream_window_kib: u64,
 
     /// Stream scenario: transfers through the hub and through the TCP relay (alternating);

@@ -90,7 +90,7 @@ pub struct ClientOptions {
     pub event_capacity: usize,
     /// The receive window of every stream, in bytes: the most stream data the peer may send
     /// before this client's application reads it (capped by the hub's `max_stream_window`
-    /// from `welcome`). Defaults to 256 KiB.
+    /// from `welcome`). Defaults to 1 MiB.
     pub stream_window: u64,
     /// Bytes a stream's writes may buffer before the peer's credit lets them out; a write
     /// waits beyond it. Defaults to 128 KiB.

@@ -129,7 +129,7 @@ async fn bytes_arrive_exactly_with_random_writes_and_a_slow_reader() -> Result<(
     });
 
     // The reader reads in small random pieces, and now and then stops for a while: the
-    // writer must wait for it (its window is 256 KiB), whatever it writes.
+    // writer must wait for it (its window is the default), whatever it writes.
     let mut expect = Bytes(0x9e37_79b9_7f4a_7c15);
     let mut sizes = Bytes(7);
     let mut got = vec![0u8; 70_000];
@@ -268,9 +268,10 @@ async fn a_stalled_stream_slows_neither_other_streams_nor_messages() -> Result<(
     let alice = hub.client("alice").await?;
     let bob = hub.client("bob").await?;
     let (mut stalled_tx, stalled_rx) = pair(&alice, &bob).await?;
-    // Fill the stalled stream: bob's window (256 KiB) goes out, the send buffer (128 KiB)
-    // fills, and then the writer is held back: bob reads nothing, so no credit comes.
-    within(stalled_tx.write_all(&vec![5u8; (256 + 128) << 10])).await??;
+    // Fill the stalled stream: bob's window goes out, the send buffer (128 KiB) fills, and
+    // then the writer is held back: bob reads nothing, so no credit comes.
+    let window = peermesh_proto::stream::DEFAULT_WINDOW as usize;
+    within(stalled_tx.write_all(&vec![5u8; window + (128 << 10)])).await??;
     let held_back = async {
         tokio::time::timeout(Duration::ZERO, stalled_tx.write_all(&[1]))
             .await
