@@ -913,9 +913,22 @@ async fn watch(shared: Arc<Shared>, which: Registry) {
                 continue;
             }
         };
+        let mut failures = 0u32;
         while let Some(entry) = watch.next().await {
-            let Ok(entry) = entry else {
-                continue;
+            let entry = match entry {
+                Ok(entry) => {
+                    failures = 0;
+                    entry
+                }
+                Err(e) => {
+                    // The watch's consumer is being recreated (NATS restarting, a missed
+                    // heartbeat): it yields an error at once on every poll until that works,
+                    // so wait before asking again instead of spinning on a worker thread.
+                    failures = failures.saturating_add(1);
+                    debug!(error = %e, ?which, failures, "a registry watch failed; retrying");
+                    tokio::time::sleep(watch_backoff(failures)).await;
+                    continue;
+                }
             };
             let value = (entry.operation == kv::Operation::Put && !entry.value.is_empty())
                 .then(|| String::from_utf8_lossy(&entry.value).into_owned());
@@ -938,6 +951,13 @@ async fn watch(shared: Arc<Shared>, which: Registry) {
         debug!(?which, "a registry watch ended; watching again");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The wait after the `failures`-th error in a row of a registry watch: 50 ms, doubling, at
+/// most 2 s.
+fn watch_backoff(failures: u32) -> Duration {
+    let ms = 50u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_millis(ms.min(2_000))
 }
 
 fn apply_id(st: &mut State, key: String, value: Option<String>) -> Option<Event> {
@@ -1077,5 +1097,26 @@ async fn reap(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_watch_waits_longer_each_time_up_to_two_seconds() {
+        let waits: Vec<u64> = (1..=10)
+            .map(|n| watch_backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [50, 100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000]
+        );
+        assert!(watch_backoff(u32::MAX) <= Duration::from_secs(2));
+        assert!(
+            watch_backoff(0) >= Duration::from_millis(50),
+            "never a busy loop"
+        );
     }
 }

@@ -127,6 +127,11 @@ impl Decoder {
         }
     }
 
+    /// The largest message it accepts.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
     /// Whether a fragmented message is unfinished.
     pub fn in_message(&self) -> bool {
         self.partial.is_some()
@@ -243,6 +248,25 @@ impl Decoder {
             message,
         })
     }
+}
+
+/// The whole length (header, mask key and payload) of the frame at the front of `input`, once
+/// its header has arrived and if that length is at most `max`: what a reader must hold to
+/// decode it. `None` if the header is incomplete or the frame longer than `max`. It checks
+/// nothing else: [`Decoder::decode`] does.
+pub fn frame_len(input: &[u8], max: usize) -> Option<usize> {
+    let b1 = *input.get(1)?;
+    let (len, header) = match b1 & 0x7F {
+        126 => (
+            u64::from(u16::from_be_bytes(input.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
+        127 => (u64::from_be_bytes(input.get(2..10)?.try_into().ok()?), 10),
+        n => (u64::from(n), 2),
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let total = usize::try_from(len).ok()?.checked_add(header + mask)?;
+    (total <= max).then_some(total)
 }
 
 fn finish(text: bool, bytes: Vec<u8>) -> Result<Message, ProtocolError> {
@@ -384,6 +408,23 @@ mod tests {
             input = &input[r.consumed..];
             out.extend(r.message);
         }
+    }
+
+    #[test]
+    fn frame_len_reads_the_header_only_and_respects_the_cap() {
+        let small = client_frame(true, OP_TEXT, KEY, b"hello");
+        assert_eq!(frame_len(&small, 1 << 20), Some(small.len()));
+        assert_eq!(frame_len(&small[..1], 1 << 20), None);
+        let big = client_frame(true, OP_BINARY, KEY, &vec![7u8; 70_000]);
+        // The 64-bit length is complete after 10 bytes; the payload need not have arrived.
+        assert_eq!(frame_len(&big[..10], 1 << 20), Some(big.len()));
+        assert_eq!(frame_len(&big[..9], 1 << 20), None);
+        assert_eq!(frame_len(&big[..10], 70_000), None, "over the cap");
+        let mid = client_frame(true, OP_BINARY, KEY, &vec![7u8; 300]);
+        assert_eq!(frame_len(&mid[..4], 1 << 20), Some(mid.len()));
+        // A length no buffer could hold is refused, not overflowed.
+        let huge = [0x82, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert_eq!(frame_len(&huge, usize::MAX), None);
     }
 
     #[test]

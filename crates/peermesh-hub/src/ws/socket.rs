@@ -18,9 +18,13 @@ use std::task::Poll;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::codec::{encode, CloseFrame, Decoder, Message, ProtocolError};
+use super::codec::{encode, frame_len, CloseFrame, Decoder, Message, ProtocolError};
 
 /// The upgraded connection of a hub.
+/// Missing bytes of a frame from which the socket reads straight into the frame's buffer
+/// rather than through the thread's buffer.
+const DIRECT_READ: usize = 4096;
+
 pub(crate) type HubIo = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
 /// Why a socket failed.
@@ -195,10 +199,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         e.into()
     }
 
-    /// Reads once into the thread's buffer, then parses what it can straight from there and
-    /// keeps the rest.
+    /// Reads once: into the connection's buffer when it holds the start of a large frame
+    /// (sized once for the whole frame, so its bytes are not copied on the way), else into the
+    /// thread's buffer, keeping in the connection's buffer only what is not decoded yet.
     async fn read_some(&mut self) -> io::Result<usize> {
         let chunk = self.read_chunk as usize;
+        // A frame's header and mask key take at most 14 bytes.
+        let max_frame = self.decoder.max_message().saturating_add(14);
+        if let Some(total) = frame_len(&self.rbuf, max_frame) {
+            let missing = total.saturating_sub(self.rbuf.len());
+            if missing >= DIRECT_READ {
+                self.rbuf.reserve(missing);
+                return poll_fn(|cx| {
+                    tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+                })
+                .await;
+            }
+        }
         poll_fn(|cx| {
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
@@ -208,9 +225,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 let mut buf = ReadBuf::new(&mut s[..chunk]);
                 match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(())) => {
-                        let n = buf.filled().len();
-                        self.rbuf.extend_from_slice(buf.filled());
-                        Poll::Ready(Ok(n))
+                        let filled = buf.filled();
+                        if self.rbuf.is_empty() {
+                            // The start of a frame larger than this read: make room for all
+                            // of it now, so its next bytes are read in place.
+                            if let Some(total) = frame_len(filled, max_frame) {
+                                if total > filled.len() {
+                                    self.rbuf.reserve(total);
+                                }
+                            }
+                        }
+                        self.rbuf.extend_from_slice(filled);
+                        Poll::Ready(Ok(filled.len()))
                     }
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     Poll::Pending => Poll::Pending,
